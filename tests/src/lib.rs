@@ -1,0 +1,9 @@
+//! Support code for wslnet's integration tests: namespaces and processes (`netns`), the
+//! black-hole lab (`lab`), crafted packets (`packets`) and `BPF_PROG_TEST_RUN` (`testrun`).
+//!
+//! Every test builds its own network in namespaces it creates and removes; nothing touches the
+//! host's interfaces.
+pub mod lab;
+pub mod netns;
+pub mod packets;
+pub mod testrun;

@@ -1,0 +1,327 @@
+//! Network namespaces, veth pairs, processes inside namespaces, and a private bpffs, each
+//! removed on drop (also when a test panics).
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process: `<prefix><pid % 10000>x<n>` (fits interface names too).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 10_000)
+}
+
+/// Fails the test with one clear line unless running as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("these tests need root (BPF, network namespaces): run `./x.sh test` as root");
+    }
+}
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run<I, S>(program: &str, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = Command::new(program)
+        .args(&args)
+        .output()
+        .with_context(|| format!("running {program} {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Runs a shell script, failing with its output when it exits non-zero.
+pub fn sh(script: &str) -> Result<String> {
+    let out = run("sh", ["-c", script])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted (with every process still in it) on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `<prefix>...` with its loopback up.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique(prefix);
+        run("ip", ["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `program args` inside the namespace, failing on a non-zero exit.
+    pub fn exec<I, S>(&self, program: &str, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<std::ffi::OsString> =
+            vec!["netns".into(), "exec".into(), self.name.clone().into(), program.into()];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        run("ip", all)
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", all)
+    }
+
+    /// Runs a shell script inside the namespace and returns its stdout.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        let out = self.exec("sh", ["-c", script])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a shell script inside the namespace and returns its full output, whatever the exit.
+    pub fn sh_output(&self, script: &str) -> Result<Output> {
+        self.command("sh")
+            .args(["-c", script])
+            .output()
+            .with_context(|| format!("running in {}: {script}", self.name))
+    }
+
+    /// Starts a long-running process inside the namespace; killed on drop.
+    pub fn spawn<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Result<Daemon>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.command(program);
+        cmd.args(args).stdin(Stdio::null());
+        Daemon::start(cmd)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill what is left inside, then delete the namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Joins two namespaces with a veth pair `a_if` (in `a`) <-> `b_if` (in `b`), both up.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    run(
+        "ip",
+        [
+            "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns",
+            b.name(),
+        ],
+    )?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// A child process, killed (SIGTERM, then SIGKILL) and reaped on drop; its output goes to a file
+/// that [`Daemon::log`] reads back for failure messages.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` with stdout and stderr sent to a temporary log file.
+    pub fn start(mut cmd: Command) -> Result<Self> {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("wslnet-daemon")));
+        let file = std::fs::File::create(&log).context("creating daemon log")?;
+        cmd.stdout(file.try_clone()?).stderr(file);
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Self {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `pred(log)` holds, failing with the log after `timeout`.
+    pub fn wait_for_log(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if pred(&log) {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("process exited ({status}) before it was ready; log:\n{log}");
+            }
+            if start.elapsed() > timeout {
+                bail!("not ready after {timeout:?}; log:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) and waits up to `timeout` for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("already stopped")?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                bail!("still running {timeout:?} after signal {signal}; log:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    let _ = std::fs::remove_file(&self.log);
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A private bpffs mounted under /run, for pins that tests create; unmounted (with every pin in
+/// it) on drop. `ip netns exec` remounts /sys, so tests pass this path as `--pin-dir` instead of
+/// using /sys/fs/bpf.
+pub struct Bpffs {
+    path: PathBuf,
+}
+
+impl Bpffs {
+    /// Mounts a new bpffs.
+    pub fn new() -> Result<Self> {
+        let path = PathBuf::from("/run").join(unique("wslnet-test-bpffs"));
+        std::fs::create_dir_all(&path)?;
+        run("mount", ["-t", "bpf", "bpf", path.to_str().unwrap()])?;
+        Ok(Self { path })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Files below the mount point, relative to it, sorted.
+    pub fn list(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                    if p.is_dir() {
+                        walk(base, &p, out);
+                    }
+                }
+            }
+        }
+        walk(&self.path, &self.path, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// The `wslnet-agent` binary built next to the test executable (`target/<profile>/`).
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-exe> -> target/<profile>/wslnet-agent
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("wslnet-agent");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p wslnet-agent`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

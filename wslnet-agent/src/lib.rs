@@ -1,0 +1,16 @@
+//! wslnet agent: attaches the MSS-clamping datapath, probes path MTUs, exports metrics.
+//!
+//! Data flows one way: packets -> datapath (`wslnet-ebpf`) -> maps ([`maps`]) -> agent ->
+//! metrics ([`metrics`]). The modules:
+//! - [`cli`]: the command line (`run`, `probe`, `status`, `check`, `detach`);
+//! - [`config`]: the TOML config file merged with CLI flags, validated;
+//! - [`maps`]: loading the datapath object and typed access to its maps and pins;
+//! - [`attach`]: attaching the programs to interfaces (TCX or clsact) and pinning the links;
+//! - [`ifaces`]: following interfaces that match the globs (netlink);
+//! - [`prober`]: path-MTU search (ICMP with DF, TCP fallback);
+//! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
+//! - [`service`]: `run`, which ties them together.
+pub mod prober;
+
+/// The compiled datapath object (`wslnet-ebpf`, built by build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wslnet"));

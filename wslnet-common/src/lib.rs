@@ -1,0 +1,222 @@
+//! The map ABI shared by the wslnet datapath (`wslnet-ebpf`) and the agent (`wslnet-agent`).
+//!
+//! Data flows one way: packets -> datapath -> maps -> agent -> metrics. The agent writes the
+//! clamp tables ([`PathMtu`] values in the LPM maps, [`IfaceConfig`] per interface, [`Globals`]);
+//! the datapath writes the counters ([`Counters`]) and the learned destinations ([`LearnedDest`]).
+//!
+//! Every type here is `#[repr(C)]`, has no implicit padding, and is plain old data: the bytes
+//! are the ABI. Changing a layout means changing [`ABI_VERSION`] too.
+#![no_std]
+
+/// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names as they appear in the eBPF object and as files under the pin directory.
+pub mod map_names {
+    /// LPM trie, key `Key<[u8; 4]>` (IPv4 prefix, network byte order), value [`super::PathMtu`].
+    pub const CLAMP_V4: &str = "WSLNET_CLAMP_V4";
+    /// LPM trie, key `Key<[u8; 16]>` (IPv6 prefix), value [`super::PathMtu`].
+    pub const CLAMP_V6: &str = "WSLNET_CLAMP_V6";
+    /// Hash map, key ifindex (`u32`), value [`super::IfaceConfig`].
+    pub const IFACES: &str = "WSLNET_IFACES";
+    /// Per-CPU array indexed by [`super::counter_index`], value [`super::Counters`].
+    pub const COUNTERS: &str = "WSLNET_COUNTERS";
+    /// LRU hash, key [`super::LearnedKey`], value [`super::LearnedDest`].
+    pub const LEARNED: &str = "WSLNET_LEARNED";
+    /// Array of one [`super::Globals`].
+    pub const GLOBALS: &str = "WSLNET_GLOBALS";
+    /// Every map, in a fixed order (for pinning, adoption and `detach`).
+    pub const ALL: [&str; 6] = [CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS];
+}
+
+/// Program (function) names in the eBPF object.
+pub mod program_names {
+    /// tc classifier for the ingress hook: clamps by the packet's source address.
+    pub const INGRESS: &str = "wslnet_ingress";
+    /// tc classifier for the egress hook: clamps by destination, counts oversize DF packets,
+    /// records SYN destinations.
+    pub const EGRESS: &str = "wslnet_egress";
+}
+
+/// Entries in each clamp LPM map (prefixes with a path MTU).
+pub const MAX_CLAMP_ENTRIES: u32 = 16_384;
+/// Entries in the learned-destination LRU map; the oldest are evicted beyond this.
+pub const MAX_LEARNED: u32 = 16_384;
+/// Managed interfaces the counters have room for (slot 0 is for unconfigured interfaces).
+pub const MAX_IFACE_SLOTS: u32 = 256;
+/// Entries in the interface config map.
+pub const MAX_IFACES: u32 = MAX_IFACE_SLOTS;
+
+/// Direction index: ingress (packets arriving at the interface).
+pub const DIR_INGRESS: u32 = 0;
+/// Direction index: egress (packets leaving through the interface).
+pub const DIR_EGRESS: u32 = 1;
+/// Family index: IPv4.
+pub const FAMILY_V4: u32 = 0;
+/// Family index: IPv6.
+pub const FAMILY_V6: u32 = 1;
+/// Counter rows per interface slot (2 directions x 2 families).
+pub const ROWS_PER_SLOT: u32 = 4;
+/// Entries of the counter array.
+pub const COUNTER_ENTRIES: u32 = MAX_IFACE_SLOTS * ROWS_PER_SLOT;
+
+/// Bytes of IPv4 + TCP headers without options: MSS = path MTU - 40.
+pub const IPV4_TCP_OVERHEAD: u16 = 40;
+/// Bytes of IPv6 + TCP headers without options: MSS = path MTU - 60.
+pub const IPV6_TCP_OVERHEAD: u16 = 60;
+/// Smallest path MTU the datapath accepts from a map; smaller values are ignored (no clamp).
+/// 68 is the IPv4 minimum link MTU (RFC 791).
+pub const MIN_SANE_MTU: u16 = 68;
+
+/// L3 offset of Ethernet-like devices (Ethernet, veth, TAP such as ZeroTier's `zt*`).
+pub const L3_OFFSET_ETHERNET: u16 = 14;
+/// L3 offset of L3 devices (tun, WireGuard): the packet starts with the IP header.
+pub const L3_OFFSET_NONE: u16 = 0;
+
+/// The index into the counter array for an interface slot, a direction and a family.
+#[inline(always)]
+pub const fn counter_index(slot: u32, dir: u32, family: u32) -> u32 {
+    slot * ROWS_PER_SLOT + dir * 2 + family
+}
+
+/// The MSS that fits a path MTU for a family (`family` is [`FAMILY_V4`] or [`FAMILY_V6`]),
+/// or `None` when the MTU is not sane (below [`MIN_SANE_MTU`] or not above the header overhead).
+#[inline(always)]
+pub const fn mss_for_mtu(mtu: u16, family: u32) -> Option<u16> {
+    let overhead = if family == FAMILY_V6 {
+        IPV6_TCP_OVERHEAD
+    } else {
+        IPV4_TCP_OVERHEAD
+    };
+    if mtu < MIN_SANE_MTU || mtu <= overhead {
+        None
+    } else {
+        Some(mtu - overhead)
+    }
+}
+
+/// Packet counters of one interface, direction and family, per CPU (the agent sums CPUs).
+/// Every field is a count of packets.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// TCP SYN and SYN-ACK segments seen (RST not set).
+    pub syn: u64,
+    /// SYNs whose MSS option was lowered to the clamp.
+    pub mss_clamped: u64,
+    /// SYNs whose MSS option was already at or below the clamp (left unchanged).
+    pub mss_ok: u64,
+    /// SYNs with an MSS option but no path MTU in force for the peer (left unchanged).
+    pub no_clamp: u64,
+    /// SYNs without an MSS option (left unchanged; options are never inserted).
+    pub no_mss: u64,
+    /// Packets the datapath could not parse: truncated IP/TCP headers, IPv4 IHL < 5, TCP data
+    /// offset < 5, malformed TCP options (length 0/1, past the header, MSS length != 4), too many
+    /// IPv6 extension headers. Passed on unchanged.
+    pub unparseable: u64,
+    /// Egress only: packets with DF set (every IPv6 packet) whose size (per segment for GSO
+    /// packets) exceeds the path MTU in force for their destination; the path would drop them.
+    pub oversize_df: u64,
+    /// Reserved, always 0 (keeps the struct a power-of-two size).
+    pub reserved: u64,
+}
+
+/// Per-interface configuration written by the agent, keyed by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// Counter slot of this interface (1..[`MAX_IFACE_SLOTS`]; 0 is shared by unconfigured ones).
+    pub slot: u32,
+    /// Bytes before the IP header: [`L3_OFFSET_ETHERNET`] or [`L3_OFFSET_NONE`].
+    pub l3_offset: u16,
+    /// Default path MTU (bytes) for IPv4 peers without an LPM entry; 0 = no clamp.
+    pub default_mtu_v4: u16,
+    /// Default path MTU (bytes) for IPv6 peers without an LPM entry; 0 = no clamp.
+    pub default_mtu_v6: u16,
+    /// Reserved, 0.
+    pub reserved: u16,
+}
+
+/// Where a path MTU entry came from (the [`PathMtu::origin`] field).
+pub mod origin {
+    /// Set by the user (`--clamp CIDR=MTU` or the config file's `[[clamp]]`).
+    pub const STATIC: u8 = 1;
+    /// Measured by the prober.
+    pub const PROBED: u8 = 2;
+}
+
+/// Value of the clamp LPM maps: the path MTU for a prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct PathMtu {
+    /// Path MTU in bytes (IP header included).
+    pub mtu: u16,
+    /// One of [`origin`].
+    pub origin: u8,
+    /// Reserved, 0.
+    pub reserved: u8,
+}
+
+/// Key of the learned-destination map.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+    /// The address, network byte order; IPv4 uses the first 4 bytes, the rest are 0.
+    pub addr: [u8; 16],
+}
+
+/// A destination seen in an egress SYN, for the prober.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct LearnedDest {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, ns) of the first SYN.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, ns) of the latest SYN.
+    pub last_seen_ns: u64,
+    /// SYNs sent to this destination (approximate under concurrency).
+    pub syns: u64,
+    /// Interface of the latest SYN.
+    pub ifindex: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
+/// Global settings written by the agent (array of one).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Globals {
+    /// Smallest IPv4 path MTU in force anywhere (LPM entries and interface defaults), bytes.
+    /// Egress IPv4 packets no larger skip the oversize lookup; 0 = always look up.
+    pub min_mtu_v4: u16,
+    /// The same for IPv6.
+    pub min_mtu_v6: u16,
+    /// [`ABI_VERSION`] of the agent that wrote the maps.
+    pub abi_version: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with no padding
+    // (checked by the size assertions below), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfaceConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PathMtu {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LearnedKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LearnedDest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Globals {}
+}
+
+// No implicit padding anywhere: the sizes are the sums of the fields.
+const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 12);
+const _: () = assert!(core::mem::size_of::<PathMtu>() == 4);
+const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
+const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);
+const _: () = assert!(core::mem::size_of::<Globals>() == 8);

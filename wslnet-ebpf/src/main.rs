@@ -1,0 +1,41 @@
+//! wslnet's datapath: a tc classifier for the ingress and egress hooks of managed interfaces.
+//!
+//! For every packet:
+//! 1. [`packet::parse`] finds the IP header (after Ethernet and at most one 802.1Q tag, or at
+//!    offset 0 on L3 devices), the transport header and the peer address.
+//! 2. Egress only: [`count_oversize`] counts packets with DF (every IPv6 packet) that are larger
+//!    than the path MTU in force for their destination (per segment for GSO packets).
+//! 3. TCP SYN / SYN-ACK: [`mss::clamp`] walks the options and lowers the MSS option to
+//!    path MTU - 40 (IPv4) / - 60 (IPv6), fixing the checksum; egress SYNs are recorded in
+//!    [`WSLNET_LEARNED`] for the agent's prober.
+//!
+//! The verdict is always `TC_ACT_UNSPEC` (TCX_NEXT): other programs on the hook still run and
+//! nothing is ever dropped, whatever the program could or could not parse.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod datapath;
+#[cfg(target_arch = "bpf")]
+mod mss;
+#[cfg(target_arch = "bpf")]
+mod packet;
+
+/// The program is only meaningful for the BPF target; on the host this is an empty binary so
+/// that `cargo check --workspace --all-targets` works.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the BPF verifier rejects any program that could reach this point (there are no
+    // panicking paths left after optimisation); this is the conventional aya idiom.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// GPL-compatible licence: required for the helpers the datapath calls.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,124 @@
+//! Where the MSS is rewritten: the TCP option walk and the checksum-preserving store.
+//!
+//! Semantics follow netfilter's `xt_TCPMSS` (clamp-mss-to-pmtu) with stricter parsing: only the
+//! first MSS option counts, it is only ever lowered, no option is inserted or removed, and a
+//! malformed option list leaves the segment untouched.
+
+use aya_ebpf::programs::TcContext;
+
+/// TCP header without options, bytes.
+pub const TCP_HDR_LEN: usize = 20;
+/// Most bytes of TCP options (data offset 15).
+pub const MAX_OPTION_BYTES: usize = 40;
+/// Offset of the checksum inside the TCP header.
+const TCP_CHECK_OFFSET: usize = 16;
+
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+const TCPOLEN_MSS: u8 = 4;
+
+/// TCP flags (byte 13 of the header).
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// The MSS option of a SYN.
+pub enum MssOption {
+    /// Found: offset of its 2-byte value in the packet, and the value.
+    Found { value_offset: usize, mss: u16 },
+    /// The options end (EOL or header end) without an MSS option.
+    Absent,
+    /// An option with length 0 or 1, running past the header, or an MSS option whose length is
+    /// not 4; also a TCP header whose data offset is below 5 or past the packet.
+    Malformed,
+}
+
+/// Walks the options of the TCP header at `l4` (the packet ends at `end`) up to the first MSS
+/// option. `doff_byte` is byte 12 of the TCP header.
+#[inline(always)]
+pub fn find(ctx: &TcContext, l4: usize, end: usize, doff_byte: u8) -> MssOption {
+    let hdr_len = ((doff_byte >> 4) as usize) * 4;
+    if hdr_len < TCP_HDR_LEN || l4 + hdr_len > end {
+        return MssOption::Malformed;
+    }
+    let opt_end = l4 + hdr_len;
+    let mut off = l4 + TCP_HDR_LEN;
+    // At most one iteration per option byte: a bounded loop the verifier accepts.
+    for _ in 0..MAX_OPTION_BYTES {
+        if off >= opt_end {
+            return MssOption::Absent;
+        }
+        let Ok(kind) = ctx.load::<u8>(off) else {
+            return MssOption::Malformed;
+        };
+        if kind == TCPOPT_EOL {
+            return MssOption::Absent;
+        }
+        if kind == TCPOPT_NOP {
+            off += 1;
+            continue;
+        }
+        if off + 2 > opt_end {
+            return MssOption::Malformed;
+        }
+        let Ok(len) = ctx.load::<u8>(off + 1) else {
+            return MssOption::Malformed;
+        };
+        let len = len as usize;
+        if len < 2 || off + len > opt_end {
+            return MssOption::Malformed;
+        }
+        if kind == TCPOPT_MSS {
+            if len != TCPOLEN_MSS as usize {
+                return MssOption::Malformed;
+            }
+            let Ok(value) = ctx.load::<[u8; 2]>(off + 2) else {
+                return MssOption::Malformed;
+            };
+            return MssOption::Found {
+                value_offset: off + 2,
+                mss: u16::from_be_bytes(value),
+            };
+        }
+        off += len;
+    }
+    MssOption::Absent
+}
+
+/// Writes `new_mss` into the MSS option value at `value_offset` of the TCP header at `l4`, and
+/// updates the TCP checksum incrementally with `bpf_l4_csum_replace` (no pseudo-header flag), so
+/// that both full checksums and CHECKSUM_PARTIAL skbs (whose `check` holds only the pseudo-header
+/// sum) stay right.
+///
+/// The one's-complement sum works on 16-bit words aligned to the start of the TCP header. When
+/// the value sits at an odd offset (a lone NOP before the option), the two bytes straddle two
+/// words, so the aligned 4 bytes around them are replaced as one 32-bit word instead.
+#[inline(always)]
+pub fn rewrite(ctx: &TcContext, l4: usize, value_offset: usize, new_mss: u16) -> Result<(), ()> {
+    let check = l4 + TCP_CHECK_OFFSET;
+    let new = new_mss.to_be_bytes();
+    if (value_offset - l4) & 1 == 0 {
+        let old: [u8; 2] = ctx.load(value_offset).map_err(|_| ())?;
+        ctx.store(value_offset, &new, 0).map_err(|_| ())?;
+        ctx.l4_csum_replace(
+            check,
+            u16::from_ne_bytes(old) as u64,
+            u16::from_ne_bytes(new) as u64,
+            2,
+        )
+        .map_err(|_| ())
+    } else {
+        let word = value_offset - 1;
+        let old: [u8; 4] = ctx.load(word).map_err(|_| ())?;
+        let updated = [old[0], new[0], new[1], old[3]];
+        ctx.store(word, &updated, 0).map_err(|_| ())?;
+        ctx.l4_csum_replace(
+            check,
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(updated) as u64,
+            4,
+        )
+        .map_err(|_| ())
+    }
+}

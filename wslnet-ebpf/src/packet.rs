@@ -1,0 +1,190 @@
+//! Header parsing: from the start of the frame to the transport header.
+//!
+//! All reads go through `bpf_skb_load_bytes` (`TcContext::load`) at plain scalar offsets, so the
+//! parser works on non-linear skbs and stays simple for every verifier since 5.x.
+
+use aya_ebpf::programs::TcContext;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+use wslnet_common::{FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE};
+
+/// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// An IP packet the datapath understood up to its transport header.
+pub struct Ip {
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u32,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the transport header.
+    pub l4: usize,
+    /// End of the IP packet inside the skb: the smaller of the skb length and the IP length
+    /// (Ethernet padding excluded; an IP length of 0, as in BIG TCP, means the skb length).
+    pub end: usize,
+    /// Transport protocol number.
+    pub proto: u8,
+    /// DF set; always true for IPv6, which routers never fragment.
+    pub df: bool,
+    /// A fragment whose transport header is not ours to touch: IPv4 with a non-zero fragment
+    /// offset, or IPv6 with a fragment header.
+    pub fragment: bool,
+    /// The peer address: destination on egress, source on ingress (IPv4 in the first 4 bytes).
+    pub peer: [u8; 16],
+}
+
+/// What the parser made of a frame.
+pub enum Parsed {
+    /// An IPv4 or IPv6 packet.
+    Ip(Ip),
+    /// Not IP (ARP, LLDP, ...) or too short to tell: passed on, not counted.
+    Other,
+    /// IP, but with a broken or truncated header, or more IPv6 extension headers than
+    /// [`MAX_IPV6_EXT_HEADERS`]: passed on, counted as unparseable for this family.
+    Unparseable(u32),
+}
+
+/// Parses the frame in `ctx`, whose IP header follows `l3_offset` bytes of link header
+/// (14: Ethernet, possibly followed by one 802.1Q tag; 0: L3 device).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
+    let len = ctx.len() as usize;
+    let (family, l3) = if l3_offset == L3_OFFSET_NONE {
+        match ctx.load::<u8>(0) {
+            Ok(b) if b >> 4 == 4 => (FAMILY_V4, 0),
+            Ok(b) if b >> 4 == 6 => (FAMILY_V6, 0),
+            _ => return Parsed::Other,
+        }
+    } else {
+        let Ok(mut ether_type) = ctx.load::<u16>(12) else {
+            return Parsed::Other;
+        };
+        let mut l3 = EthHdr::LEN;
+        if ether_type == EtherType::Ieee8021q as u16 {
+            // One 802.1Q tag: TCI, then the real EtherType.
+            let Ok(inner) = ctx.load::<u16>(EthHdr::LEN + 2) else {
+                return Parsed::Other;
+            };
+            ether_type = inner;
+            l3 += 4;
+        }
+        if ether_type == EtherType::Ipv4 as u16 {
+            (FAMILY_V4, l3)
+        } else if ether_type == EtherType::Ipv6 as u16 {
+            (FAMILY_V6, l3)
+        } else {
+            return Parsed::Other;
+        }
+    };
+    if family == FAMILY_V4 {
+        parse_ipv4(ctx, l3, len, egress)
+    } else {
+        parse_ipv6(ctx, l3, len, egress)
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(l3) else {
+        return Parsed::Unparseable(FAMILY_V4);
+    };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || l3 + ihl > len {
+        return Parsed::Unparseable(FAMILY_V4);
+    }
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let end = if tot_len == 0 || l3 + tot_len > len { len } else { l3 + tot_len };
+    let frags = u16::from_be_bytes(ip.frags);
+    let mut peer = [0u8; 16];
+    let addr = if egress { ip.dst_addr } else { ip.src_addr };
+    peer[..4].copy_from_slice(&addr);
+    Parsed::Ip(Ip {
+        family: FAMILY_V4,
+        l3,
+        l4: l3 + ihl,
+        end,
+        proto: ip.proto,
+        df: frags & 0x4000 != 0,
+        fragment: frags & 0x1fff != 0,
+        peer,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
+    let Ok(ip) = ctx.load::<Ipv6Hdr>(l3) else {
+        return Parsed::Unparseable(FAMILY_V6);
+    };
+    if ip.vcf[0] >> 4 != 6 {
+        return Parsed::Unparseable(FAMILY_V6);
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let ip_end = l3 + Ipv6Hdr::LEN + payload_len;
+    let end = if payload_len == 0 || ip_end > len { len } else { ip_end };
+    let mut next = ip.next_hdr;
+    let mut l4 = l3 + Ipv6Hdr::LEN;
+    let mut fragment = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if next == IPPROTO_FRAGMENT {
+            fragment = true;
+            break;
+        }
+        if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
+            break;
+        }
+        // Every one of these starts with (next header, length in 8-octet units, not counting
+        // the first 8).
+        let Ok(ext) = ctx.load::<[u8; 2]>(l4) else {
+            return Parsed::Unparseable(FAMILY_V6);
+        };
+        next = ext[0];
+        l4 += (ext[1] as usize + 1) * 8;
+    }
+    if !fragment
+        && (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS)
+    {
+        return Parsed::Unparseable(FAMILY_V6);
+    }
+    if l4 > end {
+        return Parsed::Unparseable(FAMILY_V6);
+    }
+    Parsed::Ip(Ip {
+        family: FAMILY_V6,
+        l3,
+        l4,
+        end,
+        proto: next,
+        df: true,
+        fragment,
+        peer: if egress { ip.dst_addr } else { ip.src_addr },
+    })
+}
+
+/// Bytes of the transport header for sizing GSO segments: the TCP data offset, 8 for UDP,
+/// 0 when unknown or unreadable.
+#[inline(always)]
+pub fn transport_header_len(ctx: &TcContext, ip: &Ip) -> usize {
+    match ip.proto {
+        IPPROTO_TCP => match ctx.load::<u8>(ip.l4 + 12) {
+            Ok(b) => ((b >> 4) as usize) * 4,
+            Err(_) => 0,
+        },
+        IPPROTO_UDP => 8,
+        _ => 0,
+    }
+}
+
+/// True for TCP.
+#[inline(always)]
+pub fn is_tcp(ip: &Ip) -> bool {
+    ip.proto == IPPROTO_TCP
+}
