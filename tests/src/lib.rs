@@ -3,6 +3,7 @@
 //!
 //! Every test builds its own network in namespaces it creates and removes; nothing touches the
 //! host's interfaces.
+pub mod fuzz;
 pub mod lab;
 pub mod netns;
 pub mod packets;

@@ -10,6 +10,7 @@
 //! - [`prober`]: path-MTU search (ICMP with DF, TCP fallback);
 //! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
 //! - [`service`]: `run`, which ties them together.
+pub mod maps;
 pub mod prober;
 
 /// The compiled datapath object (`wslnet-ebpf`, built by build.rs).

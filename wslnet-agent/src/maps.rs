@@ -1,0 +1,337 @@
+//! Loading the datapath object and typed access to its maps.
+//!
+//! Maps are pinned under `<pin dir>/maps/<NAME>` by the loader (the object declares them with
+//! `PinningType::ByName`), so the agent, `status`, a restarted agent and the tests all open the
+//! same maps by path, and clamping goes on while no agent runs.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+};
+use ipnet::IpNet;
+use wslnet_common::{
+    ABI_VERSION, COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
+    LearnedDest, LearnedKey, PathMtu, counter_index, map_names,
+};
+
+/// Where pins live unless `--pin-dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/wslnet";
+
+/// The maps directory under a pin directory.
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+
+/// The links directory under a pin directory.
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+/// Loads the datapath object (verifying both programs' maps), reusing maps already pinned under
+/// `pin_dir` and pinning new ones there. `log_level` is the aya-log level compiled into the
+/// datapath's log calls (0 = off, 5 = trace).
+pub fn load(pin_dir: &Path, log_level: u8) -> Result<Ebpf> {
+    ensure_bpffs(pin_dir)?;
+    let dir = maps_dir(pin_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating pin directory {}", dir.display()))?;
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&dir)
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .load(crate::EBPF_OBJECT)
+        .context(
+            "loading the wslnet datapath into the kernel; run `wslnet-agent check` to see what \
+             the kernel or permissions lack",
+        )?;
+    Ok(ebpf)
+}
+
+/// Makes sure `path` is on a bpffs, mounting one at /sys/fs/bpf when the default is missing.
+pub fn ensure_bpffs(path: &Path) -> Result<()> {
+    let probe = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(probe) {
+        return Ok(());
+    }
+    if path.starts_with("/sys/fs/bpf") {
+        std::fs::create_dir_all("/sys/fs/bpf").ok();
+        nix::mount::mount(
+            Some("bpf"),
+            "/sys/fs/bpf",
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf (run: mount -t bpf bpf /sys/fs/bpf)")?;
+        return Ok(());
+    }
+    bail!(
+        "{} is not on a bpffs; mount one (mount -t bpf bpf DIR) or pick another --pin-dir",
+        path.display()
+    )
+}
+
+/// True when `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// A clamp-table entry as the agent and `status` see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ClampEntry {
+    /// The prefix.
+    pub net: IpNet,
+    /// Path MTU, bytes.
+    pub mtu: u16,
+    /// "static" or "probed".
+    pub origin: &'static str,
+}
+
+/// A learned destination as the agent and `status` see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Learned {
+    /// Destination of egress SYNs.
+    pub addr: IpAddr,
+    /// CLOCK_MONOTONIC ns of the first and latest SYN.
+    pub first_seen_ns: u64,
+    /// CLOCK_MONOTONIC ns of the latest SYN.
+    pub last_seen_ns: u64,
+    /// SYNs seen (approximate).
+    pub syns: u64,
+    /// Interface of the latest SYN.
+    pub ifindex: u32,
+}
+
+/// Typed handles to the pinned maps.
+pub struct Maps {
+    /// IPv4 prefix -> path MTU.
+    pub clamp_v4: LpmTrie<MapData, [u8; 4], PathMtu>,
+    /// IPv6 prefix -> path MTU.
+    pub clamp_v6: LpmTrie<MapData, [u8; 16], PathMtu>,
+    /// ifindex -> interface settings.
+    pub ifaces: HashMap<MapData, u32, IfaceConfig>,
+    /// Per-CPU counters.
+    pub counters: PerCpuArray<MapData, Counters>,
+    /// Destinations of egress SYNs (LRU).
+    pub learned: HashMap<MapData, LearnedKey, LearnedDest>,
+    /// Global settings.
+    pub globals: Array<MapData, Globals>,
+}
+
+fn open_pin(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = maps_dir(pin_dir).join(name);
+    MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is the agent or its pins there? start `wslnet-agent run`)",
+            path.display()
+        )
+    })
+}
+
+impl Maps {
+    /// Opens the maps pinned under `pin_dir` (by a loader, a running agent or an earlier one).
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let clamp_v4 = LpmTrie::try_from(Map::LpmTrie(open_pin(pin_dir, map_names::CLAMP_V4)?))?;
+        let clamp_v6 = LpmTrie::try_from(Map::LpmTrie(open_pin(pin_dir, map_names::CLAMP_V6)?))?;
+        let ifaces = HashMap::try_from(Map::HashMap(open_pin(pin_dir, map_names::IFACES)?))?;
+        let counters =
+            PerCpuArray::try_from(Map::PerCpuArray(open_pin(pin_dir, map_names::COUNTERS)?))?;
+        let learned = HashMap::try_from(Map::LruHashMap(open_pin(pin_dir, map_names::LEARNED)?))?;
+        let globals = Array::try_from(Map::Array(open_pin(pin_dir, map_names::GLOBALS)?))?;
+        Ok(Self {
+            clamp_v4,
+            clamp_v6,
+            ifaces,
+            counters,
+            learned,
+            globals,
+        })
+    }
+
+    /// Sets the path MTU for a prefix (the address bits beyond the prefix are ignored).
+    pub fn set_clamp(&mut self, net: IpNet, mtu: u16, origin: u8) -> Result<()> {
+        let value = PathMtu {
+            mtu,
+            origin,
+            reserved: 0,
+        };
+        match net.trunc() {
+            IpNet::V4(n) => self.clamp_v4.insert(
+                &Key::new(n.prefix_len().into(), n.addr().octets()),
+                &value,
+                0,
+            ),
+            IpNet::V6(n) => self.clamp_v6.insert(
+                &Key::new(n.prefix_len().into(), n.addr().octets()),
+                &value,
+                0,
+            ),
+        }
+        .with_context(|| format!("writing clamp {net} = {mtu}"))?;
+        self.refresh_floor()
+    }
+
+    /// Removes the entry for exactly this prefix, if any.
+    pub fn remove_clamp(&mut self, net: IpNet) -> Result<()> {
+        let _ = match net.trunc() {
+            IpNet::V4(n) => self
+                .clamp_v4
+                .remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+            IpNet::V6(n) => self
+                .clamp_v6
+                .remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+        };
+        self.refresh_floor()
+    }
+
+    /// Every clamp-table entry, IPv4 first.
+    pub fn clamps(&self) -> Vec<ClampEntry> {
+        let origin = |o: u8| match o {
+            wslnet_common::origin::STATIC => "static",
+            wslnet_common::origin::PROBED => "probed",
+            _ => "unknown",
+        };
+        let mut out = Vec::new();
+        for (key, v) in self.clamp_v4.iter().flatten() {
+            let (len, data) = (key.prefix_len(), key.data());
+            if let Ok(net) = IpNet::new(Ipv4Addr::from(data).into(), len as u8) {
+                out.push(ClampEntry { net, mtu: v.mtu, origin: origin(v.origin) });
+            }
+        }
+        for (key, v) in self.clamp_v6.iter().flatten() {
+            let (len, data) = (key.prefix_len(), key.data());
+            if let Ok(net) = IpNet::new(Ipv6Addr::from(data).into(), len as u8) {
+                out.push(ClampEntry { net, mtu: v.mtu, origin: origin(v.origin) });
+            }
+        }
+        out
+    }
+
+    /// Writes the settings of an interface.
+    pub fn set_iface(&mut self, ifindex: u32, cfg: IfaceConfig) -> Result<()> {
+        self.ifaces
+            .insert(&ifindex, &cfg, 0)
+            .with_context(|| format!("writing interface settings for ifindex {ifindex}"))?;
+        self.refresh_floor()
+    }
+
+    /// Forgets an interface.
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        let _ = self.ifaces.remove(&ifindex);
+        self.refresh_floor()
+    }
+
+    /// Every configured interface: (ifindex, settings).
+    pub fn ifaces(&self) -> Vec<(u32, IfaceConfig)> {
+        self.ifaces.iter().flatten().collect()
+    }
+
+    /// The counters of (slot, direction, family), summed over CPUs.
+    pub fn counters(&self, slot: u32, dir: u32, family: u32) -> Result<Counters> {
+        let index = counter_index(slot, dir, family);
+        if index >= COUNTER_ENTRIES {
+            bail!("counter slot {slot} out of range");
+        }
+        let per_cpu = self.counters.get(&index, 0).context("reading counters")?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.syn += c.syn;
+            sum.mss_clamped += c.mss_clamped;
+            sum.mss_ok += c.mss_ok;
+            sum.no_clamp += c.no_clamp;
+            sum.no_mss += c.no_mss;
+            sum.unparseable += c.unparseable;
+            sum.oversize_df += c.oversize_df;
+        }
+        Ok(sum)
+    }
+
+    /// Every learned destination.
+    pub fn learned(&self) -> Vec<Learned> {
+        self.learned
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let addr = match k.family {
+                    FAMILY_V4 => IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]]),
+                    FAMILY_V6 => IpAddr::from(k.addr),
+                    _ => return None,
+                };
+                Some(Learned {
+                    addr,
+                    first_seen_ns: v.first_seen_ns,
+                    last_seen_ns: v.last_seen_ns,
+                    syns: v.syns,
+                    ifindex: v.ifindex,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a learned destination.
+    pub fn forget_learned(&mut self, addr: IpAddr) {
+        let _ = self.learned.remove(&learned_key(addr));
+    }
+
+    /// The global settings.
+    pub fn globals(&self) -> Result<Globals> {
+        Ok(self.globals.get(&0, 0)?)
+    }
+
+    /// Recomputes [`Globals`]: the smallest MTU in force per family (the datapath's oversize
+    /// pre-check) and the ABI version.
+    pub fn refresh_floor(&mut self) -> Result<()> {
+        let mut v4 = u16::MAX;
+        let mut v6 = u16::MAX;
+        for (_, v) in self.clamp_v4.iter().flatten() {
+            v4 = v4.min(v.mtu);
+        }
+        for (_, v) in self.clamp_v6.iter().flatten() {
+            v6 = v6.min(v.mtu);
+        }
+        for (_, cfg) in self.ifaces.iter().flatten() {
+            if cfg.default_mtu_v4 != 0 {
+                v4 = v4.min(cfg.default_mtu_v4);
+            }
+            if cfg.default_mtu_v6 != 0 {
+                v6 = v6.min(cfg.default_mtu_v6);
+            }
+        }
+        let g = Globals {
+            min_mtu_v4: v4,
+            min_mtu_v6: v6,
+            abi_version: ABI_VERSION,
+        };
+        self.globals.set(0, &g, 0).context("writing global settings")?;
+        Ok(())
+    }
+}
+
+/// The learned-map key of an address.
+pub fn learned_key(addr: IpAddr) -> LearnedKey {
+    match addr {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            LearnedKey {
+                family: FAMILY_V4,
+                addr: b,
+            }
+        }
+        IpAddr::V6(a) => LearnedKey {
+            family: FAMILY_V6,
+            addr: a.octets(),
+        },
+    }
+}
