@@ -17,7 +17,10 @@ fn datapath_verifies_and_pins_its_maps() {
     }
     let pins = fs.list();
     for map in wslnet_common::map_names::ALL {
-        assert!(pins.contains(&format!("maps/{map}")), "{map} not pinned: {pins:?}");
+        assert!(
+            pins.contains(&format!("maps/{map}")),
+            "{map} not pinned: {pins:?}"
+        );
     }
     let maps = wslnet_agent::maps::Maps::open(fs.path()).unwrap();
     assert!(maps.clamps().is_empty());

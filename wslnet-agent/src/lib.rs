@@ -9,9 +9,20 @@
 //! - [`ifaces`]: following interfaces that match the globs (netlink);
 //! - [`prober`]: path-MTU search (ICMP with DF, TCP fallback);
 //! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
-//! - [`service`]: `run`, which ties them together.
+//! - [`pmtu`]: which destinations to measure and when, inside `run`;
+//! - [`service`]: `run`, which ties them together;
+//! - [`status`], [`check`]: the inspection commands.
+pub mod attach;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod ifaces;
 pub mod maps;
+pub mod metrics;
+pub mod pmtu;
 pub mod prober;
+pub mod service;
+pub mod status;
 
 /// The compiled datapath object (`wslnet-ebpf`, built by build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wslnet"));

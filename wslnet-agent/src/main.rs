@@ -1,3 +1,4 @@
+//! `wslnet-agent`: see `wslnet-agent --help`.
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+    wslnet_agent::cli::main()
 }

@@ -206,13 +206,21 @@ impl Maps {
         for (key, v) in self.clamp_v4.iter().flatten() {
             let (len, data) = (key.prefix_len(), key.data());
             if let Ok(net) = IpNet::new(Ipv4Addr::from(data).into(), len as u8) {
-                out.push(ClampEntry { net, mtu: v.mtu, origin: origin(v.origin) });
+                out.push(ClampEntry {
+                    net,
+                    mtu: v.mtu,
+                    origin: origin(v.origin),
+                });
             }
         }
         for (key, v) in self.clamp_v6.iter().flatten() {
             let (len, data) = (key.prefix_len(), key.data());
             if let Ok(net) = IpNet::new(Ipv6Addr::from(data).into(), len as u8) {
-                out.push(ClampEntry { net, mtu: v.mtu, origin: origin(v.origin) });
+                out.push(ClampEntry {
+                    net,
+                    mtu: v.mtu,
+                    origin: origin(v.origin),
+                });
             }
         }
         out
@@ -255,6 +263,23 @@ impl Maps {
             sum.oversize_df += c.oversize_df;
         }
         Ok(sum)
+    }
+
+    /// Sets every CPU's counters of a slot to zero (before the slot is given to a new interface).
+    pub fn zero_counters(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?;
+        for dir in [wslnet_common::DIR_INGRESS, wslnet_common::DIR_EGRESS] {
+            for family in [FAMILY_V4, FAMILY_V6] {
+                let zeros = aya::maps::PerCpuValues::try_from(vec![
+                    Counters::default();
+                    cpus.get() as usize
+                ])?;
+                self.counters
+                    .set(counter_index(slot, dir, family), zeros, 0)
+                    .context("zeroing counters")?;
+            }
+        }
+        Ok(())
     }
 
     /// Every learned destination.
@@ -313,7 +338,9 @@ impl Maps {
             min_mtu_v6: v6,
             abi_version: ABI_VERSION,
         };
-        self.globals.set(0, &g, 0).context("writing global settings")?;
+        self.globals
+            .set(0, &g, 0)
+            .context("writing global settings")?;
         Ok(())
     }
 }

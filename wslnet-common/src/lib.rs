@@ -133,8 +133,19 @@ pub struct IfaceConfig {
     pub default_mtu_v4: u16,
     /// Default path MTU (bytes) for IPv6 peers without an LPM entry; 0 = no clamp.
     pub default_mtu_v6: u16,
-    /// Reserved, 0.
-    pub reserved: u16,
+    /// Agent bookkeeping, ignored by the datapath: [`iface_flags`] (how it is attached).
+    pub flags: u16,
+}
+
+/// Bits of [`IfaceConfig::flags`]: how the agent attached an interface, kept in the pinned
+/// map so that a restarted agent or `detach` knows what to undo.
+pub mod iface_flags {
+    /// Attached with TCX links (pinned under `<pin dir>/links/`).
+    pub const TCX: u16 = 1 << 0;
+    /// Attached with clsact + cls_bpf filters (netlink).
+    pub const CLSACT: u16 = 1 << 1;
+    /// The clsact qdisc was created by the agent (so `detach` removes it).
+    pub const QDISC_CREATED: u16 = 1 << 2;
 }
 
 /// Where a path MTU entry came from (the [`PathMtu::origin`] field).

@@ -50,7 +50,7 @@ const UNCONFIGURED: IfaceConfig = IfaceConfig {
     l3_offset: L3_OFFSET_ETHERNET,
     default_mtu_v4: 0,
     default_mtu_v6: 0,
-    reserved: 0,
+    flags: 0,
 };
 
 /// Ingress hook: clamps the MSS of arriving SYN / SYN-ACKs to the path MTU of their source,
@@ -96,6 +96,12 @@ fn handle(ctx: &TcContext, dir: u32) {
         count_oversize(ctx, &ip, &cfg);
     }
     if ip.fragment || !packet::is_tcp(&ip) {
+        return;
+    }
+    // The fixed TCP header must lie inside the IP packet: bytes past `end` (Ethernet padding,
+    // or beyond a short IP length) are not TCP and must not be read as flags.
+    if ip.l4 + mss::TCP_HDR_LEN > ip.end {
+        bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
         return;
     }
     // Bytes 12 (data offset) and 13 (flags) of the TCP header.

@@ -102,7 +102,11 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
         return Parsed::Unparseable(FAMILY_V4);
     }
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    let end = if tot_len == 0 || l3 + tot_len > len { len } else { l3 + tot_len };
+    let end = if tot_len == 0 || l3 + tot_len > len {
+        len
+    } else {
+        l3 + tot_len
+    };
     let frags = u16::from_be_bytes(ip.frags);
     let mut peer = [0u8; 16];
     let addr = if egress { ip.dst_addr } else { ip.src_addr };
@@ -129,7 +133,11 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
     let ip_end = l3 + Ipv6Hdr::LEN + payload_len;
-    let end = if payload_len == 0 || ip_end > len { len } else { ip_end };
+    let end = if payload_len == 0 || ip_end > len {
+        len
+    } else {
+        ip_end
+    };
     let mut next = ip.next_hdr;
     let mut l4 = l3 + Ipv6Hdr::LEN;
     let mut fragment = false;
@@ -149,8 +157,7 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
         next = ext[0];
         l4 += (ext[1] as usize + 1) * 8;
     }
-    if !fragment
-        && (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS)
+    if !fragment && (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS)
     {
         return Parsed::Unparseable(FAMILY_V6);
     }

@@ -1,1 +1,566 @@
-//! (being written)
+//! A pure-Rust reference model of wslnet's clamp rules: the oracle for differential tests.
+//!
+//! Written from DESIGN.md and netfilter's `xt_TCPMSS` (clamp-mss-to-pmtu) semantics, without
+//! looking at how the eBPF datapath is structured: it takes the same inputs (frame bytes,
+//! direction, the tables the agent writes) and produces the same observable outputs (frame
+//! bytes, tc verdict, the counter row that moved and by how much, the learned destination).
+//!
+//! The rules, in order:
+//! 1. Link layer: on an Ethernet-like interface (L3 offset 14) the EtherType at byte 12 picks
+//!    IPv4/IPv6, after at most one 802.1Q tag; on an L3 device (offset 0) the version nibble of
+//!    the first byte does. Anything else, or a frame too short to tell, is not IP: passed, not
+//!    counted.
+//! 2. IP: a header that is truncated, has the wrong version, an IPv4 IHL below 5 or past the
+//!    frame, more than [`MAX_IPV6_EXT_HEADERS`] IPv6 extension headers or a transport offset past
+//!    the packet end is `unparseable`. The packet ends at the smaller of the frame length and the
+//!    IP length (0 = frame length). IPv4 fragments with a non-zero offset and IPv6 packets with
+//!    a fragment header are never touched at the transport layer.
+//! 3. Egress, DF set (every IPv6 packet): a packet (a segment, for GSO) bigger than the
+//!    family's floor ([`Globals`]) and than a non-zero path MTU in force for the destination is
+//!    `oversize_df`.
+//! 4. TCP: a header shorter than 20 bytes inside the packet is `unparseable`. SYN set, RST
+//!    clear: `syn` (pure egress SYNs are learned). Data offset below 5, the header past the packet
+//!    or a malformed option list (length below 2, past the header, MSS length not 4) is
+//!    `unparseable`; no MSS option before EOL / the header end is `no_mss`; otherwise the first MSS
+//!    option is compared with path MTU - 40 (IPv4) / - 60 (IPv6) for the peer (destination on
+//!    egress, source on ingress): no sane path MTU is `no_clamp`, at or below is `mss_ok`, above is
+//!    lowered (`mss_clamped`) with the TCP checksum updated incrementally (RFC 1624), exactly as the
+//!    kernel's `bpf_l4_csum_replace` does it.
+//!
+//! The verdict is always `TC_ACT_UNSPEC` (-1): nothing is dropped.
+
+use std::net::IpAddr;
+
+pub use wslnet_common::{Counters, Globals, IfaceConfig, LearnedKey};
+use wslnet_common::{FAMILY_V4, FAMILY_V6};
+
+/// The tc verdict of every packet: `TC_ACT_UNSPEC`.
+pub const TC_ACT_UNSPEC: i32 = -1;
+/// IPv6 extension headers (hop-by-hop, routing, destination options) skipped before giving up.
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+/// Most TCP option bytes (data offset 15).
+pub const MAX_TCP_OPTION_BYTES: usize = 40;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const VLAN_HLEN: usize = 4;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_MIN_HLEN: usize = 20;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const NH_HOPOPTS: u8 = 0;
+const NH_ROUTING: u8 = 43;
+const NH_FRAGMENT: u8 = 44;
+const NH_DSTOPTS: u8 = 60;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const OPT_EOL: u8 = 0;
+const OPT_NOP: u8 = 1;
+const OPT_MSS: u8 = 2;
+const OPT_MSS_LEN: usize = 4;
+/// Smallest path MTU that is believed (RFC 791's minimum link MTU).
+const SANE_MTU_FLOOR: u16 = 68;
+
+/// Which tc hook the packet goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Arriving: the peer is the source address.
+    Ingress,
+    /// Leaving: the peer is the destination address.
+    Egress,
+}
+
+impl Direction {
+    /// The counter direction index (`DIR_INGRESS` / `DIR_EGRESS`).
+    pub fn index(self) -> u32 {
+        match self {
+            Direction::Ingress => wslnet_common::DIR_INGRESS,
+            Direction::Egress => wslnet_common::DIR_EGRESS,
+        }
+    }
+}
+
+/// A path MTU for a prefix, as in the clamp LPM maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clamp {
+    /// Prefix address (bits beyond `prefix_len` are ignored).
+    pub addr: IpAddr,
+    /// Prefix length in bits.
+    pub prefix_len: u8,
+    /// Path MTU, bytes (0 = an entry that says "no clamp").
+    pub mtu: u16,
+}
+
+/// Everything the agent writes that changes the datapath's behaviour.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    /// Interface settings by ifindex; a missing ifindex is counter slot 0, Ethernet, no default.
+    pub ifaces: Vec<(u32, IfaceConfig)>,
+    /// Clamp entries (both families); the longest matching prefix of the peer's family wins.
+    pub clamps: Vec<Clamp>,
+    /// Oversize pre-check floors.
+    pub globals: Globals,
+}
+
+impl Tables {
+    /// The settings in force for an interface.
+    pub fn iface(&self, ifindex: u32) -> IfaceConfig {
+        self.ifaces
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, c)| *c)
+            .unwrap_or(IfaceConfig {
+                slot: 0,
+                l3_offset: 14,
+                ..IfaceConfig::default()
+            })
+    }
+
+    /// The path MTU in force for `peer`: the longest matching prefix, else the interface default
+    /// for the family (0 = none).
+    pub fn path_mtu(&self, peer: IpAddr, cfg: &IfaceConfig) -> u16 {
+        let best = self
+            .clamps
+            .iter()
+            .filter(|c| prefix_matches(c.addr, c.prefix_len, peer))
+            .max_by_key(|c| c.prefix_len);
+        match (best, peer) {
+            (Some(c), _) => c.mtu,
+            (None, IpAddr::V4(_)) => cfg.default_mtu_v4,
+            (None, IpAddr::V6(_)) => cfg.default_mtu_v6,
+        }
+    }
+}
+
+fn prefix_matches(net: IpAddr, len: u8, addr: IpAddr) -> bool {
+    let (a, b): (Vec<u8>, Vec<u8>) = match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => (n.octets().to_vec(), a.octets().to_vec()),
+        (IpAddr::V6(n), IpAddr::V6(a)) => (n.octets().to_vec(), a.octets().to_vec()),
+        _ => return false,
+    };
+    let len = (len as usize).min(a.len() * 8);
+    (0..len).all(|bit| {
+        let mask = 0x80u8 >> (bit % 8);
+        a[bit / 8] & mask == b[bit / 8] & mask
+    })
+}
+
+/// One packet through one hook.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// The frame as the program sees it (from the link header on).
+    pub frame: &'a [u8],
+    /// The hook.
+    pub dir: Direction,
+    /// The interface (`__sk_buff.ifindex`).
+    pub ifindex: u32,
+    /// `__sk_buff.gso_size` (0: not a GSO packet).
+    pub gso_size: u32,
+}
+
+/// The counter row that moved and by how much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterMove {
+    /// Interface counter slot.
+    pub slot: u32,
+    /// `DIR_INGRESS` / `DIR_EGRESS`.
+    pub dir: u32,
+    /// `FAMILY_V4` / `FAMILY_V6`.
+    pub family: u32,
+    /// Increments of each counter.
+    pub delta: Counters,
+}
+
+/// What the datapath does to a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The frame after the program.
+    pub frame: Vec<u8>,
+    /// The tc verdict.
+    pub retval: i32,
+    /// The counters that moved (None: nothing counted).
+    pub counters: Option<CounterMove>,
+    /// The destination recorded for the prober (egress pure SYNs).
+    pub learned: Option<LearnedKey>,
+    /// The MSS rewrite done: (old, new).
+    pub rewrite: Option<(u16, u16)>,
+}
+
+/// Big-endian u16 at `off`, if the frame has it.
+fn be16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(off)?, *b.get(off + 1)?]))
+}
+
+/// The IP packet as far as the model understood it.
+struct IpView {
+    family: u32,
+    l3: usize,
+    l4: usize,
+    end: usize,
+    proto: u8,
+    df: bool,
+    untouchable_fragment: bool,
+    peer: IpAddr,
+}
+
+enum L3 {
+    NotIp,
+    Broken(u32),
+    Ip(IpView),
+}
+
+fn link_layer(frame: &[u8], l3_offset: u16) -> Option<(u32, usize)> {
+    if l3_offset == 0 {
+        return match frame.first()? >> 4 {
+            4 => Some((FAMILY_V4, 0)),
+            6 => Some((FAMILY_V6, 0)),
+            _ => None,
+        };
+    }
+    let mut ethertype = be16(frame, ETH_HLEN - 2)?;
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q {
+        ethertype = be16(frame, ETH_HLEN + 2)?;
+        l3 += VLAN_HLEN;
+    }
+    match ethertype {
+        ETH_P_IP => Some((FAMILY_V4, l3)),
+        ETH_P_IPV6 => Some((FAMILY_V6, l3)),
+        _ => None,
+    }
+}
+
+fn network_layer(frame: &[u8], l3_offset: u16, dir: Direction) -> L3 {
+    let Some((family, l3)) = link_layer(frame, l3_offset) else {
+        return L3::NotIp;
+    };
+    let len = frame.len();
+    if family == FAMILY_V4 {
+        let Some(h) = frame.get(l3..l3 + IPV4_MIN_HLEN) else {
+            return L3::Broken(family);
+        };
+        let ihl = usize::from(h[0] & 0xf) * 4;
+        if h[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || l3 + ihl > len {
+            return L3::Broken(family);
+        }
+        let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let end = if total == 0 { len } else { len.min(l3 + total) };
+        let frag = u16::from_be_bytes([h[6], h[7]]);
+        let src: [u8; 4] = h[12..16].try_into().unwrap();
+        let dst: [u8; 4] = h[16..20].try_into().unwrap();
+        let peer = if dir == Direction::Egress { dst } else { src };
+        return L3::Ip(IpView {
+            family,
+            l3,
+            l4: l3 + ihl,
+            end,
+            proto: h[9],
+            df: frag & 0x4000 != 0,
+            untouchable_fragment: frag & 0x1fff != 0,
+            peer: IpAddr::from(peer),
+        });
+    }
+    let Some(h) = frame.get(l3..l3 + IPV6_HLEN) else {
+        return L3::Broken(family);
+    };
+    if h[0] >> 4 != 6 {
+        return L3::Broken(family);
+    }
+    let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    let end = if payload == 0 {
+        len
+    } else {
+        len.min(l3 + IPV6_HLEN + payload)
+    };
+    let src: [u8; 16] = h[8..24].try_into().unwrap();
+    let dst: [u8; 16] = h[24..40].try_into().unwrap();
+    let peer = if dir == Direction::Egress { dst } else { src };
+    let mut next = h[6];
+    let mut l4 = l3 + IPV6_HLEN;
+    let mut skipped = 0;
+    let mut fragment = false;
+    loop {
+        if next == NH_FRAGMENT {
+            fragment = true;
+            break;
+        }
+        if !matches!(next, NH_HOPOPTS | NH_ROUTING | NH_DSTOPTS) {
+            break;
+        }
+        if skipped == MAX_IPV6_EXT_HEADERS {
+            return L3::Broken(family);
+        }
+        let (Some(&nh), Some(&hlen)) = (frame.get(l4), frame.get(l4 + 1)) else {
+            return L3::Broken(family);
+        };
+        next = nh;
+        l4 += (usize::from(hlen) + 1) * 8;
+        skipped += 1;
+    }
+    if l4 > end {
+        return L3::Broken(family);
+    }
+    L3::Ip(IpView {
+        family,
+        l3,
+        l4,
+        end,
+        proto: next,
+        df: true,
+        untouchable_fragment: fragment,
+        peer: IpAddr::from(peer),
+    })
+}
+
+/// Where the options walk ended.
+enum Options {
+    Mss { value_at: usize, mss: u16 },
+    None,
+    Malformed,
+}
+
+fn walk_options(frame: &[u8], opts: std::ops::Range<usize>) -> Options {
+    let mut at = opts.start;
+    while at < opts.end {
+        match frame[at] {
+            OPT_EOL => return Options::None,
+            OPT_NOP => at += 1,
+            kind => {
+                if at + 1 >= opts.end {
+                    return Options::Malformed;
+                }
+                let olen = usize::from(frame[at + 1]);
+                if olen < 2 || at + olen > opts.end {
+                    return Options::Malformed;
+                }
+                if kind == OPT_MSS {
+                    if olen != OPT_MSS_LEN {
+                        return Options::Malformed;
+                    }
+                    return Options::Mss {
+                        value_at: at + 2,
+                        mss: u16::from_be_bytes([frame[at + 2], frame[at + 3]]),
+                    };
+                }
+                at += olen;
+            }
+        }
+    }
+    Options::None
+}
+
+/// One's-complement sum of big-endian 16-bit words, folded to 16 bits (0 only for all-zero input).
+fn ones_sum(words: impl IntoIterator<Item = u16>) -> u16 {
+    let mut s: u32 = 0;
+    for w in words {
+        s += u32::from(w);
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// Replaces bytes `at..at+new.len()` (inside the TCP segment starting at `l4`) and updates the
+/// TCP checksum at `l4 + 16` incrementally over the 16-bit words that changed, like the kernel's
+/// `csum_replace4`: check' = ~(~check + ~old + new), where a zero sum is 0xffff (the kernel's
+/// arithmetic always carries a one's-complement "negative zero" term), so check' is never 0xffff.
+fn replace_with_checksum(frame: &mut [u8], l4: usize, at: usize, new: &[u8]) {
+    let first = l4 + ((at - l4) & !1);
+    let last = at + new.len();
+    let last = l4 + (last - l4).div_ceil(2) * 2;
+    let words = |f: &[u8]| -> Vec<u16> {
+        (first..last)
+            .step_by(2)
+            .map(|i| u16::from_be_bytes([f[i], f[i + 1]]))
+            .collect()
+    };
+    let old = words(frame);
+    frame[at..at + new.len()].copy_from_slice(new);
+    let updated = words(frame);
+    let check = u16::from_be_bytes([frame[l4 + 16], frame[l4 + 17]]);
+    let terms = std::iter::once(!check)
+        .chain(old.into_iter().map(|w| !w))
+        .chain(updated);
+    let mut sum = ones_sum(terms);
+    if sum == 0 {
+        sum = 0xffff;
+    }
+    frame[l4 + 16..l4 + 18].copy_from_slice(&(!sum).to_be_bytes());
+}
+
+/// The MSS that fits a path MTU, if the MTU is believable.
+fn mss_limit(mtu: u16, family: u32) -> Option<u16> {
+    let overhead = if family == FAMILY_V6 { 60 } else { 40 };
+    (mtu >= SANE_MTU_FLOOR && mtu > overhead).then(|| mtu - overhead)
+}
+
+/// Runs one packet through the model of the datapath.
+pub fn run(tables: &Tables, input: Input<'_>) -> Outcome {
+    let cfg = tables.iface(input.ifindex);
+    let mut out = Outcome {
+        frame: input.frame.to_vec(),
+        retval: TC_ACT_UNSPEC,
+        counters: None,
+        learned: None,
+        rewrite: None,
+    };
+    let mut delta = Counters::default();
+    let family = match network_layer(input.frame, cfg.l3_offset, input.dir) {
+        L3::NotIp => return out,
+        L3::Broken(family) => {
+            delta.unparseable += 1;
+            family
+        }
+        L3::Ip(ip) => {
+            transport(tables, &cfg, &input, &ip, &mut out, &mut delta);
+            ip.family
+        }
+    };
+    if delta != Counters::default() {
+        out.counters = Some(CounterMove {
+            slot: cfg.slot,
+            dir: input.dir.index(),
+            family,
+            delta,
+        });
+    }
+    out
+}
+
+fn transport(
+    tables: &Tables,
+    cfg: &IfaceConfig,
+    input: &Input<'_>,
+    ip: &IpView,
+    out: &mut Outcome,
+    delta: &mut Counters,
+) {
+    let frame = input.frame;
+    if input.dir == Direction::Egress && ip.df {
+        let size = if input.gso_size != 0 {
+            let thl = match ip.proto {
+                PROTO_TCP => frame.get(ip.l4 + 12).map_or(0, |b| usize::from(b >> 4) * 4),
+                PROTO_UDP => 8,
+                _ => 0,
+            };
+            ip.l4 - ip.l3 + thl + input.gso_size as usize
+        } else {
+            ip.end - ip.l3
+        };
+        let floor = if ip.family == FAMILY_V4 {
+            tables.globals.min_mtu_v4
+        } else {
+            tables.globals.min_mtu_v6
+        };
+        let mtu = usize::from(tables.path_mtu(ip.peer, cfg));
+        if size > usize::from(floor) && mtu != 0 && size > mtu {
+            delta.oversize_df += 1;
+        }
+    }
+    if ip.untouchable_fragment || ip.proto != PROTO_TCP {
+        return;
+    }
+    if ip.l4 + TCP_MIN_HLEN > ip.end {
+        delta.unparseable += 1;
+        return;
+    }
+    let flags = frame[ip.l4 + 13];
+    if flags & (TCP_SYN | TCP_RST) != TCP_SYN {
+        return;
+    }
+    delta.syn += 1;
+    if input.dir == Direction::Egress && flags & TCP_ACK == 0 {
+        let mut addr = [0u8; 16];
+        match ip.peer {
+            IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
+        }
+        out.learned = Some(LearnedKey {
+            family: ip.family,
+            addr,
+        });
+    }
+    let hdr_len = usize::from(frame[ip.l4 + 12] >> 4) * 4;
+    if hdr_len < TCP_MIN_HLEN || ip.l4 + hdr_len > ip.end {
+        delta.unparseable += 1;
+        return;
+    }
+    match walk_options(frame, ip.l4 + TCP_MIN_HLEN..ip.l4 + hdr_len) {
+        Options::Malformed => delta.unparseable += 1,
+        Options::None => delta.no_mss += 1,
+        Options::Mss { value_at, mss } => {
+            match mss_limit(tables.path_mtu(ip.peer, cfg), ip.family) {
+                None => delta.no_clamp += 1,
+                Some(limit) if mss <= limit => delta.mss_ok += 1,
+                Some(limit) => {
+                    replace_with_checksum(&mut out.frame, ip.l4, value_at, &limit.to_be_bytes());
+                    out.rewrite = Some((mss, limit));
+                    delta.mss_clamped += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_checksum_matches_full_recompute() {
+        // A 24-byte "segment" with a checksum field; replacing bytes keeps sum(all) == 0xffff.
+        let mut seg = vec![0u8; 24];
+        for (i, b) in seg.iter_mut().enumerate() {
+            *b = (i * 37 + 11) as u8;
+        }
+        let fix = |s: &mut Vec<u8>| {
+            s[16] = 0;
+            s[17] = 0;
+            let c = !ones_sum(s.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])));
+            s[16..18].copy_from_slice(&c.to_be_bytes());
+        };
+        fix(&mut seg);
+        for at in [20usize, 21] {
+            let mut s = seg.clone();
+            replace_with_checksum(&mut s, 0, at, &[0x05, 0x34]);
+            assert_eq!(&s[at..at + 2], &[0x05, 0x34]);
+            let total = ones_sum(s.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])));
+            assert_eq!(total, 0xffff, "at {at}");
+        }
+    }
+
+    #[test]
+    fn mss_limits() {
+        assert_eq!(mss_limit(1372, FAMILY_V4), Some(1332));
+        assert_eq!(mss_limit(1372, FAMILY_V6), Some(1312));
+        assert_eq!(mss_limit(67, FAMILY_V4), None);
+        assert_eq!(mss_limit(0, FAMILY_V6), None);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = Tables {
+            clamps: vec![
+                Clamp {
+                    addr: "10.0.0.0".parse().unwrap(),
+                    prefix_len: 8,
+                    mtu: 1400,
+                },
+                Clamp {
+                    addr: "10.1.0.0".parse().unwrap(),
+                    prefix_len: 16,
+                    mtu: 1300,
+                },
+            ],
+            ..Default::default()
+        };
+        let cfg = t.iface(1);
+        assert_eq!(t.path_mtu("10.1.2.3".parse().unwrap(), &cfg), 1300);
+        assert_eq!(t.path_mtu("10.2.2.3".parse().unwrap(), &cfg), 1400);
+        assert_eq!(t.path_mtu("11.2.2.3".parse().unwrap(), &cfg), 0);
+    }
+}

@@ -1,0 +1,270 @@
+//! Attaching the datapath's two programs to an interface, and undoing it.
+//!
+//! - **TCX** (kernel >= 6.6): one BPF link per hook, pinned at
+//!   `<pin dir>/links/if<ifindex>-<ingress|egress>`. The pin keeps the program attached while no
+//!   agent runs; a restarted agent swaps its freshly loaded program into the pinned link with
+//!   `bpf_link_update` (no moment without clamping), and counters continue because the maps
+//!   are pinned too.
+//! - **clsact**: a clsact qdisc (created if missing) with one cls_bpf filter per hook at a fixed
+//!   priority and handle ([`TC_PRIORITY`], [`TC_HANDLE`]). Filters outlive the agent by nature;
+//!   a restarted agent replaces them in place, which also cleans up filters of a crashed run.
+//!
+//! How each interface was attached is recorded in its [`IfaceConfig::flags`] in the pinned
+//! interface map, so `detach` and a restarted agent know what to undo.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, Link as _, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttach, TcHandle},
+    },
+};
+use wslnet_common::{IfaceConfig, iface_flags, program_names};
+
+use crate::{config::AttachMode, maps::links_dir};
+
+/// tc filter priority of wslnet's cls_bpf filters (clsact mode).
+pub const TC_PRIORITY: u16 = 0x5754;
+/// tc filter handle of wslnet's cls_bpf filters (clsact mode).
+pub const TC_HANDLE: u32 = 0x5754;
+
+/// The two hooks.
+pub const HOOKS: [TcAttachType; 2] = [TcAttachType::Ingress, TcAttachType::Egress];
+
+/// "ingress" or "egress".
+pub fn hook_name(hook: TcAttachType) -> &'static str {
+    match hook {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+    }
+}
+
+/// The mode names used in `status` and metrics.
+pub fn mode_name(flags: u16) -> &'static str {
+    if flags & iface_flags::TCX != 0 {
+        "tcx"
+    } else if flags & iface_flags::CLSACT != 0 {
+        "clsact"
+    } else {
+        "none"
+    }
+}
+
+/// True when the running kernel has TCX (6.6 or later).
+pub fn kernel_has_tcx() -> bool {
+    aya::util::KernelVersion::current()
+        .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+        .unwrap_or(false)
+}
+
+/// The concrete mode for a preference.
+pub fn resolve_mode(pref: AttachMode) -> AttachMode {
+    match pref {
+        AttachMode::Auto if kernel_has_tcx() => AttachMode::Tcx,
+        AttachMode::Auto => AttachMode::Clsact,
+        m => m,
+    }
+}
+
+/// Pin path of the TCX link of `ifindex` at `hook`.
+pub fn link_pin(pin_dir: &Path, ifindex: u32, hook: TcAttachType) -> PathBuf {
+    links_dir(pin_dir).join(format!("if{ifindex}-{}", hook_name(hook)))
+}
+
+fn program(ebpf: &mut Ebpf, hook: TcAttachType) -> Result<&mut SchedClassifier> {
+    let name = match hook {
+        TcAttachType::Ingress => program_names::INGRESS,
+        TcAttachType::Egress => program_names::EGRESS,
+    };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the datapath object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a tc classifier"))?;
+    Ok(prog)
+}
+
+/// Loads (verifies) both programs into the kernel.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for hook in HOOKS {
+        let prog = program(ebpf, hook)?;
+        prog.load().with_context(|| {
+            format!(
+                "the kernel's verifier rejected the {} program; run with RUST_LOG=debug and \
+                 report the verifier log",
+                hook_name(hook)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Attaches both programs to `ifindex` in `mode` (Tcx or Clsact), adopting an existing
+/// attachment of an earlier run. Returns the [`iface_flags`] describing the attachment.
+/// `previous` is the interface's entry in the pinned map, if any.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    ifindex: u32,
+    mode: AttachMode,
+    previous: Option<IfaceConfig>,
+) -> Result<u16> {
+    match mode {
+        AttachMode::Tcx => {
+            std::fs::create_dir_all(links_dir(pin_dir))
+                .context("creating the links pin directory")?;
+            for hook in HOOKS {
+                attach_tcx(ebpf, pin_dir, ifindex, hook)?;
+            }
+            Ok(iface_flags::TCX)
+        }
+        AttachMode::Clsact => {
+            let created = match tc::qdisc_add_clsact(ifindex) {
+                Ok(()) => true,
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    // Ours from an earlier run, or somebody else's: keep who created it.
+                    previous.is_some_and(|p| p.flags & iface_flags::QDISC_CREATED != 0)
+                }
+                Err(e) => {
+                    return Err(e).context(
+                        "adding a clsact qdisc; the kernel needs CONFIG_NET_SCH_INGRESS \
+                         (see `wslnet-agent check`)",
+                    );
+                }
+            };
+            for hook in HOOKS {
+                attach_clsact(ebpf, ifindex, hook)?;
+            }
+            Ok(iface_flags::CLSACT
+                | if created {
+                    iface_flags::QDISC_CREATED
+                } else {
+                    0
+                })
+        }
+        AttachMode::Auto => bail!("attach mode must be resolved before attaching"),
+    }
+}
+
+fn attach_tcx(ebpf: &mut Ebpf, pin_dir: &Path, ifindex: u32, hook: TcAttachType) -> Result<()> {
+    let pin = link_pin(pin_dir, ifindex, hook);
+    let prog = program(ebpf, hook)?;
+    if pin.exists() {
+        // Adopt: swap this run's program into the pinned link, atomically.
+        let adopted = PinnedLink::from_pin(&pin)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| Ok(SchedClassifierLink::try_from(FdLink::from(p))?))
+            .and_then(|link| Ok(prog.attach_to_link(link)?));
+        match adopted {
+            Ok(id) => {
+                // The pin keeps the link; drop our extra fd without detaching anything.
+                drop(prog.take_link(id)?);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(pin = %pin.display(), error = %e, "stale link pin, replacing it");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = prog
+        .attach(
+            ifindex,
+            TcAttach::Tcx {
+                attach_type: hook,
+                order: Default::default(),
+            },
+        )
+        .with_context(|| format!("attaching the {} program with TCX", hook_name(hook)))?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the TCX link at {}", pin.display()))?;
+    Ok(())
+}
+
+fn attach_clsact(ebpf: &mut Ebpf, ifindex: u32, hook: TcAttachType) -> Result<()> {
+    let prog = program(ebpf, hook)?;
+    let options = NlOptions {
+        priority: TC_PRIORITY,
+        handle: TcHandle::from(TC_HANDLE),
+        ..Default::default()
+    };
+    let id = match prog.attach(
+        ifindex,
+        TcAttach::Netlink {
+            parent: hook.into(),
+            options,
+        },
+    ) {
+        Ok(id) => id,
+        Err(_) => {
+            // A filter of an earlier run holds our priority and handle: replace it in place.
+            let existing = SchedClassifierLink::attached(
+                ifindex,
+                hook.into(),
+                TC_PRIORITY,
+                TcHandle::from(TC_HANDLE),
+                None,
+            )?;
+            prog.attach_to_link(existing).with_context(|| {
+                format!(
+                    "attaching the {} program with a clsact filter; the kernel needs \
+                     CONFIG_NET_CLS_BPF (see `wslnet-agent check`)",
+                    hook_name(hook)
+                )
+            })?
+        }
+    };
+    // Filters stay attached after the agent exits until `detach` removes them.
+    std::mem::forget(prog.take_link(id)?);
+    Ok(())
+}
+
+/// Removes the attachment described by `flags` from `ifindex` (which may be gone already).
+pub async fn detach(pin_dir: &Path, ifindex: u32, flags: u16) -> Result<()> {
+    if flags & iface_flags::TCX != 0 {
+        for hook in HOOKS {
+            let pin = link_pin(pin_dir, ifindex, hook);
+            if pin.exists() {
+                // Unpinning drops the last reference: the kernel detaches the link.
+                let link = PinnedLink::from_pin(&pin)
+                    .with_context(|| format!("opening pinned link {}", pin.display()))?;
+                link.unpin()
+                    .with_context(|| format!("removing pin {}", pin.display()))?;
+            }
+        }
+    }
+    if flags & iface_flags::CLSACT != 0 && interface_exists(ifindex) {
+        for hook in HOOKS {
+            if let Ok(link) = SchedClassifierLink::attached(
+                ifindex,
+                hook.into(),
+                TC_PRIORITY,
+                TcHandle::from(TC_HANDLE),
+                None,
+            ) {
+                let _ = link.detach();
+            }
+        }
+        if flags & iface_flags::QDISC_CREATED != 0 {
+            crate::ifaces::delete_clsact(ifindex).await?;
+        }
+    }
+    Ok(())
+}
+
+/// True when an interface with this index exists in our network namespace.
+pub fn interface_exists(ifindex: u32) -> bool {
+    interface_name(ifindex).is_some()
+}
+
+/// The name of an interface, if it exists.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .map(|n| n.to_string_lossy().into_owned())
+}

@@ -1,0 +1,372 @@
+//! The agent's configuration: a TOML file (`--config`, default [`DEFAULT_CONFIG_PATH`]) with
+//! command-line flags overriding it, validated before anything touches the kernel.
+//!
+//! ```toml
+//! interfaces = ["eth0", "zt*"]        # globs of interfaces to manage
+//! targets = ["10.8.0.1"]              # destinations to probe at start and keep measured
+//! metrics_addr = "127.0.0.1:9786"
+//! pin_dir = "/sys/fs/bpf/wslnet"
+//! attach_mode = "auto"                # auto | tcx | clsact
+//!
+//! [[clamp]]                           # static path MTUs: the manual override
+//! cidr = "10.8.0.0/16"
+//! mtu = 1372
+//!
+//! [probe]
+//! learn = true                        # probe destinations of outgoing connections
+//! recheck_interval_secs = 30
+//! ```
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Where `run` looks for its config file when `--config` is not given (absent = defaults).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/wslnet/wslnet.toml";
+/// Default Prometheus endpoint: loopback only.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9786";
+/// Smallest IPv4 path MTU accepted in a clamp or found by a probe, bytes (RFC 879's 576 less
+/// the 24 bytes some tunnels take; the same floor as Linux's `min_pmtu` of 552).
+pub const MIN_MTU_V4: u16 = 552;
+/// Smallest IPv6 path MTU, bytes (RFC 8200).
+pub const MIN_MTU_V6: u16 = 1280;
+/// Largest path MTU accepted, bytes.
+pub const MAX_MTU: u16 = 65_535;
+
+/// How the datapath is attached to interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX on kernels >= 6.6, clsact + netlink filters below.
+    #[default]
+    Auto,
+    /// TCX links (kernel >= 6.6).
+    Tcx,
+    /// A clsact qdisc with cls_bpf filters (any kernel with sch_ingress and cls_bpf).
+    Clsact,
+}
+
+/// A static path MTU for a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clamp {
+    /// The prefix, e.g. `10.8.0.0/16` or `fd00::/8`; a bare address means a host route.
+    pub cidr: IpNet,
+    /// Path MTU for peers in the prefix, bytes (IPv4 552..=65535, IPv6 1280..=65535).
+    pub mtu: u16,
+}
+
+impl std::str::FromStr for Clamp {
+    type Err = anyhow::Error;
+
+    /// Parses `CIDR=MTU`, e.g. `10.8.0.0/16=1372`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (cidr, mtu) = s
+            .split_once('=')
+            .with_context(|| format!("`{s}`: expected CIDR=MTU, e.g. 10.8.0.0/16=1372"))?;
+        let cidr = parse_net(cidr)?;
+        let mtu = mtu
+            .trim()
+            .parse()
+            .with_context(|| format!("`{s}`: MTU `{mtu}` is not a number of bytes"))?;
+        Ok(Self { cidr, mtu })
+    }
+}
+
+/// Parses a prefix or a bare address (a host prefix).
+pub fn parse_net(s: &str) -> Result<IpNet> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    bail!("`{s}` is not a CIDR prefix (e.g. 10.8.0.0/16, fd00::/8) or an address")
+}
+
+/// Prober settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Probe destinations the datapath saw in outgoing SYNs (besides the configured targets).
+    pub learn: bool,
+    /// Seconds between cheap re-checks of each measured destination (current MTU and one above).
+    pub recheck_interval_secs: u64,
+    /// Most learned destinations kept measured at once; the least recently used are dropped.
+    pub max_destinations: usize,
+    /// Most new searches started per minute for learned destinations.
+    pub searches_per_minute: u32,
+    /// Most probe packets sent per second, all searches together.
+    pub max_probes_per_sec: u32,
+    /// TCP port of targets to probe with TCP segments when they do not answer ICMP echo
+    /// (none: ICMP only).
+    pub tcp_port: Option<u16>,
+    /// Smallest IPv4 path MTU a search may report, bytes (at least 552).
+    pub min_mtu_v4: u16,
+    /// Path MTU assumed for not-yet-measured destinations on each managed interface, bytes
+    /// (0 = none: unmeasured destinations are not clamped). Once measurements exist, the
+    /// smallest recent result on the interface is used instead when `adaptive_default` is set.
+    pub base_mtu: u16,
+    /// Lower the interface default to the smallest recent result measured on it.
+    pub adaptive_default: bool,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            learn: true,
+            recheck_interval_secs: 30,
+            max_destinations: 1024,
+            searches_per_minute: 60,
+            max_probes_per_sec: 200,
+            tcp_port: None,
+            min_mtu_v4: MIN_MTU_V4,
+            base_mtu: 0,
+            adaptive_default: false,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Globs of interface names to manage (`*`, `?`, `[..]`), e.g. `eth0`, `zt*`.
+    pub interfaces: Vec<String>,
+    /// Destinations whose path MTU is measured at start and kept measured; each gets a
+    /// `wslnet_path_mtu_bytes{target}` series.
+    pub targets: Vec<IpAddr>,
+    /// Static path MTUs (the manual override); they win over measurements for their prefix.
+    pub clamp: Vec<Clamp>,
+    /// Address of the Prometheus endpoint (`/metrics`, `/healthz`).
+    pub metrics_addr: SocketAddr,
+    /// bpffs directory for the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// How to attach to interfaces.
+    pub attach_mode: AttachMode,
+    /// Leave programs attached and pins in place when the agent stops (for upgrades);
+    /// `wslnet-agent detach` removes them.
+    pub keep_attached_on_exit: bool,
+    /// Level of the datapath's own log messages (aya-log) forwarded to the agent's log:
+    /// off, error, warn, info, debug, trace.
+    pub datapath_log: String,
+    /// Prober settings.
+    pub probe: ProbeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interfaces: vec!["eth0".into(), "zt*".into()],
+            targets: Vec::new(),
+            clamp: Vec::new(),
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default"),
+            pin_dir: PathBuf::from(crate::maps::DEFAULT_PIN_DIR),
+            attach_mode: AttachMode::Auto,
+            keep_attached_on_exit: false,
+            datapath_log: "off".into(),
+            probe: ProbeConfig::default(),
+        }
+    }
+}
+
+/// A configuration problem: the message names the field and the fix. `run` exits 2 on it.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path`; when `explicit` is false a missing file means the defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default());
+            }
+            Err(e) => {
+                return Err(ConfigError(format!(
+                    "cannot read config file {}: {e}",
+                    path.display()
+                ))
+                .into());
+            }
+        };
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())).into())
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> std::result::Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError(toml_message(&e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field, naming the first bad one and how to fix it.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.interfaces.is_empty() {
+            return err(
+                "interfaces: empty; name at least one glob, e.g. [\"eth0\", \"zt*\"]".into(),
+            );
+        }
+        for (i, g) in self.interfaces.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(g) {
+                return err(format!("interfaces[{i}]: `{g}` is not a valid glob: {e}"));
+            }
+        }
+        for (i, c) in self.clamp.iter().enumerate() {
+            let min = match c.cidr {
+                IpNet::V4(_) => MIN_MTU_V4,
+                IpNet::V6(_) => MIN_MTU_V6,
+            };
+            if c.mtu < min {
+                return err(format!(
+                    "clamp[{i}].mtu: {} is out of range for {}: path MTUs are {min}..={MAX_MTU} \
+                     bytes for {}",
+                    c.mtu,
+                    c.cidr,
+                    if min == MIN_MTU_V4 { "IPv4" } else { "IPv6" }
+                ));
+            }
+        }
+        let p = &self.probe;
+        if p.min_mtu_v4 < MIN_MTU_V4 {
+            return err(format!(
+                "probe.min_mtu_v4: {} is below {MIN_MTU_V4}, the smallest IPv4 path MTU wslnet \
+                 will set",
+                p.min_mtu_v4
+            ));
+        }
+        if p.base_mtu != 0 && p.base_mtu < MIN_MTU_V6 {
+            return err(format!(
+                "probe.base_mtu: {} is below {MIN_MTU_V6}; use 0 (off) or 1280..=65535",
+                p.base_mtu
+            ));
+        }
+        if p.recheck_interval_secs == 0 {
+            return err("probe.recheck_interval_secs: must be at least 1".into());
+        }
+        if p.max_probes_per_sec == 0 {
+            return err("probe.max_probes_per_sec: must be at least 1".into());
+        }
+        if p.tcp_port == Some(0) {
+            return err("probe.tcp_port: 0 is not a port; remove it or use e.g. 443".into());
+        }
+        if datapath_log_level(&self.datapath_log).is_none() {
+            return err(format!(
+                "datapath_log: `{}` is not one of off, error, warn, info, debug, trace",
+                self.datapath_log
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when `name` matches one of the interface globs.
+    pub fn matches_interface(&self, name: &str) -> bool {
+        self.interfaces
+            .iter()
+            .filter_map(|g| glob::Pattern::new(g).ok())
+            .any(|p| p.matches(name))
+    }
+}
+
+/// The aya-log level number for a name (0 off .. 5 trace).
+pub fn datapath_log_level(name: &str) -> Option<u8> {
+    Some(match name {
+        "off" => 0,
+        "error" => 1,
+        "warn" => 2,
+        "info" => 3,
+        "debug" => 4,
+        "trace" => 5,
+        _ => return None,
+    })
+}
+
+/// A toml error as one line that names the field.
+fn toml_message(e: &toml::de::Error) -> String {
+    e.message().trim().replace('\n', " ")
+        + &e.span()
+            .map(|s| format!(" (at byte {})", s.start))
+            .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg, Config::default());
+        assert!(cfg.matches_interface("eth0"));
+        assert!(cfg.matches_interface("zt3jn4p2qk"));
+        assert!(!cfg.matches_interface("eth1"));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = Config::parse(
+            r#"
+            interfaces = ["eth*"]
+            targets = ["10.1.2.3", "fd00::1"]
+            metrics_addr = "127.0.0.1:9999"
+            attach_mode = "clsact"
+            [[clamp]]
+            cidr = "10.0.0.0/8"
+            mtu = 1372
+            [probe]
+            learn = false
+            tcp_port = 443
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.clamp[0].mtu, 1372);
+        assert_eq!(cfg.attach_mode, AttachMode::Clsact);
+        assert_eq!(cfg.probe.tcp_port, Some(443));
+        assert!(!cfg.probe.learn);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = Config::parse("interfacez = [\"eth0\"]").unwrap_err();
+        assert!(e.0.contains("interfacez"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_is_named() {
+        let e = Config::parse("[[clamp]]\ncidr = \"10.0.0.300/8\"\nmtu = 1400").unwrap_err();
+        assert!(e.0.contains("cidr") || e.0.contains("10.0.0.300"), "{e}");
+    }
+
+    #[test]
+    fn mtu_out_of_range_is_named() {
+        let e = Config::parse("[[clamp]]\ncidr = \"fd00::/8\"\nmtu = 1000").unwrap_err();
+        assert!(e.0.contains("clamp[0].mtu"), "{e}");
+        let e = Config::parse("[[clamp]]\ncidr = \"10.0.0.0/8\"\nmtu = 70000").unwrap_err();
+        assert!(e.0.contains("mtu"), "{e}");
+    }
+
+    #[test]
+    fn clamp_flag_parses() {
+        let c: Clamp = "10.8.0.0/16=1372".parse().unwrap();
+        assert_eq!(c.mtu, 1372);
+        let c: Clamp = "fd00::1=1400".parse().unwrap();
+        assert_eq!(c.cidr.prefix_len(), 128);
+        assert!("10.8.0.0/16".parse::<Clamp>().is_err());
+        assert!("nonsense=12".parse::<Clamp>().is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! Prometheus metrics and the HTTP endpoint (`/metrics`, `/healthz`).
+//!
+//! Datapath counters live in the per-CPU map; at each scrape the agent sums the CPUs and advances
+//! the Prometheus counters by what changed since the last scrape, so a restarted agent that
+//! adopted the pinned maps continues from their values.
+
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, sync::Mutex};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use wslnet_common::{Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
+
+/// An attached interface, for labelling.
+#[derive(Debug, Clone)]
+pub struct IfaceLabel {
+    /// Counter slot in the datapath.
+    pub slot: u32,
+    /// Interface name.
+    pub name: String,
+    /// "tcx" or "clsact".
+    pub mode: &'static str,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `wslnet_tcp_syn_packets_total{interface,direction,family}`: TCP SYN and SYN-ACK segments
+    /// seen by the datapath, packets.
+    syn: IntCounterVec,
+    /// `wslnet_mss_clamped_total{interface,direction,family}`: SYNs whose MSS option was lowered.
+    clamped: IntCounterVec,
+    /// `wslnet_mss_unchanged_total{interface,direction,family,reason}`: SYNs left as they were;
+    /// reason = already_low (MSS at or below the clamp), no_clamp (no path MTU for the peer),
+    /// no_option (no MSS option).
+    unchanged: IntCounterVec,
+    /// `wslnet_unparseable_packets_total{interface,direction,family}`: packets passed untouched
+    /// because a header or the TCP options were malformed or truncated.
+    unparseable: IntCounterVec,
+    /// `wslnet_oversize_df_packets_total{interface,family}`: egress DF packets (all IPv6) larger
+    /// than the path MTU in force for their destination; the path would drop them.
+    oversize: IntCounterVec,
+    /// `wslnet_path_mtu_bytes{target}`: measured path MTU of each configured target, bytes
+    /// (0 while unknown or unreachable).
+    pub path_mtu: IntGaugeVec,
+    /// `wslnet_interface_attached{interface,mode}`: 1 for each interface the datapath is on.
+    attached: IntGaugeVec,
+    /// `wslnet_build_info{version,kernel}`: always 1.
+    build_info: IntGaugeVec,
+    /// `wslnet_probe_searches_total{outcome}`: path-MTU searches finished; outcome = found,
+    /// unreachable, error.
+    pub searches: IntCounterVec,
+    /// `wslnet_probe_search_duration_seconds`: time a full search took, seconds.
+    pub search_duration: Histogram,
+    /// `wslnet_probe_packets_total`: probe packets sent (searches and re-checks).
+    pub probe_packets: IntCounter,
+    /// `wslnet_clamp_entries{origin}`: entries in the clamp table; origin = static, probed.
+    pub clamp_entries: IntGaugeVec,
+    /// `wslnet_learned_destinations`: destinations of outgoing SYNs in the learned map.
+    pub learned: IntGauge,
+    last: Mutex<HashMap<(u32, u32, u32), Counters>>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+const DIRS: [(u32, &str); 2] = [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")];
+const FAMILIES: [(u32, &str); 2] = [(FAMILY_V4, "ipv4"), (FAMILY_V6, "ipv6")];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self> {
+        let r = Registry::new();
+        let idf = &["interface", "direction", "family"];
+        let m = Self {
+            syn: counter_vec(
+                &r,
+                "wslnet_tcp_syn_packets_total",
+                "TCP SYN and SYN-ACK segments seen by the datapath.",
+                idf,
+            )?,
+            clamped: counter_vec(
+                &r,
+                "wslnet_mss_clamped_total",
+                "SYN and SYN-ACK segments whose MSS option was lowered to the path MTU.",
+                idf,
+            )?,
+            unchanged: counter_vec(
+                &r,
+                "wslnet_mss_unchanged_total",
+                "SYN and SYN-ACK segments left unchanged, by reason (already_low, no_clamp, \
+                 no_option).",
+                &["interface", "direction", "family", "reason"],
+            )?,
+            unparseable: counter_vec(
+                &r,
+                "wslnet_unparseable_packets_total",
+                "Packets passed untouched because a header or the TCP options were malformed \
+                 or truncated.",
+                idf,
+            )?,
+            oversize: counter_vec(
+                &r,
+                "wslnet_oversize_df_packets_total",
+                "Egress packets with DF (all IPv6) larger than the path MTU in force for \
+                 their destination.",
+                &["interface", "family"],
+            )?,
+            path_mtu: gauge_vec(
+                &r,
+                "wslnet_path_mtu_bytes",
+                "Measured path MTU of a configured target in bytes (0 while unknown or \
+                 unreachable).",
+                &["target"],
+            )?,
+            attached: gauge_vec(
+                &r,
+                "wslnet_interface_attached",
+                "1 for each interface the datapath is attached to, by attach mode.",
+                &["interface", "mode"],
+            )?,
+            build_info: gauge_vec(
+                &r,
+                "wslnet_build_info",
+                "wslnet version and the running kernel; always 1.",
+                &["version", "kernel"],
+            )?,
+            searches: counter_vec(
+                &r,
+                "wslnet_probe_searches_total",
+                "Path-MTU searches finished, by outcome (found, unreachable, error).",
+                &["outcome"],
+            )?,
+            search_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wslnet_probe_search_duration_seconds",
+                        "Time a full path-MTU search took, in seconds.",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
+            probe_packets: {
+                let c = IntCounter::new(
+                    "wslnet_probe_packets_total",
+                    "Probe packets sent by path-MTU searches and re-checks.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            clamp_entries: gauge_vec(
+                &r,
+                "wslnet_clamp_entries",
+                "Entries in the clamp table, by origin (static, probed).",
+                &["origin"],
+            )?,
+            learned: {
+                let g = IntGauge::new(
+                    "wslnet_learned_destinations",
+                    "Destinations of outgoing SYNs in the learned map.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            registry: r,
+            last: Mutex::new(HashMap::new()),
+        };
+        let kernel = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &kernel])
+            .set(1);
+        for outcome in ["found", "unreachable", "error"] {
+            m.searches.with_label_values(&[outcome]);
+        }
+        for origin in ["static", "probed"] {
+            m.clamp_entries.with_label_values(&[origin]);
+        }
+        Ok(m)
+    }
+
+    /// Marks an interface attached (creating its counter series at 0).
+    pub fn interface_attached(&self, iface: &IfaceLabel) {
+        self.attached
+            .with_label_values(&[&iface.name, iface.mode])
+            .set(1);
+        for (_, dir) in DIRS {
+            for (_, fam) in FAMILIES {
+                let l = [iface.name.as_str(), dir, fam];
+                self.syn.with_label_values(&l);
+                self.clamped.with_label_values(&l);
+                self.unparseable.with_label_values(&l);
+                for reason in ["already_low", "no_clamp", "no_option"] {
+                    self.unchanged
+                        .with_label_values(&[iface.name.as_str(), dir, fam, reason]);
+                }
+            }
+        }
+        for (_, fam) in FAMILIES {
+            self.oversize.with_label_values(&[iface.name.as_str(), fam]);
+        }
+    }
+
+    /// Removes an interface's `attached` series.
+    pub fn interface_detached(&self, name: &str, mode: &str) {
+        let _ = self.attached.remove_label_values(&[name, mode]);
+    }
+
+    /// Advances the datapath counters of `ifaces` to the values read by `read`.
+    pub fn update_counters(
+        &self,
+        ifaces: &[IfaceLabel],
+        read: impl Fn(u32, u32, u32) -> Option<Counters>,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for iface in ifaces {
+            for (dir, dir_name) in DIRS {
+                for (fam, fam_name) in FAMILIES {
+                    let Some(now) = read(iface.slot, dir, fam) else {
+                        continue;
+                    };
+                    let key = (iface.slot, dir, fam);
+                    let prev = last.insert(key, now).unwrap_or_default();
+                    let d = |n: u64, p: u64| n.saturating_sub(p);
+                    let l = [iface.name.as_str(), dir_name, fam_name];
+                    self.syn.with_label_values(&l).inc_by(d(now.syn, prev.syn));
+                    self.clamped
+                        .with_label_values(&l)
+                        .inc_by(d(now.mss_clamped, prev.mss_clamped));
+                    self.unparseable
+                        .with_label_values(&l)
+                        .inc_by(d(now.unparseable, prev.unparseable));
+                    for (reason, n, p) in [
+                        ("already_low", now.mss_ok, prev.mss_ok),
+                        ("no_clamp", now.no_clamp, prev.no_clamp),
+                        ("no_option", now.no_mss, prev.no_mss),
+                    ] {
+                        self.unchanged
+                            .with_label_values(&[iface.name.as_str(), dir_name, fam_name, reason])
+                            .inc_by(d(n, p));
+                    }
+                    if dir == DIR_EGRESS {
+                        self.oversize
+                            .with_label_values(&[iface.name.as_str(), fam_name])
+                            .inc_by(d(now.oversize_df, prev.oversize_df));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the last-seen values of a counter slot (before it is reused).
+    pub fn forget_slot(&self, slot: u32) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.retain(|(s, _, _), _| *s != slot);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics` (calling `render` at each scrape) and `/healthz` on `addr` until the task
+/// is dropped. Binding happens before this returns, so a busy port is reported at start.
+pub async fn serve(
+    addr: SocketAddr,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the metrics endpoint to {addr}; pick another with --metrics-addr")
+    })?;
+    tracing::info!(%addr, "serving metrics on /metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let render = render.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let render = render.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &*render)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }))
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}

@@ -1,0 +1,432 @@
+//! The path-MTU manager inside `run`: decides which destinations to measure and when, runs the
+//! prober ([`crate::prober`]), and writes the results into the clamp maps.
+//!
+//! - Configured targets are searched at start; destinations the datapath saw in outgoing SYNs
+//!   (the learned map) are searched as they appear, rate-limited and bounded.
+//! - Every `recheck_interval` each measured destination gets a cheap re-check (its current MTU
+//!   and one above): a failure (a VPN came up) or a larger size passing (it went down) starts a
+//!   new search.
+//! - A route or link change (netlink) starts a new search of everything at once.
+//! - Static clamps win: a destination inside a static prefix is measured (and exported for
+//!   configured targets) but its result is not written.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use tokio::{sync::mpsc, task::JoinSet};
+use wslnet_common::{IfaceConfig, origin};
+
+use crate::{
+    config::Config,
+    prober::{self, SearchOptions},
+    service::Shared,
+};
+
+/// Most searches or re-checks running at once.
+const MAX_CONCURRENT: usize = 4;
+/// How often the manager looks at the learned map and due re-checks.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What the manager is told by the service.
+enum Cmd {
+    NetworkChanged,
+    Reconfigure(Box<Settings>),
+    Stop,
+}
+
+/// A handle to the running manager.
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Cmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// A route or link changed: search everything again now.
+    pub fn network_changed(&self) {
+        let _ = self.tx.send(Cmd::NetworkChanged);
+    }
+
+    /// Applies a reloaded configuration.
+    pub fn reconfigure(&self, cfg: &Config) {
+        let _ = self
+            .tx
+            .send(Cmd::Reconfigure(Box::new(Settings::from(cfg))));
+    }
+
+    /// Stops the manager and waits for it.
+    pub async fn stop(&mut self) {
+        let _ = self.tx.send(Cmd::Stop);
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// The manager's view of the configuration.
+#[derive(Clone)]
+struct Settings {
+    targets: Vec<IpAddr>,
+    learn: bool,
+    recheck: Duration,
+    max_destinations: usize,
+    searches_per_minute: u32,
+    options: SearchOptions,
+    min_mtu_v4: u16,
+    static_nets: Vec<IpNet>,
+    base_mtu: u16,
+    adaptive_default: bool,
+}
+
+impl From<&Config> for Settings {
+    fn from(cfg: &Config) -> Self {
+        let p = &cfg.probe;
+        let options = SearchOptions {
+            tcp_port: p.tcp_port,
+            max_probes_per_sec: (p.max_probes_per_sec / MAX_CONCURRENT as u32).max(1),
+            ..SearchOptions::default()
+        };
+        Self {
+            targets: cfg.targets.clone(),
+            learn: p.learn,
+            recheck: Duration::from_secs(p.recheck_interval_secs),
+            max_destinations: p.max_destinations,
+            searches_per_minute: p.searches_per_minute,
+            options,
+            min_mtu_v4: p.min_mtu_v4,
+            static_nets: cfg.clamp.iter().map(|c| c.cidr.trunc()).collect(),
+            base_mtu: p.base_mtu,
+            adaptive_default: p.adaptive_default,
+        }
+    }
+}
+
+impl Settings {
+    fn options_for(&self, addr: IpAddr) -> SearchOptions {
+        let mut o = self.options.clone();
+        if addr.is_ipv4() {
+            o.min_mtu = Some(self.min_mtu_v4);
+        }
+        o
+    }
+
+    fn is_static(&self, addr: IpAddr) -> bool {
+        self.static_nets.iter().any(|n| n.contains(&addr))
+    }
+}
+
+/// One destination being kept measured.
+struct Dest {
+    configured: bool,
+    mtu: Option<u16>,
+    /// When to look at it next; `None` while a job runs.
+    due: Option<Instant>,
+    /// The next look must be a full search (new, failed re-check, network change).
+    search: bool,
+    /// Interface of its latest SYN (learned destinations).
+    ifindex: Option<u32>,
+    last_syn_ns: u64,
+}
+
+/// What a job found.
+enum Outcome {
+    Searched(anyhow::Result<prober::SearchReport>),
+    Rechecked(u16, anyhow::Result<prober::Recheck>),
+}
+
+/// Starts the manager.
+pub fn spawn(shared: Arc<Shared>, cfg: &Config) -> Handle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(Manager::new(shared, Settings::from(cfg)).run(rx));
+    Handle { tx, task }
+}
+
+struct Manager {
+    shared: Arc<Shared>,
+    settings: Settings,
+    dests: HashMap<IpAddr, Dest>,
+    jobs: JoinSet<(IpAddr, Outcome)>,
+    /// Searches of learned destinations started in the current minute.
+    window: (Instant, u32),
+}
+
+impl Manager {
+    fn new(shared: Arc<Shared>, settings: Settings) -> Self {
+        let mut m = Self {
+            shared,
+            settings,
+            dests: HashMap::new(),
+            jobs: JoinSet::new(),
+            window: (Instant::now(), 0),
+        };
+        m.add_targets();
+        m
+    }
+
+    fn add_targets(&mut self) {
+        for &t in &self.settings.targets {
+            let d = self.dests.entry(t).or_insert(Dest {
+                configured: true,
+                mtu: None,
+                due: Some(Instant::now()),
+                search: true,
+                ifindex: None,
+                last_syn_ns: 0,
+            });
+            d.configured = true;
+            self.shared
+                .metrics
+                .path_mtu
+                .with_label_values(&[&t.to_string()])
+                .set(d.mtu.unwrap_or(0).into());
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::NetworkChanged) => {
+                        for d in self.dests.values_mut() {
+                            d.search = true;
+                            if d.due.is_some() {
+                                d.due = Some(Instant::now());
+                            }
+                        }
+                    }
+                    Some(Cmd::Reconfigure(s)) => {
+                        let old_targets = std::mem::take(&mut self.settings.targets);
+                        self.settings = *s;
+                        for t in old_targets {
+                            if !self.settings.targets.contains(&t) {
+                                let _ = self.shared.metrics.path_mtu.remove_label_values(&[&t.to_string()]);
+                                if let Some(d) = self.dests.get_mut(&t) {
+                                    d.configured = false;
+                                }
+                            }
+                        }
+                        self.add_targets();
+                    }
+                    Some(Cmd::Stop) | None => {
+                        self.jobs.abort_all();
+                        return;
+                    }
+                },
+                Some(Ok((addr, outcome))) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    self.finish(addr, outcome);
+                }
+                _ = tick.tick() => {
+                    if self.settings.learn {
+                        self.learn();
+                    }
+                    self.start_due_jobs();
+                }
+            }
+        }
+    }
+
+    /// Picks up destinations of new outgoing connections from the learned map.
+    fn learn(&mut self) {
+        let learned = self.shared.maps().learned();
+        let now = Instant::now();
+        for l in learned {
+            if let Some(d) = self.dests.get_mut(&l.addr) {
+                d.ifindex = Some(l.ifindex);
+                d.last_syn_ns = l.last_seen_ns;
+                continue;
+            }
+            if !probe_worthy(l.addr) {
+                continue;
+            }
+            if now.duration_since(self.window.0) >= Duration::from_secs(60) {
+                self.window = (now, 0);
+            }
+            if self.window.1 >= self.settings.searches_per_minute {
+                break;
+            }
+            self.evict_if_full();
+            self.window.1 += 1;
+            self.dests.insert(
+                l.addr,
+                Dest {
+                    configured: false,
+                    mtu: None,
+                    due: Some(now),
+                    search: true,
+                    ifindex: Some(l.ifindex),
+                    last_syn_ns: l.last_seen_ns,
+                },
+            );
+        }
+    }
+
+    /// Drops the least recently used learned destination when the bound is reached.
+    fn evict_if_full(&mut self) {
+        let learned = self.dests.values().filter(|d| !d.configured).count();
+        if learned < self.settings.max_destinations {
+            return;
+        }
+        if let Some((&addr, _)) = self
+            .dests
+            .iter()
+            .filter(|(_, d)| !d.configured && d.due.is_some())
+            .min_by_key(|(_, d)| d.last_syn_ns)
+        {
+            self.dests.remove(&addr);
+            let mut maps = self.shared.maps();
+            let _ = maps.remove_clamp(IpNet::from(addr));
+            maps.forget_learned(addr);
+        }
+    }
+
+    fn start_due_jobs(&mut self) {
+        let now = Instant::now();
+        let due: Vec<IpAddr> = self
+            .dests
+            .iter()
+            .filter(|(_, d)| d.due.is_some_and(|t| t <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            if self.jobs.len() >= MAX_CONCURRENT {
+                break;
+            }
+            let d = self.dests.get_mut(&addr).expect("listed above");
+            d.due = None;
+            let opts = self.settings.options_for(addr);
+            match (d.search, d.mtu) {
+                (false, Some(mtu)) => {
+                    self.jobs.spawn(async move {
+                        (
+                            addr,
+                            Outcome::Rechecked(mtu, prober::recheck(addr, mtu, &opts).await),
+                        )
+                    });
+                }
+                _ => {
+                    self.jobs.spawn(async move {
+                        (addr, Outcome::Searched(prober::search(addr, &opts).await))
+                    });
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, addr: IpAddr, outcome: Outcome) {
+        let recheck = self.settings.recheck;
+        let metrics = &self.shared.metrics;
+        let Some(d) = self.dests.get_mut(&addr) else {
+            return;
+        };
+        d.due = Some(Instant::now() + recheck);
+        d.search = false;
+        let found = match outcome {
+            Outcome::Rechecked(mtu, Ok(r)) => {
+                metrics.probe_packets.inc_by(r.probes_sent.into());
+                if !r.current_ok || r.larger_ok {
+                    tracing::info!(%addr, mtu, still_ok = r.current_ok, larger_ok = r.larger_ok, "path changed, searching again");
+                    d.search = true;
+                    d.due = Some(Instant::now());
+                }
+                return;
+            }
+            Outcome::Rechecked(_, Err(e)) | Outcome::Searched(Err(e)) => {
+                metrics.searches.with_label_values(&["error"]).inc();
+                tracing::warn!(%addr, error = %format!("{e:#}"), "path-MTU probe failed");
+                return;
+            }
+            Outcome::Searched(Ok(report)) => {
+                metrics.probe_packets.inc_by(report.probes_sent.into());
+                metrics
+                    .search_duration
+                    .observe(report.elapsed.as_secs_f64());
+                report.mtu
+            }
+        };
+        let Some(mtu) = found else {
+            metrics.searches.with_label_values(&["unreachable"]).inc();
+            tracing::info!(%addr, "unreachable: no probe answered; leaving its clamp as it was");
+            if d.configured {
+                metrics
+                    .path_mtu
+                    .with_label_values(&[&addr.to_string()])
+                    .set(0);
+            }
+            // Keep looking, but not more often than the re-check interval.
+            d.search = true;
+            return;
+        };
+        metrics.searches.with_label_values(&["found"]).inc();
+        let changed = d.mtu != Some(mtu);
+        d.mtu = Some(mtu);
+        if d.configured {
+            metrics
+                .path_mtu
+                .with_label_values(&[&addr.to_string()])
+                .set(mtu.into());
+        }
+        if changed {
+            tracing::info!(%addr, mtu, "path MTU measured");
+        }
+        if !self.settings.is_static(addr) {
+            let mut maps = self.shared.maps();
+            if let Err(e) = maps.set_clamp(IpNet::from(addr), mtu, origin::PROBED) {
+                tracing::warn!(%addr, error = %format!("{e:#}"), "writing the clamp");
+            }
+        }
+        if self.settings.adaptive_default {
+            self.update_interface_defaults();
+        }
+    }
+
+    /// Sets each interface's default path MTU to the smallest result measured through it
+    /// (never above `base_mtu` when that is set).
+    fn update_interface_defaults(&mut self) {
+        let mut maps = self.shared.maps();
+        for (ifindex, mut cfg) in maps.ifaces() {
+            let smallest = |v4: bool| {
+                self.dests
+                    .iter()
+                    .filter(|(a, d)| a.is_ipv4() == v4 && d.ifindex == Some(ifindex))
+                    .filter_map(|(_, d)| d.mtu)
+                    .min()
+            };
+            let base = |m: Option<u16>| match (m, self.settings.base_mtu) {
+                (Some(m), 0) => m,
+                (Some(m), b) => m.min(b),
+                (None, b) => b,
+            };
+            let new = IfaceConfig {
+                default_mtu_v4: base(smallest(true)),
+                default_mtu_v6: base(smallest(false)),
+                ..cfg
+            };
+            if new != cfg {
+                cfg = new;
+                let _ = maps.set_iface(ifindex, cfg);
+            }
+        }
+    }
+}
+
+/// Addresses worth probing: not loopback, unspecified, multicast or link-local.
+fn probe_worthy(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_link_local()
+                || a.is_broadcast())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_unicast_link_local())
+        }
+    }
+}

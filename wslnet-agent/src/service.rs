@@ -1,0 +1,448 @@
+//! `wslnet-agent run`: the long-running service.
+//!
+//! Start-up: load the datapath (adopting pinned maps), write the static clamps, attach to every
+//! interface matching the globs (adopting attachments of an earlier run, cleaning up stale ones),
+//! serve metrics, start the path-MTU manager. Then follow netlink events and signals:
+//! SIGHUP reloads the config, SIGINT/SIGTERM stop (detaching unless `keep_attached_on_exit`).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::Ebpf;
+use tokio::signal::unix::{SignalKind, signal};
+use wslnet_common::{ABI_VERSION, IfaceConfig, MAX_IFACE_SLOTS, origin};
+
+use crate::{
+    attach,
+    config::{AttachMode, Config, datapath_log_level},
+    ifaces::{self, Link, NetEvent},
+    maps::{self, Maps},
+    metrics::{IfaceLabel, Metrics},
+    pmtu,
+};
+
+/// An interface the datapath is attached to.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// Current name.
+    pub name: String,
+    /// Counter slot.
+    pub slot: u32,
+    /// [`wslnet_common::iface_flags`] of the attachment.
+    pub flags: u16,
+}
+
+/// State shared by the service, the path-MTU manager and the metrics endpoint.
+pub struct Shared {
+    /// The pinned maps.
+    pub maps: Mutex<Maps>,
+    /// Attached interfaces by ifindex.
+    pub attached: Mutex<BTreeMap<u32, Attached>>,
+    /// Exported metrics.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Locks the maps (a poisoned lock is still usable: map writes are single syscalls).
+    pub fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn attached(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Attached>> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the datapath counters into the metrics and renders them.
+    pub fn render_metrics(&self) -> String {
+        let labels: Vec<IfaceLabel> = self
+            .attached()
+            .values()
+            .map(|a| IfaceLabel {
+                slot: a.slot,
+                name: a.name.clone(),
+                mode: attach::mode_name(a.flags),
+            })
+            .collect();
+        {
+            let maps = self.maps();
+            self.metrics
+                .update_counters(&labels, |slot, dir, fam| maps.counters(slot, dir, fam).ok());
+            let clamps = maps.clamps();
+            for o in ["static", "probed"] {
+                let n = clamps.iter().filter(|c| c.origin == o).count();
+                self.metrics
+                    .clamp_entries
+                    .with_label_values(&[o])
+                    .set(n as i64);
+            }
+            self.metrics.learned.set(maps.learned().len() as i64);
+        }
+        self.metrics.render()
+    }
+}
+
+/// Where the config came from, so SIGHUP can read it again and re-apply the CLI overrides.
+pub struct ConfigSource {
+    /// The file and whether it was named explicitly (`--config`).
+    pub path: PathBuf,
+    /// True when given with `--config` (a missing file is then an error).
+    pub explicit: bool,
+    /// Applies the command-line overrides on top of a file's config.
+    pub overrides: Box<dyn Fn(&mut Config) + Send>,
+}
+
+impl ConfigSource {
+    /// Reads, overrides and validates the config.
+    pub fn load(&self) -> Result<Config> {
+        let mut cfg = Config::load(&self.path, self.explicit)?;
+        (self.overrides)(&mut cfg);
+        cfg.validate().map_err(anyhow::Error::from)?;
+        Ok(cfg)
+    }
+}
+
+/// The running service.
+struct Service {
+    cfg: Config,
+    mode: AttachMode,
+    ebpf: Ebpf,
+    shared: Arc<Shared>,
+    pmtu: pmtu::Handle,
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(source: ConfigSource) -> Result<()> {
+    let cfg = source.load()?;
+    let mode = attach::resolve_mode(cfg.attach_mode);
+    if mode == AttachMode::Tcx && !attach::kernel_has_tcx() {
+        bail!("TCX needs Linux 6.6 or later; use --attach-mode clsact (or auto)");
+    }
+    refuse_foreign_pins(&cfg)?;
+    let log_level = datapath_log_level(&cfg.datapath_log).unwrap_or(0);
+    let mut ebpf = maps::load(&cfg.pin_dir, log_level)?;
+    if log_level > 0 {
+        spawn_datapath_logger(&mut ebpf);
+    }
+    attach::load_programs(&mut ebpf)?;
+    let maps = Maps::open(&cfg.pin_dir)?;
+    let shared = Arc::new(Shared {
+        maps: Mutex::new(maps),
+        attached: Mutex::new(BTreeMap::new()),
+        metrics: Metrics::new()?,
+    });
+    shared.maps().refresh_floor()?;
+    let render = {
+        let shared = shared.clone();
+        Arc::new(move || shared.render_metrics())
+    };
+    let _metrics = crate::metrics::serve(cfg.metrics_addr, render).await?;
+
+    // Subscribe before listing so that no interface slips through in between.
+    let mut events = ifaces::watch()?;
+    let pmtu = pmtu::spawn(shared.clone(), &cfg);
+    let mut svc = Service {
+        cfg,
+        mode,
+        ebpf,
+        shared,
+        pmtu,
+    };
+    svc.apply_static_clamps()?;
+    svc.sync_interfaces().await?;
+    tracing::info!(
+        mode = ?svc.mode,
+        interfaces = ?svc.shared.attached().values().map(|a| a.name.clone()).collect::<Vec<_>>(),
+        "wslnet agent running"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            Some(event) = events.recv() => {
+                if let Err(e) = svc.handle_event(event).await {
+                    tracing::warn!(error = %format!("{e:#}"), "handling a network event");
+                }
+            }
+            _ = sighup.recv() => match source.load() {
+                Ok(cfg) => {
+                    tracing::info!("SIGHUP: configuration reloaded");
+                    svc.reload(cfg).await?;
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: keeping the old configuration"),
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    svc.shutdown().await
+}
+
+/// Refuses pins written by an incompatible agent version.
+fn refuse_foreign_pins(cfg: &Config) -> Result<()> {
+    if !maps::maps_dir(&cfg.pin_dir)
+        .join(wslnet_common::map_names::GLOBALS)
+        .exists()
+    {
+        return Ok(());
+    }
+    if let Ok(maps) = Maps::open(&cfg.pin_dir)
+        && let Ok(g) = maps.globals()
+        && g.abi_version != 0
+        && g.abi_version != ABI_VERSION
+    {
+        bail!(
+            "the pins under {} come from an incompatible wslnet (map ABI {} instead of {}); \
+             remove them with `wslnet-agent detach --pin-dir {}`",
+            cfg.pin_dir.display(),
+            g.abi_version,
+            ABI_VERSION,
+            cfg.pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn spawn_datapath_logger(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            tokio::spawn(async move {
+                // SAFETY: the logger owns its ring-buffer fd, which stays open and unchanged
+                // for as long as the logger lives inside the AsyncFd.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        logger,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                let Ok(mut fd) = registered else {
+                    return;
+                };
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "datapath log unavailable"),
+    }
+}
+
+impl Service {
+    /// Makes the static entries of the clamp table equal to the config's.
+    fn apply_static_clamps(&mut self) -> Result<()> {
+        let mut maps = self.shared.maps();
+        for entry in maps.clamps() {
+            if entry.origin == "static"
+                && !self.cfg.clamp.iter().any(|c| c.cidr.trunc() == entry.net)
+            {
+                maps.remove_clamp(entry.net)?;
+            }
+        }
+        for c in &self.cfg.clamp {
+            maps.set_clamp(c.cidr, c.mtu, origin::STATIC)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to every matching interface, adopting earlier attachments and removing those
+    /// of interfaces that are gone or no longer match.
+    async fn sync_interfaces(&mut self) -> Result<()> {
+        let links = ifaces::list().await?;
+        let recorded = self.shared.maps().ifaces();
+        for (ifindex, rec) in recorded {
+            let keep = links
+                .iter()
+                .any(|l| l.ifindex == ifindex && self.cfg.matches_interface(&l.name));
+            if !keep {
+                tracing::info!(ifindex, "removing a stale attachment of an earlier run");
+                attach::detach(&self.cfg.pin_dir, ifindex, rec.flags).await?;
+                self.shared.maps().remove_iface(ifindex)?;
+            }
+        }
+        for link in links {
+            if self.cfg.matches_interface(&link.name) {
+                self.attach(&link)?;
+            } else if self.shared.attached().contains_key(&link.ifindex) {
+                self.detach(link.ifindex).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, link: &Link) -> Result<()> {
+        if let Some(a) = self.shared.attached().get_mut(&link.ifindex) {
+            // Already on it: follow a rename.
+            if a.name != link.name {
+                self.shared
+                    .metrics
+                    .interface_detached(&a.name, attach::mode_name(a.flags));
+                a.name = link.name.clone();
+                self.shared.metrics.interface_attached(&IfaceLabel {
+                    slot: a.slot,
+                    name: a.name.clone(),
+                    mode: attach::mode_name(a.flags),
+                });
+            }
+            return Ok(());
+        }
+        let previous = self
+            .shared
+            .maps()
+            .ifaces()
+            .into_iter()
+            .find(|(i, _)| *i == link.ifindex)
+            .map(|(_, c)| c);
+        let slot = match previous {
+            Some(p) if p.slot != 0 => p.slot,
+            _ => self.free_slot()?,
+        };
+        // Write the settings first so the very first packet is parsed right.
+        let base = self.cfg.probe.base_mtu;
+        let mut cfg = IfaceConfig {
+            slot,
+            l3_offset: link.l3_offset,
+            default_mtu_v4: base,
+            default_mtu_v6: base,
+            flags: previous.map(|p| p.flags).unwrap_or(0),
+        };
+        self.shared.maps().set_iface(link.ifindex, cfg)?;
+        let flags = attach::attach(
+            &mut self.ebpf,
+            &self.cfg.pin_dir,
+            link.ifindex,
+            self.mode,
+            previous,
+        )
+        .with_context(|| format!("attaching to {}", link.name))?;
+        cfg.flags = flags;
+        self.shared.maps().set_iface(link.ifindex, cfg)?;
+        let label = IfaceLabel {
+            slot,
+            name: link.name.clone(),
+            mode: attach::mode_name(flags),
+        };
+        self.shared.metrics.interface_attached(&label);
+        self.shared.attached().insert(
+            link.ifindex,
+            Attached {
+                name: link.name.clone(),
+                slot,
+                flags,
+            },
+        );
+        tracing::info!(
+            interface = %link.name,
+            ifindex = link.ifindex,
+            mode = label.mode,
+            l3_offset = link.l3_offset,
+            adopted = previous.is_some(),
+            "attached"
+        );
+        Ok(())
+    }
+
+    /// The smallest counter slot no interface uses, with its counters zeroed.
+    fn free_slot(&self) -> Result<u32> {
+        let mut maps = self.shared.maps();
+        let used: Vec<u32> = maps.ifaces().iter().map(|(_, c)| c.slot).collect();
+        let slot = (1..MAX_IFACE_SLOTS)
+            .find(|s| !used.contains(s))
+            .context("no free counter slot: too many managed interfaces")?;
+        maps.zero_counters(slot)?;
+        self.shared.metrics.forget_slot(slot);
+        Ok(slot)
+    }
+
+    async fn detach(&mut self, ifindex: u32) -> Result<()> {
+        let Some(a) = self.shared.attached().remove(&ifindex) else {
+            return Ok(());
+        };
+        attach::detach(&self.cfg.pin_dir, ifindex, a.flags).await?;
+        self.shared.maps().remove_iface(ifindex)?;
+        self.shared
+            .metrics
+            .interface_detached(&a.name, attach::mode_name(a.flags));
+        tracing::info!(interface = %a.name, ifindex, "detached");
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, event: NetEvent) -> Result<()> {
+        match event {
+            NetEvent::LinkUp(link) => {
+                if self.cfg.matches_interface(&link.name) {
+                    self.attach(&link)?;
+                } else if self.shared.attached().contains_key(&link.ifindex) {
+                    // Renamed to something we do not manage.
+                    self.detach(link.ifindex).await?;
+                }
+                self.pmtu.network_changed();
+            }
+            NetEvent::LinkGone(ifindex) => {
+                self.detach(ifindex).await?;
+                self.pmtu.network_changed();
+            }
+            NetEvent::RouteChanged => self.pmtu.network_changed(),
+        }
+        Ok(())
+    }
+
+    async fn reload(&mut self, cfg: Config) -> Result<()> {
+        if cfg.pin_dir != self.cfg.pin_dir || cfg.metrics_addr != self.cfg.metrics_addr {
+            tracing::warn!("pin_dir and metrics_addr changes take effect at the next start");
+        }
+        let pin_dir = self.cfg.pin_dir.clone();
+        let metrics_addr = self.cfg.metrics_addr;
+        self.cfg = cfg;
+        self.cfg.pin_dir = pin_dir;
+        self.cfg.metrics_addr = metrics_addr;
+        self.apply_static_clamps()?;
+        self.sync_interfaces().await?;
+        self.pmtu.reconfigure(&self.cfg);
+        Ok(())
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        self.pmtu.stop().await;
+        if self.cfg.keep_attached_on_exit {
+            tracing::info!(
+                pin_dir = %self.cfg.pin_dir.display(),
+                "stopping; programs stay attached (keep_attached_on_exit)"
+            );
+            return Ok(());
+        }
+        let ifindexes: Vec<u32> = self.shared.attached().keys().copied().collect();
+        for ifindex in ifindexes {
+            self.detach(ifindex).await?;
+        }
+        drop(self.ebpf);
+        remove_pins(&self.cfg.pin_dir)?;
+        tracing::info!("stopped; every attachment and pin removed");
+        Ok(())
+    }
+}
+
+/// Removes the pinned maps and links directories under `pin_dir`, and `pin_dir` itself when
+/// it is then empty.
+pub fn remove_pins(pin_dir: &std::path::Path) -> Result<()> {
+    for dir in [maps::maps_dir(pin_dir), maps::links_dir(pin_dir)] {
+        if dir.exists() {
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing pin {}", path.display()))?;
+            }
+            std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(())
+}
