@@ -182,7 +182,7 @@ fn worker(
     let mut totals: BTreeMap<u32, Counters> = BTreeMap::new();
     let mut learned: BTreeMap<(u32, [u8; 16]), u64> = BTreeMap::new();
     let mut shadow: BTreeMap<u32, Counters> = BTreeMap::new();
-    let mut save = |case: &Case, model: &Outcome, prog: &Observed, why: &str| {
+    let save = |case: &Case, model: &Outcome, prog: &Observed, why: &str| {
         let mut s = saved.lock().unwrap();
         if s.len() < MAX_SAVED {
             let name = format!("fuzz-{seed:016x}-{thread}-{}", report_id(&case.frame));
@@ -494,8 +494,6 @@ fn masked(addr: IpAddr, len: u8) -> Vec<u8> {
 
 fn random_options(rng: &mut StdRng) -> Vec<u8> {
     let mut parts: Vec<Vec<u8>> = Vec::new();
-    let mss = || -> u16 { 0 };
-    let _ = mss;
     let with_mss = rng.gen_bool(0.85);
     if with_mss {
         let v = if rng.gen_bool(0.8) {
@@ -771,6 +769,10 @@ fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>, l3_offset: usize) {
     }
     if frame.len() < 14 {
         frame.resize(14, 0);
+    }
+    // The kernel refuses IPv4/IPv6 EtherType frames too short for the IP header: pad those.
+    while !crate::testrun::kernel_accepts(frame) {
+        frame.push(0);
     }
 }
 

@@ -1,1 +1,500 @@
-//! (being written)
+//! The black-hole lab (DESIGN.md): four namespaces in a row,
+//!
+//! ```text
+//!  wsl (eth0 | zt..., MTU 1500 | 2800) -- win (router) --[wan0: bottleneck MTU]-- vpn (router) -- srv (eth0, MTU 1500)
+//!  10.77.1.0/24, fd77:1::/64              10.77.2.0/24, fd77:2::/64                  10.77.3.0/24, fd77:3::/64
+//! ```
+//!
+//! Both routers drop the ICMP frag-needed / packet-too-big they would send (nftables, output
+//! hook), so path-MTU discovery cannot work: a black hole. Knobs: [`Lab::set_bottleneck`],
+//! [`Lab::set_delay`] (netem on the bottleneck link), [`Lab::set_loss`],
+//! [`Lab::drop_icmp_echo`], [`Lab::drop_icmp_errors`]. Servers in `srv`:
+//! [`Lab::start_http`], [`Lab::start_tls`], [`Lab::start_sshd`], [`Lab::start_tcp_sink`].
+//!
+//! Everything (namespaces with their processes, temporary files) is removed on drop, also when
+//! a test panics. Addresses are private and exist only inside the namespaces; nothing touches
+//! the host's interfaces.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::{Daemon, Netns, run, unique, veth, wait_until};
+
+/// `wsl`'s address (IPv4).
+pub const WSL_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+/// `wsl`'s address (IPv6).
+pub const WSL_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
+/// `srv`'s address (IPv4).
+pub const SRV_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 2);
+/// `srv`'s address (IPv6).
+pub const SRV_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, 2);
+/// Name of `wsl`'s uplink in the ZeroTier variant (TAP-like: a veth named `zt` + hex).
+pub const ZT_IFACE: &str = "zt7b2e4a1c";
+/// MTU of the ZeroTier-style uplink (bytes).
+pub const ZT_MTU: u16 = 2800;
+/// Name of the bottleneck link's interface in both routers.
+pub const WAN_IFACE: &str = "wan0";
+
+/// How to build a [`Lab`].
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// MTU (bytes) of the win--vpn link. Below 1280 that link carries no IPv6.
+    pub bottleneck: u16,
+    /// Round-trip time (ms) added by netem on the bottleneck link (half each way).
+    pub rtt_ms: u32,
+    /// `wsl`'s uplink is a `zt...` interface with MTU 2800 instead of `eth0` with MTU 1500.
+    pub zerotier: bool,
+    /// Routers drop the frag-needed / packet-too-big they would send (the black hole).
+    pub drop_icmp_errors: bool,
+}
+
+impl Default for LabConfig {
+    /// Bottleneck 1372, no delay, `eth0`, ICMP errors dropped.
+    fn default() -> Self {
+        Self {
+            bottleneck: 1372,
+            rtt_ms: 0,
+            zerotier: false,
+            drop_icmp_errors: true,
+        }
+    }
+}
+
+/// The lab. Field order is drop order: servers, then namespaces, then the temporary directory.
+pub struct Lab {
+    daemons: Mutex<Vec<Daemon>>,
+    /// The client side: uplink [`Lab::wsl_iface`], default routes via `win`.
+    pub wsl: Netns,
+    /// Router between `wsl` and the bottleneck (a Windows host / VPN client).
+    pub win: Netns,
+    /// Router between the bottleneck and `srv` (the VPN's far end).
+    pub vpn: Netns,
+    /// The servers' namespace.
+    pub srv: Netns,
+    wsl_iface: String,
+    netem: Mutex<(u32, f32)>,
+    tmp: TempDir,
+}
+
+/// A temporary directory removed (recursively) on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Lab {
+    /// Builds the lab with [`LabConfig::default`] except the bottleneck MTU (bytes).
+    pub fn new(bottleneck: u16) -> Result<Self> {
+        Self::with(LabConfig {
+            bottleneck,
+            ..LabConfig::default()
+        })
+    }
+
+    /// Builds the lab.
+    pub fn with(cfg: LabConfig) -> Result<Self> {
+        crate::netns::require_root();
+        let tmp = TempDir(std::env::temp_dir().join(unique("wslnet-lab")));
+        std::fs::create_dir_all(&tmp.0).context("creating the lab's temporary directory")?;
+        let wsl_iface = if cfg.zerotier { ZT_IFACE } else { "eth0" }.to_string();
+        let lab = Self {
+            daemons: Mutex::new(Vec::new()),
+            wsl: Netns::new("wlw")?,
+            win: Netns::new("wlr")?,
+            vpn: Netns::new("wlv")?,
+            srv: Netns::new("wls")?,
+            wsl_iface,
+            netem: Mutex::new((0, 0.0)),
+            tmp,
+        };
+        lab.build(&cfg)
+            .context("building the lab (needs root, iproute2, nftables)")?;
+        Ok(lab)
+    }
+
+    fn build(&self, cfg: &LabConfig) -> Result<()> {
+        let uplink_mtu = if cfg.zerotier { ZT_MTU } else { 1500 };
+        veth(&self.wsl, &self.wsl_iface, &self.win, "lan0")?;
+        veth(&self.win, WAN_IFACE, &self.vpn, WAN_IFACE)?;
+        veth(&self.vpn, "lan1", &self.srv, "eth0")?;
+        let w = &self.wsl_iface;
+        self.wsl.sh(&format!(
+            "ip link set {w} mtu {uplink_mtu}
+             ip addr add {WSL_V4}/24 dev {w}
+             ip addr add {WSL_V6}/64 dev {w} nodad
+             ip route add default via 10.77.1.1
+             ip -6 route add default via fd77:1::1"
+        ))?;
+        self.win.sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+             ip link set lan0 mtu {uplink_mtu}
+             ip addr add 10.77.1.1/24 dev lan0
+             ip addr add fd77:1::1/64 dev lan0 nodad
+             ip addr add 10.77.2.1/24 dev {WAN_IFACE}
+             ip route add 10.77.3.0/24 via 10.77.2.2"
+        ))?;
+        self.vpn.sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+             ip addr add 10.77.2.2/24 dev {WAN_IFACE}
+             ip addr add 10.77.3.1/24 dev lan1
+             ip addr add fd77:3::1/64 dev lan1 nodad
+             ip route add 10.77.1.0/24 via 10.77.2.1"
+        ))?;
+        self.srv.sh(&format!(
+            "ip addr add {SRV_V4}/24 dev eth0
+             ip addr add {SRV_V6}/64 dev eth0 nodad
+             ip route add default via 10.77.3.1
+             ip -6 route add default via fd77:3::1"
+        ))?;
+        // The bottleneck's IPv6 side exists only while its MTU is at least 1280.
+        self.set_bottleneck(cfg.bottleneck)?;
+        self.drop_icmp_errors(cfg.drop_icmp_errors)?;
+        if cfg.rtt_ms > 0 {
+            self.set_delay(cfg.rtt_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Name of `wsl`'s uplink (`eth0`, or [`ZT_IFACE`] in the ZeroTier variant).
+    pub fn wsl_iface(&self) -> &str {
+        &self.wsl_iface
+    }
+
+    /// `srv`'s address of the given family.
+    pub fn srv_addr(&self, v6: bool) -> IpAddr {
+        if v6 { SRV_V6.into() } else { SRV_V4.into() }
+    }
+
+    /// `wsl`'s address of the given family.
+    pub fn wsl_addr(&self, v6: bool) -> IpAddr {
+        if v6 { WSL_V6.into() } else { WSL_V4.into() }
+    }
+
+    /// The lab's temporary directory (removed with the lab).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp.0
+    }
+
+    /// Sets the MTU (bytes) of the bottleneck link, both ends. At 1280 and above the link's
+    /// IPv6 addresses and routes are (re)installed (the kernel drops them below 1280).
+    pub fn set_bottleneck(&self, mtu: u16) -> Result<()> {
+        for ns in [&self.win, &self.vpn] {
+            ns.ip(&["link", "set", WAN_IFACE, "mtu", &mtu.to_string()])?;
+        }
+        if mtu >= 1280 {
+            self.win.sh(&format!(
+                "ip -6 addr replace fd77:2::1/64 dev {WAN_IFACE} nodad
+                 ip -6 route replace fd77:3::/64 via fd77:2::2 dev {WAN_IFACE}"
+            ))?;
+            self.vpn.sh(&format!(
+                "ip -6 addr replace fd77:2::2/64 dev {WAN_IFACE} nodad
+                 ip -6 route replace fd77:1::/64 via fd77:2::1 dev {WAN_IFACE}"
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Whether both routers drop the frag-needed (IPv4) / packet-too-big (IPv6) they send.
+    pub fn drop_icmp_errors(&self, drop: bool) -> Result<()> {
+        for ns in [&self.win, &self.vpn] {
+            nft_table(
+                ns,
+                "wslnet_lab_pmtu",
+                drop.then_some(
+                    "chain out { type filter hook output priority 0; policy accept;
+                       icmp type destination-unreachable icmp code 4 counter drop
+                       icmpv6 type packet-too-big counter drop
+                     }",
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Frag-needed / packet-too-big messages the routers have dropped so far.
+    pub fn dropped_icmp_errors(&self) -> Result<u64> {
+        let mut total = 0;
+        for ns in [&self.win, &self.vpn] {
+            let out = ns
+                .sh_output("nft list table inet wslnet_lab_pmtu")?
+                .stdout;
+            total += String::from_utf8_lossy(&out)
+                .split("packets ")
+                .skip(1)
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// Whether `vpn` drops ICMP echo requests (IPv4 and IPv6) it forwards, so that only the
+    /// TCP probe can measure the path.
+    pub fn drop_icmp_echo(&self, drop: bool) -> Result<()> {
+        nft_table(
+            &self.vpn,
+            "wslnet_lab_echo",
+            drop.then_some(
+                "chain fwd { type filter hook forward priority 0; policy accept;
+                   icmp type echo-request drop
+                   icmpv6 type echo-request drop
+                 }",
+            ),
+        )
+    }
+
+    /// Adds `rtt_ms` of round-trip time (netem on the bottleneck link, half each way); 0 removes
+    /// it.
+    pub fn set_delay(&self, rtt_ms: u32) -> Result<()> {
+        let mut n = self.netem.lock().unwrap();
+        n.0 = rtt_ms;
+        self.apply_netem(*n)
+    }
+
+    /// Drops `percent` of the packets crossing the bottleneck link in each direction (netem);
+    /// 100 drops everything, 0 removes it.
+    pub fn set_loss(&self, percent: f32) -> Result<()> {
+        let mut n = self.netem.lock().unwrap();
+        n.1 = percent;
+        self.apply_netem(*n)
+    }
+
+    fn apply_netem(&self, (rtt_ms, loss): (u32, f32)) -> Result<()> {
+        for ns in [&self.win, &self.vpn] {
+            if rtt_ms == 0 && loss <= 0.0 {
+                let _ = ns.sh_output(&format!("tc qdisc del dev {WAN_IFACE} root"));
+                continue;
+            }
+            let mut args = format!("tc qdisc replace dev {WAN_IFACE} root netem limit 10000");
+            if rtt_ms > 0 {
+                args += &format!(" delay {}us", u64::from(rtt_ms) * 500);
+            }
+            if loss > 0.0 {
+                args += &format!(" loss {loss}%");
+            }
+            ns.sh(&args)?;
+        }
+        Ok(())
+    }
+
+    fn keep(&self, d: Daemon) {
+        self.daemons.lock().unwrap().push(d);
+    }
+
+    /// Starts `program args` in `srv` (kept until the lab is dropped) and waits until something
+    /// listens on TCP `port` there.
+    pub fn spawn_srv_server(&self, what: &str, port: u16, program: &str, args: &[&str]) -> Result<()> {
+        let d = self.srv.spawn(program, args)?;
+        let ns = &self.srv;
+        let listening = wait_until(Duration::from_secs(20), &format!("{what} on port {port}"), || {
+            let out = ns
+                .sh_output(&format!("ss -Hltn 'sport = :{port}'"))
+                .ok()?;
+            (!out.stdout.is_empty()).then_some(())
+        });
+        if let Err(e) = listening {
+            bail!("{e}; {what} log:\n{}", d.log());
+        }
+        self.keep(d);
+        Ok(())
+    }
+
+    /// Starts `python3 -m http.server` in `srv` on `port` (both families), serving
+    /// [`HttpServer::path`], a file of [`HttpServer::size`] bytes.
+    pub fn start_http(&self, port: u16) -> Result<HttpServer> {
+        let root = self.tmp.0.join("www");
+        std::fs::create_dir_all(&root)?;
+        let size = 400 * 1024;
+        let data: Vec<u8> = (0..size as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(root.join("big.bin"), &data).context("writing the HTTP test file")?;
+        let port_s = port.to_string();
+        self.spawn_srv_server(
+            "python3 http.server",
+            port,
+            "python3",
+            &["-u", "-m", "http.server", &port_s, "--bind", "::", "--directory", root.to_str().unwrap()],
+        )?;
+        Ok(HttpServer {
+            port,
+            path: "/big.bin".into(),
+            size,
+        })
+    }
+
+    /// Starts `openssl s_server -www` in `srv` on `port` (both families) with a fresh
+    /// self-signed 4096-bit RSA certificate for `srv`'s addresses (its server flight is several
+    /// full-sized packets).
+    pub fn start_tls(&self, port: u16) -> Result<TlsServer> {
+        let dir = &self.tmp.0;
+        let (key, cert) = (dir.join("tls.key"), dir.join("tls.crt"));
+        run(
+            "openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-days", "2", "-subj",
+                "/CN=srv.wslnet.test", "-addext",
+                &format!("subjectAltName=IP:{SRV_V4},IP:{SRV_V6},DNS:srv.wslnet.test"),
+                "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(),
+            ],
+        )
+        .context("generating the TLS certificate")?;
+        self.spawn_srv_server(
+            "openssl s_server",
+            port,
+            "openssl",
+            &[
+                "s_server", "-accept", &format!("[::]:{port}"), "-cert", cert.to_str().unwrap(),
+                "-key", key.to_str().unwrap(), "-www", "-quiet",
+            ],
+        )?;
+        Ok(TlsServer { port, cert })
+    }
+
+    /// Starts Debian's OpenSSH server in `srv` on `port` (both families) with temporary host
+    /// keys (RSA 4096 only, so the key exchange reply is large) and a temporary client key
+    /// allowed to log in as root.
+    pub fn start_sshd(&self, port: u16) -> Result<SshServer> {
+        let dir = self.tmp.0.join("ssh");
+        std::fs::create_dir_all(&dir)?;
+        let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+        run("ssh-keygen", ["-q", "-t", "rsa", "-b", "4096", "-N", "", "-f", &p("host_rsa")])
+            .context("generating the SSH host key")?;
+        run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", &p("client")])
+            .context("generating the SSH client key")?;
+        std::fs::copy(p("client.pub"), p("authorized_keys"))?;
+        let config = format!(
+            "Port {port}\nListenAddress 0.0.0.0\nListenAddress ::\nHostKey {}\nPidFile none\n\
+             UsePAM no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             AuthorizedKeysFile {}\nStrictModes no\nLogLevel VERBOSE\n",
+            p("host_rsa"),
+            p("authorized_keys")
+        );
+        std::fs::write(p("sshd_config"), config)?;
+        // sshd's privilege-separation directory (Debian's package creates it at boot).
+        std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
+        self.spawn_srv_server(
+            "sshd",
+            port,
+            "/usr/sbin/sshd",
+            &["-D", "-e", "-f", &p("sshd_config")],
+        )?;
+        Ok(SshServer {
+            port,
+            client_key: dir.join("client"),
+        })
+    }
+
+    /// Starts a TCP listener in `srv` on `port` (both families, backlog 4096) that reads and
+    /// discards whatever it gets: a target for the prober's TCP probe.
+    pub fn start_tcp_sink(&self, port: u16) -> Result<()> {
+        let script = format!(
+            "import socket, threading
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(('::', {port}))
+s.listen(4096)
+def drain(c):
+    try:
+        while c.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=drain, args=(c,), daemon=True).start()
+"
+        );
+        self.spawn_srv_server("tcp sink", port, "python3", &["-u", "-c", &script])
+    }
+}
+
+/// Creates (with `body`) or deletes (with `None`) `table inet NAME` in `ns`.
+fn nft_table(ns: &Netns, name: &str, body: Option<&str>) -> Result<()> {
+    let mut script = format!("nft add table inet {name}\nnft delete table inet {name}\n");
+    if let Some(body) = body {
+        script += &format!("nft -f - <<'EOF'\ntable inet {name} {{\n{body}\n}}\nEOF\n");
+    }
+    ns.sh(&script).with_context(|| format!("nftables table {name} in {}", ns.name()))?;
+    Ok(())
+}
+
+/// The HTTP server of [`Lab::start_http`].
+#[derive(Debug, Clone)]
+pub struct HttpServer {
+    /// TCP port.
+    pub port: u16,
+    /// URL path of the test file.
+    pub path: String,
+    /// Size of the test file in bytes.
+    pub size: usize,
+}
+
+impl HttpServer {
+    /// URL of the test file at `srv`'s address of the given family.
+    pub fn url(&self, v6: bool) -> String {
+        if v6 {
+            format!("http://[{SRV_V6}]:{}{}", self.port, self.path)
+        } else {
+            format!("http://{SRV_V4}:{}{}", self.port, self.path)
+        }
+    }
+}
+
+/// The TLS server of [`Lab::start_tls`].
+#[derive(Debug, Clone)]
+pub struct TlsServer {
+    /// TCP port.
+    pub port: u16,
+    /// The self-signed certificate (PEM), for `curl --cacert` / `openssl s_client -CAfile`.
+    pub cert: PathBuf,
+}
+
+impl TlsServer {
+    /// `https://` URL at `srv`'s address of the given family.
+    pub fn url(&self, v6: bool) -> String {
+        if v6 {
+            format!("https://[{SRV_V6}]:{}/", self.port)
+        } else {
+            format!("https://{SRV_V4}:{}/", self.port)
+        }
+    }
+}
+
+/// The SSH server of [`Lab::start_sshd`].
+#[derive(Debug, Clone)]
+pub struct SshServer {
+    /// TCP port.
+    pub port: u16,
+    /// Private key allowed to log in as root.
+    pub client_key: PathBuf,
+}
+
+impl SshServer {
+    /// Arguments for `ssh` that log in to `srv` (given family) as root and run `command`,
+    /// non-interactively, without host-key prompts. `timeout_s` bounds the TCP connect and the
+    /// banner exchange only: wrap the command in `timeout` to bound a stalled key exchange.
+    pub fn ssh_args(&self, v6: bool, timeout_s: u32, command: &str) -> Vec<String> {
+        let host = if v6 { SRV_V6.to_string() } else { SRV_V4.to_string() };
+        [
+            "-i", self.client_key.to_str().unwrap(), "-p", &self.port.to_string(), "-o",
+            "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+            "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o",
+            &format!("ConnectTimeout={timeout_s}"), &format!("root@{host}"), command,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}

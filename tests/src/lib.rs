@@ -3,6 +3,7 @@
 //!
 //! Every test builds its own network in namespaces it creates and removes; nothing touches the
 //! host's interfaces.
+pub mod agent;
 pub mod fuzz;
 pub mod lab;
 pub mod netns;

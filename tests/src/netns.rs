@@ -271,13 +271,18 @@ impl Bpffs {
         &self.path
     }
 
-    /// Files below the mount point, relative to it, sorted.
+    /// Files below the mount point, relative to it, sorted (the kernel's own `maps.debug` and
+    /// `progs.debug` left out).
     pub fn list(&self) -> Vec<String> {
         let mut out = Vec::new();
         fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
             if let Ok(rd) = std::fs::read_dir(dir) {
                 for e in rd.flatten() {
                     let p = e.path();
+                    if dir == base && (e.file_name() == "maps.debug" || e.file_name() == "progs.debug")
+                    {
+                        continue;
+                    }
                     out.push(p.strip_prefix(base).unwrap().display().to_string());
                     if p.is_dir() {
                         walk(base, &p, out);

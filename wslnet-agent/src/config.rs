@@ -209,7 +209,7 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> std::result::Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError(toml_message(&e)))?;
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError(toml_message(text, &e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -296,12 +296,39 @@ pub fn datapath_log_level(name: &str) -> Option<u8> {
     })
 }
 
-/// A toml error as one line that names the field.
-fn toml_message(e: &toml::de::Error) -> String {
-    e.message().trim().replace('\n', " ")
-        + &e.span()
-            .map(|s| format!(" (at byte {})", s.start))
-            .unwrap_or_default()
+/// A toml error as one line that names the field (`clamp[1].cidr: ...`) and the line.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return msg;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    // The key on the offending line, inside the table (or array of tables) that holds it.
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for l in text.lines().take(line_no) {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let n = counts.entry(name.trim().to_string()).or_insert(0);
+            table = format!("{}[{}]", name.trim(), *n);
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            table = name.trim().to_string();
+        }
+    }
+    let field = match (table.is_empty(), key) {
+        (_, None) if msg.contains('`') => return format!("{msg} (line {line_no})"),
+        (true, Some(k)) => k,
+        (false, Some(k)) => format!("{table}.{k}"),
+        (_, None) => table,
+    };
+    format!("{field}: {msg} (line {line_no})")
 }
 
 #[cfg(test)]
@@ -348,8 +375,8 @@ mod tests {
 
     #[test]
     fn bad_cidr_is_named() {
-        let e = Config::parse("[[clamp]]\ncidr = \"10.0.0.300/8\"\nmtu = 1400").unwrap_err();
-        assert!(e.0.contains("cidr") || e.0.contains("10.0.0.300"), "{e}");
+        let e = Config::parse("[[clamp]]\ncidr = \"10.0.0.1/8\"\nmtu = 1400\n[[clamp]]\ncidr = \"10.0.0.300/8\"\nmtu = 1400").unwrap_err();
+        assert!(e.0.starts_with("clamp[1].cidr:"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct IfaceStatus {
     pub default_mtu_v4: u16,
     /// Default path MTUs for unmeasured IPv6 peers, bytes (0 = none).
     pub default_mtu_v6: u16,
+    /// wslnet programs attached at each hook ("ingress", "egress") as the kernel reports them
+    /// (TCX mode; absent for clsact). More than 1 would mean a double attachment.
+    pub tcx_programs: Option<std::collections::BTreeMap<&'static str, usize>>,
     /// Counters by "direction/family", e.g. "egress/ipv4".
     pub counters: std::collections::BTreeMap<String, CounterStatus>,
 }
@@ -104,6 +107,8 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             l3_offset: cfg.l3_offset,
             default_mtu_v4: cfg.default_mtu_v4,
             default_mtu_v6: cfg.default_mtu_v6,
+            tcx_programs: (cfg.flags & wslnet_common::iface_flags::TCX != 0)
+                .then(|| tcx_programs(ifindex)),
             counters,
         });
     }
@@ -118,6 +123,24 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         clamps,
         learned,
     })
+}
+
+/// How many wslnet programs the kernel has at each TCX hook of `ifindex`.
+fn tcx_programs(ifindex: u32) -> std::collections::BTreeMap<&'static str, usize> {
+    attach::HOOKS
+        .iter()
+        .map(|&hook| {
+            let n = aya::programs::SchedClassifier::query_tcx(ifindex, hook)
+                .map(|(_, progs)| {
+                    progs
+                        .iter()
+                        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("wslnet_")))
+                        .count()
+                })
+                .unwrap_or(0);
+            (attach::hook_name(hook), n)
+        })
+        .collect()
 }
 
 /// `status`: prints the status as tables or JSON.

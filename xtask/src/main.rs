@@ -1,1 +1,105 @@
-fn main() {}
+//! Developer entry points, run as `cargo xtask <command>` (README's `./x.sh <command>` installs
+//! the toolchain first, then runs this).
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod fuzz;
+
+/// wslnet's developer tasks.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Install what the build needs (Debian packages, pinned toolchain, bpf-linker).
+    Setup,
+    /// Build the agent (with its datapath), debug and release.
+    Build,
+    /// The whole test suite: fmt, clippy, unit tests, BPF_PROG_TEST_RUN and namespace
+    /// integration tests, and a 100000-packet differential fuzz run. Needs root.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run tests whose name contains this (passed to cargo test).
+        filter: Option<String>,
+    },
+    /// Differential fuzzing of the datapath against the reference model.
+    Fuzz(fuzz::FuzzArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => run(Command::new("bash").arg("scripts/bootstrap.sh")),
+        Task::Build => {
+            cargo(&["build", "--workspace"])?;
+            cargo(&["build", "--release", "-p", "wslnet-agent"])
+        }
+        Task::Test { no_lint, filter } => test(no_lint, filter),
+        Task::Fuzz(args) => fuzz::run(args),
+    }
+}
+
+fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
+    require_root()?;
+    if !no_lint {
+        step("cargo fmt --check");
+        cargo(&["fmt", "--all", "--check"])?;
+        step("cargo clippy --all-targets -- -D warnings");
+        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    }
+    step("build the agent (the integration tests run the real binary)");
+    cargo(&["build", "-p", "wslnet-agent"])?;
+    step("cargo test (unit, BPF_PROG_TEST_RUN, namespaces)");
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    if let Some(f) = filter.as_deref() {
+        args.push(f);
+    }
+    cargo(&args)?;
+    if filter.is_none() {
+        step("differential fuzz: 100000 packets through the real program and the model");
+        fuzz::run(fuzz::FuzzArgs {
+            packets: 100_000,
+            seed: None,
+        })?;
+    }
+    step("all tests passed");
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    let out = Command::new("id").arg("-u").output().context("running id -u")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("the test suite loads BPF programs and creates network namespaces: run it as root");
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    eprintln!("\n\x1b[1m==> {what}\x1b[0m");
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args);
+    run(&mut cmd)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}

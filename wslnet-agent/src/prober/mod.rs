@@ -1,62 +1,545 @@
-//! Path-MTU prober (placeholder: being written).
-use clap::Args;
+//! Path-MTU prober: finds, to the byte, the largest IP packet that reaches a target unfragmented,
+//! without relying on ICMP "fragmentation needed" / "packet too big" coming back.
+//!
+//! # Method
+//! - **ICMP echo** with DF set that ignores the kernel's cached path MTU (`IP_PMTUDISC_PROBE`;
+//!   IPv6 `IPV6_PMTUDISC_PROBE` + `IPV6_DONTFRAG`), on a datagram ICMP socket where
+//!   `net.ipv4.ping_group_range` allows it, else on a raw socket ([`icmp`]).
+//! - **TCP fallback** for targets that drop echo: one connection per probe to a configured port,
+//!   with `TCP_MAXSEG` chosen so that one full segment is exactly the probed size; the size passes
+//!   when that segment's data is acknowledged ([`tcp`]).
+//! - **Bounds**: upper = MTU of the egress device for the route to the target ([`route`]),
+//!   optionally lowered by [`SearchOptions::max_mtu`]; lower = 1280 for IPv6, a configurable floor
+//!   (default [`DEFAULT_MIN_MTU_V4`] = 552) for IPv4. No size below the lower bound is ever
+//!   probed or reported.
+//!
+//! # Search
+//! Each round sends [`SIZES_PER_ROUND`] sizes at once (each `1 + retries` times against plain
+//! loss): a *control* size known (or, in the first round, assumed) to pass, and points spread
+//! over the unknown range, always including its top. A size is judged too big only when it stays
+//! unanswered while a smaller size of the same round is answered; a round where nothing is
+//! answered says nothing and is repeated (up to `retries + 1` times, then the target is
+//! reported unreachable). Any frag-needed / packet-too-big that does arrive (`IP_RECVERR`) lowers
+//! the unknown range to its MTU at once, and the next round confirms it. From 552 to 1500 the
+//! search needs at most 3 rounds (1 when nothing below the device MTU limits the path).
+//! Rounds end early: once replies come back, a round waits only three times the observed round
+//! trip (+25 ms) for the rest, never more than [`SearchOptions::round_timeout`].
+//!
+//! Every search opens its own sockets and filters replies by ICMP identifier, sequence and a
+//! random token in the payload, so searches can run concurrently.
 
-/// Arguments of `wslnet-agent probe`.
-#[derive(Args, Debug)]
-pub struct ProbeArgs {
-    /// Address to measure the path MTU to.
-    pub target: String,
-}
+mod cli;
+mod icmp;
+mod route;
+mod sys;
+mod tcp;
 
-/// `wslnet-agent probe`.
-pub async fn run_cli(_args: ProbeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("probe is not implemented yet")
-}
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
-// ---- temporary stubs of the promised engine API (lead), replaced by the real prober ----
-/// Search options.
-#[derive(Debug, Clone, Default)]
+use anyhow::Result;
+use serde::Serialize;
+
+pub use cli::{ProbeArgs, run_cli};
+
+/// Default IPv4 floor (bytes): the smallest path MTU the prober considers (RFC 1191's 576
+/// minus the usual margin, as Linux's `min_pmtu`).
+pub const DEFAULT_MIN_MTU_V4: u16 = 552;
+/// IPv6 minimum link MTU (bytes, RFC 8200); the IPv6 lower bound.
+pub const MIN_MTU_V6: u16 = 1280;
+/// Smallest IPv4 floor accepted (bytes, RFC 791).
+pub const MIN_MTU_V4_ABSOLUTE: u16 = 68;
+/// Sizes probed per round (the control size included).
+pub const SIZES_PER_ROUND: usize = 16;
+
+/// Settings of one search or re-check.
+#[derive(Debug, Clone)]
 pub struct SearchOptions {
-    /// Egress interface.
+    /// Send probes out of this interface (`SO_BINDTODEVICE`) and take the upper bound from its
+    /// MTU; `None` follows the routing table.
     pub iface: Option<String>,
-    /// Lower bound.
+    /// Lower bound in bytes (IP packet size). IPv4 default [`DEFAULT_MIN_MTU_V4`] (552), never
+    /// below 68; IPv6 is always at least 1280.
     pub min_mtu: Option<u16>,
-    /// Upper bound.
+    /// Upper bound in bytes (IP packet size); never above the egress device's MTU.
     pub max_mtu: Option<u16>,
-    /// TCP fallback port.
+    /// TCP port of the target for the fallback probe when ICMP echo gets no answer at all;
+    /// `None` disables the fallback.
     pub tcp_port: Option<u16>,
-    /// Round timeout.
-    pub round_timeout: std::time::Duration,
-    /// Retries.
+    /// Longest wait for the answers of one round (a round usually ends much earlier, at three
+    /// observed round trips after its last probe).
+    pub round_timeout: Duration,
+    /// Extra copies of every probe in a round (against plain loss), and how many times a round
+    /// that got no answer at all is repeated before the method gives up.
     pub retries: u32,
-    /// Rate limit.
+    /// Rate limit on probe packets (ICMP echoes or TCP connections) of this search, per second;
+    /// bursts of up to one second's worth are allowed. `0` is treated as 1.
     pub max_probes_per_sec: u32,
 }
-/// Report.
-#[derive(Debug)]
+
+impl Default for SearchOptions {
+    /// No interface, default bounds, no TCP fallback, 1 s round timeout, 1 retry, 200 probes/s.
+    fn default() -> Self {
+        Self {
+            iface: None,
+            min_mtu: None,
+            max_mtu: None,
+            tcp_port: None,
+            round_timeout: Duration::from_secs(1),
+            retries: 1,
+            max_probes_per_sec: 200,
+        }
+    }
+}
+
+/// How the reported MTU was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// ICMP echo with DF: the largest answered size.
+    Icmp,
+    /// TCP fallback: the largest size whose full-sized segment was acknowledged.
+    Tcp,
+    /// A frag-needed / packet-too-big message named this MTU and a probe of that size passed.
+    IcmpError,
+}
+
+/// Result of [`search`].
+#[derive(Debug, Clone, Serialize)]
 pub struct SearchReport {
-    /// MTU.
+    /// The probed address.
+    pub target: IpAddr,
+    /// Path MTU in bytes (largest IP packet that passed); `None` = unreachable: no probe of any
+    /// size between the bounds was answered, by ICMP nor (when configured) TCP.
     pub mtu: Option<u16>,
-    /// Probes.
+    /// How `mtu` was established; `None` when unreachable.
+    pub method: Option<Method>,
+    /// Rounds of probes sent (all methods together).
+    pub rounds: u32,
+    /// Probe packets sent (ICMP echoes plus TCP connections).
     pub probes_sent: u32,
-    /// Elapsed.
-    pub elapsed: std::time::Duration,
+    /// Wall-clock duration of the search (serialized as `elapsed_ms`, milliseconds, float).
+    #[serde(rename = "elapsed_ms", serialize_with = "ser_ms")]
+    pub elapsed: Duration,
+    /// Upper bound in bytes: egress device MTU (or `max_mtu` when lower).
+    pub upper_bound: u16,
+    /// Lower bound in bytes: 1280 (IPv6) or the IPv4 floor.
+    pub lower_bound: u16,
+    /// Egress interface the probes left through.
+    pub interface: String,
 }
-/// Recheck.
-#[derive(Debug)]
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Result of [`recheck`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recheck {
-    /// Current ok.
+    /// A probe of exactly the known MTU passed.
     pub current_ok: bool,
-    /// Larger ok.
+    /// A probe of `mtu + 1` or of the upper bound passed: the path got larger.
     pub larger_ok: bool,
-    /// Probes.
+    /// Probe packets sent.
     pub probes_sent: u32,
 }
-/// Search.
-pub async fn search(_t: std::net::IpAddr, _o: &SearchOptions) -> anyhow::Result<SearchReport> {
-    anyhow::bail!("stub")
+
+/// One-shot search for the path MTU (bytes) to `target`; see the module docs for the method.
+///
+/// Errors only on local problems (no route, no permission for raw sockets, bad bounds); a target
+/// that answers nothing is `Ok` with `mtu: None`.
+pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport> {
+    let start = Instant::now();
+    let bounds = route::bounds(target, opts).await?;
+    let mut st = Stats::default();
+    let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
+
+    let mut found = {
+        let mut p = icmp::IcmpProber::open(target, opts.iface.as_deref())?;
+        run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
+            .await?
+            .map(|(mtu, hinted)| (mtu, if hinted { Method::IcmpError } else { Method::Icmp }))
+    };
+    if found.is_none()
+        && let Some(port) = opts.tcp_port
+    {
+        tracing::debug!(%target, port, "no ICMP echo answered; trying TCP");
+        let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
+        found = run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
+            .await?
+            .map(|(mtu, hinted)| (mtu, if hinted { Method::IcmpError } else { Method::Tcp }));
+    }
+    Ok(SearchReport {
+        target,
+        mtu: found.map(|f| f.0),
+        method: found.map(|f| f.1),
+        rounds: st.rounds,
+        probes_sent: st.probes_sent,
+        elapsed: start.elapsed(),
+        upper_bound: bounds.upper,
+        lower_bound: bounds.lower,
+        interface: bounds.iface,
+    })
 }
-/// Recheck.
-pub async fn recheck(_t: std::net::IpAddr, _m: u16, _o: &SearchOptions) -> anyhow::Result<Recheck> {
-    anyhow::bail!("stub")
+
+/// Cheap re-check of a known path MTU `mtu` (bytes): one round of `mtu`, `mtu + 1` and the upper
+/// bound (ICMP, then TCP when configured and ICMP got no answer at all; a silent round is
+/// repeated up to `retries` times).
+pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<Recheck> {
+    let bounds = route::bounds(target, opts).await?;
+    let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
+    let mtu = mtu.clamp(bounds.lower, bounds.upper);
+    let mut sizes = vec![mtu];
+    if mtu < bounds.upper {
+        sizes.push(mtu + 1);
+        if mtu + 1 < bounds.upper {
+            sizes.push(bounds.upper);
+        }
+    }
+    let mut st = Stats::default();
+    let mut out = None;
+    {
+        let mut p = icmp::IcmpProber::open(target, opts.iface.as_deref())?;
+        for _ in 0..=opts.retries {
+            let r = p.round(&sizes, opts, &mut limiter, &mut st).await?;
+            if !r.answered.is_empty() {
+                out = Some(r);
+                break;
+            }
+        }
+    }
+    if out.is_none()
+        && let Some(port) = opts.tcp_port
+    {
+        let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
+        for _ in 0..=opts.retries {
+            let r = p.round(&sizes, opts, &mut limiter, &mut st).await?;
+            if !r.answered.is_empty() {
+                out = Some(r);
+                break;
+            }
+        }
+    }
+    let answered = out.map(|r| r.answered).unwrap_or_default();
+    Ok(Recheck {
+        current_ok: answered.iter().any(|&s| s >= mtu),
+        larger_ok: answered.iter().any(|&s| s > mtu),
+        probes_sent: st.probes_sent,
+    })
+}
+
+/// Bounds of one search (bytes) and the egress interface.
+#[derive(Debug, Clone)]
+pub(crate) struct Bounds {
+    pub lower: u16,
+    pub upper: u16,
+    pub iface: String,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub rounds: u32,
+    pub probes_sent: u32,
+}
+
+/// What one round established.
+#[derive(Debug, Default)]
+pub(crate) struct RoundResult {
+    /// Sizes (bytes) proven to pass (late answers to earlier rounds included).
+    pub answered: BTreeSet<u16>,
+    /// Sizes the local stack refused to send as too big (`EMSGSIZE`) or that the transport
+    /// could not test at full size (e.g. the TCP peer's MSS is smaller).
+    pub refused: BTreeSet<u16>,
+    /// MTU (bytes) named by a frag-needed / packet-too-big about one of our probes.
+    pub mtu_hint: Option<u16>,
+}
+
+/// A probe transport: sends one round of sizes and reports what passed.
+pub(crate) trait Prober {
+    /// Sends every size in `sizes` `1 + opts.retries` times and collects answers until all are
+    /// in or the round ends (see the module docs).
+    async fn round(
+        &mut self,
+        sizes: &[u16],
+        opts: &SearchOptions,
+        limiter: &mut RateLimiter,
+        st: &mut Stats,
+    ) -> Result<RoundResult>;
+}
+
+/// The search loop shared by both transports. Returns the MTU found (bytes) and whether it is
+/// the one an ICMP error named, or `None` when nothing at all was answered.
+pub(crate) async fn run_search<P: Prober>(
+    p: &mut P,
+    b: &Bounds,
+    opts: &SearchOptions,
+    limiter: &mut RateLimiter,
+    st: &mut Stats,
+) -> Result<Option<(u16, bool)>> {
+    // Invariant: every size <= good passed; every size >= bad was judged too big.
+    let mut good: Option<u16> = None;
+    let mut bad: u32 = u32::from(b.upper) + 1;
+    let mut hint: Option<u16> = None;
+    let mut silent = 0u32;
+    loop {
+        if let Some(g) = good
+            && u32::from(g) + 1 >= bad
+        {
+            return Ok(Some((g, hint == Some(g))));
+        }
+        let control = good.unwrap_or(b.lower);
+        let sizes = plan_round(control, bad, SIZES_PER_ROUND);
+        let r = p.round(&sizes, opts, limiter, st).await?;
+        if let Some(h) = r.mtu_hint
+            && h >= b.lower
+            && u32::from(h) < bad
+        {
+            tracing::debug!(mtu = h, "an ICMP error named the path MTU");
+            hint = Some(h);
+            bad = u32::from(h) + 1;
+        }
+        for &s in &r.refused {
+            bad = bad.min(u32::from(s));
+        }
+        let Some(&max) = r.answered.iter().next_back() else {
+            silent += 1;
+            if silent > opts.retries {
+                // Keep what earlier rounds proved (conservative), else report nothing.
+                return Ok(good.map(|g| (g, hint == Some(g))));
+            }
+            continue;
+        };
+        silent = 0;
+        if good.is_none_or(|g| max > g) {
+            good = Some(max);
+        }
+        let g = good.unwrap_or(max);
+        if u32::from(g) >= bad {
+            // A size judged too big passed after all (it was loss): search above it again.
+            bad = u32::from(b.upper) + 1;
+            if hint.is_some_and(|h| h < g) {
+                hint = None;
+            }
+        }
+        // Judged too big: planned, not answered, larger than an answered size of this round.
+        if let Some(&f) = sizes
+            .iter()
+            .filter(|&&s| s > max && !r.answered.contains(&s))
+            .min()
+        {
+            bad = bad.min(u32::from(f));
+        }
+    }
+}
+
+/// Sizes of one round: `control` (known or assumed to pass) first, then up to `n - 1` sizes in
+/// `(control, bad)` spread so that the unknown gaps they leave are as even as possible, always
+/// including `bad - 1`.
+pub(crate) fn plan_round(control: u16, bad: u32, n: usize) -> Vec<u16> {
+    let c = u32::from(control);
+    let mut out = vec![control];
+    if bad <= c + 1 {
+        return out;
+    }
+    let unknown = bad - c - 1; // c+1 ..= bad-1
+    let k = unknown.min(n.saturating_sub(1).max(1) as u32);
+    let rest = unknown - k; // unknown values left unprobed, spread over k gaps
+    let mut x = c;
+    for i in 0..k {
+        let gap = rest / k + u32::from(i < rest % k);
+        x += gap + 1;
+        out.push(x as u16);
+    }
+    debug_assert_eq!(x, bad - 1);
+    out
+}
+
+/// Token bucket for probe packets: `rate` per second, bursts of up to `rate`.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: u32) -> Self {
+        let rate = f64::from(per_sec.max(1));
+        Self {
+            rate,
+            tokens: rate,
+            last: Instant::now(),
+        }
+    }
+
+    /// Waits until one probe may be sent.
+    pub async fn acquire(&mut self) {
+        loop {
+            let now = Instant::now();
+            self.tokens =
+                (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+            self.last = now;
+            if self.tokens >= 1.0 {
+                self.tokens -= 1.0;
+                return;
+            }
+            let wait = (1.0 - self.tokens) / self.rate;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+    }
+}
+
+/// When a round that started sending at `sent_done` should stop waiting, given the first round
+/// trip observed in it.
+pub(crate) fn early_deadline(sent_done: Instant, rtt: Duration, hard: Instant) -> Instant {
+    (sent_done + rtt * 3 + Duration::from_millis(25)).min(hard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path with MTU `mtu`, losing the `n`-th probes listed in `lose`, optionally naming its
+    /// MTU in ICMP errors.
+    struct Sim {
+        mtu: u16,
+        lose: Vec<u32>,
+        sent: u32,
+        icmp_errors: bool,
+        dead: bool,
+    }
+
+    impl Prober for Sim {
+        async fn round(
+            &mut self,
+            sizes: &[u16],
+            opts: &SearchOptions,
+            _: &mut RateLimiter,
+            st: &mut Stats,
+        ) -> Result<RoundResult> {
+            st.rounds += 1;
+            let mut r = RoundResult::default();
+            for _ in 0..=opts.retries {
+                for &s in sizes {
+                    self.sent += 1;
+                    st.probes_sent += 1;
+                    if self.dead || self.lose.contains(&self.sent) {
+                        continue;
+                    }
+                    if s <= self.mtu {
+                        r.answered.insert(s);
+                    } else if self.icmp_errors {
+                        r.mtu_hint = Some(self.mtu);
+                    }
+                }
+            }
+            Ok(r)
+        }
+    }
+
+    fn sim(mtu: u16, lose: Vec<u32>, icmp_errors: bool) -> Sim {
+        Sim {
+            mtu,
+            lose,
+            sent: 0,
+            icmp_errors,
+            dead: false,
+        }
+    }
+
+    fn run(p: &mut Sim, lower: u16, upper: u16, retries: u32) -> (Option<(u16, bool)>, Stats) {
+        let b = Bounds {
+            lower,
+            upper,
+            iface: "eth0".into(),
+        };
+        let opts = SearchOptions {
+            retries,
+            ..SearchOptions::default()
+        };
+        let mut st = Stats::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut lim = RateLimiter::new(1_000_000);
+        let r = rt
+            .block_on(run_search(p, &b, &opts, &mut lim, &mut st))
+            .unwrap();
+        (r, st)
+    }
+
+    #[test]
+    fn plan_includes_control_and_top_and_spreads_evenly() {
+        let s = plan_round(552, 1501, 16);
+        assert_eq!(s.len(), 16);
+        assert_eq!(s[0], 552);
+        assert_eq!(*s.last().unwrap(), 1500);
+        let gaps: Vec<u16> = s.windows(2).map(|w| w[1] - w[0] - 1).collect();
+        let (min, max) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+        assert!(max - min <= 1, "{gaps:?}");
+        assert_eq!(plan_round(1372, 1373, 16), vec![1372]);
+        assert_eq!(plan_round(1370, 1374, 16), vec![1370, 1371, 1372, 1373]);
+    }
+
+    #[test]
+    fn every_ipv4_mtu_is_found_exactly_in_at_most_three_rounds() {
+        for mtu in 552..=1500 {
+            let (r, st) = run(&mut sim(mtu, vec![], false), 552, 1500, 1);
+            assert_eq!(r, Some((mtu, false)), "mtu {mtu}");
+            assert!(st.rounds <= 3, "mtu {mtu}: {} rounds", st.rounds);
+        }
+        let (_, st) = run(&mut sim(1500, vec![], false), 552, 1500, 1);
+        assert_eq!(st.rounds, 1);
+    }
+
+    #[test]
+    fn every_ipv6_mtu_is_found_exactly_in_at_most_two_rounds() {
+        for mtu in 1280..=1500 {
+            let (r, st) = run(&mut sim(mtu, vec![], false), 1280, 1500, 1);
+            assert_eq!(r, Some((mtu, false)));
+            assert!(st.rounds <= 2, "mtu {mtu}: {} rounds", st.rounds);
+        }
+    }
+
+    #[test]
+    fn a_single_lost_copy_does_not_change_the_result() {
+        // 16 sizes x 2 copies per round: lose each probe of the first two rounds in turn.
+        for lost in 1..=64 {
+            let (r, _) = run(&mut sim(1372, vec![lost], false), 552, 1500, 1);
+            assert_eq!(r, Some((1372, false)), "lost probe #{lost}");
+        }
+    }
+
+    #[test]
+    fn a_lost_round_is_repeated() {
+        let (r, st) = run(&mut sim(1000, (1..=32).collect(), false), 552, 1500, 1);
+        assert_eq!(r, Some((1000, false)));
+        assert_eq!(st.rounds, 4);
+    }
+
+    #[test]
+    fn icmp_errors_are_used_at_once() {
+        let (r, st) = run(&mut sim(1372, vec![], true), 552, 1500, 1);
+        assert_eq!(r, Some((1372, true)));
+        assert!(st.rounds <= 2);
+    }
+
+    #[test]
+    fn silence_is_unreachable_not_a_small_mtu() {
+        let mut p = sim(1372, vec![], false);
+        p.dead = true;
+        let (r, st) = run(&mut p, 552, 1500, 1);
+        assert_eq!(r, None);
+        assert_eq!(st.rounds, 2);
+        // A path narrower than the floor is not reported below the floor.
+        let (r, _) = run(&mut sim(500, vec![], false), 552, 1500, 1);
+        assert_eq!(r, None);
+        // An ICMP error naming an MTU below the floor is ignored.
+        let (r, _) = run(&mut sim(500, vec![], true), 552, 1500, 1);
+        assert_eq!(r, None);
+    }
 }

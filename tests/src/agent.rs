@@ -1,0 +1,141 @@
+//! Running the real `wslnet-agent` binary inside a test namespace, and a two-namespace veth
+//! fixture for clamp tests.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::netns::{Bpffs, Daemon, Netns, agent_bin, veth};
+
+/// Port of the agent's metrics endpoint inside a namespace (each namespace has its own
+/// loopback, so every test can use the default).
+pub const METRICS_PORT: u16 = 9786;
+
+/// A running `wslnet-agent run`, stopped (SIGTERM) on drop.
+pub struct Agent {
+    /// The process.
+    pub daemon: Daemon,
+    /// The pin directory passed to it.
+    pub pin_dir: String,
+    ns: String,
+}
+
+impl Agent {
+    /// Starts `wslnet-agent run --pin-dir <bpffs>/wslnet ARGS` in `ns` and waits until it
+    /// reports that it runs.
+    pub fn start(ns: &Netns, fs: &Bpffs, args: &[&str]) -> Result<Self> {
+        let pin_dir = fs.path().join("wslnet").display().to_string();
+        let mut all = vec!["run", "--pin-dir", &pin_dir];
+        all.extend_from_slice(args);
+        let mut cmd = ns.command(agent_bin());
+        cmd.args(&all).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        let mut daemon = Daemon::start(cmd)?;
+        daemon.wait_for_log(Duration::from_secs(20), |l| l.contains("wslnet agent running"))?;
+        Ok(Self {
+            daemon,
+            pin_dir,
+            ns: ns.name().to_string(),
+        })
+    }
+
+    /// Runs another `wslnet-agent` command in the agent's namespace (e.g. `status --json`).
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(agent_bin())
+            .args(args)
+            .output()
+            .context("running wslnet-agent")
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        status_json(&self.ns, &self.pin_dir)
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{METRICS_PORT}/metrics"))
+            .output()?;
+        anyhow::ensure!(out.status.success(), "scraping /metrics failed: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// `wslnet-agent status --json --pin-dir DIR` in namespace `ns`, parsed.
+pub fn status_json(ns: &str, pin_dir: &str) -> Result<serde_json::Value> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(agent_bin())
+        .args(["status", "--json", "--pin-dir", pin_dir])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The value of one sample (`name{labels}`) in a Prometheus text exposition; the labels are
+/// given as `key="value"` pairs, in any order, and need only be a subset.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            return None;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+/// A counter of `status --json` for an interface: `counters["<dir>/<family>"][field]`.
+pub fn status_counter(status: &serde_json::Value, iface: &str, dirfam: &str, field: &str) -> u64 {
+    status["interfaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == iface))
+        .and_then(|i| i["counters"][dirfam][field].as_u64())
+        .unwrap_or(0)
+}
+
+/// Two namespaces joined by a veth pair named `eth0` on both sides:
+/// `a` = 10.99.0.1/24 + fd99::1/64, `b` = 10.99.0.2/24 + fd99::2/64.
+pub struct Pair {
+    /// The side the agent runs on ("wsl").
+    pub a: Netns,
+    /// The peer.
+    pub b: Netns,
+}
+
+impl Pair {
+    /// Address of `a`.
+    pub const A4: &str = "10.99.0.1";
+    /// Address of `b`.
+    pub const B4: &str = "10.99.0.2";
+    /// IPv6 address of `a`.
+    pub const A6: &str = "fd99::1";
+    /// IPv6 address of `b`.
+    pub const B6: &str = "fd99::2";
+
+    /// Builds the pair with both links up and addresses ready (no DAD wait).
+    pub fn new() -> Result<Self> {
+        let a = Netns::new("wa")?;
+        let b = Netns::new("wb")?;
+        veth(&a, "eth0", &b, "eth0")?;
+        for (ns, v4, v6) in [(&a, Self::A4, Self::A6), (&b, Self::B4, Self::B6)] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+        }
+        Ok(Self { a, b })
+    }
+}

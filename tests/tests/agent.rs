@@ -1,0 +1,329 @@
+//! The agent as a service, in namespaces: interfaces that come and go, kill -9 and restart,
+//! `detach`, configuration errors, running without root, and a real Prometheus scraping it.
+
+use std::time::{Duration, Instant};
+
+use wslnet_tests::{
+    agent::{Agent, Pair, sample, status_counter},
+    netns::{Bpffs, Daemon, Netns, agent_bin, require_root, veth, wait_until},
+};
+
+/// A short-lived TCP connection from `ns` to `addr:port` (a SYN through the datapath); returns
+/// the sender MSS the kernel uses for it (TCP_MAXSEG).
+fn connect_mss(ns: &Netns, addr: &str, port: u16) -> u32 {
+    ns.sh(&format!(
+        "python3 -c \"import socket; s=socket.create_connection(('{addr}', {port}), timeout=5); \
+         print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))\""
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// A TCP listener on `port` in `ns` that accepts and holds connections.
+fn listener(ns: &Netns, port: u16) -> Daemon {
+    let d = ns
+        .spawn(
+            "python3",
+            [
+                "-c",
+                &format!(
+                    "import socket\ns=socket.socket(socket.AF_INET6)\n\
+                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+                     s.bind(('::', {port}))\ns.listen(128)\nc=[]\nwhile True: c.append(s.accept())"
+                ),
+            ],
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(10), "listener", || {
+        ns.sh_output(&format!("ss -ltn | grep -q ':{port} '"))
+            .ok()
+            .filter(|o| o.status.success())
+    })
+    .unwrap();
+    d
+}
+
+fn iface_names(agent: &Agent) -> Vec<String> {
+    agent.status().unwrap()["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn zerotier_interface_appearing_later_is_attached_and_detached() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let _l = listener(&pair.b, 7000);
+    let agent = Agent::start(
+        &pair.a,
+        &fs,
+        &["--iface", "eth0", "--iface", "zt*", "--clamp", "10.98.0.2=1372", "--no-learn"],
+    )
+    .unwrap();
+    assert_eq!(iface_names(&agent), vec!["eth0"]);
+
+    for round in 0..2 {
+        // ZeroTier creates its TAP device after boot: zt + 10 hex digits, MTU 2800.
+        let start = Instant::now();
+        veth(&pair.a, "zt3f8a9c2e1b", &pair.b, "ztpeer").unwrap();
+        pair.a.ip(&["link", "set", "zt3f8a9c2e1b", "mtu", "2800"]).unwrap();
+        pair.b.ip(&["link", "set", "ztpeer", "mtu", "2800"]).unwrap();
+        pair.a
+            .ip(&["addr", "add", "10.98.0.1/24", "dev", "zt3f8a9c2e1b"])
+            .unwrap();
+        pair.b.ip(&["addr", "add", "10.98.0.2/24", "dev", "ztpeer"]).unwrap();
+        wait_until(Duration::from_secs(5), "zt interface attached", || {
+            iface_names(&agent)
+                .contains(&"zt3f8a9c2e1b".to_string())
+                .then_some(())
+        })
+        .unwrap();
+        eprintln!("round {round}: zt interface attached after {:?}", start.elapsed());
+        // Its SYNs are clamped: the peer's MSS (2760) is lowered to 1332 at our ingress.
+        assert_eq!(connect_mss(&pair.a, "10.98.0.2", 7000), 1320);
+        let st = agent.status().unwrap();
+        assert!(status_counter(&st, "zt3f8a9c2e1b", "ingress/ipv4", "mss_clamped") >= 1);
+
+        pair.a.ip(&["link", "del", "zt3f8a9c2e1b"]).unwrap();
+        wait_until(Duration::from_secs(5), "zt interface detached", || {
+            (!iface_names(&agent).contains(&"zt3f8a9c2e1b".to_string())).then_some(())
+        })
+        .unwrap();
+        // Its link pins are gone; eth0's remain.
+        let pins = fs.list();
+        let links: Vec<_> = pins.iter().filter(|p| p.contains("links/if")).collect();
+        assert_eq!(links.len(), 2, "{pins:?}");
+    }
+}
+
+#[test]
+fn kill_9_keeps_clamping_and_restart_adopts_pins() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let _l = listener(&pair.b, 7000);
+    let args = ["--iface", "eth0", "--clamp", "10.99.0.2=1372", "--no-learn"];
+    let mut agent = Agent::start(&pair.a, &fs, &args).unwrap();
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    let before = status_counter(&agent.status().unwrap(), "eth0", "ingress/ipv4", "mss_clamped");
+    assert_eq!(before, 1);
+
+    // kill -9: no chance to clean up. Clamping goes on from the pinned links and maps.
+    agent
+        .daemon
+        .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    let pin_dir = agent.pin_dir.clone();
+    let st = wslnet_tests::agent::status_json(pair.a.name(), &pin_dir).unwrap();
+    assert_eq!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"), 2);
+    drop(agent);
+
+    // A new agent adopts the pins: counters continue, one program per hook, and one SYN moves
+    // the counter by exactly one (a double attachment would count it twice).
+    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
+    assert!(agent.daemon.log().contains("adopted=true"), "{}", agent.daemon.log());
+    let st = agent.status().unwrap();
+    assert_eq!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"), 2);
+    assert_eq!(st["interfaces"][0]["tcx_programs"]["ingress"], 1, "{st:#}");
+    assert_eq!(st["interfaces"][0]["tcx_programs"]["egress"], 1, "{st:#}");
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    let st = agent.status().unwrap();
+    assert_eq!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"), 3);
+    assert_eq!(status_counter(&st, "eth0", "egress/ipv4", "syn"), 3);
+    // The metrics start from the adopted values too.
+    let m = agent.metrics().unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            "wslnet_mss_clamped_total",
+            &[("interface", "eth0"), ("direction", "ingress"), ("family", "ipv4")]
+        ),
+        Some(3.0)
+    );
+}
+
+fn tc_state(ns: &Netns) -> String {
+    ns.sh("tc qdisc show dev eth0; tc filter show dev eth0 ingress; tc filter show dev eth0 egress")
+        .unwrap()
+}
+
+#[test]
+fn detach_leaves_nothing_behind_in_both_modes() {
+    require_root();
+    for mode in ["tcx", "clsact"] {
+        let pair = Pair::new().unwrap();
+        let fs = Bpffs::new().unwrap();
+        let _l = listener(&pair.b, 7000);
+        let clean = tc_state(&pair.a);
+        let mut agent = Agent::start(
+            &pair.a,
+            &fs,
+            &[
+                "--iface", "eth0", "--attach-mode", mode, "--keep-attached", "--no-learn",
+                "--clamp", "10.99.0.2=1372",
+            ],
+        )
+        .unwrap();
+        let status = agent
+            .daemon
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+            .unwrap();
+        assert!(status.success(), "{mode}: {status}");
+        // --keep-attached: still there, and still clamping, after the agent stopped.
+        assert!(!fs.list().is_empty());
+        assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+        if mode == "clsact" {
+            assert!(tc_state(&pair.a).contains("clsact"), "{}", tc_state(&pair.a));
+        }
+        let out = agent.cli(&["detach", "--pin-dir", &agent.pin_dir]).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(tc_state(&pair.a), clean, "{mode}: tc state after detach");
+        assert_eq!(fs.list(), Vec::<String>::new(), "{mode}: pins after detach");
+        // Nothing clamps any more.
+        assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1448, "{mode}");
+    }
+}
+
+#[test]
+fn sigterm_without_keep_detaches_everything() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let clean = tc_state(&pair.a);
+    let mut agent =
+        Agent::start(&pair.a, &fs, &["--iface", "eth0", "--attach-mode", "clsact"]).unwrap();
+    assert_ne!(tc_state(&pair.a), clean);
+    let status = agent
+        .daemon
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(tc_state(&pair.a), clean);
+    assert_eq!(fs.list(), Vec::<String>::new());
+}
+
+fn run_with_config(toml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wslnet.toml");
+    std::fs::write(&path, toml).unwrap();
+    std::process::Command::new(agent_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_field() {
+    require_root();
+    for (toml, field) in [
+        ("interfacez = [\"eth0\"]\n", "interfacez"),
+        ("[[clamp]]\ncidr = \"10.0.0.300/8\"\nmtu = 1400\n", "cidr"),
+        ("[[clamp]]\ncidr = \"10.0.0.0/8\"\nmtu = 100\n", "clamp[0].mtu"),
+        ("[[clamp]]\ncidr = \"fd00::/8\"\nmtu = 1000\n", "clamp[0].mtu"),
+        ("[probe]\nrecheck_interval_secs = 0\n", "probe.recheck_interval_secs"),
+    ] {
+        let out = run_with_config(toml);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(field), "{toml}: message should name {field}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    }
+    let out = std::process::Command::new(agent_bin())
+        .args(["run", "--config", "/nonexistent/wslnet.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn without_root_one_clear_line_and_exit_2() {
+    require_root();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(agent_bin())
+        .args(["run", "--iface", "eth0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("root"), "{err}");
+}
+
+#[test]
+fn prometheus_scrapes_the_agent() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let _l = listener(&pair.b, 7000);
+    let agent = Agent::start(
+        &pair.a,
+        &fs,
+        &["--iface", "eth0", "--clamp", "10.99.0.2=1372", "--no-learn"],
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    }
+
+    // promtool lints the exposition.
+    let scrape = agent.metrics().unwrap();
+    let lint = pair
+        .a
+        .sh_output(&format!(
+            "curl -s http://127.0.0.1:{}/metrics | promtool check metrics",
+            wslnet_tests::agent::METRICS_PORT
+        ))
+        .unwrap();
+    let lint_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert!(lint.status.success() && lint_out.trim().is_empty(), "promtool: {lint_out}\n{scrape}");
+
+    // A real Prometheus server in the agent's namespace scrapes it every second.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: wslnet\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            wslnet_tests::agent::METRICS_PORT
+        ),
+    )
+    .unwrap();
+    let _prom = pair
+        .a
+        .spawn(
+            "prometheus",
+            [
+                format!("--config.file={}", cfg.display()),
+                format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+                "--web.listen-address=127.0.0.1:9090".into(),
+            ],
+        )
+        .unwrap();
+    let value = wait_until(Duration::from_secs(30), "prometheus query result", || {
+        let out = pair
+            .a
+            .sh_output(
+                "curl -s 'http://127.0.0.1:9090/api/v1/query?query=sum(wslnet_mss_clamped_total)'",
+            )
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let s = v["data"]["result"][0]["value"][1].as_str()?.to_string();
+        s.parse::<f64>().ok()
+    })
+    .unwrap();
+    // 3 SYNs clamped at egress and 3 SYN-ACKs at ingress.
+    assert_eq!(value, 6.0);
+}

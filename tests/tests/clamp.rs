@@ -1,0 +1,270 @@
+//! Real traffic between two namespaces, the agent attached on one side (`a`) with static
+//! clamps: the MSS is rewritten in both directions, connections complete with data over IPv4
+//! and IPv6, in TCX and in clsact mode, and oversize DF packets are counted exactly.
+
+use std::time::Duration;
+
+use wslnet_tests::{
+    agent::{Agent, Pair, sample, status_counter},
+    netns::{Bpffs, Daemon, require_root, wait_until},
+};
+
+/// Bytes of the file the HTTP server in `b` serves.
+const FILE_SIZE: usize = 300 * 1024;
+
+fn clamp_args(mode: &str) -> Vec<String> {
+    vec![
+        "--iface".into(),
+        "eth0".into(),
+        "--clamp".into(),
+        format!("{}=1372", Pair::B4),
+        "--clamp".into(),
+        format!("{}=1372", Pair::B6),
+        "--no-learn".into(),
+        "--attach-mode".into(),
+        mode.into(),
+    ]
+}
+
+/// Starts an HTTP server on [::]:8080 in `b` serving a FILE_SIZE file at /blob.
+fn http_server(pair: &Pair) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blob"), vec![b'x'; FILE_SIZE]).unwrap();
+    let srv = pair
+        .b
+        .spawn(
+            "python3",
+            [
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "::",
+                "--directory",
+                dir.path().to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(10), "http server", || {
+        pair.b
+            .sh_output("ss -ltn | grep -q ':8080 '")
+            .ok()
+            .filter(|o| o.status.success())
+    })
+    .unwrap();
+    (srv, dir)
+}
+
+/// The MSS the kernel in `a` uses to send on a fresh connection to `addr:8080`
+/// (getsockopt TCP_MAXSEG: the peer's MSS option after our ingress clamp, less TCP options).
+fn sender_mss(pair: &Pair, addr: &str) -> u32 {
+    let out = pair
+        .a
+        .sh(&format!(
+            "python3 -c \"import socket; s=socket.create_connection(('{addr}', 8080), timeout=5); \
+             print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))\""
+        ))
+        .unwrap();
+    out.trim().parse().unwrap()
+}
+
+/// Downloads /blob from `url_host` in `a` with curl and returns the byte count.
+fn download(pair: &Pair, url_host: &str) -> usize {
+    let out = pair
+        .a
+        .sh(&format!(
+            "curl -sS --max-time 10 -o /dev/null -w '%{{size_download}}' http://{url_host}:8080/blob"
+        ))
+        .unwrap();
+    out.trim().parse().unwrap()
+}
+
+/// SYN lines of a tcpdump text capture as (source, mss).
+fn syn_mss(capture: &str) -> Vec<(String, u32)> {
+    capture
+        .lines()
+        .filter(|l| l.contains("Flags [S"))
+        .filter_map(|l| {
+            let src = l.split(" > ").next()?.split_whitespace().last()?;
+            let mss = l.split("mss ").nth(1)?.split([',', ']']).next()?.parse().ok()?;
+            Some((src.to_string(), mss))
+        })
+        .collect()
+}
+
+fn clamp_in_both_directions(mode: &str) {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let (_srv, _dir) = http_server(&pair);
+    let capture_file = std::env::temp_dir().join(wslnet_tests::netns::unique("cap") + ".pcap");
+    let mut capture = pair
+        .b
+        .spawn(
+            "tcpdump",
+            [
+                "-U",
+                "-n",
+                "-i",
+                "eth0",
+                "-w",
+                capture_file.to_str().unwrap(),
+                "tcp port 8080",
+            ],
+        )
+        .unwrap();
+    capture
+        .wait_for_log(Duration::from_secs(10), |l| l.contains("listening on"))
+        .unwrap();
+
+    // Without the agent: the kernel's own MSS (1460 - 12 of timestamps).
+    assert_eq!(sender_mss(&pair, Pair::B4), 1448);
+
+    let args = clamp_args(mode);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
+
+    // Ingress: the SYN-ACK of b (MSS 1460 / 1440) is clamped on arrival, so a's stack sends
+    // segments that fit 1372: 1332 - 12 (IPv4), 1312 - 12 (IPv6).
+    assert_eq!(sender_mss(&pair, Pair::B4), 1320);
+    assert_eq!(sender_mss(&pair, Pair::B6), 1300);
+
+    // Connections complete with data.
+    assert_eq!(download(&pair, Pair::B4), FILE_SIZE);
+    assert_eq!(download(&pair, &format!("[{}]", Pair::B6)), FILE_SIZE);
+
+    let status = capture
+        .signal_and_wait(libc::SIGINT, Duration::from_secs(5))
+        .unwrap();
+    assert!(status.success() || status.code().is_none(), "tcpdump: {status}");
+    let text = pair
+        .b
+        .sh(&format!("tcpdump -n -vv -r {}", capture_file.display()))
+        .unwrap();
+    let _ = std::fs::remove_file(&capture_file);
+    let syns = syn_mss(&text);
+    // Egress: every SYN of a, as seen on the wire by b, carries the clamped MSS ...
+    let from_a4: Vec<u32> = syns
+        .iter()
+        .filter(|(s, _)| s.starts_with(&format!("{}.", Pair::A4)))
+        .map(|(_, m)| *m)
+        .collect();
+    let from_a6: Vec<u32> = syns
+        .iter()
+        .filter(|(s, _)| s.starts_with(&format!("{}.", Pair::A6)))
+        .map(|(_, m)| *m)
+        .collect();
+    // (the first IPv4 SYN was sent before the agent started)
+    assert_eq!(from_a4.first(), Some(&1460), "capture:\n{text}");
+    assert!(from_a4.len() >= 3 && from_a4[1..].iter().all(|&m| m == 1332), "{from_a4:?}\n{text}");
+    assert!(from_a6.len() >= 2 && from_a6.iter().all(|&m| m == 1312), "{from_a6:?}\n{text}");
+    // ... while b's SYN-ACKs left b unclamped (the rewrite happened at a's ingress).
+    assert!(
+        syns.iter()
+            .filter(|(s, _)| s.starts_with(&format!("{}.", Pair::B4)))
+            .all(|(_, m)| *m == 1460),
+        "{text}"
+    );
+
+    // Counters: status and metrics agree with what was sent.
+    let st = agent.status().unwrap();
+    assert!(status_counter(&st, "eth0", "egress/ipv4", "mss_clamped") >= 2, "{st:#}");
+    assert!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped") >= 2, "{st:#}");
+    assert!(status_counter(&st, "eth0", "egress/ipv6", "mss_clamped") >= 2, "{st:#}");
+    assert!(status_counter(&st, "eth0", "ingress/ipv6", "mss_clamped") >= 2, "{st:#}");
+    assert_eq!(st["interfaces"][0]["mode"], mode);
+    let m = agent.metrics().unwrap();
+    let clamped = sample(
+        &m,
+        "wslnet_mss_clamped_total",
+        &[("interface", "eth0"), ("direction", "egress"), ("family", "ipv4")],
+    )
+    .unwrap();
+    assert_eq!(
+        clamped as u64,
+        status_counter(&st, "eth0", "egress/ipv4", "mss_clamped")
+    );
+    assert_eq!(
+        sample(&m, "wslnet_interface_attached", &[("interface", "eth0"), ("mode", mode)]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn tcx_clamps_both_directions_ipv4_and_ipv6() {
+    clamp_in_both_directions("tcx");
+}
+
+#[test]
+fn clsact_clamps_both_directions_ipv4_and_ipv6() {
+    clamp_in_both_directions("clsact");
+}
+
+/// Runs iperf3 from `a` to `b` for `secs` seconds; the data goes a -> b.
+fn bulk_send(pair: &Pair, addr: &str) {
+    pair.a
+        .sh(&format!("iperf3 -c {addr} -t 1 -J >/dev/null"))
+        .unwrap();
+}
+
+#[test]
+fn oversize_df_packets_are_counted_exactly() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let args = clamp_args("auto");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
+    let oversize = |fam: &str| {
+        let st = agent.status().unwrap();
+        status_counter(&st, "eth0", &format!("egress/{fam}"), "oversize_df")
+    };
+    assert_eq!(oversize("ipv4"), 0);
+
+    // 1500-byte DF echo requests to a peer whose path MTU is 1372: each one counted.
+    pair.a
+        .sh(&format!("ping -q -M do -s 1472 -c 5 -i 0.2 -W 1 {}", Pair::B4))
+        .unwrap();
+    assert_eq!(oversize("ipv4"), 5);
+    // Small ones fit: not counted.
+    pair.a
+        .sh(&format!("ping -q -M do -s 1000 -c 3 -i 0.2 -W 1 {}", Pair::B4))
+        .unwrap();
+    assert_eq!(oversize("ipv4"), 5);
+    // IPv6: every packet is DF; 1452 + 8 + 40 = 1500 bytes.
+    pair.a
+        .sh(&format!("ping -6 -q -s 1452 -c 3 -i 0.2 -W 1 {}", Pair::B6))
+        .unwrap();
+    assert_eq!(oversize("ipv6"), 3);
+
+    // A bulk TCP transfer whose MSS fits (clamped at ingress) is never oversize: with GSO
+    // (64 KiB super-packets measured by gso_size) and without.
+    let _iperf = pair.b.spawn("iperf3", ["-s"]).unwrap();
+    wait_until(Duration::from_secs(10), "iperf3 server", || {
+        pair.b
+            .sh_output("ss -ltn | grep -q ':5201 '")
+            .ok()
+            .filter(|o| o.status.success())
+    })
+    .unwrap();
+    bulk_send(&pair, Pair::B4);
+    bulk_send(&pair, Pair::B6);
+    assert_eq!(oversize("ipv4"), 5, "GSO bulk transfer counted as oversize");
+    assert_eq!(oversize("ipv6"), 3, "GSO bulk transfer counted as oversize");
+    pair.a
+        .sh("ethtool -K eth0 tso off gso off >/dev/null")
+        .unwrap();
+    bulk_send(&pair, Pair::B4);
+    bulk_send(&pair, Pair::B6);
+    assert_eq!(oversize("ipv4"), 5, "non-GSO bulk transfer counted as oversize");
+    assert_eq!(oversize("ipv6"), 3, "non-GSO bulk transfer counted as oversize");
+    let m = agent.metrics().unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            "wslnet_oversize_df_packets_total",
+            &[("interface", "eth0"), ("family", "ipv4")]
+        ),
+        Some(5.0)
+    );
+}

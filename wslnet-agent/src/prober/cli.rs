@@ -1,0 +1,105 @@
+//! `wslnet-agent probe TARGET`: one search, printed as text or JSON.
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use super::{Method, SearchOptions, search};
+
+/// Arguments of `wslnet-agent probe`.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Address (or host name) to measure the path MTU to.
+    pub target: String,
+    /// Send probes out of this interface; the upper bound becomes its MTU.
+    #[arg(long, value_name = "NAME")]
+    pub iface: Option<String>,
+    /// Lower bound in bytes (IPv4 default 552; IPv6 is always at least 1280).
+    #[arg(long, value_name = "N")]
+    pub min_mtu: Option<u16>,
+    /// Upper bound in bytes (default and maximum: the egress interface's MTU).
+    #[arg(long, value_name = "N")]
+    pub max_mtu: Option<u16>,
+    /// TCP port of the target to probe with when it does not answer ICMP echo.
+    #[arg(long, value_name = "PORT")]
+    pub tcp_port: Option<u16>,
+    /// Longest wait for the answers of one round, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Extra copies of each probe per round, and repeats of a round that got no answer.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub retries: u32,
+    /// Rate limit on probe packets, per second.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub rate: u32,
+    /// Print the report as JSON: target, mtu (null when unreachable), method, rounds,
+    /// probes_sent, elapsed_ms, upper_bound, lower_bound, interface.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `wslnet-agent probe`: prints the path MTU to TARGET; fails (after printing) when the target
+/// is unreachable.
+pub async fn run_cli(args: ProbeArgs) -> Result<()> {
+    let target = resolve(&args.target).await?;
+    let opts = SearchOptions {
+        iface: args.iface.clone(),
+        min_mtu: args.min_mtu,
+        max_mtu: args.max_mtu,
+        tcp_port: args.tcp_port,
+        round_timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        retries: args.retries,
+        max_probes_per_sec: args.rate,
+    };
+    let report = search(target, &opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let how = format!(
+            "{} rounds, {} probes, {:.0} ms; bounds {}..{} via {}",
+            report.rounds,
+            report.probes_sent,
+            report.elapsed.as_secs_f64() * 1000.0,
+            report.lower_bound,
+            report.upper_bound,
+            report.interface
+        );
+        match (report.mtu, report.method) {
+            (Some(mtu), method) => {
+                let method = match method {
+                    Some(Method::Tcp) => "TCP",
+                    Some(Method::IcmpError) => "ICMP error, confirmed",
+                    _ => "ICMP echo",
+                };
+                let mss = mtu.saturating_sub(if target.is_ipv6() { 60 } else { 40 });
+                println!("path MTU to {target}: {mtu} bytes (TCP MSS {mss}) by {method}; {how}");
+            }
+            (None, _) => println!("{target}: unreachable; {how}"),
+        }
+    }
+    if report.mtu.is_none() {
+        let tcp = match args.tcp_port {
+            Some(p) => format!(" nor TCP port {p}"),
+            None => " (add --tcp-port PORT for targets that drop ICMP echo)".into(),
+        };
+        bail!(
+            "{target} is unreachable: no answer to ICMP echo{tcp} at any size from {} to {} \
+             bytes (or its path MTU is below the floor; see --min-mtu)",
+            report.lower_bound,
+            report.upper_bound
+        );
+    }
+    Ok(())
+}
+
+async fn resolve(target: &str) -> Result<IpAddr> {
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    tokio::net::lookup_host((target, 0))
+        .await
+        .with_context(|| format!("resolving {target:?}: give an IP address or a resolvable name"))?
+        .next()
+        .map(|a| a.ip())
+        .with_context(|| format!("{target:?} resolved to no address"))
+}

@@ -1,0 +1,144 @@
+//! Bounds of a search: the egress device for the route to the target (rtnetlink `RTM_GETROUTE`,
+//! like `ip route get`) and its MTU; the floors.
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use anyhow::{Context as _, Result, bail};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    RouteMessageBuilder,
+    packet_route::{
+        link::{LinkAttribute, LinkMessage},
+        route::RouteAttribute,
+    },
+};
+
+use super::{Bounds, DEFAULT_MIN_MTU_V4, MIN_MTU_V4_ABSOLUTE, MIN_MTU_V6, SearchOptions, sys};
+
+/// Egress interface (name, MTU in bytes) for `target`, or of `iface` when given.
+pub(crate) async fn egress(target: IpAddr, iface: Option<&str>) -> Result<(String, u32)> {
+    match netlink_egress(target, iface).await {
+        Ok(v) => Ok(v),
+        Err(e) if iface.is_none() => {
+            // No usable netlink (unusual): the route's MTU from a connected UDP socket.
+            tracing::debug!(error = %format!("{e:#}"), "rtnetlink route lookup failed; using IP_MTU");
+            let mtu = socket_route_mtu(target).with_context(|| {
+                format!("finding the egress interface for {target} (rtnetlink failed: {e:#})")
+            })?;
+            Ok(("?".into(), mtu))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn netlink_egress(target: IpAddr, iface: Option<&str>) -> Result<(String, u32)> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let mut links = if let Some(name) = iface {
+            handle.link().get().match_name(name.to_owned()).execute()
+        } else {
+            let msg = match target {
+                IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(a, 32)
+                    .build(),
+                IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(a, 128)
+                    .build(),
+            };
+            let route = handle
+                .route()
+                .get(msg)
+                .execute()
+                .try_next()
+                .await
+                .with_context(|| {
+                    format!("no route to {target}: add one (`ip route`) or check the address")
+                })?
+                .with_context(|| format!("no route to {target}"))?;
+            let oif = route
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+                .with_context(|| format!("the route to {target} has no output interface"))?;
+            handle.link().get().match_index(oif).execute()
+        };
+        let link: LinkMessage = links
+            .try_next()
+            .await
+            .with_context(|| match iface {
+                Some(n) => format!("no interface named {n:?} (see `ip link`)"),
+                None => format!("looking up the egress interface for {target}"),
+            })?
+            .context("empty link reply")?;
+        let mut name = String::new();
+        let mut mtu = None;
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::IfName(n) => name = n.clone(),
+                LinkAttribute::Mtu(m) => mtu = Some(*m),
+                _ => {}
+            }
+        }
+        let mtu = mtu.with_context(|| format!("interface {name} reports no MTU"))?;
+        Ok::<_, anyhow::Error>((name, mtu))
+    }
+    .await;
+    task.abort();
+    result
+}
+
+/// MTU of the route to `target` as a connected UDP socket sees it (`IP_MTU` / `IPV6_MTU`).
+fn socket_route_mtu(target: IpAddr) -> Result<u32> {
+    let bind: SocketAddr = match target {
+        IpAddr::V4(_) => "0.0.0.0:0".parse()?,
+        IpAddr::V6(_) => "[::]:0".parse()?,
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(SocketAddr::new(target, 9))
+        .with_context(|| format!("no route to {target}"))?;
+    let mtu = match target {
+        IpAddr::V4(_) => sys::getsockopt_int(&s, libc::IPPROTO_IP, libc::IP_MTU)?,
+        IpAddr::V6(_) => sys::getsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_MTU)?,
+    };
+    Ok(mtu as u32)
+}
+
+/// Lower and upper bound (bytes) of a search to `target` with `opts`.
+pub(crate) async fn bounds(target: IpAddr, opts: &SearchOptions) -> Result<Bounds> {
+    let (iface, dev_mtu) = egress(target, opts.iface.as_deref()).await?;
+    let dev_mtu = dev_mtu.min(u32::from(u16::MAX)) as u16;
+    let mut upper = dev_mtu;
+    if let Some(m) = opts.max_mtu {
+        if m > dev_mtu {
+            tracing::warn!(
+                max_mtu = m,
+                dev_mtu,
+                %iface,
+                "max MTU above the egress device's MTU; using the device's"
+            );
+        }
+        upper = upper.min(m);
+    }
+    let lower = match target {
+        IpAddr::V4(_) => opts
+            .min_mtu
+            .unwrap_or(DEFAULT_MIN_MTU_V4)
+            .max(MIN_MTU_V4_ABSOLUTE),
+        IpAddr::V6(_) => opts.min_mtu.unwrap_or(MIN_MTU_V6).max(MIN_MTU_V6),
+    };
+    if lower > upper {
+        bail!(
+            "lower bound {lower} is above the upper bound {upper} (egress {iface}, MTU {dev_mtu}): \
+             lower --min-mtu or raise --max-mtu"
+        );
+    }
+    Ok(Bounds {
+        lower,
+        upper,
+        iface,
+    })
+}

@@ -1,0 +1,188 @@
+//! TCP fallback probe, for targets that drop ICMP echo.
+//!
+//! A probe of `size` bytes is one connection to the target's configured port with
+//! `TCP_MAXSEG = size - IP header - 20`, DF set (`IP_PMTUDISC_DO`; IPv6 never fragments in
+//! flight): once connected, exactly one full-sized segment of data is written, whose IP packet is
+//! `size` bytes (TCP options such as timestamps come out of the MSS). The size passes when the
+//! peer acknowledges that data (`tcpi_bytes_acked`) while the socket's path MTU still allows it
+//! (a frag-needed / packet-too-big lowers `tcpi_pmtu`, makes the stack re-segment, and is then
+//! reported as a hint instead). Connections are reset (`SO_LINGER` 0) when the round ends.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use futures::{StreamExt as _, stream::FuturesUnordered};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::TcpStream;
+
+use super::{Prober, RateLimiter, RoundResult, SearchOptions, Stats, early_deadline, sys};
+
+const IP_PMTUDISC_DO: libc::c_int = 2;
+const IPV6_PMTUDISC_DO: libc::c_int = 2;
+/// TCP header without options (bytes).
+const TCP_HDR: u32 = 20;
+/// Timestamps option with padding (bytes).
+const TS_OPT: u32 = 12;
+/// How often a probe looks at `TCP_INFO` for the acknowledgement.
+const POLL: Duration = Duration::from_millis(2);
+
+/// One search's TCP probes to `target`.
+pub(crate) struct TcpProber {
+    target: SocketAddr,
+    iface: Option<String>,
+}
+
+enum Outcome {
+    Passed(Duration),
+    /// The socket's PMTU was lowered by an ICMP error naming this MTU.
+    Hint(u16),
+    /// The connection cannot carry a full segment of this size (peer MSS); carries the largest
+    /// size it can.
+    Untestable(u32),
+    Failed,
+}
+
+impl TcpProber {
+    pub fn new(target: IpAddr, port: u16, iface: Option<String>) -> Self {
+        Self {
+            target: SocketAddr::new(target, port),
+            iface,
+        }
+    }
+
+    fn ip_hdr(&self) -> u32 {
+        if self.target.is_ipv6() { 40 } else { 20 }
+    }
+
+    /// Creates the socket for a probe of `size` bytes and starts connecting.
+    fn start(&self, size: u16) -> std::io::Result<TcpStream> {
+        let v6 = self.target.is_ipv6();
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        if let Some(name) = &self.iface {
+            sock.bind_device(Some(name.as_bytes()))?;
+        }
+        let mss = u32::from(size).saturating_sub(self.ip_hdr() + TCP_HDR).max(88);
+        sys::setsockopt(&sock, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss as libc::c_int)?;
+        if v6 {
+            sys::setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)?;
+        } else {
+            sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, IP_PMTUDISC_DO)?;
+        }
+        sock.set_tcp_nodelay(true)?;
+        sock.set_linger(Some(Duration::ZERO))?;
+        match sock.connect(&SockAddr::from(self.target)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        TcpStream::from_std(std::net::TcpStream::from(sock))
+    }
+
+    async fn probe(stream: TcpStream, size: u16, hdr: u32, started: Instant) -> Outcome {
+        let r: std::io::Result<Outcome> = async {
+            stream.writable().await?;
+            if let Some(e) = stream.take_error()? {
+                return Err(e);
+            }
+            let info = sys::tcp_info(&stream)?;
+            let opts = if info.options & sys::TCPI_OPT_TIMESTAMPS != 0 { TS_OPT } else { 0 };
+            let seg = info.snd_mss + hdr + opts;
+            if seg < u32::from(size) {
+                return Ok(Outcome::Untestable(seg));
+            }
+            let payload = vec![b' '; info.snd_mss as usize];
+            let mut off = 0;
+            while off < payload.len() {
+                stream.writable().await?;
+                match stream.try_write(&payload[off..]) {
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            loop {
+                tokio::time::sleep(POLL).await;
+                let i = sys::tcp_info(&stream)?;
+                if i.pmtu < u32::from(size) {
+                    return Ok(Outcome::Hint(i.pmtu.min(u32::from(u16::MAX)) as u16));
+                }
+                if i.bytes_acked >= payload.len() as u64 {
+                    return Ok(Outcome::Passed(started.elapsed()));
+                }
+            }
+        }
+        .await;
+        r.unwrap_or_else(|e| {
+            tracing::trace!(size, error = %e, "TCP probe failed");
+            Outcome::Failed
+        })
+    }
+}
+
+impl Prober for TcpProber {
+    async fn round(
+        &mut self,
+        sizes: &[u16],
+        opts: &SearchOptions,
+        limiter: &mut RateLimiter,
+        st: &mut Stats,
+    ) -> Result<RoundResult> {
+        st.rounds += 1;
+        let mut r = RoundResult::default();
+        let mut futs = FuturesUnordered::new();
+        let hdr = self.ip_hdr() + TCP_HDR;
+        for _ in 0..=opts.retries {
+            for &size in sizes {
+                limiter.acquire().await;
+                match self.start(size) {
+                    Ok(s) => {
+                        st.probes_sent += 1;
+                        let started = Instant::now();
+                        futs.push(async move { (size, Self::probe(s, size, hdr, started).await) });
+                    }
+                    Err(e) => tracing::debug!(size, error = %e, "starting a TCP probe failed"),
+                }
+            }
+        }
+        let planned: BTreeSet<u16> = sizes.iter().copied().collect();
+        let sent_done = Instant::now();
+        let hard = sent_done + opts.round_timeout;
+        let mut deadline = hard;
+        let mut first = true;
+        loop {
+            if planned
+                .iter()
+                .all(|s| r.answered.contains(s) || r.refused.contains(s))
+            {
+                break;
+            }
+            tokio::select! {
+                Some((size, o)) = futs.next() => match o {
+                    Outcome::Passed(rtt) => {
+                        r.answered.insert(size);
+                        if first {
+                            first = false;
+                            deadline = deadline.min(early_deadline(sent_done, rtt, hard));
+                        }
+                    }
+                    Outcome::Hint(mtu) => {
+                        r.mtu_hint = Some(r.mtu_hint.map_or(mtu, |h| h.min(mtu)));
+                    }
+                    Outcome::Untestable(max) => {
+                        tracing::debug!(size, max, "the TCP peer's MSS is too small to test this size");
+                        r.refused.insert(size);
+                    }
+                    Outcome::Failed => {}
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => break,
+                else => break,
+            }
+        }
+        Ok(r)
+    }
+}
