@@ -264,10 +264,23 @@ fn worker(
             }
             if prog_totals != totals {
                 report.divergences += 1;
+                let rows: Vec<String> = prog_totals
+                    .keys()
+                    .chain(totals.keys())
+                    .filter(|k| prog_totals.get(k) != totals.get(k))
+                    .take(4)
+                    .map(|k| {
+                        format!(
+                            "row {k}: program {:?} model {:?}",
+                            prog_totals.get(k).map(corpus::counter_names),
+                            totals.get(k).map(corpus::counter_names)
+                        )
+                    })
+                    .collect();
                 eprintln!(
-                    "counter totals diverge after {} packets: program {prog_totals:?} model \
-                     {totals:?}",
-                    n + 1
+                    "counter totals diverge after {} packets: {}",
+                    n + 1,
+                    rows.join("; ")
                 );
             }
             let prog_learned = harness.learned();
@@ -681,6 +694,7 @@ fn interesting_offsets(frame: &[u8], l3_offset: usize) -> Vec<usize> {
         14
     };
     let Some(&vb) = frame.get(l3) else {
+        v.retain(|&o| o < frame.len());
         return v;
     };
     v.push(l3);

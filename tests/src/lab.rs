@@ -7,18 +7,29 @@
 //!
 //! Both routers drop the ICMP frag-needed / packet-too-big they would send (nftables, output
 //! hook), so path-MTU discovery cannot work: a black hole. Knobs: [`Lab::set_bottleneck`],
-//! [`Lab::set_delay`] (netem on the bottleneck link), [`Lab::set_loss`],
+//! [`Lab::set_delay`], [`Lab::set_loss`],
 //! [`Lab::drop_icmp_echo`], [`Lab::drop_icmp_errors`]. Servers in `srv`:
 //! [`Lab::start_http`], [`Lab::start_tls`], [`Lab::start_sshd`], [`Lab::start_tcp_sink`].
+//!
+//! The bottleneck link is a pair of TAP devices (`wan0` in `win` and in `vpn`) joined by a
+//! userspace wire in the test process ([`Wire`]) that adds delay and loss: this kernel has no
+//! `sch_netem` (CONFIG_NET_SCH_NETEM is off), so `tc ... netem` is not available.
 //!
 //! Everything (namespaces with their processes, temporary files) is removed on drop, also when
 //! a test panics. Addresses are private and exist only inside the namespaces; nothing touches
 //! the host's interfaces.
 use std::{
+    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::Mutex,
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -45,7 +56,7 @@ pub const WAN_IFACE: &str = "wan0";
 pub struct LabConfig {
     /// MTU (bytes) of the win--vpn link. Below 1280 that link carries no IPv6.
     pub bottleneck: u16,
-    /// Round-trip time (ms) added by netem on the bottleneck link (half each way).
+    /// Round-trip time (ms) added on the bottleneck link (half each way).
     pub rtt_ms: u32,
     /// `wsl`'s uplink is a `zt...` interface with MTU 2800 instead of `eth0` with MTU 1500.
     pub zerotier: bool,
@@ -68,6 +79,7 @@ impl Default for LabConfig {
 /// The lab. Field order is drop order: servers, then namespaces, then the temporary directory.
 pub struct Lab {
     daemons: Mutex<Vec<Daemon>>,
+    wire: Option<Wire>,
     /// The client side: uplink [`Lab::wsl_iface`], default routes via `win`.
     pub wsl: Netns,
     /// Router between `wsl` and the bottleneck (a Windows host / VPN client).
@@ -77,7 +89,6 @@ pub struct Lab {
     /// The servers' namespace.
     pub srv: Netns,
     wsl_iface: String,
-    netem: Mutex<(u32, f32)>,
     tmp: TempDir,
 }
 
@@ -105,14 +116,14 @@ impl Lab {
         let tmp = TempDir(std::env::temp_dir().join(unique("wslnet-lab")));
         std::fs::create_dir_all(&tmp.0).context("creating the lab's temporary directory")?;
         let wsl_iface = if cfg.zerotier { ZT_IFACE } else { "eth0" }.to_string();
-        let lab = Self {
+        let mut lab = Self {
             daemons: Mutex::new(Vec::new()),
+            wire: None,
             wsl: Netns::new("wlw")?,
             win: Netns::new("wlr")?,
             vpn: Netns::new("wlv")?,
             srv: Netns::new("wls")?,
             wsl_iface,
-            netem: Mutex::new((0, 0.0)),
             tmp,
         };
         lab.build(&cfg)
@@ -120,10 +131,18 @@ impl Lab {
         Ok(lab)
     }
 
-    fn build(&self, cfg: &LabConfig) -> Result<()> {
+    fn build(&mut self, cfg: &LabConfig) -> Result<()> {
         let uplink_mtu = if cfg.zerotier { ZT_MTU } else { 1500 };
+        // No duplicate address detection: while a router's link-local address is tentative it
+        // cannot resolve neighbours for forwarded packets, and IPv6 would be dead for ~2 s.
+        for ns in [&self.wsl, &self.win, &self.vpn, &self.srv] {
+            ns.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0")?;
+        }
         veth(&self.wsl, &self.wsl_iface, &self.win, "lan0")?;
-        veth(&self.win, WAN_IFACE, &self.vpn, WAN_IFACE)?;
+        self.wire = Some(Wire::new(&self.win, &self.vpn, WAN_IFACE)?);
+        for ns in [&self.win, &self.vpn] {
+            ns.ip(&["link", "set", WAN_IFACE, "up"])?;
+        }
         veth(&self.vpn, "lan1", &self.srv, "eth0")?;
         let w = &self.wsl_iface;
         self.wsl.sh(&format!(
@@ -209,7 +228,7 @@ impl Lab {
                 ns,
                 "wslnet_lab_pmtu",
                 drop.then_some(
-                    "chain out { type filter hook output priority 0; policy accept;
+                    "chain pmtu_out { type filter hook output priority 0; policy accept;
                        icmp type destination-unreachable icmp code 4 counter drop
                        icmpv6 type packet-too-big counter drop
                      }",
@@ -223,9 +242,7 @@ impl Lab {
     pub fn dropped_icmp_errors(&self) -> Result<u64> {
         let mut total = 0;
         for ns in [&self.win, &self.vpn] {
-            let out = ns
-                .sh_output("nft list table inet wslnet_lab_pmtu")?
-                .stdout;
+            let out = ns.sh_output("nft list table inet wslnet_lab_pmtu")?.stdout;
             total += String::from_utf8_lossy(&out)
                 .split("packets ")
                 .skip(1)
@@ -242,7 +259,7 @@ impl Lab {
             &self.vpn,
             "wslnet_lab_echo",
             drop.then_some(
-                "chain fwd { type filter hook forward priority 0; policy accept;
+                "chain echo_fwd { type filter hook forward priority 0; policy accept;
                    icmp type echo-request drop
                    icmpv6 type echo-request drop
                  }",
@@ -250,38 +267,24 @@ impl Lab {
         )
     }
 
-    /// Adds `rtt_ms` of round-trip time (netem on the bottleneck link, half each way); 0 removes
-    /// it.
+    /// Adds `rtt_ms` of round-trip time on the bottleneck link (half each way); 0 removes it.
     pub fn set_delay(&self, rtt_ms: u32) -> Result<()> {
-        let mut n = self.netem.lock().unwrap();
-        n.0 = rtt_ms;
-        self.apply_netem(*n)
+        self.wire()?
+            .one_way_us
+            .store(u64::from(rtt_ms) * 500, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Drops `percent` of the packets crossing the bottleneck link in each direction (netem);
+    /// Drops `percent` (0..=100) of the frames crossing the bottleneck link, each direction;
     /// 100 drops everything, 0 removes it.
     pub fn set_loss(&self, percent: f32) -> Result<()> {
-        let mut n = self.netem.lock().unwrap();
-        n.1 = percent;
-        self.apply_netem(*n)
+        let ppm = (percent.clamp(0.0, 100.0) * 10_000.0) as u32;
+        self.wire()?.loss_ppm.store(ppm, Ordering::Relaxed);
+        Ok(())
     }
 
-    fn apply_netem(&self, (rtt_ms, loss): (u32, f32)) -> Result<()> {
-        for ns in [&self.win, &self.vpn] {
-            if rtt_ms == 0 && loss <= 0.0 {
-                let _ = ns.sh_output(&format!("tc qdisc del dev {WAN_IFACE} root"));
-                continue;
-            }
-            let mut args = format!("tc qdisc replace dev {WAN_IFACE} root netem limit 10000");
-            if rtt_ms > 0 {
-                args += &format!(" delay {}us", u64::from(rtt_ms) * 500);
-            }
-            if loss > 0.0 {
-                args += &format!(" loss {loss}%");
-            }
-            ns.sh(&args)?;
-        }
-        Ok(())
+    fn wire(&self) -> Result<&Wire> {
+        self.wire.as_ref().context("the lab has no bottleneck wire")
     }
 
     fn keep(&self, d: Daemon) {
@@ -290,15 +293,23 @@ impl Lab {
 
     /// Starts `program args` in `srv` (kept until the lab is dropped) and waits until something
     /// listens on TCP `port` there.
-    pub fn spawn_srv_server(&self, what: &str, port: u16, program: &str, args: &[&str]) -> Result<()> {
+    pub fn spawn_srv_server(
+        &self,
+        what: &str,
+        port: u16,
+        program: &str,
+        args: &[&str],
+    ) -> Result<()> {
         let d = self.srv.spawn(program, args)?;
         let ns = &self.srv;
-        let listening = wait_until(Duration::from_secs(20), &format!("{what} on port {port}"), || {
-            let out = ns
-                .sh_output(&format!("ss -Hltn 'sport = :{port}'"))
-                .ok()?;
-            (!out.stdout.is_empty()).then_some(())
-        });
+        let listening = wait_until(
+            Duration::from_secs(20),
+            &format!("{what} on port {port}"),
+            || {
+                let out = ns.sh_output(&format!("ss -Hltn 'sport = :{port}'")).ok()?;
+                (!out.stdout.is_empty()).then_some(())
+            },
+        );
         if let Err(e) = listening {
             bail!("{e}; {what} log:\n{}", d.log());
         }
@@ -321,7 +332,16 @@ impl Lab {
             "python3 http.server",
             port,
             "python3",
-            &["-u", "-m", "http.server", &port_s, "--bind", "::", "--directory", root.to_str().unwrap()],
+            &[
+                "-u",
+                "-m",
+                "http.server",
+                &port_s,
+                "--bind",
+                "::",
+                "--directory",
+                root.to_str().unwrap(),
+            ],
         )?;
         Ok(HttpServer {
             port,
@@ -339,10 +359,21 @@ impl Lab {
         run(
             "openssl",
             [
-                "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-days", "2", "-subj",
-                "/CN=srv.wslnet.test", "-addext",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:4096",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=srv.wslnet.test",
+                "-addext",
                 &format!("subjectAltName=IP:{SRV_V4},IP:{SRV_V6},DNS:srv.wslnet.test"),
-                "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(),
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
             ],
         )
         .context("generating the TLS certificate")?;
@@ -351,8 +382,15 @@ impl Lab {
             port,
             "openssl",
             &[
-                "s_server", "-accept", &format!("[::]:{port}"), "-cert", cert.to_str().unwrap(),
-                "-key", key.to_str().unwrap(), "-www", "-quiet",
+                "s_server",
+                "-accept",
+                &port.to_string(),
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+                "-www",
+                "-quiet",
             ],
         )?;
         Ok(TlsServer { port, cert })
@@ -365,10 +403,26 @@ impl Lab {
         let dir = self.tmp.0.join("ssh");
         std::fs::create_dir_all(&dir)?;
         let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
-        run("ssh-keygen", ["-q", "-t", "rsa", "-b", "4096", "-N", "", "-f", &p("host_rsa")])
-            .context("generating the SSH host key")?;
-        run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", &p("client")])
-            .context("generating the SSH client key")?;
+        run(
+            "ssh-keygen",
+            [
+                "-q",
+                "-t",
+                "rsa",
+                "-b",
+                "4096",
+                "-N",
+                "",
+                "-f",
+                &p("host_rsa"),
+            ],
+        )
+        .context("generating the SSH host key")?;
+        run(
+            "ssh-keygen",
+            ["-q", "-t", "ed25519", "-N", "", "-f", &p("client")],
+        )
+        .context("generating the SSH client key")?;
         std::fs::copy(p("client.pub"), p("authorized_keys"))?;
         let config = format!(
             "Port {port}\nListenAddress 0.0.0.0\nListenAddress ::\nHostKey {}\nPidFile none\n\
@@ -426,7 +480,8 @@ fn nft_table(ns: &Netns, name: &str, body: Option<&str>) -> Result<()> {
     if let Some(body) = body {
         script += &format!("nft -f - <<'EOF'\ntable inet {name} {{\n{body}\n}}\nEOF\n");
     }
-    ns.sh(&script).with_context(|| format!("nftables table {name} in {}", ns.name()))?;
+    ns.sh(&script)
+        .with_context(|| format!("nftables table {name} in {}", ns.name()))?;
     Ok(())
 }
 
@@ -486,15 +541,184 @@ impl SshServer {
     /// non-interactively, without host-key prompts. `timeout_s` bounds the TCP connect and the
     /// banner exchange only: wrap the command in `timeout` to bound a stalled key exchange.
     pub fn ssh_args(&self, v6: bool, timeout_s: u32, command: &str) -> Vec<String> {
-        let host = if v6 { SRV_V6.to_string() } else { SRV_V4.to_string() };
+        let host = if v6 {
+            SRV_V6.to_string()
+        } else {
+            SRV_V4.to_string()
+        };
         [
-            "-i", self.client_key.to_str().unwrap(), "-p", &self.port.to_string(), "-o",
-            "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
-            "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o",
-            &format!("ConnectTimeout={timeout_s}"), &format!("root@{host}"), command,
+            "-i",
+            self.client_key.to_str().unwrap(),
+            "-p",
+            &self.port.to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            &format!("ConnectTimeout={timeout_s}"),
+            &format!("root@{host}"),
+            command,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect()
     }
+}
+
+/// The bottleneck link: a TAP device of the same name in each of two namespaces, frames copied
+/// between them by threads of the test process after `one_way_us` and with `loss_ppm` loss.
+/// Stopped (threads joined, devices gone with their file descriptors) on drop.
+pub struct Wire {
+    one_way_us: Arc<AtomicU64>,
+    loss_ppm: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Wire {
+    /// Creates TAP `name` in `a` and in `b` (down; bring them up with `ip link`) and starts
+    /// copying frames between them.
+    pub fn new(a: &Netns, b: &Netns, name: &str) -> Result<Self> {
+        let ta = Arc::new(open_tap(a.name(), name)?);
+        let tb = Arc::new(open_tap(b.name(), name)?);
+        let mut w = Self {
+            one_way_us: Arc::new(AtomicU64::new(0)),
+            loss_ppm: Arc::new(AtomicU32::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        for (from, to, seed) in [
+            (ta.clone(), tb.clone(), 0x9e37_79b9u32),
+            (tb, ta, 0x85eb_ca6b),
+        ] {
+            w.pump(from, to, seed)?;
+        }
+        Ok(w)
+    }
+
+    fn pump(&mut self, from: Arc<OwnedFd>, to: Arc<OwnedFd>, seed: u32) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        let (stop, delay, loss) = (
+            self.stop.clone(),
+            self.one_way_us.clone(),
+            self.loss_ppm.clone(),
+        );
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("lab-wire-rx".into())
+                .spawn(move || {
+                    let mut rng = seed;
+                    let mut buf = vec![0u8; 65_600];
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut pfd = libc::pollfd {
+                            fd: from.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd, 100 ms timeout.
+                        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                            continue;
+                        }
+                        // SAFETY: buf is valid for writes of buf.len() bytes.
+                        let n = unsafe {
+                            libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                        };
+                        if n <= 0 {
+                            continue;
+                        }
+                        rng ^= rng << 13;
+                        rng ^= rng >> 17;
+                        rng ^= rng << 5;
+                        if rng % 1_000_000 < loss.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let due =
+                            Instant::now() + Duration::from_micros(delay.load(Ordering::Relaxed));
+                        if tx.send((due, buf[..n as usize].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .context("starting a lab wire thread")?,
+        );
+        let stop = self.stop.clone();
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("lab-wire-tx".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok((due, frame)) = rx.recv_timeout(Duration::from_millis(100)) else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        // SAFETY: frame is valid for reads of frame.len() bytes. A failed write
+                        // is a lost frame, as on a real wire.
+                        unsafe { libc::write(to.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+                    }
+                })
+                .context("starting a lab wire thread")?,
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Creates TAP device `name` inside namespace `ns` (from a short-lived thread that enters it);
+/// the device lives as long as the returned descriptor.
+fn open_tap(ns: &str, name: &str) -> Result<OwnedFd> {
+    let path = format!("/run/netns/{ns}");
+    let name = name.to_string();
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        let nsf = File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on a namespace fd we hold; it only changes this (short-lived) thread.
+        if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns({path}): {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: plain open(2) of a NUL-terminated path.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            bail!("opening /dev/net/tun: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just opened and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        #[repr(C)]
+        struct IfReq {
+            name: [u8; 16],
+            flags: libc::c_short,
+            _pad: [u8; 22],
+        }
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        let n = name.len().min(15);
+        req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        // SAFETY: TUNSETIFF reads and writes one struct ifreq, which IfReq lays out.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
+            bail!(
+                "TUNSETIFF {name} in {path}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(fd)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("TAP thread panicked"))?
 }

@@ -4,6 +4,7 @@
 //! Every test builds its own network in namespaces it creates and removes; nothing touches the
 //! host's interfaces.
 pub mod agent;
+pub mod clients;
 pub mod fuzz;
 pub mod lab;
 pub mod netns;

@@ -303,18 +303,30 @@ impl Drop for Bpffs {
     }
 }
 
-/// The `wslnet-agent` binary built next to the test executable (`target/<profile>/`).
+/// The `wslnet-agent` binary: `$WSLNET_AGENT_BIN` when set (the demo sets it), else the one
+/// built next to the running executable (`target/<profile>/`, for test executables in
+/// `target/<profile>/deps/` and for xtask in `target/<profile>/`).
 pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WSLNET_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-exe> -> target/<profile>/wslnet-agent
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("wslnet-agent");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (`cargo build -p wslnet-agent`; `cargo xtask test` does)",
-        bin.display()
-    );
-    bin
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("wslnet-agent"))
+        .collect::<Vec<_>>();
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "wslnet-agent not found in {candidates:?}: build it first (`cargo build -p \
+                 wslnet-agent`; `cargo xtask test` does)"
+            )
+        })
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, failing after `timeout` with `what`.

@@ -4,7 +4,7 @@ use std::{net::IpAddr, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::{Method, SearchOptions, search};
+use super::{Method, SearchOptions, recheck, search};
 
 /// Arguments of `wslnet-agent probe`.
 #[derive(Args, Debug, Clone)]
@@ -32,8 +32,13 @@ pub struct ProbeArgs {
     /// Rate limit on probe packets, per second.
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub rate: u32,
+    /// Only re-check a known path MTU N (what `run` does periodically): one round of the lower
+    /// bound, N, N+1 and the upper bound; prints whether N and something larger still pass.
+    #[arg(long, value_name = "N")]
+    pub recheck: Option<u16>,
     /// Print the report as JSON: target, mtu (null when unreachable), method, rounds,
-    /// probes_sent, elapsed_ms, upper_bound, lower_bound, interface.
+    /// probes_sent, elapsed_ms, upper_bound, lower_bound, interface (with --recheck: target,
+    /// mtu, current_ok, larger_ok, probes_sent).
     #[arg(long)]
     pub json: bool,
 }
@@ -51,6 +56,31 @@ pub async fn run_cli(args: ProbeArgs) -> Result<()> {
         retries: args.retries,
         max_probes_per_sec: args.rate,
     };
+    if let Some(mtu) = args.recheck {
+        let r = recheck(target, mtu, &opts).await?;
+        if args.json {
+            let mut v = serde_json::to_value(r)?;
+            v["target"] = target.to_string().into();
+            v["mtu"] = mtu.into();
+            println!("{v}");
+        } else {
+            println!(
+                "{target}: {mtu} bytes {}; larger packets {} ({} probes)",
+                if r.current_ok {
+                    "still pass"
+                } else {
+                    "no longer pass"
+                },
+                if r.larger_ok {
+                    "pass too"
+                } else {
+                    "do not pass"
+                },
+                r.probes_sent
+            );
+        }
+        return Ok(());
+    }
     let report = search(target, &opts).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

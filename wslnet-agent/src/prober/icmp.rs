@@ -79,6 +79,10 @@ impl IcmpProber {
                 (s, true)
             }
         };
+        tracing::debug!(
+            kind = if raw { "raw" } else { "datagram" },
+            "ICMP probe socket"
+        );
         sock.set_nonblocking(true)?;
         if let Some(name) = iface {
             sock.bind_device(Some(name.as_bytes()))
@@ -104,8 +108,13 @@ impl IcmpProber {
                     .context("setting ICMP6_FILTER")?;
             }
         } else {
-            sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
-                .context("setting IP_MTU_DISCOVER=PROBE")?;
+            sys::setsockopt(
+                &sock,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                IP_PMTUDISC_PROBE,
+            )
+            .context("setting IP_MTU_DISCOVER=PROBE")?;
             sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_RECVERR, 1i32)
                 .context("setting IP_RECVERR")?;
             if raw {
@@ -118,9 +127,10 @@ impl IcmpProber {
             .with_context(|| format!("no route to {target}"))?;
         // SAFETY: the socket is owned by the AsyncFd for its whole registration and is never
         // replaced, so the fd stays open and refers to the same socket.
-        let fd = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::ERROR) }
-            .map_err(|e| e.into_parts().1)
-            .context("registering the ICMP socket with tokio")?;
+        let fd =
+            unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::ERROR) }
+                .map_err(|e| e.into_parts().1)
+                .context("registering the ICMP socket with tokio")?;
         let rnd: [u8; 10] = sys::random_bytes();
         Ok(Self {
             fd,
@@ -192,7 +202,11 @@ impl IcmpProber {
         if icmp.len() < MIN_ICMP_LEN {
             return None;
         }
-        let want = if self.v6() { ICMP6_ECHO_REPLY } else { ICMP_ECHO_REPLY };
+        let want = if self.v6() {
+            ICMP6_ECHO_REPLY
+        } else {
+            ICMP_ECHO_REPLY
+        };
         if icmp[0] != want || icmp[1] != 0 {
             return None;
         }
@@ -273,8 +287,12 @@ impl IcmpProber {
                     && e.ee_code == ICMP_FRAG_NEEDED)
                     || (e.ee_origin == SO_EE_ORIGIN_ICMP6 && e.ee_type == ICMP6_PACKET_TOO_BIG);
                 if !too_big || !self.is_our_probe(payload) {
-                    tracing::debug!(origin = e.ee_origin, r#type = e.ee_type, code = e.ee_code,
-                        "ICMP error about a probe (not frag-needed / packet-too-big, or not ours)");
+                    tracing::debug!(
+                        origin = e.ee_origin,
+                        r#type = e.ee_type,
+                        code = e.ee_code,
+                        "ICMP error about a probe (not frag-needed / packet-too-big, or not ours)"
+                    );
                     continue;
                 }
                 let mtu = e.ee_info.min(u32::from(u16::MAX)) as u16;
@@ -327,7 +345,8 @@ impl Prober for IcmpProber {
                 match self.send(&pkt) {
                     Ok(()) => {
                         st.probes_sent += 1;
-                        self.inflight.insert(seq, (size, Instant::now(), self.round));
+                        self.inflight
+                            .insert(seq, (size, Instant::now(), self.round));
                     }
                     Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                         tracing::debug!(size, "the local stack refuses this size (EMSGSIZE)");
@@ -364,22 +383,19 @@ impl Prober for IcmpProber {
 
 fn sockaddr_ip(s: &SockaddrStorage) -> Option<IpAddr> {
     if let Some(a) = s.as_sockaddr_in() {
-        Some(IpAddr::V4(a.ip()))
-    } else if let Some(a) = s.as_sockaddr_in6() {
-        Some(IpAddr::V6(a.ip()))
-    } else {
-        None
+        return Some(IpAddr::V4(a.ip()));
     }
+    s.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
 }
 
 /// RFC 1071 Internet checksum.
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    let (pairs, rest) = data.as_chunks::<2>();
+    for c in pairs {
+        sum += u32::from(u16::from_be_bytes(*c));
     }
-    if let [b] = chunks.remainder() {
+    if let [b] = rest {
         sum += u32::from(*b) << 8;
     }
     while sum >> 16 != 0 {

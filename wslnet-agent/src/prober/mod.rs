@@ -22,8 +22,8 @@
 //! reported unreachable). Any frag-needed / packet-too-big that does arrive (`IP_RECVERR`) lowers
 //! the unknown range to its MTU at once, and the next round confirms it. From 552 to 1500 the
 //! search needs at most 3 rounds (1 when nothing below the device MTU limits the path).
-//! Rounds end early: once replies come back, a round waits only three times the observed round
-//! trip (+25 ms) for the rest, never more than [`SearchOptions::round_timeout`].
+//! Rounds end early: once replies come back, a round waits only twice the observed round trip
+//! (+15 ms) after its last probe for the rest, never more than [`SearchOptions::round_timeout`].
 //!
 //! Every search opens its own sockets and filters replies by ICMP identifier, sequence and a
 //! random token in the payload, so searches can run concurrently.
@@ -137,7 +137,7 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Result of [`recheck`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Recheck {
     /// A probe of exactly the known MTU passed.
     pub current_ok: bool,
@@ -157,11 +157,25 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
     let mut st = Stats::default();
     let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
 
-    let mut found = {
-        let mut p = icmp::IcmpProber::open(target, opts.iface.as_deref())?;
-        run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
+    let mut found = match icmp::IcmpProber::open(target, opts.iface.as_deref()) {
+        Ok(mut p) => run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
             .await?
-            .map(|(mtu, hinted)| (mtu, if hinted { Method::IcmpError } else { Method::Icmp }))
+            .map(|(mtu, hinted)| {
+                (
+                    mtu,
+                    if hinted {
+                        Method::IcmpError
+                    } else {
+                        Method::Icmp
+                    },
+                )
+            }),
+        // Without ICMP sockets the TCP probe can still measure, when configured.
+        Err(e) if opts.tcp_port.is_some() => {
+            tracing::warn!(error = %format!("{e:#}"), "no ICMP probes; using TCP only");
+            None
+        }
+        Err(e) => return Err(e),
     };
     if found.is_none()
         && let Some(port) = opts.tcp_port
@@ -170,7 +184,16 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
         let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
         found = run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
             .await?
-            .map(|(mtu, hinted)| (mtu, if hinted { Method::IcmpError } else { Method::Tcp }));
+            .map(|(mtu, hinted)| {
+                (
+                    mtu,
+                    if hinted {
+                        Method::IcmpError
+                    } else {
+                        Method::Tcp
+                    },
+                )
+            });
     }
     Ok(SearchReport {
         target,
@@ -185,14 +208,18 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
     })
 }
 
-/// Cheap re-check of a known path MTU `mtu` (bytes): one round of `mtu`, `mtu + 1` and the upper
-/// bound (ICMP, then TCP when configured and ICMP got no answer at all; a silent round is
-/// repeated up to `retries` times).
+/// Cheap re-check of a known path MTU `mtu` (bytes): one round of the lower bound (control),
+/// `mtu`, `mtu + 1` and the upper bound (ICMP, then TCP when configured and ICMP got no answer
+/// at all; a round where not even the control size is answered is repeated up to `retries`
+/// times). Both flags false with the control unanswered means the target went silent.
 pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<Recheck> {
     let bounds = route::bounds(target, opts).await?;
     let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
     let mtu = mtu.clamp(bounds.lower, bounds.upper);
     let mut sizes = vec![mtu];
+    if bounds.lower < mtu {
+        sizes.insert(0, bounds.lower);
+    }
     if mtu < bounds.upper {
         sizes.push(mtu + 1);
         if mtu + 1 < bounds.upper {
@@ -201,15 +228,20 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
     }
     let mut st = Stats::default();
     let mut out = None;
-    {
-        let mut p = icmp::IcmpProber::open(target, opts.iface.as_deref())?;
-        for _ in 0..=opts.retries {
-            let r = p.round(&sizes, opts, &mut limiter, &mut st).await?;
-            if !r.answered.is_empty() {
-                out = Some(r);
-                break;
+    match icmp::IcmpProber::open(target, opts.iface.as_deref()) {
+        Ok(mut p) => {
+            for _ in 0..=opts.retries {
+                let r = p.round(&sizes, opts, &mut limiter, &mut st).await?;
+                if !r.answered.is_empty() {
+                    out = Some(r);
+                    break;
+                }
             }
         }
+        Err(e) if opts.tcp_port.is_some() => {
+            tracing::debug!(error = %format!("{e:#}"), "no ICMP probes; using TCP only");
+        }
+        Err(e) => return Err(e),
     }
     if out.is_none()
         && let Some(port) = opts.tcp_port
@@ -284,7 +316,7 @@ pub(crate) async fn run_search<P: Prober>(
     let mut bad: u32 = u32::from(b.upper) + 1;
     let mut hint: Option<u16> = None;
     let mut silent = 0u32;
-    loop {
+    for _ in 0..MAX_ROUNDS {
         if let Some(g) = good
             && u32::from(g) + 1 >= bad
         {
@@ -302,7 +334,9 @@ pub(crate) async fn run_search<P: Prober>(
             bad = u32::from(h) + 1;
         }
         for &s in &r.refused {
-            bad = bad.min(u32::from(s));
+            if good.is_none_or(|g| s > g) {
+                bad = bad.min(u32::from(s));
+            }
         }
         let Some(&max) = r.answered.iter().next_back() else {
             silent += 1;
@@ -333,7 +367,16 @@ pub(crate) async fn run_search<P: Prober>(
             bad = bad.min(u32::from(f));
         }
     }
+    // Only a path whose answers keep contradicting each other gets here.
+    tracing::warn!(
+        rounds = MAX_ROUNDS,
+        "search did not converge; keeping the largest size that passed"
+    );
+    Ok(good.map(|g| (g, hint == Some(g))))
 }
+
+/// Safety stop for one method's search (rounds); a normal search needs at most 3 (+ repeats).
+const MAX_ROUNDS: u32 = 24;
 
 /// Sizes of one round: `control` (known or assumed to pass) first, then up to `n - 1` sizes in
 /// `(control, bad)` spread so that the unknown gaps they leave are as even as possible, always
@@ -379,8 +422,8 @@ impl RateLimiter {
     pub async fn acquire(&mut self) {
         loop {
             let now = Instant::now();
-            self.tokens =
-                (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+                .min(self.rate);
             self.last = now;
             if self.tokens >= 1.0 {
                 self.tokens -= 1.0;
@@ -395,7 +438,7 @@ impl RateLimiter {
 /// When a round that started sending at `sent_done` should stop waiting, given the first round
 /// trip observed in it.
 pub(crate) fn early_deadline(sent_done: Instant, rtt: Duration, hard: Instant) -> Instant {
-    (sent_done + rtt * 3 + Duration::from_millis(25)).min(hard)
+    (sent_done + rtt * 2 + Duration::from_millis(15)).min(hard)
 }
 
 #[cfg(test)]

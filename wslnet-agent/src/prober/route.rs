@@ -31,8 +31,7 @@ pub(crate) async fn egress(target: IpAddr, iface: Option<&str>) -> Result<(Strin
 }
 
 async fn netlink_egress(target: IpAddr, iface: Option<&str>) -> Result<(String, u32)> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     let task = tokio::spawn(conn);
     let result = async {
         let mut links = if let Some(name) = iface {

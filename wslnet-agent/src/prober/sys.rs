@@ -102,7 +102,9 @@ pub(crate) fn tcp_info(fd: &impl AsRawFd) -> io::Result<TcpInfo> {
     let mut buf = [0u8; 256];
     let len = getsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut buf)?;
     if len < 128 {
-        return Err(io::Error::other("TCP_INFO too short (kernel older than 4.1?)"));
+        return Err(io::Error::other(
+            "TCP_INFO too short (kernel older than 4.1?)",
+        ));
     }
     let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap());
     Ok(TcpInfo {

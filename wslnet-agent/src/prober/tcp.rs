@@ -66,12 +66,29 @@ impl TcpProber {
         if let Some(name) = &self.iface {
             sock.bind_device(Some(name.as_bytes()))?;
         }
-        let mss = u32::from(size).saturating_sub(self.ip_hdr() + TCP_HDR).max(88);
-        sys::setsockopt(&sock, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss as libc::c_int)?;
+        let mss = u32::from(size)
+            .saturating_sub(self.ip_hdr() + TCP_HDR)
+            .max(88);
+        sys::setsockopt(
+            &sock,
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            mss as libc::c_int,
+        )?;
         if v6 {
-            sys::setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)?;
+            sys::setsockopt(
+                &sock,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                IPV6_PMTUDISC_DO,
+            )?;
         } else {
-            sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, IP_PMTUDISC_DO)?;
+            sys::setsockopt(
+                &sock,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                IP_PMTUDISC_DO,
+            )?;
         }
         sock.set_tcp_nodelay(true)?;
         sock.set_linger(Some(Duration::ZERO))?;
@@ -90,7 +107,11 @@ impl TcpProber {
                 return Err(e);
             }
             let info = sys::tcp_info(&stream)?;
-            let opts = if info.options & sys::TCPI_OPT_TIMESTAMPS != 0 { TS_OPT } else { 0 };
+            let opts = if info.options & sys::TCPI_OPT_TIMESTAMPS != 0 {
+                TS_OPT
+            } else {
+                0
+            };
             let seg = info.snd_mss + hdr + opts;
             if seg < u32::from(size) {
                 return Ok(Outcome::Untestable(seg));

@@ -1,0 +1,145 @@
+//! The three real clients a user runs into the black hole with, from `wsl` to `srv`: an HTTP
+//! download (curl), a TLS handshake with a 4096-bit RSA certificate (openssl s_client) and an
+//! SSH key exchange plus a command (ssh). Shared by the demo and the end-to-end tests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::lab::{HttpServer, Lab, SshServer, TlsServer};
+
+/// The servers of a lab started for the clients.
+pub struct Servers {
+    /// HTTP on port 8080 serving a 400 KB file.
+    pub http: HttpServer,
+    /// TLS on port 8443 with a 4096-bit RSA certificate.
+    pub tls: TlsServer,
+    /// OpenSSH on port 2222.
+    pub ssh: SshServer,
+}
+
+impl Servers {
+    /// Starts the three servers in the lab's `srv`.
+    pub fn start(lab: &Lab) -> Result<Self> {
+        Ok(Self {
+            http: lab.start_http(8080)?,
+            tls: lab.start_tls(8443)?,
+            ssh: lab.start_sshd(2222)?,
+        })
+    }
+}
+
+/// Which client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// curl downloading the HTTP file.
+    Http,
+    /// openssl s_client completing a verified handshake.
+    Tls,
+    /// ssh completing the key exchange and running `true`.
+    Ssh,
+}
+
+impl Client {
+    /// All three.
+    pub const ALL: [Client; 3] = [Client::Http, Client::Tls, Client::Ssh];
+
+    /// A human label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Client::Http => "HTTP download (curl, 400 KB)",
+            Client::Tls => "TLS handshake (openssl, RSA-4096 certificate)",
+            Client::Ssh => "SSH key exchange (OpenSSH)",
+        }
+    }
+}
+
+/// What a client run did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Which client.
+    pub client: Client,
+    /// IPv6 or IPv4.
+    pub v6: bool,
+    /// It completed and its result checked out.
+    pub ok: bool,
+    /// It was killed by the timeout (the black-hole signature), rather than failing fast.
+    pub timed_out: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Last lines of its output, for failure messages.
+    pub detail: String,
+}
+
+/// Runs `client` from `wsl` against `srv` with a `timeout`.
+pub fn run(lab: &Lab, servers: &Servers, client: Client, v6: bool, timeout: Duration) -> Outcome {
+    let t = timeout.as_secs().max(1);
+    let script = match client {
+        Client::Http => format!(
+            "curl -sS --max-time {t} -o /dev/null -w '%{{size_download}}' '{}'",
+            servers.http.url(v6)
+        ),
+        Client::Tls => {
+            let host = lab.srv_addr(v6);
+            let target = if v6 { format!("[{host}]") } else { host.to_string() };
+            format!(
+                "timeout {t} openssl s_client -connect {target}:{} -CAfile {} \
+                 -verify_return_error -brief </dev/null 2>&1",
+                servers.tls.port,
+                servers.tls.cert.display()
+            )
+        }
+        Client::Ssh => {
+            let args: Vec<String> = servers
+                .ssh
+                .ssh_args(v6, t as u32, "echo kex-ok")
+                .into_iter()
+                .map(|a| format!("'{a}'"))
+                .collect();
+            format!("timeout {t} ssh {} 2>&1", args.join(" "))
+        }
+    };
+    let start = Instant::now();
+    let out = lab.wsl.sh_output(&script);
+    let elapsed = start.elapsed();
+    let (code, text) = match out {
+        Ok(o) => (
+            o.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (None, e.to_string()),
+    };
+    let ok = code == Some(0)
+        && match client {
+            Client::Http => text.trim() == servers.http.size.to_string(),
+            Client::Tls => text.contains("Verification: OK") || text.contains("CONNECTION ESTABLISHED"),
+            Client::Ssh => text.contains("kex-ok"),
+        };
+    // curl exits 28 on its timeout; `timeout` exits 124.
+    let timed_out = matches!(code, Some(28) | Some(124)) || (!ok && elapsed + Duration::from_millis(300) >= timeout);
+    let detail = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+    Outcome {
+        client,
+        v6,
+        ok,
+        timed_out,
+        elapsed,
+        detail,
+    }
+}
+
+/// Runs every client on both families in parallel threads, `timeout` each.
+pub fn run_all(lab: &Lab, servers: &Servers, families: &[bool], timeout: Duration) -> Vec<Outcome> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = families
+            .iter()
+            .flat_map(|&v6| Client::ALL.map(|c| (c, v6)))
+            .map(|(c, v6)| s.spawn(move || run(lab, servers, c, v6, timeout)))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    })
+}

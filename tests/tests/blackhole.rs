@@ -1,0 +1,196 @@
+//! End to end through the black-hole lab with real clients (curl, openssl s_client, ssh) and
+//! real servers (python http.server, openssl s_server, OpenSSH): they stall without wslnet and
+//! pass with it, over IPv4 and IPv6, behind eth0 and behind a ZeroTier-like `zt` interface, for
+//! 200 concurrent downloads, and across a VPN connecting and disconnecting.
+
+use std::time::{Duration, Instant};
+
+use wslnet_tests::{
+    agent::{Agent, sample},
+    clients::{self, Client, Servers},
+    lab::{Lab, LabConfig, SRV_V4, SRV_V6, WSL_V4, WSL_V6, ZT_IFACE},
+    netns::{Bpffs, require_root, wait_until},
+};
+
+/// Client timeout when a stall is expected (the black hole never answers).
+const STALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// Client timeout when success is expected.
+const PASS_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn path_mtu(agent: &Agent, target: &str) -> Option<f64> {
+    sample(&agent.metrics().ok()?, "wslnet_path_mtu_bytes", &[("target", target)])
+}
+
+fn wait_for_path_mtu(agent: &Agent, target: &str, mtu: f64, within: Duration) {
+    wait_until(within, &format!("wslnet_path_mtu_bytes{{target={target}}} == {mtu}"), || {
+        (path_mtu(agent, target) == Some(mtu)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; metrics:\n{}\nlog:\n{}", agent.metrics().unwrap_or_default(), agent.daemon.log()));
+}
+
+fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
+    for o in outcomes {
+        eprintln!(
+            "{:<48} {} ok={} timed_out={} {:?}",
+            o.client.label(),
+            if o.v6 { "IPv6" } else { "IPv4" },
+            o.ok,
+            o.timed_out,
+            o.elapsed
+        );
+    }
+    for o in outcomes {
+        if ok {
+            assert!(o.ok, "{:?} v6={} should pass: {}", o.client, o.v6, o.detail);
+        } else {
+            // The black-hole signature: not a refusal or a fast error, a stall until the timeout.
+            assert!(!o.ok && o.timed_out, "{:?} v6={} should stall: {:?}", o.client, o.v6, o);
+        }
+    }
+}
+
+#[test]
+fn black_hole_1372_real_clients_stall_without_and_pass_with_wslnet() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    // Small things pass: the lab is a black hole for large packets only.
+    lab.wsl.sh(&format!("ping -c 1 -W 2 -s 56 {SRV_V4}")).unwrap();
+
+    let without = clients::run_all(&lab, &servers, &[false, true], STALL_TIMEOUT);
+    assert_all(&without, false);
+    assert!(lab.dropped_icmp_errors().unwrap() > 0, "the routers should have dropped ICMP errors");
+
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &[
+            "--iface", "eth0", "--target", &SRV_V4.to_string(), "--target", &SRV_V6.to_string(),
+            "--no-learn",
+        ],
+    )
+    .unwrap();
+    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    wait_for_path_mtu(&agent, &SRV_V6.to_string(), 1372.0, Duration::from_secs(30));
+    let with = clients::run_all(&lab, &servers, &[false, true], PASS_TIMEOUT);
+    assert_all(&with, true);
+}
+
+#[test]
+fn zerotier_interface_appearing_after_start_with_bottleneck_1000() {
+    require_root();
+    let lab = Lab::with(LabConfig {
+        bottleneck: 1000,
+        zerotier: true,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    // ZeroTier brings its interface up after the agent: hide it under another name first.
+    lab.wsl
+        .sh(&format!("ip link set {ZT_IFACE} down && ip link set {ZT_IFACE} name tap9"))
+        .unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &["--iface", "eth0", "--iface", "zt*", "--target", &SRV_V4.to_string(), "--no-learn"],
+    )
+    .unwrap();
+    // Now it "appears": zt + hex, MTU 2800, addresses and routes as ZeroTier would set them.
+    lab.wsl
+        .sh(&format!(
+            "ip link set tap9 name {ZT_IFACE} && ip link set {ZT_IFACE} up
+             ip addr replace {WSL_V4}/24 dev {ZT_IFACE}
+             ip addr replace {WSL_V6}/64 dev {ZT_IFACE} nodad
+             ip route replace default via 10.77.1.1"
+        ))
+        .unwrap();
+    wait_until(Duration::from_secs(5), "zt interface attached", || {
+        agent
+            .status()
+            .ok()?
+            .to_string()
+            .contains(&format!("\"name\":\"{ZT_IFACE}\""))
+            .then_some(())
+    })
+    .unwrap();
+    // The interface change also makes the manager search again; the answer is 1000.
+    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1000.0, Duration::from_secs(30));
+    let with = clients::run_all(&lab, &servers, &[false], PASS_TIMEOUT);
+    assert_all(&with, true);
+}
+
+#[test]
+fn two_hundred_concurrent_downloads_through_the_black_hole() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let http = lab.start_http(8080).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &["--iface", "eth0", "--target", &SRV_V4.to_string(), "--no-learn"],
+    )
+    .unwrap();
+    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    let url = http.url(false);
+    let urls: Vec<String> = (0..200).map(|i| format!("'{url}?n={i}'")).collect();
+    let start = Instant::now();
+    let out = lab
+        .wsl
+        .sh_output(&format!(
+            "curl -sS --parallel --parallel-immediate --parallel-max 200 --max-time 120 \
+             -w '%{{http_code}} %{{size_download}}\\n' -o /dev/null {}",
+            urls.join(" -o /dev/null ")
+        ))
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let complete = text
+        .lines()
+        .filter(|l| *l == format!("200 {}", http.size))
+        .count();
+    eprintln!("200 concurrent downloads of {} bytes: {complete} complete in {:?}", http.size, start.elapsed());
+    assert!(http.size >= 256 * 1024);
+    assert_eq!(complete, 200, "curl: {}\n{}", String::from_utf8_lossy(&out.stderr), text);
+}
+
+#[test]
+fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
+    require_root();
+    const RECHECK: u64 = 2;
+    let lab = Lab::new(1500).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let target = SRV_V4.to_string();
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &["--iface", "eth0", "--target", &target, "--no-learn", "--recheck-interval", &RECHECK.to_string()],
+    )
+    .unwrap();
+    wait_for_path_mtu(&agent, &target, 1500.0, Duration::from_secs(30));
+
+    // The VPN connects: the path shrinks to 1372 and nothing tells us.
+    lab.set_bottleneck(1372).unwrap();
+    let start = Instant::now();
+    wait_for_path_mtu(&agent, &target, 1372.0, Duration::from_secs(3 * RECHECK + 10));
+    eprintln!("VPN up: clamp at 1372 after {:?} (re-check interval {RECHECK} s)", start.elapsed());
+    let ok = clients::run(&lab, &servers, Client::Http, false, PASS_TIMEOUT);
+    assert!(ok.ok, "{ok:?}");
+
+    // The VPN disconnects: the clamp rises back.
+    lab.set_bottleneck(1500).unwrap();
+    let start = Instant::now();
+    wait_for_path_mtu(&agent, &target, 1500.0, Duration::from_secs(3 * RECHECK + 10));
+    eprintln!("VPN down: clamp back at 1500 after {:?}", start.elapsed());
+    let st = agent.status().unwrap();
+    let entry = st["clamps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["net"] == format!("{target}/32"))
+        .cloned();
+    assert_eq!(entry.map(|e| e["mtu"].clone()), Some(serde_json::json!(1500)), "{st:#}");
+}
