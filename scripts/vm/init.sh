@@ -4,6 +4,7 @@
 # root file system (shared read-only over virtio-9p, tag `hostroot`) under a tmpfs overlay so the
 # guest can write without touching the host, then hands over to scripts/vm/guest.sh on it.
 /bin/busybox --install -s /bin
+echo "WSLNET-VM: BOOTED"
 export PATH=/bin
 
 die() {

@@ -207,9 +207,9 @@ fn worker(
             counter_index(cfg.slot, dir, FAMILY_V6),
         ];
         for (i, &row) in rows.iter().enumerate() {
-            if !shadow.contains_key(&row) {
+            if let std::collections::btree_map::Entry::Vacant(e) = shadow.entry(row) {
                 let family = if i == 0 { FAMILY_V4 } else { FAMILY_V6 };
-                shadow.insert(row, harness.counters(cfg.slot, dir, family)?);
+                e.insert(harness.counters(cfg.slot, dir, family)?);
             }
         }
         let (frame, retval) = harness.run_raw(case.dir, &case.frame, case.gso_size)?;
@@ -241,16 +241,19 @@ fn worker(
         if let Some(k) = model.learned {
             *learned.entry((k.family, k.addr)).or_default() += 1;
         }
-        if let Some(why) = compare(&model, &observed) {
-            report.divergences += 1;
-            save(&case, &model, &observed, &why);
-        }
+        let diverged = compare(&model, &observed);
         if observed.frame != case.frame {
             report.rewritten += 1;
             if let Err(why) = check_rewrite(&case, &observed.frame) {
                 report.bad_checksums += 1;
-                save(&case, &model, &observed, &why);
+                if diverged.is_none() {
+                    save(&case, &model, &observed, &why);
+                }
             }
+        }
+        if let Some(why) = diverged {
+            report.divergences += 1;
+            save(&case, &model, &observed, &why);
         }
         if (n + 1) % BATCH == 0 || n + 1 == packets {
             // Every counter row (catches bumps outside the watched rows) and the learned map.
@@ -359,13 +362,13 @@ pub fn compare(model: &Outcome, prog: &Observed) -> Option<String> {
         ));
     }
     if model.retval != prog.retval {
-        why.push(format!("retval model {} program {}", model.retval, prog.retval));
+        why.push(format!(
+            "retval model {} program {}",
+            model.retval, prog.retval
+        ));
     }
-    let expected: BTreeMap<u32, Counters> = model
-        .counters
-        .iter()
-        .map(|m| (m.family, m.delta))
-        .collect();
+    let expected: BTreeMap<u32, Counters> =
+        model.counters.iter().map(|m| (m.family, m.delta)).collect();
     if expected != prog.moved {
         why.push(format!(
             "counters model {} program {}",
@@ -386,12 +389,16 @@ pub fn check_rewrite(case: &Case, out: &[u8]) -> std::result::Result<(), String>
     if out.len() != case.frame.len() {
         return Err("rewritten frame changed length".into());
     }
-    let changed: Vec<usize> = (0..out.len()).filter(|&i| out[i] != case.frame[i]).collect();
+    let changed: Vec<usize> = (0..out.len())
+        .filter(|&i| out[i] != case.frame[i])
+        .collect();
     if changed
         .iter()
         .any(|&i| i != loc.l4 + 16 && i != loc.l4 + 17 && i < loc.l4 + 20)
     {
-        return Err(format!("bytes of the fixed TCP header changed: {changed:?}"));
+        return Err(format!(
+            "bytes of the fixed TCP header changed: {changed:?}"
+        ));
     }
     let r_in = packets::tcp_residual(&case.frame, &loc);
     let r_out = packets::tcp_residual(out, &loc);
@@ -524,9 +531,9 @@ fn random_options(rng: &mut StdRng) -> Vec<u8> {
             3 => vec![opt::NOP],
             4 => vec![opt::NOP, opt::NOP],
             5 => opt::sack(&[(1, 2)][..rng.gen_range(0..=1)]),
-            6 => vec![34, 2],                      // TFO cookie request
+            6 => vec![34, 2],                           // TFO cookie request
             7 => vec![30, 4, rng.r#gen(), rng.r#gen()], // MPTCP-ish
-            8 => opt::mss(rng.r#gen()),            // a second MSS option
+            8 => opt::mss(rng.r#gen()),                 // a second MSS option
             _ => vec![rng.gen_range(9..=253), 3, rng.r#gen()],
         });
     }
@@ -538,8 +545,12 @@ fn random_options(rng: &mut StdRng) -> Vec<u8> {
     }
     out.truncate(40);
     // Pad to a multiple of 4 with NOPs or EOLs.
-    let pad = if rng.gen_bool(0.5) { opt::NOP } else { opt::EOL };
-    while out.len() % 4 != 0 {
+    let pad = if rng.gen_bool(0.5) {
+        opt::NOP
+    } else {
+        opt::EOL
+    };
+    while !out.len().is_multiple_of(4) {
         out.push(pad);
     }
     out
@@ -588,7 +599,7 @@ fn random_ip_options(rng: &mut StdRng) -> Vec<u8> {
     let mut o = Vec::new();
     for _ in 0..rng.gen_range(1..4) {
         match rng.gen_range(0..4) {
-            0 => o.push(1),                           // NOP
+            0 => o.push(1),                            // NOP
             1 => o.extend_from_slice(&[148, 4, 0, 0]), // router alert
             2 => {
                 // record route with 2 slots
@@ -663,14 +674,22 @@ fn random_frame(rng: &mut StdRng, l3_offset: u16) -> Vec<u8> {
         }
         if rng.gen_bool(0.08) {
             ip.mf = rng.r#gen();
-            ip.frag_offset = if rng.r#gen() { 0 } else { rng.gen_range(1..200) };
+            ip.frag_offset = if rng.r#gen() {
+                0
+            } else {
+                rng.gen_range(1..200)
+            };
         }
         ip.packet(&payload)
     };
     let mut frame = if eth {
         let vlan = rng.gen_bool(0.15).then(|| rng.gen_range(1..4095));
         packets::ethernet(
-            if v6 { packets::ETH_P_IPV6 } else { packets::ETH_P_IP },
+            if v6 {
+                packets::ETH_P_IPV6
+            } else {
+                packets::ETH_P_IP
+            },
             vlan,
             &l3,
         )
@@ -736,9 +755,11 @@ fn mutate(rng: &mut StdRng, frame: &mut Vec<u8>, l3_offset: usize) {
                 // Smash an interesting field with an interesting value.
                 let offs = interesting_offsets(frame, l3_offset);
                 if let Some(&o) = offs.choose(rng) {
-                    frame[o] = *[0u8, 1, 2, 3, 4, 5, 0x0f, 0x10, 0x40, 0x45, 0x4f, 0x50, 0x60, 0xff]
-                        .choose(rng)
-                        .unwrap()
+                    frame[o] = *[
+                        0u8, 1, 2, 3, 4, 5, 0x0f, 0x10, 0x40, 0x45, 0x4f, 0x50, 0x60, 0xff,
+                    ]
+                    .choose(rng)
+                    .unwrap()
                         ^ if rng.gen_bool(0.2) { rng.r#gen() } else { 0 };
                 }
             }

@@ -62,6 +62,9 @@ pub struct LabConfig {
     pub zerotier: bool,
     /// Routers drop the frag-needed / packet-too-big they would send (the black hole).
     pub drop_icmp_errors: bool,
+    /// Join the routers with a kernel veth pair instead of the userspace [`Wire`]: far more
+    /// throughput (for load tests), but no delay or loss ([`Lab::set_delay`] then fails).
+    pub kernel_link: bool,
 }
 
 impl Default for LabConfig {
@@ -72,6 +75,7 @@ impl Default for LabConfig {
             rtt_ms: 0,
             zerotier: false,
             drop_icmp_errors: true,
+            kernel_link: false,
         }
     }
 }
@@ -139,7 +143,11 @@ impl Lab {
             ns.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0")?;
         }
         veth(&self.wsl, &self.wsl_iface, &self.win, "lan0")?;
-        self.wire = Some(Wire::new(&self.win, &self.vpn, WAN_IFACE)?);
+        if cfg.kernel_link {
+            veth(&self.win, WAN_IFACE, &self.vpn, WAN_IFACE)?;
+        } else {
+            self.wire = Some(Wire::new(&self.win, &self.vpn, WAN_IFACE)?);
+        }
         for ns in [&self.win, &self.vpn] {
             ns.ip(&["link", "set", WAN_IFACE, "up"])?;
         }

@@ -87,11 +87,11 @@ pub mod opt {
 /// `initial`, as a 32-bit accumulator (fold it with [`fold`]).
 pub fn sum_words(initial: u32, data: &[u8]) -> u32 {
     let mut acc = initial as u64;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
+    let (pairs, rest) = data.as_chunks::<2>();
+    for c in pairs {
+        acc += u16::from_be_bytes(*c) as u64;
     }
-    if let [last] = chunks.remainder() {
+    if let [last] = rest {
         acc += (*last as u64) << 8;
     }
     while acc > 0xffff_ffff {
@@ -155,7 +155,11 @@ pub fn locate_tcp(frame: &[u8], l3_offset: usize) -> Option<TcpLocation> {
             if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
                 return None;
             }
-            let end = if tot == 0 { frame.len() } else { frame.len().min(l3 + tot) };
+            let end = if tot == 0 {
+                frame.len()
+            } else {
+                frame.len().min(l3 + tot)
+            };
             let l4 = l3 + ihl;
             (l4 + 20 <= end).then(|| TcpLocation {
                 src: h[12..16].to_vec(),
@@ -167,7 +171,11 @@ pub fn locate_tcp(frame: &[u8], l3_offset: usize) -> Option<TcpLocation> {
         6 => {
             let h = frame.get(l3..l3 + 40)?;
             let pl = u16::from_be_bytes([h[4], h[5]]) as usize;
-            let end = if pl == 0 { frame.len() } else { frame.len().min(l3 + 40 + pl) };
+            let end = if pl == 0 {
+                frame.len()
+            } else {
+                frame.len().min(l3 + 40 + pl)
+            };
             let mut next = h[6];
             let mut l4 = l3 + 40;
             for _ in 0..16 {
@@ -248,7 +256,11 @@ impl Tcp {
             sport: 40000,
             dport: 443,
             seq: 0x1234_5678,
-            ack: if flags & flags::ACK != 0 { 0x0bad_cafe } else { 0 },
+            ack: if flags & flags::ACK != 0 {
+                0x0bad_cafe
+            } else {
+                0
+            },
             flags,
             window: 64240,
             options,
@@ -260,7 +272,7 @@ impl Tcp {
     /// The header and payload bytes, checksum field 0.
     pub fn bytes(&self) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(opt::EOL);
         }
         let doff = self.doff_override.unwrap_or(((20 + opts.len()) / 4) as u8);
@@ -343,7 +355,7 @@ impl Ipv4 {
     /// Header + `payload`, with a valid header checksum.
     pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let hlen = 20 + opts.len();
@@ -425,7 +437,13 @@ impl Ext {
 }
 
 /// An IPv6 packet: header, extension headers, then `payload` of protocol `proto`.
-pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, exts: &[Ext], proto: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6_packet(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    exts: &[Ext],
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, e) in exts.iter().enumerate() {
         let next = exts.get(i + 1).map_or(proto, Ext::code);

@@ -120,12 +120,18 @@ impl Harness {
             match c.addr {
                 std::net::IpAddr::V4(a) => {
                     let k = Key::new(c.prefix_len.min(32).into(), a.octets());
-                    self.maps.clamp_v4.insert(&k, &value, 0).context("clamp v4")?;
+                    self.maps
+                        .clamp_v4
+                        .insert(&k, &value, 0)
+                        .context("clamp v4")?;
                     self.clamps_v4.push(k);
                 }
                 std::net::IpAddr::V6(a) => {
                     let k = Key::new(c.prefix_len.min(128).into(), a.octets());
-                    self.maps.clamp_v6.insert(&k, &value, 0).context("clamp v6")?;
+                    self.maps
+                        .clamp_v6
+                        .insert(&k, &value, 0)
+                        .context("clamp v6")?;
                     self.clamps_v6.push(k);
                 }
             }
@@ -150,7 +156,11 @@ impl Harness {
     pub fn all_counters(&self) -> Result<BTreeMap<u32, Counters>> {
         let mut out = BTreeMap::new();
         for index in 0..COUNTER_ENTRIES {
-            let v = self.maps.counters.get(&index, 0).context("reading counters")?;
+            let v = self
+                .maps
+                .counters
+                .get(&index, 0)
+                .context("reading counters")?;
             let mut sum = Counters::default();
             for c in v.iter() {
                 sum = Counters {

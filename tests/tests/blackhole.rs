@@ -125,8 +125,30 @@ fn zerotier_interface_appearing_after_start_with_bottleneck_1000() {
 #[test]
 fn two_hundred_concurrent_downloads_through_the_black_hole() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
-    let http = lab.start_http(8080).unwrap();
+    // A kernel link for the bottleneck: the userspace wire is a test-process thread that 200
+    // flows on 2 cores would starve, measuring the wire instead of the path.
+    let lab = Lab::with(LabConfig {
+        bottleneck: 1372,
+        kernel_link: true,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let mut http = lab.start_http(8080).unwrap();
+    // The same files from a server whose accept backlog takes 200 connections at once (Python's
+    // default of 5 would drop SYNs and measure the server, not the path).
+    let script = format!(
+        "import http.server, functools, socket
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    request_queue_size = 1024
+    daemon_threads = True
+h = functools.partial(http.server.SimpleHTTPRequestHandler, directory='{}')
+S(('::', 8090), h).serve_forever()",
+        lab.tmp_dir().join("www").display()
+    );
+    lab.spawn_srv_server("python3 http server (backlog 1024)", 8090, "python3", &["-c", &script])
+        .unwrap();
+    http.port = 8090;
     let fs = Bpffs::new().unwrap();
     let agent = Agent::start(
         &lab.wsl,

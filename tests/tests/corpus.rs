@@ -54,7 +54,10 @@ fn named_cases_meet_their_hand_expectations() {
             .run_watch(n.case.dir, &n.case.frame, n.case.gso_size, &[slot, 0])
             .unwrap();
         assert_eq!(r.retval, -1, "{}: verdict", n.name);
-        if let Err(e) = n.expect.check(&n.case.frame, &r.frame, &moved_by_family(&r, slot)) {
+        if let Err(e) = n
+            .expect
+            .check(&n.case.frame, &r.frame, &moved_by_family(&r, slot))
+        {
             failures.push(format!("{} (program): {e}", n.name));
         }
         let (mframe, mmoves) = model_moves(&n.case);

@@ -6,7 +6,9 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fuzz;
+mod vm;
 
 /// wslnet's developer tasks.
 #[derive(Parser, Debug)]
@@ -33,6 +35,10 @@ enum Task {
     },
     /// Differential fuzzing of the datapath against the reference model.
     Fuzz(fuzz::FuzzArgs),
+    /// The datapath and agent tests on Debian's Linux 6.1 (clsact path) in a qemu VM. Needs root.
+    VmTest(vm::VmTestArgs),
+    /// Benchmarks: datapath ns/packet, throughput vs nftables, probe convergence, footprint.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -45,6 +51,8 @@ fn main() -> Result<()> {
         }
         Task::Test { no_lint, filter } => test(no_lint, filter),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::VmTest(args) => vm::run(args),
+        Task::Bench(args) => bench::run(args),
     }
 }
 
@@ -54,7 +62,14 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
         step("cargo fmt --check");
         cargo(&["fmt", "--all", "--check"])?;
         step("cargo clippy --all-targets -- -D warnings");
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
     }
     step("build the agent (the integration tests run the real binary)");
     cargo(&["build", "-p", "wslnet-agent"])?;
@@ -76,7 +91,10 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
 }
 
 fn require_root() -> Result<()> {
-    let out = Command::new("id").arg("-u").output().context("running id -u")?;
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "0" {
         bail!("the test suite loads BPF programs and creates network namespaces: run it as root");
     }
@@ -95,9 +113,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }

@@ -89,7 +89,7 @@ pub fn hex(b: &[u8]) -> String {
 /// Bytes of a hex string (whitespace ignored).
 pub fn unhex(s: &str) -> Result<Vec<u8>> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("odd-length hex");
     }
     (0..s.len())
@@ -265,7 +265,12 @@ pub fn save_divergence(
     why: &str,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut f = CaseFile::new(name, &format!("fuzz divergence (unreviewed): {why}"), case, model);
+    let mut f = CaseFile::new(
+        name,
+        &format!("fuzz divergence (unreviewed): {why}"),
+        case,
+        model,
+    );
     f.program = Some(observed_json(prog));
     let path = dir.join(format!("{name}.json"));
     f.write(&path)?;
@@ -321,14 +326,20 @@ pub fn replay(h: &mut Harness, file: &CaseFile) -> Result<std::result::Result<()
         ));
     }
     if r.retval != exp.retval {
-        errs.push(format!("program retval {} expected {}", r.retval, exp.retval));
+        errs.push(format!(
+            "program retval {} expected {}",
+            r.retval, exp.retval
+        ));
     }
     let moved: BTreeMap<u32, Counters> = r
         .counters
         .iter()
         .map(|((slot, _, family), c)| {
             if *slot != cfg.slot {
-                errs.push(format!("counter slot {slot} moved, interface slot {}", cfg.slot));
+                errs.push(format!(
+                    "counter slot {slot} moved, interface slot {}",
+                    cfg.slot
+                ));
             }
             (*family, *c)
         })
@@ -527,7 +538,12 @@ fn syn4(options: Vec<u8>) -> Vec<u8> {
 }
 
 fn syn6(options: Vec<u8>) -> Vec<u8> {
-    packets::tcp6_frame(addr::LOCAL6, addr::REMOTE6, &[], &Tcp::new(flags::SYN, options))
+    packets::tcp6_frame(
+        addr::LOCAL6,
+        addr::REMOTE6,
+        &[],
+        &Tcp::new(flags::SYN, options),
+    )
 }
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -644,7 +660,11 @@ pub fn named_cases() -> Vec<Named> {
     add(
         "v4-no-mss-option",
         "SYN with WS and SACK_PERM but no MSS: no option is inserted",
-        egress(syn4(cat(&[&opt::wscale(7), &opt::sack_perm(), &[opt::NOP]]))),
+        egress(syn4(cat(&[
+            &opt::wscale(7),
+            &opt::sack_perm(),
+            &[opt::NOP],
+        ]))),
         e(&["syn", "no_mss"], V4, None),
     );
     add(
@@ -701,7 +721,11 @@ pub fn named_cases() -> Vec<Named> {
     add(
         "v4-mss-odd-offset",
         "A lone NOP before MSS: the value straddles two checksum words (4-byte replace)",
-        egress(syn4(cat(&[&[opt::NOP], &opt::mss(1460), &[opt::NOP, opt::NOP, opt::NOP]]))),
+        egress(syn4(cat(&[
+            &[opt::NOP],
+            &opt::mss(1460),
+            &[opt::NOP, opt::NOP, opt::NOP],
+        ]))),
         e(CLAMPED, V4, Some((1460, 1332))),
     );
     add(
@@ -713,7 +737,10 @@ pub fn named_cases() -> Vec<Named> {
     add(
         "v6-mss-odd-offset",
         "IPv6 with the MSS value at an odd offset",
-        egress(syn6(cat(&[&[opt::NOP, opt::NOP, opt::NOP], &opt::mss(1460)]))),
+        egress(syn6(cat(&[
+            &[opt::NOP, opt::NOP, opt::NOP],
+            &opt::mss(1460),
+        ]))),
         e(CLAMPED, V6, Some((1460, 1312))),
     );
     let two_mss_low = cat(&[&opt::mss(1200), &opt::mss(1460)]);
@@ -734,25 +761,38 @@ pub fn named_cases() -> Vec<Named> {
     add(
         "v4-ip-options",
         "IPv4 with a record-route option (IHL 8)",
-        egress(packets::tcp4_frame_with(&ip, None, &Tcp::new(flags::SYN, linux.clone()))),
+        egress(packets::tcp4_frame_with(
+            &ip,
+            None,
+            &Tcp::new(flags::SYN, linux.clone()),
+        )),
         e(CLAMPED, V4, Some((1460, 1332))),
     );
     ip.options = vec![1; 40];
     add(
         "v4-ip-options-ihl15",
         "IPv4 with 40 bytes of IP options (IHL 15)",
-        egress(packets::tcp4_frame_with(&ip, None, &Tcp::new(flags::SYN, opt::mss(1460)))),
+        egress(packets::tcp4_frame_with(
+            &ip,
+            None,
+            &Tcp::new(flags::SYN, opt::mss(1460)),
+        )),
         e(CLAMPED, V4, Some((1460, 1332))),
     );
     let plain = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::PROTO_TCP);
     add(
         "v4-vlan",
         "One 802.1Q tag before IPv4",
-        egress(packets::tcp4_frame_with(&plain, Some(42), &Tcp::new(flags::SYN, opt::mss(1460)))),
+        egress(packets::tcp4_frame_with(
+            &plain,
+            Some(42),
+            &Tcp::new(flags::SYN, opt::mss(1460)),
+        )),
         e(CLAMPED, V4, Some((1460, 1332))),
     );
     let qinq = {
-        let inner = packets::tcp4_frame_with(&plain, Some(42), &Tcp::new(flags::SYN, opt::mss(1460)));
+        let inner =
+            packets::tcp4_frame_with(&plain, Some(42), &Tcp::new(flags::SYN, opt::mss(1460)));
         // Insert a second tag: 0x8100 TCI 0x8100 TCI 0x0800.
         let mut f = inner[..12].to_vec();
         f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
@@ -782,7 +822,12 @@ pub fn named_cases() -> Vec<Named> {
         egress(packets::tcp6_frame(
             addr::LOCAL6,
             addr::REMOTE6,
-            &[Ext::HopByHop(1), Ext::DstOpts(0), Ext::Routing(2), Ext::DstOpts(0)],
+            &[
+                Ext::HopByHop(1),
+                Ext::DstOpts(0),
+                Ext::Routing(2),
+                Ext::DstOpts(0),
+            ],
             &Tcp::new(flags::SYN, opt::mss(1460)),
         )),
         e(CLAMPED, V6, Some((1460, 1312))),
@@ -820,7 +865,11 @@ pub fn named_cases() -> Vec<Named> {
     add(
         "v4-fragment-offset",
         "IPv4 non-first fragment that looks like a SYN: untouched",
-        egress(packets::tcp4_frame_with(&frag, None, &Tcp::new(flags::SYN, opt::mss(1460)))),
+        egress(packets::tcp4_frame_with(
+            &frag,
+            None,
+            &Tcp::new(flags::SYN, opt::mss(1460)),
+        )),
         e(NOTHING, V4, None),
     );
     let mut first = plain.clone();
@@ -829,7 +878,11 @@ pub fn named_cases() -> Vec<Named> {
     add(
         "v4-first-fragment",
         "IPv4 first fragment (MF, offset 0) carries the TCP header: clamped",
-        egress(packets::tcp4_frame_with(&first, None, &Tcp::new(flags::SYN, opt::mss(1460)))),
+        egress(packets::tcp4_frame_with(
+            &first,
+            None,
+            &Tcp::new(flags::SYN, opt::mss(1460)),
+        )),
         e(CLAMPED, V4, Some((1460, 1332))),
     );
     add(
@@ -972,7 +1025,11 @@ pub fn named_cases() -> Vec<Named> {
         e(NOTHING, V4, None),
     );
     let mut other = egress(syn4(opt::mss(1460)));
-    other.frame = packets::tcp4_frame(addr::LOCAL4, Ipv4Addr::new(10, 10, 0, 1), &Tcp::new(flags::SYN, opt::mss(1460)));
+    other.frame = packets::tcp4_frame(
+        addr::LOCAL4,
+        Ipv4Addr::new(10, 10, 0, 1),
+        &Tcp::new(flags::SYN, opt::mss(1460)),
+    );
     add(
         "v4-no-clamp-for-peer",
         "Destination without an entry and no interface default",

@@ -4,11 +4,11 @@
 //! # Method
 //! - **ICMP echo** with DF set that ignores the kernel's cached path MTU (`IP_PMTUDISC_PROBE`;
 //!   IPv6 `IPV6_PMTUDISC_PROBE` + `IPV6_DONTFRAG`), on a datagram ICMP socket where
-//!   `net.ipv4.ping_group_range` allows it, else on a raw socket ([`icmp`]).
+//!   `net.ipv4.ping_group_range` allows it, else on a raw socket (`icmp.rs`).
 //! - **TCP fallback** for targets that drop echo: one connection per probe to a configured port,
 //!   with `TCP_MAXSEG` chosen so that one full segment is exactly the probed size; the size passes
-//!   when that segment's data is acknowledged ([`tcp`]).
-//! - **Bounds**: upper = MTU of the egress device for the route to the target ([`route`]),
+//!   when that segment's data is acknowledged (`tcp.rs`).
+//! - **Bounds**: upper = MTU of the egress device for the route to the target (`route.rs`),
 //!   optionally lowered by [`SearchOptions::max_mtu`]; lower = 1280 for IPv6, a configurable floor
 //!   (default [`DEFAULT_MIN_MTU_V4`] = 552) for IPv4. No size below the lower bound is ever
 //!   probed or reported.

@@ -1,0 +1,97 @@
+#!/bin/bash
+# Guest side of `cargo xtask vm-test` (xtask/src/vm.rs), started by scripts/vm/init.sh as the
+# VM's first process on the host's root file system (read-only 9p under a tmpfs overlay).
+# Prepares /run, /tmp, bpffs and the 6.1 kernel's module tree, runs each test of the plan the
+# host wrote (one test per process, with a time limit), prints one `WSLNET-VM: RESULT` line per
+# test and `WSLNET-VM: EXIT <rc>`, then powers the VM off. Nothing here touches the host: the VM
+# has no network device, and writes go to the overlay's tmpfs.
+set -u
+
+run_dir=""
+for arg in $(</proc/cmdline); do
+    case "$arg" in
+    wslnet.run=*) run_dir="${arg#wslnet.run=}" ;;
+    esac
+done
+
+finish() {
+    echo "WSLNET-VM: EXIT $1"
+    sync
+    echo o >/proc/sysrq-trigger
+    exec sleep 10 2>/dev/null
+}
+
+if [ -z "$run_dir" ] || [ ! -f "$run_dir/env.sh" ]; then
+    echo "WSLNET-VM: INIT-FAILED no run directory (wslnet.run=) with env.sh"
+    finish 3
+fi
+# PATH, HOME, WSLNET_REPO, WSLNET_KERNEL_ROOT, WSLNET_MODULES, WSLNET_TEST_TIMEOUT, WSLNET_AGENT_BIN.
+# shellcheck disable=SC1091
+source "$run_dir/env.sh"
+
+mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mkdir -p /run/netns /var/run /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t tmpfs tmpfs /dev/shm 2>/dev/null
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+hostname wslnet-vm
+ip link set lo up
+
+# The 6.1 module tree (extracted and depmod-ed by the host) where modprobe looks for it, so the
+# kernel's own module requests (rtnl-link-veth, sch_clsact, nft_*, ...) load too.
+kver=$(uname -r)
+mkdir -p /usr/lib/modules
+ln -sfn "$WSLNET_MODULES" "/usr/lib/modules/$kver"
+echo /usr/sbin/modprobe >/proc/sys/kernel/modprobe
+# Its config where `wslnet-agent check` looks (the overlay keeps this off the host).
+mkdir -p /boot
+cp "$WSLNET_KERNEL_ROOT/boot/config-$kver" /boot/ 2>/dev/null
+for m in veth sch_ingress cls_bpf act_bpf nf_tables sch_netem tun; do
+    modprobe "$m" || echo "WSLNET-VM: NOTE modprobe $m failed"
+done
+
+echo "WSLNET-VM: KERNEL $(uname -r) $(uname -v)"
+echo "WSLNET-VM: CHECK-BEGIN"
+"$WSLNET_AGENT_BIN" check 2>&1 | sed 's/^/  check| /'
+echo "WSLNET-VM: CHECK-END"
+
+logs=/tmp/wslnet-vm-logs
+mkdir -p "$logs"
+failed=0
+n=0
+cd "$WSLNET_REPO/tests" || finish 3
+
+# Each plan line: label <TAB> executable <TAB> exact test name.
+while IFS=$'\t' read -r label exe name; do
+    [ -n "$label" ] || continue
+    n=$((n + 1))
+    log="$logs/$n.log"
+    echo "WSLNET-VM: START $label"
+    start=${EPOCHREALTIME/./}
+    timeout --kill-after=10 "$WSLNET_TEST_TIMEOUT" \
+        "$exe" --exact "$name" --test-threads=1 --nocapture </dev/null >"$log" 2>&1
+    rc=$?
+    ms=$(((${EPOCHREALTIME/./} - start) / 1000))
+    secs="$((ms / 1000)).$(((ms % 1000) / 100))"
+    if [ $rc -eq 0 ] && grep -q '^test result: ok. 1 passed' "$log"; then
+        echo "WSLNET-VM: RESULT PASS $label $secs"
+    else
+        failed=$((failed + 1))
+        why="exit $rc"
+        [ $rc -eq 124 ] || [ $rc -eq 137 ] && why="timed out after ${WSLNET_TEST_TIMEOUT}s"
+        [ $rc -eq 0 ] && why="ran no test"
+        echo "WSLNET-VM: OUTPUT-BEGIN $label"
+        tail -n 200 "$log" | sed 's/^/  | /'
+        echo "WSLNET-VM: OUTPUT-END $label"
+        echo "WSLNET-VM: RESULT FAIL $label $secs $why"
+    fi
+    # A failed test can leave namespaces or bpffs mounts behind: clear them for the next one.
+    ip -all netns delete 2>/dev/null
+done <"$run_dir/plan.tsv"
+
+if [ $failed -eq 0 ]; then finish 0; else finish 1; fi

@@ -1,0 +1,527 @@
+//! Per-packet cost of the datapath under `BPF_PROG_TEST_RUN`, against an empty tc program (the
+//! floor), measured by the same raw syscall in the same run.
+//!
+//! Two methods:
+//! - **repeat** (the main figures): `repeat` runs of the program on one skb; the kernel reports
+//!   the mean ns per run. Rounds interleave the floor and every case (floor, case, floor, next
+//!   case, ...) and the figure is the median over rounds, with the difference to the floor of
+//!   the same round.
+//! - **single shot** (for SYN / SYN-ACK with an MSS rewrite): the kernel builds the skb once per
+//!   call, so with `repeat` only the first run rewrites the MSS and the following ones see the
+//!   already clamped value (the "MSS fits" path: SYN counted, options walked, LPM looked up).
+//!   The rewrite's extra cost is measured with `repeat = 1` calls (a fresh frame each time),
+//!   alternating the original SYN (MSS 1460, rewritten) with its rewritten twin (MSS already at
+//!   the clamp, not rewritten): the figure is `repeat(MSS fits) + median(rewrite, 1 run) -
+//!   median(fits, 1 run)`. Single runs are colder (and carry ~100-300 ns of fixed overhead), so
+//!   only their difference is used.
+//!
+//! Every case is first run once and its effect checked (rewritten MSS, counters), so each
+//! figure measures the path its label names.
+
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::programs::SchedClassifier;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use wslnet_common::{
+    Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
+    origin, program_names,
+};
+use wslnet_tests::{netns::Bpffs, packets as p};
+
+use super::{
+    bpf,
+    stats::{Summary, round},
+};
+
+/// The ifindex `BPF_PROG_TEST_RUN` gives the skb: the caller's loopback.
+const TEST_IFINDEX: u32 = 1;
+/// Counter slot configured for it.
+const SLOT: u32 = 1;
+/// Path MTU of the clamped prefixes (10.9.0.0/16 and fd00:9::/32).
+const CLAMP_MTU: u16 = 1372;
+/// A destination without a clamp entry.
+const OTHER4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 10, 0, 7);
+/// The same, IPv6.
+const OTHER6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 10, 0, 0, 0, 0, 0, 7);
+/// Length of the linear buffer of the "64 KiB GSO" case: `BPF_PROG_TEST_RUN` builds linear skbs
+/// of at most a page, so the packet is a 64 KiB IP header (total length 65483, gso_size 1448)
+/// over 3000 bytes of data; the datapath reads headers only, so its cost does not depend on the
+/// payload length.
+const GSO_LINEAR: usize = 3000;
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Runs per `BPF_PROG_TEST_RUN` call in the repeat method.
+    pub repeat: u32,
+    /// Interleaved rounds of the repeat method.
+    pub rounds: usize,
+    /// Calls per case in the single-shot method.
+    pub single_samples: usize,
+}
+
+/// One packet the datapath is measured on.
+struct Case {
+    id: &'static str,
+    label: &'static str,
+    ingress: bool,
+    family: u32,
+    frame: Vec<u8>,
+    gso_size: u32,
+    /// A SYN / SYN-ACK whose MSS (1460) is above the clamp: rewritten on the first run.
+    rewrite: bool,
+    /// Not a target figure: shows where the nanoseconds go (early exits of the parser).
+    diagnostic: bool,
+}
+
+fn linux_syn_options() -> Vec<u8> {
+    // Linux's SYN layout: MSS, SACK permitted, timestamps, NOP, window scale (20 bytes).
+    let mut o = p::opt::mss(1460);
+    o.extend(p::opt::sack_perm());
+    o.extend(p::opt::timestamps(0x0102_0304, 0));
+    o.push(p::opt::NOP);
+    o.extend(p::opt::wscale(7));
+    o
+}
+
+fn ack(payload: usize) -> p::Tcp {
+    let mut o = vec![p::opt::NOP, p::opt::NOP];
+    o.extend(p::opt::timestamps(0x0102_0304, 0x0506_0708));
+    let mut t = p::Tcp::new(p::flags::ACK, o);
+    t.payload = vec![0xab; payload];
+    t
+}
+
+fn cases() -> Vec<Case> {
+    use p::addr::{LOCAL4, LOCAL6, REMOTE4, REMOTE6};
+    let udp4 = p::ethernet(
+        p::ETH_P_IP,
+        None,
+        &p::Ipv4::new(LOCAL4, OTHER4, p::PROTO_UDP).packet(&p::udp(40000, 443, &[0; 1400 - 28])),
+    );
+    let udp6 = p::ethernet(
+        p::ETH_P_IPV6,
+        None,
+        &p::ipv6_packet(
+            LOCAL6,
+            OTHER6,
+            &[],
+            p::PROTO_UDP,
+            &p::udp(40000, 443, &[0; 1400 - 48]),
+        ),
+    );
+    let syn = p::Tcp::new(p::flags::SYN, linux_syn_options());
+    let synack = {
+        let mut t = p::Tcp::new(p::flags::SYN | p::flags::ACK, linux_syn_options());
+        (t.sport, t.dport) = (443, 40000);
+        t
+    };
+    let mut gso_ip = p::Ipv4::new(LOCAL4, REMOTE4, p::PROTO_TCP);
+    gso_ip.tot_len_override = Some(65_483);
+    let gso = p::tcp4_frame_with(&gso_ip, None, &ack(GSO_LINEAR - 14 - 20 - 32));
+    let c = |id, label, ingress, family, frame, gso_size, rewrite, diagnostic| Case {
+        id,
+        label,
+        ingress,
+        family,
+        frame,
+        gso_size,
+        rewrite,
+        diagnostic,
+    };
+    let arp = p::ethernet(p::ETH_P_ARP, None, &[0; 46]);
+    let udp4_small = p::ethernet(
+        p::ETH_P_IP,
+        None,
+        &p::Ipv4::new(LOCAL4, REMOTE4, p::PROTO_UDP).packet(&p::udp(40000, 443, &[0; 172])),
+    );
+    vec![
+        c(
+            "arp_60",
+            "ARP 60 B: interface lookup, EtherType, exit (egress)",
+            false,
+            FAMILY_V4,
+            arp,
+            0,
+            false,
+            true,
+        ),
+        c(
+            "udp4_200",
+            "UDP 200 B, IPv4, DF: IPv4 parse, below the MTU floor, no LPM lookup (egress)",
+            false,
+            FAMILY_V4,
+            udp4_small,
+            0,
+            false,
+            true,
+        ),
+        c(
+            "udp4_1400",
+            "UDP 1400 B, IPv4, DF, no clamp entry (egress)",
+            false,
+            FAMILY_V4,
+            udp4,
+            0,
+            false,
+            false,
+        ),
+        c(
+            "ack4_1500_oversize",
+            "TCP ACK 1500 B, IPv4, DF, clamp entry 1372: oversize check + count (egress)",
+            false,
+            FAMILY_V4,
+            p::tcp4_frame(LOCAL4, REMOTE4, &ack(1500 - 20 - 32)),
+            0,
+            false,
+            false,
+        ),
+        c(
+            "ack4_1500_ingress",
+            "TCP ACK 1500 B, IPv4 (ingress)",
+            true,
+            FAMILY_V4,
+            p::tcp4_frame(REMOTE4, LOCAL4, &ack(1500 - 20 - 32)),
+            0,
+            false,
+            false,
+        ),
+        c(
+            "gso4_64k",
+            "TCP 64 KiB GSO packet, gso_size 1448, IPv4, clamp entry 1372 (egress)",
+            false,
+            FAMILY_V4,
+            gso,
+            1448,
+            false,
+            false,
+        ),
+        c(
+            "syn4",
+            "TCP SYN, IPv4, MSS 1460 -> 1332 (egress)",
+            false,
+            FAMILY_V4,
+            p::tcp4_frame(LOCAL4, REMOTE4, &syn),
+            0,
+            true,
+            false,
+        ),
+        c(
+            "synack4",
+            "TCP SYN-ACK, IPv4, MSS 1460 -> 1332 (ingress)",
+            true,
+            FAMILY_V4,
+            p::tcp4_frame(REMOTE4, LOCAL4, &synack),
+            0,
+            true,
+            false,
+        ),
+        c(
+            "udp6_1400",
+            "UDP 1400 B, IPv6, no clamp entry (egress)",
+            false,
+            FAMILY_V6,
+            udp6,
+            0,
+            false,
+            false,
+        ),
+        c(
+            "ack6_1500_oversize",
+            "TCP ACK 1500 B, IPv6, clamp entry 1372: oversize check + count (egress)",
+            false,
+            FAMILY_V6,
+            p::tcp6_frame(LOCAL6, REMOTE6, &[], &ack(1500 - 40 - 32)),
+            0,
+            false,
+            false,
+        ),
+        c(
+            "syn6",
+            "TCP SYN, IPv6, MSS 1460 -> 1312 (egress)",
+            false,
+            FAMILY_V6,
+            p::tcp6_frame(LOCAL6, REMOTE6, &[], &syn),
+            0,
+            true,
+            false,
+        ),
+        c(
+            "synack6",
+            "TCP SYN-ACK, IPv6, MSS 1460 -> 1312 (ingress)",
+            true,
+            FAMILY_V6,
+            p::tcp6_frame(REMOTE6, LOCAL6, &[], &synack),
+            0,
+            true,
+            false,
+        ),
+    ]
+}
+
+/// The MSS option value of a frame built by [`cases`] (first option of a SYN).
+fn mss_of(frame: &[u8]) -> Option<u16> {
+    let loc = p::locate_tcp(frame, 14)?;
+    let o = frame.get(loc.l4 + 20..loc.l4 + 24)?;
+    (o[0] == 2 && o[1] == 4).then(|| u16::from_be_bytes([o[2], o[3]]))
+}
+
+fn counters_json(c: &Counters) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in [
+        ("syn", c.syn),
+        ("mss_clamped", c.mss_clamped),
+        ("mss_ok", c.mss_ok),
+        ("no_clamp", c.no_clamp),
+        ("no_mss", c.no_mss),
+        ("unparseable", c.unparseable),
+        ("oversize_df", c.oversize_df),
+    ] {
+        if v != 0 {
+            m.insert(k.into(), v.into());
+        }
+    }
+    Value::Object(m)
+}
+
+fn delta(a: &Counters, b: &Counters) -> Counters {
+    Counters {
+        syn: a.syn - b.syn,
+        mss_clamped: a.mss_clamped - b.mss_clamped,
+        mss_ok: a.mss_ok - b.mss_ok,
+        no_clamp: a.no_clamp - b.no_clamp,
+        no_mss: a.no_mss - b.no_mss,
+        unparseable: a.unparseable - b.unparseable,
+        oversize_df: a.oversize_df - b.oversize_df,
+        reserved: 0,
+    }
+}
+
+/// The loaded datapath with its maps, in a private bpffs.
+struct Datapath {
+    maps: wslnet_agent::maps::Maps,
+    ebpf: aya::Ebpf,
+    // Unmounted after the programs and maps are closed.
+    _fs: Bpffs,
+}
+
+impl Datapath {
+    fn load() -> Result<Self> {
+        let fs = Bpffs::new().context("mounting a private bpffs")?;
+        let mut ebpf = wslnet_agent::maps::load(fs.path(), 0)?;
+        for name in [program_names::INGRESS, program_names::EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name}"))?;
+        }
+        let mut maps = wslnet_agent::maps::Maps::open(fs.path())?;
+        maps.set_iface(
+            TEST_IFINDEX,
+            IfaceConfig {
+                slot: SLOT,
+                l3_offset: L3_OFFSET_ETHERNET,
+                default_mtu_v4: 0,
+                default_mtu_v6: 0,
+                flags: 0,
+            },
+        )?;
+        for net in ["10.9.0.0/16", "fd00:9::/32"] {
+            let net: IpNet = net.parse()?;
+            maps.set_clamp(net, CLAMP_MTU, origin::STATIC)?;
+        }
+        Ok(Self {
+            maps,
+            ebpf,
+            _fs: fs,
+        })
+    }
+
+    fn prog(&self, ingress: bool) -> Result<BorrowedFd<'_>> {
+        let name = if ingress {
+            program_names::INGRESS
+        } else {
+            program_names::EGRESS
+        };
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        Ok(prog.fd()?.as_fd())
+    }
+
+    fn counters(&self, case: &Case) -> Result<Counters> {
+        let dir = if case.ingress {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        };
+        self.maps.counters(SLOT, dir, case.family)
+    }
+}
+
+/// What [`check_case`] found.
+struct Checked {
+    /// Counter deltas of one run.
+    once: Value,
+    /// Counter deltas of a 1000-repeat run.
+    many: Value,
+    /// The frame after one run (for rewrite cases: the twin with the MSS already clamped).
+    out: Vec<u8>,
+}
+
+/// Checks that one run of `case` takes the path its label names.
+fn check_case(dp: &Datapath, case: &Case) -> Result<Checked> {
+    let prog = dp.prog(case.ingress)?;
+    let before = dp.counters(case)?;
+    let run = bpf::test_run(prog, &case.frame, case.gso_size, 1)?;
+    let once = delta(&dp.counters(case)?, &before);
+    ensure!(
+        run.retval == -1,
+        "{}: verdict {} (want -1)",
+        case.id,
+        run.retval
+    );
+    if case.rewrite {
+        let want = CLAMP_MTU - if case.family == FAMILY_V6 { 60 } else { 40 };
+        ensure!(
+            mss_of(&run.frame) == Some(want) && once.mss_clamped == 1,
+            "{}: MSS not rewritten to {want} (got {:?}, counters {once:?})",
+            case.id,
+            mss_of(&run.frame)
+        );
+        let loc = p::locate_tcp(&run.frame, 14).context("no TCP")?;
+        ensure!(
+            p::tcp_checksum_ok(&run.frame, &loc),
+            "{}: bad checksum after rewrite",
+            case.id
+        );
+    } else if case.id.contains("oversize") || case.id.starts_with("gso") {
+        ensure!(
+            once.oversize_df == 1,
+            "{}: not counted oversize ({once:?})",
+            case.id
+        );
+    } else {
+        ensure!(
+            once == Counters::default(),
+            "{}: unexpected counters {once:?}",
+            case.id
+        );
+    }
+    let before = dp.counters(case)?;
+    bpf::test_run(prog, &case.frame, case.gso_size, 1000)?;
+    let many = delta(&dp.counters(case)?, &before);
+    Ok(Checked {
+        once: counters_json(&once),
+        many: counters_json(&many),
+        out: run.frame,
+    })
+}
+
+/// Measures everything; returns the JSON section `per_packet`.
+pub fn run(s: Settings) -> Result<Value> {
+    let started = Instant::now();
+    let empty = bpf::load_empty_program()?;
+    let dp = Datapath::load()?;
+    let cases = cases();
+    let mut checks = Vec::new();
+    for c in &cases {
+        checks.push(check_case(&dp, c)?);
+    }
+    // Warm up caches and CPU frequency.
+    for c in &cases {
+        bpf::test_run(dp.prog(c.ingress)?, &c.frame, c.gso_size, s.repeat / 10)?;
+    }
+    let floor_frame = &cases[0].frame;
+    let floor_run =
+        || -> Result<f64> { Ok(bpf::test_run(empty.as_fd(), floor_frame, 0, s.repeat)?.ns as f64) };
+    // Repeat method, interleaved: floor before every case, case order rotated per round.
+    let mut floors = Vec::new();
+    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut over: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for r in 0..s.rounds {
+        for k in 0..cases.len() {
+            let i = (k + r) % cases.len();
+            let c = &cases[i];
+            let f = floor_run()?;
+            let v = bpf::test_run(dp.prog(c.ingress)?, &c.frame, c.gso_size, s.repeat)?.ns as f64;
+            floors.push(f);
+            ns[i].push(v);
+            over[i].push(v - f);
+        }
+        eprint!(".");
+    }
+    let floor = Summary::of(&floors);
+    // Single-shot method for rewrites: the SYN (rewritten) alternating with its clamped twin.
+    let rewrites: Vec<usize> = (0..cases.len()).filter(|&i| cases[i].rewrite).collect();
+    let mut orig1: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut twin1: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..s.single_samples {
+        for &i in &rewrites {
+            let c = &cases[i];
+            let prog = dp.prog(c.ingress)?;
+            orig1[i].push(bpf::test_run(prog, &c.frame, c.gso_size, 1)?.ns as f64);
+            twin1[i].push(bpf::test_run(prog, &checks[i].out, c.gso_size, 1)?.ns as f64);
+        }
+    }
+    eprintln!();
+    let mut out_cases = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let steady = Summary::of(&ns[i]);
+        let over_floor = Summary::of(&over[i]);
+        let mut v = json!({
+            "id": c.id,
+            "label": c.label,
+            "direction": if c.ingress { "ingress" } else { "egress" },
+            "diagnostic": c.diagnostic,
+            "frame_bytes": c.frame.len(),
+            "gso_size": c.gso_size,
+            "repeat": {
+                "ns": steady.json(1),
+                "over_floor_ns": over_floor.json(1),
+                "path": if c.rewrite {
+                    "MSS already at the clamp after the first run (SYN counted, option walk, LPM lookup, no rewrite)"
+                } else {
+                    "as labelled"
+                },
+            },
+            "counters_one_run": checks[i].once,
+            "counters_1000_runs": checks[i].many,
+        });
+        if c.rewrite {
+            let (o, t) = (Summary::of(&orig1[i]), Summary::of(&twin1[i]));
+            let extra = o.median - t.median;
+            let estimate = steady.median + extra;
+            v["rewrite"] = json!({
+                "single_run_rewritten_ns": o.json(1),
+                "single_run_fits_ns": t.json(1),
+                "rewrite_extra_ns": round(extra, 1),
+                "ns": round(estimate, 1),
+                "over_floor_ns": round(estimate - floor.median, 1),
+            });
+        }
+        out_cases.push(v);
+    }
+    if floor.median <= 0.0 {
+        bail!("the empty program measured {} ns: no timing", floor.median);
+    }
+    Ok(json!({
+        "method": "BPF_PROG_TEST_RUN via raw bpf(2) for both programs; sched_cls, __sk_buff ctx, skb on the loopback of the bench's namespace",
+        "repeat": s.repeat,
+        "rounds": s.rounds,
+        "single_shot_samples": s.single_samples,
+        "clamp_mtu": CLAMP_MTU,
+        "floor_ns": floor.json(1),
+        "cases": out_cases,
+        "seconds": round(started.elapsed().as_secs_f64(), 1),
+    }))
+}
