@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod fuzz;
 mod vm;
 
@@ -33,6 +34,9 @@ enum Task {
         /// Only run tests whose name contains this (passed to cargo test).
         filter: Option<String>,
     },
+    /// The black-hole demo: real clients stall, then pass once wslnet runs. In private
+    /// network namespaces; needs root.
+    Demo(demo::DemoArgs),
     /// Differential fuzzing of the datapath against the reference model.
     Fuzz(fuzz::FuzzArgs),
     /// The datapath and agent tests on Debian's Linux 6.1 (clsact path) in a qemu VM. Needs root.
@@ -41,15 +45,30 @@ enum Task {
     Bench(bench::BenchArgs),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+fn main() -> std::process::ExitCode {
+    match run_task(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\x1b[31merror:\x1b[0m {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(command: Task) -> Result<()> {
+    match command {
         Task::Setup => run(Command::new("bash").arg("scripts/bootstrap.sh")),
         Task::Build => {
             cargo(&["build", "--workspace"])?;
             cargo(&["build", "--release", "-p", "wslnet-agent"])
         }
         Task::Test { no_lint, filter } => test(no_lint, filter),
+        Task::Demo(args) => {
+            require_root()?;
+            step("build the agent");
+            cargo(&["build", "-p", "wslnet-agent"])?;
+            demo::run(args, &target_dir().join("debug/wslnet-agent"))
+        }
         Task::Fuzz(args) => fuzz::run(args),
         Task::VmTest(args) => vm::run(args),
         Task::Bench(args) => bench::run(args),
@@ -99,6 +118,13 @@ fn require_root() -> Result<()> {
         bail!("the test suite loads BPF programs and creates network namespaces: run it as root");
     }
     Ok(())
+}
+
+/// The cargo target directory (CARGO_TARGET_DIR, else `target/` at the workspace root).
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
 fn step(what: &str) {

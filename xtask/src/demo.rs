@@ -1,0 +1,185 @@
+//! `cargo xtask demo`: the black hole, then wslnet fixing it, in private network namespaces.
+//!
+//! Builds the lab of DESIGN.md (wsl -- win -- bottleneck -- vpn -- srv, ICMP errors dropped),
+//! shows an HTTP download, a TLS handshake and an SSH key exchange from `wsl` stalling, starts
+//! `wslnet-agent` in `wsl` with the server as a target, shows the measured path MTU and the
+//! three clients passing, prints an excerpt of `/metrics`, and removes everything. Ctrl-C at
+//! any point removes everything too.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use wslnet_tests::{
+    agent::{Agent, sample},
+    clients::{self, Outcome, Servers},
+    lab::{Lab, LabConfig, SRV_V4, SRV_V6},
+    netns::{Bpffs, wait_until},
+};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// `demo` arguments.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// MTU of the bottleneck link (the VPN), bytes; 1280 or more keeps IPv6 in the demo.
+    #[arg(long, default_value_t = 1372)]
+    pub mtu: u16,
+    /// Round-trip time added on the bottleneck, ms.
+    #[arg(long, default_value_t = 20)]
+    pub rtt_ms: u32,
+    /// How long a client may take before it counts as stalled, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; the lab was removed");
+    }
+    Ok(())
+}
+
+fn step(n: u32, what: &str) {
+    println!("\n\x1b[1m[{n}/5] {what}\x1b[0m");
+}
+
+fn show(outcomes: &[Outcome]) {
+    for o in outcomes {
+        let fam = if o.v6 { "IPv6" } else { "IPv4" };
+        if o.ok {
+            println!(
+                "      {:<46} {fam}  \x1b[32mok\x1b[0m in {:.2} s",
+                o.client.label(),
+                o.elapsed.as_secs_f64()
+            );
+        } else if o.timed_out {
+            println!(
+                "      {:<46} {fam}  \x1b[31mstalled\x1b[0m (no progress after {:.1} s)",
+                o.client.label(),
+                o.elapsed.as_secs_f64()
+            );
+        } else {
+            println!(
+                "      {:<46} {fam}  \x1b[31mfailed\x1b[0m: {}",
+                o.client.label(),
+                o.detail
+            );
+        }
+    }
+}
+
+/// Runs the demo. `agent_bin` is the built `wslnet-agent`.
+pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
+    ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        eprintln!("\ninterrupted: cleaning up ...");
+    })
+    .context("installing the Ctrl-C handler")?;
+    // SAFETY: set before any thread of ours reads the environment.
+    unsafe { std::env::set_var("WSLNET_AGENT_BIN", agent_bin) };
+    let v6 = args.mtu >= 1280;
+    let families: &[bool] = if v6 { &[false, true] } else { &[false] };
+    let timeout = Duration::from_secs(args.timeout);
+
+    println!("\x1b[1mwslnet demo\x1b[0m: a path-MTU black hole, in private network namespaces");
+    println!(
+        "  wsl (eth0, MTU 1500) -- win (router) --[VPN: MTU {}, {} ms RTT]-- vpn (router) -- srv",
+        args.mtu, args.rtt_ms
+    );
+    println!(
+        "  Both routers drop the ICMP 'fragmentation needed' / 'packet too big' they would send."
+    );
+
+    step(1, "building the lab and starting servers in srv");
+    let t = Instant::now();
+    let lab = Lab::with(LabConfig {
+        bottleneck: args.mtu,
+        rtt_ms: args.rtt_ms,
+        ..LabConfig::default()
+    })?;
+    let servers = Servers::start(&lab)?;
+    println!(
+        "      HTTP :8080 (400 KB file), TLS :8443 (RSA-4096 certificate), OpenSSH :2222  ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    check_interrupt()?;
+
+    step(2, "without wslnet: what a WSL user sees");
+    let ping = lab
+        .wsl
+        .sh_output(&format!("ping -c 1 -W 2 {SRV_V4}"))?
+        .status
+        .success();
+    println!(
+        "      ping {SRV_V4}                                    {}",
+        if ping { "\x1b[32mok\x1b[0m (small packets pass)" } else { "failed" }
+    );
+    println!("      (each client gets {} s) ...", args.timeout);
+    let without = clients::run_all(&lab, &servers, families, timeout);
+    show(&without);
+    check_interrupt()?;
+
+    step(3, "starting wslnet-agent in wsl, the server as a target");
+    let fs = Bpffs::new()?;
+    let mut agent_args = vec!["--iface", "eth0", "--no-learn"];
+    let v4_target = SRV_V4.to_string();
+    let v6_target = SRV_V6.to_string();
+    agent_args.extend(["--target", &v4_target]);
+    if v6 {
+        agent_args.extend(["--target", &v6_target]);
+    }
+    let t = Instant::now();
+    let agent = Agent::start(&lab.wsl, &fs, &agent_args)?;
+    let status = agent.status()?;
+    println!(
+        "      attached to eth0 (mode {})",
+        status["interfaces"][0]["mode"].as_str().unwrap_or("?")
+    );
+    let targets: Vec<&str> = if v6 { vec![&v4_target, &v6_target] } else { vec![&v4_target] };
+    for target in targets {
+        let mtu = wait_until(Duration::from_secs(30), "the path MTU measurement", || {
+            let m = agent.metrics().ok()?;
+            sample(&m, "wslnet_path_mtu_bytes", &[("target", target)]).filter(|v| *v > 0.0)
+        })?;
+        println!(
+            "      path MTU to {target:<12} = \x1b[1m{mtu} bytes\x1b[0m (measured in {:.2} s, interface MTU still 1500)",
+            t.elapsed().as_secs_f64()
+        );
+        check_interrupt()?;
+    }
+
+    step(4, "with wslnet: the same clients");
+    let with = clients::run_all(&lab, &servers, families, Duration::from_secs(30));
+    show(&with);
+    check_interrupt()?;
+
+    step(5, "an excerpt of wslnet-agent's /metrics");
+    let metrics = agent.metrics()?;
+    for line in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.starts_with("wslnet_path_mtu_bytes")
+                || l.starts_with("wslnet_interface_attached")
+                || ((l.starts_with("wslnet_mss_clamped_total")
+                    || l.starts_with("wslnet_tcp_syn_packets_total"))
+                    && !l.ends_with(" 0")))
+    }) {
+        println!("      {line}");
+    }
+
+    drop(agent);
+    drop(lab);
+    println!("\nlab removed; nothing outside its namespaces was touched.");
+    let stalled = without.iter().all(|o| !o.ok && o.timed_out);
+    let fixed = with.iter().all(|o| o.ok);
+    match (stalled, fixed) {
+        (true, true) => {
+            println!("\x1b[32mwslnet turned a black hole into a working path without changing an MTU.\x1b[0m");
+            Ok(())
+        }
+        (false, _) => bail!("the lab did not reproduce the black hole (see above)"),
+        (true, false) => bail!("some clients still failed with wslnet running (see above)"),
+    }
+}
