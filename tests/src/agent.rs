@@ -30,7 +30,9 @@ impl Agent {
         let mut cmd = ns.command(agent_bin());
         cmd.args(&all).env("RUST_LOG", "info").env("NO_COLOR", "1");
         let mut daemon = Daemon::start(cmd)?;
-        daemon.wait_for_log(Duration::from_secs(20), |l| l.contains("wslnet agent running"))?;
+        daemon.wait_for_log(Duration::from_secs(20), |l| {
+            l.contains("wslnet agent running")
+        })?;
         Ok(Self {
             daemon,
             pin_dir,

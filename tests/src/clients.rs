@@ -81,7 +81,11 @@ pub fn run(lab: &Lab, servers: &Servers, client: Client, v6: bool, timeout: Dura
         ),
         Client::Tls => {
             let host = lab.srv_addr(v6);
-            let target = if v6 { format!("[{host}]") } else { host.to_string() };
+            let target = if v6 {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
             format!(
                 "timeout {t} openssl s_client -connect {target}:{} -CAfile {} \
                  -verify_return_error -brief </dev/null 2>&1",
@@ -116,11 +120,14 @@ pub fn run(lab: &Lab, servers: &Servers, client: Client, v6: bool, timeout: Dura
     let ok = code == Some(0)
         && match client {
             Client::Http => text.trim() == servers.http.size.to_string(),
-            Client::Tls => text.contains("Verification: OK") || text.contains("CONNECTION ESTABLISHED"),
+            Client::Tls => {
+                text.contains("Verification: OK") || text.contains("CONNECTION ESTABLISHED")
+            }
             Client::Ssh => text.contains("kex-ok"),
         };
     // curl exits 28 on its timeout; `timeout` exits 124.
-    let timed_out = matches!(code, Some(28) | Some(124)) || (!ok && elapsed + Duration::from_millis(300) >= timeout);
+    let timed_out = matches!(code, Some(28) | Some(124))
+        || (!ok && elapsed + Duration::from_millis(300) >= timeout);
     let detail = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
     Outcome {
         client,
@@ -140,6 +147,9 @@ pub fn run_all(lab: &Lab, servers: &Servers, families: &[bool], timeout: Duratio
             .flat_map(|&v6| Client::ALL.map(|c| (c, v6)))
             .map(|(c, v6)| s.spawn(move || run(lab, servers, c, v6, timeout)))
             .collect();
-        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
     })
 }

@@ -89,8 +89,12 @@ impl Netns {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut all: Vec<std::ffi::OsString> =
-            vec!["netns".into(), "exec".into(), self.name.clone().into(), program.into()];
+        let mut all: Vec<std::ffi::OsString> = vec![
+            "netns".into(),
+            "exec".into(),
+            self.name.clone().into(),
+            program.into(),
+        ];
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         run("ip", all)
     }
@@ -139,7 +143,9 @@ impl Drop for Netns {
                     let _ = Command::new("kill").args(["-9", pid]).status();
                 }
             });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -148,7 +154,17 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     run(
         "ip",
         [
-            "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns",
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
             b.name(),
         ],
     )?;
@@ -223,7 +239,10 @@ impl Daemon {
                 return Ok(status);
             }
             if start.elapsed() > timeout {
-                bail!("still running {timeout:?} after signal {signal}; log:\n{}", self.log());
+                bail!(
+                    "still running {timeout:?} after signal {signal}; log:\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -279,7 +298,8 @@ impl Bpffs {
             if let Ok(rd) = std::fs::read_dir(dir) {
                 for e in rd.flatten() {
                     let p = e.path();
-                    if dir == base && (e.file_name() == "maps.debug" || e.file_name() == "progs.debug")
+                    if dir == base
+                        && (e.file_name() == "maps.debug" || e.file_name() == "progs.debug")
                     {
                         continue;
                     }

@@ -63,7 +63,15 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
     let agent = Agent::start(
         &pair.a,
         &fs,
-        &["--iface", "eth0", "--iface", "zt*", "--clamp", "10.98.0.2=1372", "--no-learn"],
+        &[
+            "--iface",
+            "eth0",
+            "--iface",
+            "zt*",
+            "--clamp",
+            "10.98.0.2=1372",
+            "--no-learn",
+        ],
     )
     .unwrap();
     assert_eq!(iface_names(&agent), vec!["eth0"]);
@@ -72,19 +80,28 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
         // ZeroTier creates its TAP device after boot: zt + 10 hex digits, MTU 2800.
         let start = Instant::now();
         veth(&pair.a, "zt3f8a9c2e1b", &pair.b, "ztpeer").unwrap();
-        pair.a.ip(&["link", "set", "zt3f8a9c2e1b", "mtu", "2800"]).unwrap();
-        pair.b.ip(&["link", "set", "ztpeer", "mtu", "2800"]).unwrap();
+        pair.a
+            .ip(&["link", "set", "zt3f8a9c2e1b", "mtu", "2800"])
+            .unwrap();
+        pair.b
+            .ip(&["link", "set", "ztpeer", "mtu", "2800"])
+            .unwrap();
         pair.a
             .ip(&["addr", "add", "10.98.0.1/24", "dev", "zt3f8a9c2e1b"])
             .unwrap();
-        pair.b.ip(&["addr", "add", "10.98.0.2/24", "dev", "ztpeer"]).unwrap();
+        pair.b
+            .ip(&["addr", "add", "10.98.0.2/24", "dev", "ztpeer"])
+            .unwrap();
         wait_until(Duration::from_secs(5), "zt interface attached", || {
             iface_names(&agent)
                 .contains(&"zt3f8a9c2e1b".to_string())
                 .then_some(())
         })
         .unwrap();
-        eprintln!("round {round}: zt interface attached after {:?}", start.elapsed());
+        eprintln!(
+            "round {round}: zt interface attached after {:?}",
+            start.elapsed()
+        );
         // Its SYNs are clamped: the peer's MSS (2760) is lowered to 1332 at our ingress.
         assert_eq!(connect_mss(&pair.a, "10.98.0.2", 7000), 1320);
         let st = agent.status().unwrap();
@@ -111,7 +128,12 @@ fn kill_9_keeps_clamping_and_restart_adopts_pins() {
     let args = ["--iface", "eth0", "--clamp", "10.99.0.2=1372", "--no-learn"];
     let mut agent = Agent::start(&pair.a, &fs, &args).unwrap();
     assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
-    let before = status_counter(&agent.status().unwrap(), "eth0", "ingress/ipv4", "mss_clamped");
+    let before = status_counter(
+        &agent.status().unwrap(),
+        "eth0",
+        "ingress/ipv4",
+        "mss_clamped",
+    );
     assert_eq!(before, 1);
 
     // kill -9: no chance to clean up. Clamping goes on from the pinned links and maps.
@@ -122,20 +144,33 @@ fn kill_9_keeps_clamping_and_restart_adopts_pins() {
     assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
     let pin_dir = agent.pin_dir.clone();
     let st = wslnet_tests::agent::status_json(pair.a.name(), &pin_dir).unwrap();
-    assert_eq!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"), 2);
+    assert_eq!(
+        status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"),
+        2
+    );
     drop(agent);
 
     // A new agent adopts the pins: counters continue, one program per hook, and one SYN moves
     // the counter by exactly one (a double attachment would count it twice).
     let agent = Agent::start(&pair.a, &fs, &args).unwrap();
-    assert!(agent.daemon.log().contains("adopted=true"), "{}", agent.daemon.log());
+    assert!(
+        agent.daemon.log().contains("adopted=true"),
+        "{}",
+        agent.daemon.log()
+    );
     let st = agent.status().unwrap();
-    assert_eq!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"), 2);
+    assert_eq!(
+        status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"),
+        2
+    );
     assert_eq!(st["interfaces"][0]["tcx_programs"]["ingress"], 1, "{st:#}");
     assert_eq!(st["interfaces"][0]["tcx_programs"]["egress"], 1, "{st:#}");
     assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
     let st = agent.status().unwrap();
-    assert_eq!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"), 3);
+    assert_eq!(
+        status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"),
+        3
+    );
     assert_eq!(status_counter(&st, "eth0", "egress/ipv4", "syn"), 3);
     // The metrics start from the adopted values too.
     let m = agent.metrics().unwrap();
@@ -143,7 +178,11 @@ fn kill_9_keeps_clamping_and_restart_adopts_pins() {
         sample(
             &m,
             "wslnet_mss_clamped_total",
-            &[("interface", "eth0"), ("direction", "ingress"), ("family", "ipv4")]
+            &[
+                ("interface", "eth0"),
+                ("direction", "ingress"),
+                ("family", "ipv4")
+            ]
         ),
         Some(3.0)
     );
@@ -166,8 +205,14 @@ fn detach_leaves_nothing_behind_in_both_modes() {
             &pair.a,
             &fs,
             &[
-                "--iface", "eth0", "--attach-mode", mode, "--keep-attached", "--no-learn",
-                "--clamp", "10.99.0.2=1372",
+                "--iface",
+                "eth0",
+                "--attach-mode",
+                mode,
+                "--keep-attached",
+                "--no-learn",
+                "--clamp",
+                "10.99.0.2=1372",
             ],
         )
         .unwrap();
@@ -180,7 +225,11 @@ fn detach_leaves_nothing_behind_in_both_modes() {
         assert!(!fs.list().is_empty());
         assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
         if mode == "clsact" {
-            assert!(tc_state(&pair.a).contains("clsact"), "{}", tc_state(&pair.a));
+            assert!(
+                tc_state(&pair.a).contains("clsact"),
+                "{}",
+                tc_state(&pair.a)
+            );
         }
         let out = agent.cli(&["detach", "--pin-dir", &agent.pin_dir]).unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -197,8 +246,12 @@ fn sigterm_without_keep_detaches_everything() {
     let pair = Pair::new().unwrap();
     let fs = Bpffs::new().unwrap();
     let clean = tc_state(&pair.a);
-    let mut agent =
-        Agent::start(&pair.a, &fs, &["--iface", "eth0", "--attach-mode", "clsact"]).unwrap();
+    let mut agent = Agent::start(
+        &pair.a,
+        &fs,
+        &["--iface", "eth0", "--attach-mode", "clsact"],
+    )
+    .unwrap();
     assert_ne!(tc_state(&pair.a), clean);
     let status = agent
         .daemon
@@ -225,14 +278,26 @@ fn bad_config_exits_2_naming_the_field() {
     for (toml, field) in [
         ("interfacez = [\"eth0\"]\n", "interfacez"),
         ("[[clamp]]\ncidr = \"10.0.0.300/8\"\nmtu = 1400\n", "cidr"),
-        ("[[clamp]]\ncidr = \"10.0.0.0/8\"\nmtu = 100\n", "clamp[0].mtu"),
-        ("[[clamp]]\ncidr = \"fd00::/8\"\nmtu = 1000\n", "clamp[0].mtu"),
-        ("[probe]\nrecheck_interval_secs = 0\n", "probe.recheck_interval_secs"),
+        (
+            "[[clamp]]\ncidr = \"10.0.0.0/8\"\nmtu = 100\n",
+            "clamp[0].mtu",
+        ),
+        (
+            "[[clamp]]\ncidr = \"fd00::/8\"\nmtu = 1000\n",
+            "clamp[0].mtu",
+        ),
+        (
+            "[probe]\nrecheck_interval_secs = 0\n",
+            "probe.recheck_interval_secs",
+        ),
     ] {
         let out = run_with_config(toml);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
-        assert!(err.contains(field), "{toml}: message should name {field}: {err}");
+        assert!(
+            err.contains(field),
+            "{toml}: message should name {field}: {err}"
+        );
         assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
     }
     let out = std::process::Command::new(agent_bin())
@@ -287,7 +352,10 @@ fn prometheus_scrapes_the_agent() {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
-    assert!(lint.status.success() && lint_out.trim().is_empty(), "promtool: {lint_out}\n{scrape}");
+    assert!(
+        lint.status.success() && lint_out.trim().is_empty(),
+        "promtool: {lint_out}\n{scrape}"
+    );
 
     // A real Prometheus server in the agent's namespace scrapes it every second.
     let dir = tempfile::tempdir().unwrap();

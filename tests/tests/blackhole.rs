@@ -18,14 +18,26 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(4);
 const PASS_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn path_mtu(agent: &Agent, target: &str) -> Option<f64> {
-    sample(&agent.metrics().ok()?, "wslnet_path_mtu_bytes", &[("target", target)])
+    sample(
+        &agent.metrics().ok()?,
+        "wslnet_path_mtu_bytes",
+        &[("target", target)],
+    )
 }
 
 fn wait_for_path_mtu(agent: &Agent, target: &str, mtu: f64, within: Duration) {
-    wait_until(within, &format!("wslnet_path_mtu_bytes{{target={target}}} == {mtu}"), || {
-        (path_mtu(agent, target) == Some(mtu)).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}; metrics:\n{}\nlog:\n{}", agent.metrics().unwrap_or_default(), agent.daemon.log()));
+    wait_until(
+        within,
+        &format!("wslnet_path_mtu_bytes{{target={target}}} == {mtu}"),
+        || (path_mtu(agent, target) == Some(mtu)).then_some(()),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; metrics:\n{}\nlog:\n{}",
+            agent.metrics().unwrap_or_default(),
+            agent.daemon.log()
+        )
+    });
 }
 
 fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
@@ -44,7 +56,13 @@ fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
             assert!(o.ok, "{:?} v6={} should pass: {}", o.client, o.v6, o.detail);
         } else {
             // The black-hole signature: not a refusal or a fast error, a stall until the timeout.
-            assert!(!o.ok && o.timed_out, "{:?} v6={} should stall: {:?}", o.client, o.v6, o);
+            assert!(
+                !o.ok && o.timed_out,
+                "{:?} v6={} should stall: {:?}",
+                o.client,
+                o.v6,
+                o
+            );
         }
     }
 }
@@ -55,18 +73,28 @@ fn black_hole_1372_real_clients_stall_without_and_pass_with_wslnet() {
     let lab = Lab::new(1372).unwrap();
     let servers = Servers::start(&lab).unwrap();
     // Small things pass: the lab is a black hole for large packets only.
-    lab.wsl.sh(&format!("ping -c 1 -W 2 -s 56 {SRV_V4}")).unwrap();
+    lab.wsl
+        .sh(&format!("ping -c 1 -W 2 -s 56 {SRV_V4}"))
+        .unwrap();
 
     let without = clients::run_all(&lab, &servers, &[false, true], STALL_TIMEOUT);
     assert_all(&without, false);
-    assert!(lab.dropped_icmp_errors().unwrap() > 0, "the routers should have dropped ICMP errors");
+    assert!(
+        lab.dropped_icmp_errors().unwrap() > 0,
+        "the routers should have dropped ICMP errors"
+    );
 
     let fs = Bpffs::new().unwrap();
     let agent = Agent::start(
         &lab.wsl,
         &fs,
         &[
-            "--iface", "eth0", "--target", &SRV_V4.to_string(), "--target", &SRV_V6.to_string(),
+            "--iface",
+            "eth0",
+            "--target",
+            &SRV_V4.to_string(),
+            "--target",
+            &SRV_V6.to_string(),
             "--no-learn",
         ],
     )
@@ -89,13 +117,23 @@ fn zerotier_interface_appearing_after_start_with_bottleneck_1000() {
     let servers = Servers::start(&lab).unwrap();
     // ZeroTier brings its interface up after the agent: hide it under another name first.
     lab.wsl
-        .sh(&format!("ip link set {ZT_IFACE} down && ip link set {ZT_IFACE} name tap9"))
+        .sh(&format!(
+            "ip link set {ZT_IFACE} down && ip link set {ZT_IFACE} name tap9"
+        ))
         .unwrap();
     let fs = Bpffs::new().unwrap();
     let agent = Agent::start(
         &lab.wsl,
         &fs,
-        &["--iface", "eth0", "--iface", "zt*", "--target", &SRV_V4.to_string(), "--no-learn"],
+        &[
+            "--iface",
+            "eth0",
+            "--iface",
+            "zt*",
+            "--target",
+            &SRV_V4.to_string(),
+            "--no-learn",
+        ],
     )
     .unwrap();
     // Now it "appears": zt + hex, MTU 2800, addresses and routes as ZeroTier would set them.
@@ -146,14 +184,25 @@ h = functools.partial(http.server.SimpleHTTPRequestHandler, directory='{}')
 S(('::', 8090), h).serve_forever()",
         lab.tmp_dir().join("www").display()
     );
-    lab.spawn_srv_server("python3 http server (backlog 1024)", 8090, "python3", &["-c", &script])
-        .unwrap();
+    lab.spawn_srv_server(
+        "python3 http server (backlog 1024)",
+        8090,
+        "python3",
+        &["-c", &script],
+    )
+    .unwrap();
     http.port = 8090;
     let fs = Bpffs::new().unwrap();
     let agent = Agent::start(
         &lab.wsl,
         &fs,
-        &["--iface", "eth0", "--target", &SRV_V4.to_string(), "--no-learn"],
+        &[
+            "--iface",
+            "eth0",
+            "--target",
+            &SRV_V4.to_string(),
+            "--no-learn",
+        ],
     )
     .unwrap();
     wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
@@ -173,9 +222,19 @@ S(('::', 8090), h).serve_forever()",
         .lines()
         .filter(|l| *l == format!("200 {}", http.size))
         .count();
-    eprintln!("200 concurrent downloads of {} bytes: {complete} complete in {:?}", http.size, start.elapsed());
+    eprintln!(
+        "200 concurrent downloads of {} bytes: {complete} complete in {:?}",
+        http.size,
+        start.elapsed()
+    );
     assert!(http.size >= 256 * 1024);
-    assert_eq!(complete, 200, "curl: {}\n{}", String::from_utf8_lossy(&out.stderr), text);
+    assert_eq!(
+        complete,
+        200,
+        "curl: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        text
+    );
 }
 
 #[test]
@@ -189,7 +248,15 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
     let agent = Agent::start(
         &lab.wsl,
         &fs,
-        &["--iface", "eth0", "--target", &target, "--no-learn", "--recheck-interval", &RECHECK.to_string()],
+        &[
+            "--iface",
+            "eth0",
+            "--target",
+            &target,
+            "--no-learn",
+            "--recheck-interval",
+            &RECHECK.to_string(),
+        ],
     )
     .unwrap();
     wait_for_path_mtu(&agent, &target, 1500.0, Duration::from_secs(30));
@@ -197,15 +264,28 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
     // The VPN connects: the path shrinks to 1372 and nothing tells us.
     lab.set_bottleneck(1372).unwrap();
     let start = Instant::now();
-    wait_for_path_mtu(&agent, &target, 1372.0, Duration::from_secs(3 * RECHECK + 10));
-    eprintln!("VPN up: clamp at 1372 after {:?} (re-check interval {RECHECK} s)", start.elapsed());
+    wait_for_path_mtu(
+        &agent,
+        &target,
+        1372.0,
+        Duration::from_secs(3 * RECHECK + 10),
+    );
+    eprintln!(
+        "VPN up: clamp at 1372 after {:?} (re-check interval {RECHECK} s)",
+        start.elapsed()
+    );
     let ok = clients::run(&lab, &servers, Client::Http, false, PASS_TIMEOUT);
     assert!(ok.ok, "{ok:?}");
 
     // The VPN disconnects: the clamp rises back.
     lab.set_bottleneck(1500).unwrap();
     let start = Instant::now();
-    wait_for_path_mtu(&agent, &target, 1500.0, Duration::from_secs(3 * RECHECK + 10));
+    wait_for_path_mtu(
+        &agent,
+        &target,
+        1500.0,
+        Duration::from_secs(3 * RECHECK + 10),
+    );
     eprintln!("VPN down: clamp back at 1500 after {:?}", start.elapsed());
     let st = agent.status().unwrap();
     let entry = st["clamps"]
@@ -214,5 +294,9 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
         .iter()
         .find(|c| c["net"] == format!("{target}/32"))
         .cloned();
-    assert_eq!(entry.map(|e| e["mtu"].clone()), Some(serde_json::json!(1500)), "{st:#}");
+    assert_eq!(
+        entry.map(|e| e["mtu"].clone()),
+        Some(serde_json::json!(1500)),
+        "{st:#}"
+    );
 }

@@ -86,7 +86,13 @@ fn syn_mss(capture: &str) -> Vec<(String, u32)> {
         .filter(|l| l.contains("Flags [S"))
         .filter_map(|l| {
             let src = l.split(" > ").next()?.split_whitespace().last()?;
-            let mss = l.split("mss ").nth(1)?.split([',', ']']).next()?.parse().ok()?;
+            let mss = l
+                .split("mss ")
+                .nth(1)?
+                .split([',', ']'])
+                .next()?
+                .parse()
+                .ok()?;
             Some((src.to_string(), mss))
         })
         .collect()
@@ -136,7 +142,10 @@ fn clamp_in_both_directions(mode: &str) {
     let status = capture
         .signal_and_wait(libc::SIGINT, Duration::from_secs(5))
         .unwrap();
-    assert!(status.success() || status.code().is_none(), "tcpdump: {status}");
+    assert!(
+        status.success() || status.code().is_none(),
+        "tcpdump: {status}"
+    );
     let text = pair
         .b
         .sh(&format!("tcpdump -n -vv -r {}", capture_file.display()))
@@ -156,8 +165,14 @@ fn clamp_in_both_directions(mode: &str) {
         .collect();
     // (the first IPv4 SYN was sent before the agent started)
     assert_eq!(from_a4.first(), Some(&1460), "capture:\n{text}");
-    assert!(from_a4.len() >= 3 && from_a4[1..].iter().all(|&m| m == 1332), "{from_a4:?}\n{text}");
-    assert!(from_a6.len() >= 2 && from_a6.iter().all(|&m| m == 1312), "{from_a6:?}\n{text}");
+    assert!(
+        from_a4.len() >= 3 && from_a4[1..].iter().all(|&m| m == 1332),
+        "{from_a4:?}\n{text}"
+    );
+    assert!(
+        from_a6.len() >= 2 && from_a6.iter().all(|&m| m == 1312),
+        "{from_a6:?}\n{text}"
+    );
     // ... while b's SYN-ACKs left b unclamped (the rewrite happened at a's ingress).
     assert!(
         syns.iter()
@@ -168,16 +183,32 @@ fn clamp_in_both_directions(mode: &str) {
 
     // Counters: status and metrics agree with what was sent.
     let st = agent.status().unwrap();
-    assert!(status_counter(&st, "eth0", "egress/ipv4", "mss_clamped") >= 2, "{st:#}");
-    assert!(status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped") >= 2, "{st:#}");
-    assert!(status_counter(&st, "eth0", "egress/ipv6", "mss_clamped") >= 2, "{st:#}");
-    assert!(status_counter(&st, "eth0", "ingress/ipv6", "mss_clamped") >= 2, "{st:#}");
+    assert!(
+        status_counter(&st, "eth0", "egress/ipv4", "mss_clamped") >= 2,
+        "{st:#}"
+    );
+    assert!(
+        status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped") >= 2,
+        "{st:#}"
+    );
+    assert!(
+        status_counter(&st, "eth0", "egress/ipv6", "mss_clamped") >= 2,
+        "{st:#}"
+    );
+    assert!(
+        status_counter(&st, "eth0", "ingress/ipv6", "mss_clamped") >= 2,
+        "{st:#}"
+    );
     assert_eq!(st["interfaces"][0]["mode"], mode);
     let m = agent.metrics().unwrap();
     let clamped = sample(
         &m,
         "wslnet_mss_clamped_total",
-        &[("interface", "eth0"), ("direction", "egress"), ("family", "ipv4")],
+        &[
+            ("interface", "eth0"),
+            ("direction", "egress"),
+            ("family", "ipv4"),
+        ],
     )
     .unwrap();
     assert_eq!(
@@ -185,7 +216,11 @@ fn clamp_in_both_directions(mode: &str) {
         status_counter(&st, "eth0", "egress/ipv4", "mss_clamped")
     );
     assert_eq!(
-        sample(&m, "wslnet_interface_attached", &[("interface", "eth0"), ("mode", mode)]),
+        sample(
+            &m,
+            "wslnet_interface_attached",
+            &[("interface", "eth0"), ("mode", mode)]
+        ),
         Some(1.0)
     );
 }
@@ -223,12 +258,18 @@ fn oversize_df_packets_are_counted_exactly() {
 
     // 1500-byte DF echo requests to a peer whose path MTU is 1372: each one counted.
     pair.a
-        .sh(&format!("ping -q -M do -s 1472 -c 5 -i 0.2 -W 1 {}", Pair::B4))
+        .sh(&format!(
+            "ping -q -M do -s 1472 -c 5 -i 0.2 -W 1 {}",
+            Pair::B4
+        ))
         .unwrap();
     assert_eq!(oversize("ipv4"), 5);
     // Small ones fit: not counted.
     pair.a
-        .sh(&format!("ping -q -M do -s 1000 -c 3 -i 0.2 -W 1 {}", Pair::B4))
+        .sh(&format!(
+            "ping -q -M do -s 1000 -c 3 -i 0.2 -W 1 {}",
+            Pair::B4
+        ))
         .unwrap();
     assert_eq!(oversize("ipv4"), 5);
     // IPv6: every packet is DF; 1452 + 8 + 40 = 1500 bytes.
@@ -256,8 +297,16 @@ fn oversize_df_packets_are_counted_exactly() {
         .unwrap();
     bulk_send(&pair, Pair::B4);
     bulk_send(&pair, Pair::B6);
-    assert_eq!(oversize("ipv4"), 5, "non-GSO bulk transfer counted as oversize");
-    assert_eq!(oversize("ipv6"), 3, "non-GSO bulk transfer counted as oversize");
+    assert_eq!(
+        oversize("ipv4"),
+        5,
+        "non-GSO bulk transfer counted as oversize"
+    );
+    assert_eq!(
+        oversize("ipv6"),
+        3,
+        "non-GSO bulk transfer counted as oversize"
+    );
     let m = agent.metrics().unwrap();
     assert_eq!(
         sample(

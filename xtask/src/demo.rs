@@ -115,7 +115,11 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
         .success();
     println!(
         "      ping {SRV_V4}                                    {}",
-        if ping { "\x1b[32mok\x1b[0m (small packets pass)" } else { "failed" }
+        if ping {
+            "\x1b[32mok\x1b[0m (small packets pass)"
+        } else {
+            "failed"
+        }
     );
     println!("      (each client gets {} s) ...", args.timeout);
     let without = clients::run_all(&lab, &servers, families, timeout);
@@ -138,7 +142,11 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
         "      attached to eth0 (mode {})",
         status["interfaces"][0]["mode"].as_str().unwrap_or("?")
     );
-    let targets: Vec<&str> = if v6 { vec![&v4_target, &v6_target] } else { vec![&v4_target] };
+    let targets: Vec<&str> = if v6 {
+        vec![&v4_target, &v6_target]
+    } else {
+        vec![&v4_target]
+    };
     for target in targets {
         let mtu = wait_until(Duration::from_secs(30), "the path MTU measurement", || {
             let m = agent.metrics().ok()?;
@@ -176,7 +184,9 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     let fixed = with.iter().all(|o| o.ok);
     match (stalled, fixed) {
         (true, true) => {
-            println!("\x1b[32mwslnet turned a black hole into a working path without changing an MTU.\x1b[0m");
+            println!(
+                "\x1b[32mwslnet turned a black hole into a working path without changing an MTU.\x1b[0m"
+            );
             Ok(())
         }
         (false, _) => bail!("the lab did not reproduce the black hole (see above)"),

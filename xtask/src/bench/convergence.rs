@@ -92,7 +92,8 @@ fn probe(lab: &Lab) -> Result<(Value, f64)> {
 /// One download of the 256 KB file from `srv`; (completed, seconds, bytes). `srv`'s cached
 /// path MTUs are flushed first.
 fn download(lab: &Lab, timeout: u32) -> Result<(bool, f64, u64)> {
-    lab.srv.sh("ip route flush cache; ip -6 route flush cache")?;
+    lab.srv
+        .sh("ip route flush cache; ip -6 route flush cache")?;
     let url = format!("http://{SRV_V4}:{HTTP_PORT}/{FILE}");
     let out = lab.wsl.sh_output(&format!(
         "curl -sS -o /dev/null --max-time {timeout} -w '%{{http_code}} %{{size_download}} %{{time_total}}' {url}"
@@ -213,7 +214,13 @@ pub fn run(s: Settings) -> Result<Value> {
     let agent = Agent::start(
         &lab.wsl,
         &fs,
-        &["--iface", "eth0", "--target", &SRV_V4.to_string(), "--no-learn"],
+        &[
+            "--iface",
+            "eth0",
+            "--target",
+            &SRV_V4.to_string(),
+            "--no-learn",
+        ],
     )?;
     let want = format!("{SRV_V4}/32");
     let clamped = wait_until(Duration::from_secs(30), "the agent's clamp for srv", || {

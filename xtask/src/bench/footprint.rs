@@ -140,7 +140,7 @@ pub fn run(s: Settings) -> Result<Value> {
             reserved: 0,
         };
         maps.learned
-            .insert(learned_key(addr.into()), v, 0)
+            .insert(&learned_key(addr.into()), &v, 0)
             .context("writing a learned destination")?;
     }
     let in_map = maps.learned().len();

@@ -116,7 +116,10 @@ impl Config {
 enum Installed {
     Nothing,
     /// The agent, then its bpffs (dropped in this order).
-    Agent { agent: Box<Agent>, _fs: Bpffs },
+    Agent {
+        agent: Box<Agent>,
+        _fs: Bpffs,
+    },
     Nft(String),
 }
 
@@ -184,7 +187,16 @@ impl Drop for Installed {
     fn drop(&mut self) {
         if let Installed::Nft(ns) = self {
             let _ = std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "nft", "delete", "table", "inet", "wslnet_bench"])
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "nft",
+                    "delete",
+                    "table",
+                    "inet",
+                    "wslnet_bench",
+                ])
                 .status();
         }
     }
@@ -215,9 +227,8 @@ impl ConnServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let (name, s) = (ns.name().to_string(), stop.clone());
         let thread = thread::spawn(move || {
-            let listener = enter_netns(&name).and_then(|()| {
-                TcpListener::bind(addr).with_context(|| format!("binding {addr}"))
-            });
+            let listener = enter_netns(&name)
+                .and_then(|()| TcpListener::bind(addr).with_context(|| format!("binding {addr}")));
             let listener = match listener {
                 Ok(l) => {
                     let _ = tx.send(Ok(()));
@@ -442,12 +453,7 @@ pub fn run(s: Settings) -> Result<Value> {
 
     let base = samples[0].clone();
     let ratio = |xs: &[f64], base: &[f64]| -> Summary {
-        Summary::of(
-            &xs.iter()
-                .zip(base)
-                .map(|(x, b)| x / b)
-                .collect::<Vec<_>>(),
-        )
+        Summary::of(&xs.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>())
     };
     let mut configs = Vec::new();
     for (i, cfg) in Config::ALL.iter().enumerate() {
@@ -482,4 +488,3 @@ pub fn run(s: Settings) -> Result<Value> {
         "seconds": round(started.elapsed().as_secs_f64(), 1),
     }))
 }
-
