@@ -395,3 +395,69 @@ fn prometheus_scrapes_the_agent() {
     // 3 SYNs clamped at egress and 3 SYN-ACKs at ingress.
     assert_eq!(value, 6.0);
 }
+
+#[test]
+fn sighup_reloads_the_config_file() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wslnet.toml");
+    let write = |mtu: u16| {
+        std::fs::write(
+            &path,
+            format!(
+                "interfaces = [\"eth0\"]\n[probe]\nlearn = false\n[[clamp]]\ncidr = \"10.99.0.0/24\"\nmtu = {mtu}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(1400);
+    let agent = Agent::start(&pair.a, &fs, &["--config", path.to_str().unwrap()]).unwrap();
+    let clamps = |a: &Agent| a.status().unwrap()["clamps"].clone();
+    assert_eq!(clamps(&agent)[0]["mtu"], 1400);
+    write(1300);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(agent.daemon.pid() as i32, libc::SIGHUP) };
+    wait_until(Duration::from_secs(5), "reloaded clamp", || {
+        (clamps(&agent)[0]["mtu"] == 1300).then_some(())
+    })
+    .unwrap();
+    assert_eq!(clamps(&agent).as_array().unwrap().len(), 1);
+    // A broken file on SIGHUP keeps the running configuration.
+    std::fs::write(&path, "interfaces = 5\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.daemon.pid() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(clamps(&agent)[0]["mtu"], 1300);
+    assert!(agent.daemon.log().contains("keeping the old configuration"));
+}
+
+#[test]
+fn check_reports_readiness_and_what_is_missing() {
+    require_root();
+    let out = std::process::Command::new(agent_bin())
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("[ok  ] bpf() syscall"), "{text}");
+    assert!(text.contains("wslnet can run here"), "{text}");
+    // Without privileges: the missing pieces are FAIL lines with their fix, exit 2.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(agent_bin())
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("[FAIL] privileges"), "{text}");
+    assert!(text.contains("fix: run as root"), "{text}");
+}

@@ -300,3 +300,37 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
         "{st:#}"
     );
 }
+
+#[test]
+fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    // No --target: the agent only knows what the datapath learns from outgoing SYNs.
+    let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0"]).unwrap();
+    // The first attempt may stall (nothing is known yet), but its SYN teaches the agent.
+    let _first = clients::run(&lab, &servers, Client::Http, false, Duration::from_secs(2));
+    let entry = wait_until(Duration::from_secs(30), "a probed clamp for srv", || {
+        let st = agent.status().ok()?;
+        let learned = st["learned"]
+            .as_array()?
+            .iter()
+            .any(|l| l["addr"] == SRV_V4.to_string());
+        let clamp = st["clamps"]
+            .as_array()?
+            .iter()
+            .find(|c| c["net"] == format!("{SRV_V4}/32"))?
+            .clone();
+        learned.then_some(clamp)
+    })
+    .unwrap();
+    assert_eq!(entry["mtu"], 1372, "{entry}");
+    assert_eq!(entry["origin"], "probed", "{entry}");
+    let ok = clients::run(&lab, &servers, Client::Http, false, PASS_TIMEOUT);
+    assert!(ok.ok, "{ok:?}");
+    let m = agent.metrics().unwrap();
+    assert!(sample(&m, "wslnet_probe_searches_total", &[("outcome", "found")]).unwrap() >= 1.0);
+    assert!(sample(&m, "wslnet_probe_packets_total", &[]).unwrap() > 0.0);
+    assert_eq!(sample(&m, "wslnet_learned_destinations", &[]), Some(1.0));
+}
