@@ -153,16 +153,6 @@ pub fn run(packets: u64, seed: Option<u64>, corpus_dir: &Path) -> Result<FuzzRep
     Ok(report)
 }
 
-fn add(a: &mut Counters, b: &Counters) {
-    a.syn += b.syn;
-    a.mss_clamped += b.mss_clamped;
-    a.mss_ok += b.mss_ok;
-    a.no_clamp += b.no_clamp;
-    a.no_mss += b.no_mss;
-    a.unparseable += b.unparseable;
-    a.oversize_df += b.oversize_df;
-    a.reserved += b.reserved;
-}
 
 fn worker(
     seed: u64,
@@ -229,12 +219,9 @@ fn worker(
         };
         report.packets += 1;
         if let Some(m) = &model.counters {
-            add(
-                totals
-                    .entry(counter_index(m.slot, m.dir, m.family))
-                    .or_default(),
-                &m.delta,
-            );
+            *totals
+                .entry(counter_index(m.slot, m.dir, m.family))
+                .or_default() += m.delta;
             report.unparseable += m.delta.unparseable;
             report.syns += m.delta.syn;
         }

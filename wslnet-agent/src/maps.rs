@@ -253,13 +253,7 @@ impl Maps {
         let per_cpu = self.counters.get(&index, 0).context("reading counters")?;
         let mut sum = Counters::default();
         for c in per_cpu.iter() {
-            sum.syn += c.syn;
-            sum.mss_clamped += c.mss_clamped;
-            sum.mss_ok += c.mss_ok;
-            sum.no_clamp += c.no_clamp;
-            sum.no_mss += c.no_mss;
-            sum.unparseable += c.unparseable;
-            sum.oversize_df += c.oversize_df;
+            sum += *c;
         }
         Ok(sum)
     }

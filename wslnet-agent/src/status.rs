@@ -32,40 +32,7 @@ pub struct IfaceStatus {
     /// (TCX mode; absent for clsact). More than 1 would mean a double attachment.
     pub tcx_programs: Option<std::collections::BTreeMap<&'static str, usize>>,
     /// Counters by "direction/family", e.g. "egress/ipv4".
-    pub counters: std::collections::BTreeMap<String, CounterStatus>,
-}
-
-/// Counters of one direction and family.
-#[derive(Debug, Serialize, Default)]
-pub struct CounterStatus {
-    /// SYN and SYN-ACK segments seen.
-    pub syn: u64,
-    /// MSS options lowered.
-    pub mss_clamped: u64,
-    /// MSS already at or below the clamp.
-    pub mss_ok: u64,
-    /// No path MTU known for the peer.
-    pub no_clamp: u64,
-    /// SYNs without MSS option.
-    pub no_mss: u64,
-    /// Malformed or truncated packets.
-    pub unparseable: u64,
-    /// Egress DF packets larger than the path MTU.
-    pub oversize_df: u64,
-}
-
-impl From<Counters> for CounterStatus {
-    fn from(c: Counters) -> Self {
-        Self {
-            syn: c.syn,
-            mss_clamped: c.mss_clamped,
-            mss_ok: c.mss_ok,
-            no_clamp: c.no_clamp,
-            no_mss: c.no_mss,
-            unparseable: c.unparseable,
-            oversize_df: c.oversize_df,
-        }
-    }
+    pub counters: std::collections::BTreeMap<String, Counters>,
 }
 
 /// Everything `status` shows.
@@ -96,7 +63,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         for (dir, dname) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
             for (fam, fname) in [(FAMILY_V4, "ipv4"), (FAMILY_V6, "ipv6")] {
                 let c = maps.counters(cfg.slot, dir, fam)?;
-                counters.insert(format!("{dname}/{fname}"), c.into());
+                counters.insert(format!("{dname}/{fname}"), c);
             }
         }
         interfaces.push(IfaceStatus {
@@ -155,7 +122,7 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
         "\nINTERFACE        MODE    L3  DEFAULT-MTU(v4/v6)  SYN(in/out)  CLAMPED(in/out)  OVERSIZE-DF"
     );
     for i in &s.interfaces {
-        let sum = |dir: &str, f: fn(&CounterStatus) -> u64| -> u64 {
+        let sum = |dir: &str, f: fn(&Counters) -> u64| -> u64 {
             ["ipv4", "ipv6"]
                 .iter()
                 .map(|fam| i.counters.get(&format!("{dir}/{fam}")).map(f).unwrap_or(0))

@@ -99,6 +99,7 @@ pub const fn mss_for_mtu(mtu: u16, family: u32) -> Option<u16> {
 /// Every field is a count of packets.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Counters {
     /// TCP SYN and SYN-ACK segments seen (RST not set).
     pub syn: u64,
@@ -118,7 +119,22 @@ pub struct Counters {
     /// packets) exceeds the path MTU in force for their destination; the path would drop them.
     pub oversize_df: u64,
     /// Reserved, always 0 (keeps the struct a power-of-two size).
+    #[cfg_attr(feature = "user", serde(skip))]
     pub reserved: u64,
+}
+
+impl core::ops::AddAssign for Counters {
+    /// Adds every field (summing CPUs, or accumulating deltas).
+    fn add_assign(&mut self, o: Self) {
+        self.syn += o.syn;
+        self.mss_clamped += o.mss_clamped;
+        self.mss_ok += o.mss_ok;
+        self.no_clamp += o.no_clamp;
+        self.no_mss += o.no_mss;
+        self.unparseable += o.unparseable;
+        self.oversize_df += o.oversize_df;
+        self.reserved += o.reserved;
+    }
 }
 
 /// Per-interface configuration written by the agent, keyed by ifindex.
