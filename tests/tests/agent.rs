@@ -461,3 +461,66 @@ fn check_reports_readiness_and_what_is_missing() {
     assert!(text.contains("[FAIL] privileges"), "{text}");
     assert!(text.contains("fix: run as root"), "{text}");
 }
+
+#[test]
+fn attachments_of_a_crashed_run_are_cleaned_up_or_adopted() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let _l = listener(&pair.b, 7000);
+    let clean = tc_state(&pair.a);
+    let mut agent = Agent::start(
+        &pair.a,
+        &fs,
+        &[
+            "--iface",
+            "eth0",
+            "--attach-mode",
+            "clsact",
+            "--clamp",
+            "10.99.0.2=1372",
+            "--no-learn",
+        ],
+    )
+    .unwrap();
+    agent
+        .daemon
+        .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
+        .unwrap();
+    drop(agent);
+    // The crashed run's filters still clamp.
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+
+    // Same interfaces: the filters are replaced in place (one filter per hook, not two).
+    let mut agent = Agent::start(
+        &pair.a,
+        &fs,
+        &[
+            "--iface",
+            "eth0",
+            "--attach-mode",
+            "clsact",
+            "--clamp",
+            "10.99.0.2=1372",
+            "--no-learn",
+        ],
+    )
+    .unwrap();
+    let filters = pair.a.sh("tc filter show dev eth0 ingress").unwrap();
+    assert_eq!(filters.matches("handle 0x5754").count(), 1, "{filters}");
+    agent
+        .daemon
+        .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
+        .unwrap();
+    drop(agent);
+
+    // eth0 no longer configured: a new run removes what the crashed one left on it.
+    let agent = Agent::start(&pair.a, &fs, &["--iface", "nothing*", "--no-learn"]).unwrap();
+    assert!(
+        agent.daemon.log().contains("stale attachment"),
+        "{}",
+        agent.daemon.log()
+    );
+    assert_eq!(tc_state(&pair.a), clean);
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1448);
+}
