@@ -153,7 +153,6 @@ pub fn run(packets: u64, seed: Option<u64>, corpus_dir: &Path) -> Result<FuzzRep
     Ok(report)
 }
 
-
 fn worker(
     seed: u64,
     thread: u64,
