@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Directory for results.json and RESULTS.md [default: bench/ in the workspace].
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Measure nothing: render RESULTS.md again from the existing results.json.
+    #[arg(long)]
+    pub report_only: bool,
 }
 
 /// The workspace root (xtask's parent directory).
@@ -65,6 +68,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let root = workspace_root();
     let out_dir = args.out_dir.clone().unwrap_or_else(|| root.join("bench"));
+    if args.report_only {
+        let json_path = out_dir.join("results.json");
+        let text = std::fs::read_to_string(&json_path)
+            .with_context(|| format!("reading {}", json_path.display()))?;
+        let results: Value = serde_json::from_str(&text).context("parsing results.json")?;
+        let md_path = out_dir.join("RESULTS.md");
+        std::fs::write(&md_path, report::markdown(&results))
+            .with_context(|| format!("writing {}", md_path.display()))?;
+        println!("wrote {}", md_path.display());
+        return Ok(());
+    }
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let agent = build_release_agent(&root)?;
     // SAFETY: no other thread exists yet; the test support crate reads this variable to find

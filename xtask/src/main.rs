@@ -31,6 +31,9 @@ enum Task {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the Linux 6.1 VM run (`cargo xtask vm-test`).
+        #[arg(long)]
+        no_vm: bool,
         /// Only run tests whose name contains this (passed to cargo test).
         filter: Option<String>,
     },
@@ -62,7 +65,11 @@ fn run_task(command: Task) -> Result<()> {
             cargo(&["build", "--workspace"])?;
             cargo(&["build", "--release", "-p", "wslnet-agent"])
         }
-        Task::Test { no_lint, filter } => test(no_lint, filter),
+        Task::Test {
+            no_lint,
+            no_vm,
+            filter,
+        } => test(no_lint, no_vm, filter),
         Task::Demo(args) => {
             require_root()?;
             step("build the agent");
@@ -75,7 +82,7 @@ fn run_task(command: Task) -> Result<()> {
     }
 }
 
-fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
+fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
     require_root()?;
     if !no_lint {
         step("cargo fmt --check");
@@ -104,6 +111,16 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
             packets: 100_000,
             seed: None,
         })?;
+    }
+    if filter.is_none() && !no_vm {
+        step("the datapath and agent tests on Debian's Linux 6.1 in a VM (clsact path)");
+        /// `vm-test` with its defaults.
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: vm::VmTestArgs,
+        }
+        vm::run(Defaults::parse_from(["vm-test"]).args)?;
     }
     step("all tests passed");
     Ok(())

@@ -6,7 +6,8 @@
 //! side of a veth pair. The 10000 destinations are written into the pinned learned map as the
 //! datapath would (addresses in 10.98.0.0/16, which has no route in that namespace: the
 //! searches the agent starts for them fail at once and send nothing). CPU is `utime + stime`
-//! from `/proc/PID/stat` over the window; RSS is sampled every second from `/proc/PID/status`.
+//! from `/proc/PID/stat` over the window (and, finer
+//! grained, the live threads' `schedstat` run time); RSS is sampled every second from `/proc/PID/status`.
 
 use std::{
     net::Ipv4Addr,
@@ -65,6 +66,20 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
+/// CPU time of the live threads of `pid` in ns (`/proc/PID/task/*/schedstat`, first field).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+                    s.split_whitespace().next()?.parse::<u64>().ok()
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// A `/proc/PID/status` field in kB (VmRSS, VmHWM, Threads...).
 fn status_field(pid: u32, name: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -82,18 +97,21 @@ fn window(pid: u32, secs: u64) -> Result<Value> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let t0 = Instant::now();
     let c0 = cpu_ticks(pid)?;
+    let n0 = cpu_ns(pid);
     let mut rss = Vec::new();
     while t0.elapsed() < Duration::from_secs(secs) {
         rss.push(status_field(pid, "VmRSS")? as f64 / 1024.0);
         thread::sleep(Duration::from_secs(1));
     }
     let c1 = cpu_ticks(pid)?;
+    let n1 = cpu_ns(pid);
     let wall = t0.elapsed().as_secs_f64();
     let cpu_pct = (c1 - c0) as f64 / hz / wall * 100.0;
     Ok(json!({
         "seconds": round(wall, 1),
         "cpu_percent_of_one_core": round(cpu_pct, 3),
         "cpu_ticks": c1 - c0,
+        "cpu_percent_schedstat": round(n1.saturating_sub(n0) as f64 / 1e9 / wall * 100.0, 3),
         "clock_ticks_per_s": hz,
         "rss_mb": Summary::of(&rss).json(2),
         "peak_rss_mb": round(status_field(pid, "VmHWM")? as f64 / 1024.0, 2),

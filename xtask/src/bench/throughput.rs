@@ -68,7 +68,7 @@ impl Settings {
     /// The full run.
     pub fn full() -> Self {
         Self {
-            rounds: 4,
+            rounds: 5,
             iperf_secs: 3,
             conn_secs: 2.0,
             conn_threads: 2,
