@@ -105,7 +105,7 @@ fn handle(ctx: &TcContext, dir: u32) {
         return;
     }
     // Bytes 12 (data offset) and 13 (flags) of the TCP header.
-    let Ok([doff, flags]) = ctx.load::<[u8; 2]>(ip.l4 + 12) else {
+    let Some([doff, flags]) = packet::read::<[u8; 2]>(ctx, ip.l4 + 12) else {
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
         return;
     };

@@ -1,7 +1,9 @@
 //! Header parsing: from the start of the frame to the transport header.
 //!
-//! All reads go through `bpf_skb_load_bytes` (`TcContext::load`) at plain scalar offsets, so the
-//! parser works on non-linear skbs and stays simple for every verifier since 5.x.
+//! Every read goes through [`read`]: a direct load from the skb's linear data when the bytes are
+//! there (the common case, no helper call), else `bpf_skb_load_bytes` (`TcContext::load`), so
+//! the parser also works on non-linear skbs. Both give the same bytes; offsets stay plain
+//! bounded scalars, which every verifier since 5.x accepts.
 
 use aya_ebpf::programs::TcContext;
 use network_types::{
@@ -9,6 +11,24 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 use wslnet_common::{FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE};
+
+/// Reads a `T` at `off` bytes from the start of the frame: directly from the linear data when it
+/// holds those bytes, else through `bpf_skb_load_bytes`. `None` when the frame is shorter.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    // The size goes through a volatile read so that the compiler cannot turn a 1-byte check
+    // `p + 1 <= end` into `p < end`, from which the verifier grants no readable byte.
+    // SAFETY: a volatile read of a local.
+    let size = unsafe { core::ptr::read_volatile(&core::mem::size_of::<T>()) };
+    if start + off + size <= ctx.data_end() {
+        // SAFETY: the bytes [start + off, start + off + size) lie inside the linear packet
+        // data, checked against data_end just above; the read is unaligned-safe.
+        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+    } else {
+        ctx.load::<T>(off).ok()
+    }
+}
 
 /// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
 pub const MAX_IPV6_EXT_HEADERS: usize = 4;
@@ -59,19 +79,19 @@ pub enum Parsed {
 pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
     let len = ctx.len() as usize;
     let (family, l3) = if l3_offset == L3_OFFSET_NONE {
-        match ctx.load::<u8>(0) {
-            Ok(b) if b >> 4 == 4 => (FAMILY_V4, 0),
-            Ok(b) if b >> 4 == 6 => (FAMILY_V6, 0),
+        match read::<u8>(ctx, 0) {
+            Some(b) if b >> 4 == 4 => (FAMILY_V4, 0),
+            Some(b) if b >> 4 == 6 => (FAMILY_V6, 0),
             _ => return Parsed::Other,
         }
     } else {
-        let Ok(mut ether_type) = ctx.load::<u16>(12) else {
+        let Some(mut ether_type) = read::<u16>(ctx, 12) else {
             return Parsed::Other;
         };
         let mut l3 = EthHdr::LEN;
         if ether_type == EtherType::Ieee8021q as u16 {
             // One 802.1Q tag: TCI, then the real EtherType.
-            let Ok(inner) = ctx.load::<u16>(EthHdr::LEN + 2) else {
+            let Some(inner) = read::<u16>(ctx, EthHdr::LEN + 2) else {
                 return Parsed::Other;
             };
             ether_type = inner;
@@ -94,7 +114,7 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(l3) else {
+    let Some(ip) = read::<Ipv4Hdr>(ctx, l3) else {
         return Parsed::Unparseable(FAMILY_V4);
     };
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
@@ -125,7 +145,7 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
-    let Ok(ip) = ctx.load::<Ipv6Hdr>(l3) else {
+    let Some(ip) = read::<Ipv6Hdr>(ctx, l3) else {
         return Parsed::Unparseable(FAMILY_V6);
     };
     if ip.vcf[0] >> 4 != 6 {
@@ -151,7 +171,7 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
         }
         // Every one of these starts with (next header, length in 8-octet units, not counting
         // the first 8).
-        let Ok(ext) = ctx.load::<[u8; 2]>(l4) else {
+        let Some(ext) = read::<[u8; 2]>(ctx, l4) else {
             return Parsed::Unparseable(FAMILY_V6);
         };
         next = ext[0];
@@ -181,9 +201,9 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
 #[inline(always)]
 pub fn transport_header_len(ctx: &TcContext, ip: &Ip) -> usize {
     match ip.proto {
-        IPPROTO_TCP => match ctx.load::<u8>(ip.l4 + 12) {
-            Ok(b) => ((b >> 4) as usize) * 4,
-            Err(_) => 0,
+        IPPROTO_TCP => match read::<u8>(ctx, ip.l4 + 12) {
+            Some(b) => ((b >> 4) as usize) * 4,
+            None => 0,
         },
         IPPROTO_UDP => 8,
         _ => 0,
