@@ -281,11 +281,7 @@ impl Maps {
             .iter()
             .flatten()
             .filter_map(|(k, v)| {
-                let addr = match k.family {
-                    FAMILY_V4 => IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]]),
-                    FAMILY_V6 => IpAddr::from(k.addr),
-                    _ => return None,
-                };
+                let addr = learned_addr(&k)?;
                 Some(Learned {
                     addr,
                     first_seen_ns: v.first_seen_ns,
@@ -295,6 +291,18 @@ impl Maps {
                 })
             })
             .collect()
+    }
+
+    /// The learned-map entry of one destination.
+    pub fn learned_entry(&self, addr: IpAddr) -> Option<Learned> {
+        let v = self.learned.get(&learned_key(addr), 0).ok()?;
+        Some(Learned {
+            addr,
+            first_seen_ns: v.first_seen_ns,
+            last_seen_ns: v.last_seen_ns,
+            syns: v.syns,
+            ifindex: v.ifindex,
+        })
     }
 
     /// Forgets a learned destination.
@@ -335,6 +343,23 @@ impl Maps {
             .set(0, &g, 0)
             .context("writing global settings")?;
         Ok(())
+    }
+}
+
+/// Opens the pinned ring buffer of newly learned destinations ([`map_names::NEW_DESTS`]).
+pub fn open_new_dests(pin_dir: &Path) -> Result<aya::maps::RingBuf<MapData>> {
+    Ok(aya::maps::RingBuf::try_from(Map::RingBuf(open_pin(
+        pin_dir,
+        map_names::NEW_DESTS,
+    )?))?)
+}
+
+/// The address in a learned-map key, if its family is known.
+pub fn learned_addr(k: &LearnedKey) -> Option<IpAddr> {
+    match k.family {
+        FAMILY_V4 => Some(IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])),
+        FAMILY_V6 => Some(IpAddr::from(k.addr)),
+        _ => None,
     }
 }
 

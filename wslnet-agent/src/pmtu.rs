@@ -17,9 +17,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, RingBuf};
 use ipnet::IpNet;
-use tokio::{sync::mpsc, task::JoinSet};
-use wslnet_common::{IfaceConfig, origin};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+    task::JoinSet,
+};
+use wslnet_common::{IfaceConfig, LearnedKey, origin};
 
 use crate::{
     config::Config,
@@ -29,8 +34,11 @@ use crate::{
 
 /// Most searches or re-checks running at once.
 const MAX_CONCURRENT: usize = 4;
-/// How often the manager looks at the learned map and due re-checks.
+/// How often the manager starts due searches and re-checks.
 const TICK: Duration = Duration::from_millis(500);
+/// How often the whole learned map is scanned. New destinations arrive at once through the
+/// datapath's ring buffer; the scan catches what a full ring dropped and refreshes SYN times.
+const LEARN_RESCAN: Duration = Duration::from_secs(30);
 
 /// What the manager is told by the service.
 enum Cmd {
@@ -139,7 +147,19 @@ enum Outcome {
 /// Starts the manager.
 pub fn spawn(shared: Arc<Shared>, cfg: &Config) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(Manager::new(shared, Settings::from(cfg)).run(rx));
+    let ring = match crate::maps::open_new_dests(&cfg.pin_dir).and_then(|rb| {
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
+        // AsyncFd holds it.
+        unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))
+    }) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no new-destination notifications; scanning the learned map instead");
+            None
+        }
+    };
+    let task = tokio::spawn(Manager::new(shared, Settings::from(cfg)).run(rx, ring));
     Handle { tx, task }
 }
 
@@ -184,8 +204,13 @@ impl Manager {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        mut ring: Option<AsyncFd<RingBuf<MapData>>>,
+    ) {
         let mut tick = tokio::time::interval(TICK);
+        let mut rescan = tokio::time::interval(if ring.is_some() { LEARN_RESCAN } else { TICK });
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -218,49 +243,60 @@ impl Manager {
                 Some(Ok((addr, outcome))) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     self.finish(addr, outcome);
                 }
-                _ = tick.tick() => {
-                    if self.settings.learn {
-                        self.learn();
+                addrs = new_destinations(&mut ring), if self.settings.learn => {
+                    for addr in addrs {
+                        let entry = self.shared.maps().learned_entry(addr);
+                        if let Some(l) = entry {
+                            self.consider(l);
+                        }
                     }
                     self.start_due_jobs();
                 }
+                _ = rescan.tick(), if self.settings.learn => self.learn(),
+                _ = tick.tick() => self.start_due_jobs(),
             }
         }
     }
 
-    /// Picks up destinations of new outgoing connections from the learned map.
+    /// Scans the whole learned map (at start and every [`LEARN_RESCAN`]).
     fn learn(&mut self) {
         let learned = self.shared.maps().learned();
-        let now = Instant::now();
         for l in learned {
-            if let Some(d) = self.dests.get_mut(&l.addr) {
-                d.ifindex = Some(l.ifindex);
-                d.last_syn_ns = l.last_seen_ns;
-                continue;
-            }
-            if !probe_worthy(l.addr) {
-                continue;
-            }
-            if now.duration_since(self.window.0) >= Duration::from_secs(60) {
-                self.window = (now, 0);
-            }
-            if self.window.1 >= self.settings.searches_per_minute {
-                break;
-            }
-            self.evict_if_full();
-            self.window.1 += 1;
-            self.dests.insert(
-                l.addr,
-                Dest {
-                    configured: false,
-                    mtu: None,
-                    due: Some(now),
-                    search: true,
-                    ifindex: Some(l.ifindex),
-                    last_syn_ns: l.last_seen_ns,
-                },
-            );
+            self.consider(l);
         }
+    }
+
+    /// Takes note of a destination of outgoing connections: refreshes a known one; starts
+    /// measuring a new one, within the per-minute budget and the bound.
+    fn consider(&mut self, l: crate::maps::Learned) {
+        if let Some(d) = self.dests.get_mut(&l.addr) {
+            d.ifindex = Some(l.ifindex);
+            d.last_syn_ns = l.last_seen_ns;
+            return;
+        }
+        if !probe_worthy(l.addr) {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(60) {
+            self.window = (now, 0);
+        }
+        if self.window.1 >= self.settings.searches_per_minute {
+            return;
+        }
+        self.evict_if_full();
+        self.window.1 += 1;
+        self.dests.insert(
+            l.addr,
+            Dest {
+                configured: false,
+                mtu: None,
+                due: Some(now),
+                search: true,
+                ifindex: Some(l.ifindex),
+                last_syn_ns: l.last_seen_ns,
+            },
+        );
     }
 
     /// Drops the least recently used learned destination when the bound is reached.
@@ -410,6 +446,28 @@ impl Manager {
             }
         }
     }
+}
+
+/// Waits for the datapath's notifications of new destinations and returns their addresses;
+/// never returns without a ring buffer.
+async fn new_destinations(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> Vec<IpAddr> {
+    let Some(fd) = ring.as_mut() else {
+        return std::future::pending().await;
+    };
+    let Ok(mut guard) = fd.readable_mut().await else {
+        return std::future::pending().await;
+    };
+    let mut out = Vec::new();
+    while let Some(item) = guard.get_inner_mut().next() {
+        if item.len() >= std::mem::size_of::<LearnedKey>() {
+            // SAFETY: the datapath writes whole LearnedKey values (plain old data, any bit
+            // pattern valid); the length was checked just above.
+            let key: LearnedKey = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            out.extend(crate::maps::learned_addr(&key));
+        }
+    }
+    guard.clear_ready();
+    out
 }
 
 /// Addresses worth probing: not loopback, unspecified, multicast or link-local.

@@ -25,8 +25,13 @@ pub mod map_names {
     pub const LEARNED: &str = "WSLNET_LEARNED";
     /// Array of one [`super::Globals`].
     pub const GLOBALS: &str = "WSLNET_GLOBALS";
+    /// Ring buffer of [`super::LearnedKey`]: each destination newly inserted into [`LEARNED`],
+    /// so the agent learns of it at once without scanning the map.
+    pub const NEW_DESTS: &str = "WSLNET_NEW_DESTS";
     /// Every map, in a fixed order (for pinning, adoption and `detach`).
-    pub const ALL: [&str; 6] = [CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS];
+    pub const ALL: [&str; 7] = [
+        CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS, NEW_DESTS,
+    ];
 }
 
 /// Program (function) names in the eBPF object.
@@ -42,6 +47,9 @@ pub mod program_names {
 pub const MAX_CLAMP_ENTRIES: u32 = 16_384;
 /// Entries in the learned-destination LRU map; the oldest are evicted beyond this.
 pub const MAX_LEARNED: u32 = 16_384;
+/// Bytes of the new-destination ring buffer (a power of two, a multiple of the page size):
+/// room for about 2700 notifications between two reads by the agent.
+pub const NEW_DESTS_BYTES: u32 = 64 * 1024;
 /// Managed interfaces the counters have room for (slot 0 is for unconfigured interfaces).
 pub const MAX_IFACE_SLOTS: u32 = 256;
 /// Entries in the interface config map.

@@ -5,14 +5,14 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Globals, IfaceConfig,
     L3_OFFSET_ETHERNET, LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFACES, MAX_LEARNED,
-    PathMtu, counter_index, mss_for_mtu,
+    NEW_DESTS_BYTES, PathMtu, counter_index, mss_for_mtu,
 };
 
 use crate::{
@@ -39,6 +39,10 @@ static WSLNET_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(COUNTER_ENTR
 /// Destinations of egress SYNs, for the prober; least recently used evicted first.
 #[map(name = "WSLNET_LEARNED")]
 static WSLNET_LEARNED: LruHashMap<LearnedKey, LearnedDest> = LruHashMap::pinned(MAX_LEARNED, 0);
+
+/// Destinations newly inserted into WSLNET_LEARNED, so the agent need not scan the map.
+#[map(name = "WSLNET_NEW_DESTS")]
+static WSLNET_NEW_DESTS: RingBuf = RingBuf::pinned(NEW_DESTS_BYTES, 0);
 
 /// Global settings (one entry).
 #[map(name = "WSLNET_GLOBALS")]
@@ -209,7 +213,10 @@ fn learn(ip: &Ip, ifindex: u32) {
                 ifindex,
                 reserved: 0,
             };
-            let _ = WSLNET_LEARNED.insert(&key, &entry, 0);
+            if WSLNET_LEARNED.insert(&key, &entry, 0).is_ok() {
+                // A full ring only delays the agent until its next scan of the map.
+                let _ = WSLNET_NEW_DESTS.output(&key, 0);
+            }
         }
     }
 }
