@@ -30,7 +30,8 @@ fi
 source "$run_dir/env.sh"
 
 mount -t tmpfs -o mode=755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the host's, seen through the overlay (writes land in the tmpfs upper layer): a
+# checkout under /tmp, such as a CI clone, must stay visible.
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
