@@ -208,7 +208,7 @@ fn worker(
             let now = harness.counters(cfg.slot, dir, family)?;
             let before = shadow.insert(row, now).unwrap_or_default();
             if now != before {
-                moved.insert(family, diff(&now, &before));
+                moved.insert(family, now.since(&before));
             }
         }
         let observed = Observed {
@@ -246,7 +246,7 @@ fn worker(
             let now = harness.all_counters()?;
             let mut prog_totals = BTreeMap::new();
             for (k, v) in &now {
-                let d = diff(v, base.get(k).unwrap_or(&Counters::default()));
+                let d = v.since(base.get(k).unwrap_or(&Counters::default()));
                 if d != Counters::default() {
                     prog_totals.insert(*k, d);
                 }
@@ -304,19 +304,6 @@ fn clear_learned(h: &mut Harness) {
     let keys: Vec<_> = h.maps().learned.keys().flatten().collect();
     for k in keys {
         let _ = h.maps().learned.remove(&k);
-    }
-}
-
-fn diff(a: &Counters, b: &Counters) -> Counters {
-    Counters {
-        syn: a.syn.wrapping_sub(b.syn),
-        mss_clamped: a.mss_clamped.wrapping_sub(b.mss_clamped),
-        mss_ok: a.mss_ok.wrapping_sub(b.mss_ok),
-        no_clamp: a.no_clamp.wrapping_sub(b.no_clamp),
-        no_mss: a.no_mss.wrapping_sub(b.no_mss),
-        unparseable: a.unparseable.wrapping_sub(b.unparseable),
-        oversize_df: a.oversize_df.wrapping_sub(b.oversize_df),
-        reserved: a.reserved.wrapping_sub(b.reserved),
     }
 }
 

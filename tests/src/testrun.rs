@@ -57,19 +57,6 @@ pub struct Harness {
     _fs: Bpffs,
 }
 
-fn sub(a: &Counters, b: &Counters) -> Counters {
-    Counters {
-        syn: a.syn.wrapping_sub(b.syn),
-        mss_clamped: a.mss_clamped.wrapping_sub(b.mss_clamped),
-        mss_ok: a.mss_ok.wrapping_sub(b.mss_ok),
-        no_clamp: a.no_clamp.wrapping_sub(b.no_clamp),
-        no_mss: a.no_mss.wrapping_sub(b.no_mss),
-        unparseable: a.unparseable.wrapping_sub(b.unparseable),
-        oversize_df: a.oversize_df.wrapping_sub(b.oversize_df),
-        reserved: a.reserved.wrapping_sub(b.reserved),
-    }
-}
-
 impl Harness {
     /// Loads the datapath (both programs) with its maps pinned in a new private bpffs.
     pub fn new() -> Result<Self> {
@@ -214,7 +201,7 @@ impl Harness {
         for (row, b) in before {
             let a = self.counters(row.0, row.1, row.2)?;
             if a != b {
-                counters.insert(row, sub(&a, &b));
+                counters.insert(row, a.since(&b));
             }
         }
         Ok(RunResult {

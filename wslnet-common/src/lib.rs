@@ -131,6 +131,36 @@ pub struct Counters {
     pub reserved: u64,
 }
 
+impl Counters {
+    /// Every counter with its field name (`reserved` included), in declaration order.
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("syn", self.syn),
+            ("mss_clamped", self.mss_clamped),
+            ("mss_ok", self.mss_ok),
+            ("no_clamp", self.no_clamp),
+            ("no_mss", self.no_mss),
+            ("unparseable", self.unparseable),
+            ("oversize_df", self.oversize_df),
+            ("reserved", self.reserved),
+        ]
+    }
+
+    /// `self - earlier`, field by field (wrapping): what moved between two readings.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            syn: self.syn.wrapping_sub(earlier.syn),
+            mss_clamped: self.mss_clamped.wrapping_sub(earlier.mss_clamped),
+            mss_ok: self.mss_ok.wrapping_sub(earlier.mss_ok),
+            no_clamp: self.no_clamp.wrapping_sub(earlier.no_clamp),
+            no_mss: self.no_mss.wrapping_sub(earlier.no_mss),
+            unparseable: self.unparseable.wrapping_sub(earlier.unparseable),
+            oversize_df: self.oversize_df.wrapping_sub(earlier.oversize_df),
+            reserved: self.reserved.wrapping_sub(earlier.reserved),
+        }
+    }
+}
+
 impl core::ops::AddAssign for Counters {
     /// Adds every field (summing CPUs, or accumulating deltas).
     fn add_assign(&mut self, o: Self) {

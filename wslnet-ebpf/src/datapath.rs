@@ -129,7 +129,7 @@ fn handle(ctx: &TcContext, dir: u32) {
                 None => bump(cfg.slot, dir, ip.family, |c| c.no_clamp += 1),
                 Some(clamp) if mss <= clamp => bump(cfg.slot, dir, ip.family, |c| c.mss_ok += 1),
                 Some(clamp) => {
-                    if mss::rewrite(ctx, ip.l4, value_offset, clamp).is_ok() {
+                    if mss::rewrite(ctx, ip.l4, value_offset, mss, clamp).is_ok() {
                         bump(cfg.slot, dir, ip.family, |c| c.mss_clamped += 1);
                         debug!(ctx, "mss {} -> {} on ifindex {}", mss, clamp, ifindex);
                     } else {

@@ -86,20 +86,26 @@ pub fn find(ctx: &TcContext, l4: usize, end: usize, doff_byte: u8) -> MssOption 
     MssOption::Absent
 }
 
-/// Writes `new_mss` into the MSS option value at `value_offset` of the TCP header at `l4`, and
-/// updates the TCP checksum incrementally with `bpf_l4_csum_replace` (no pseudo-header flag), so
-/// that both full checksums and CHECKSUM_PARTIAL skbs (whose `check` holds only the pseudo-header
-/// sum) stay right.
+/// Writes `new_mss` over `old_mss`, the MSS option value at `value_offset` of the TCP header at
+/// `l4`, and updates the TCP checksum incrementally with `bpf_l4_csum_replace` (no pseudo-header
+/// flag), so that both full checksums and CHECKSUM_PARTIAL skbs (whose `check` holds only the
+/// pseudo-header sum) stay right.
 ///
 /// The one's-complement sum works on 16-bit words aligned to the start of the TCP header. When
 /// the value sits at an odd offset (a lone NOP before the option), the two bytes straddle two
 /// words, so the aligned 4 bytes around them are replaced as one 32-bit word instead.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, l4: usize, value_offset: usize, new_mss: u16) -> Result<(), ()> {
+pub fn rewrite(
+    ctx: &TcContext,
+    l4: usize,
+    value_offset: usize,
+    old_mss: u16,
+    new_mss: u16,
+) -> Result<(), ()> {
     let check = l4 + TCP_CHECK_OFFSET;
     let new = new_mss.to_be_bytes();
     if (value_offset - l4) & 1 == 0 {
-        let old: [u8; 2] = ctx.load(value_offset).map_err(|_| ())?;
+        let old = old_mss.to_be_bytes();
         ctx.store(value_offset, &new, 0).map_err(|_| ())?;
         ctx.l4_csum_replace(
             check,

@@ -100,20 +100,11 @@ pub fn unhex(s: &str) -> Result<Vec<u8>> {
 
 /// Non-zero counters by name.
 pub fn counter_names(c: &Counters) -> BTreeMap<String, u64> {
-    [
-        ("syn", c.syn),
-        ("mss_clamped", c.mss_clamped),
-        ("mss_ok", c.mss_ok),
-        ("no_clamp", c.no_clamp),
-        ("no_mss", c.no_mss),
-        ("unparseable", c.unparseable),
-        ("oversize_df", c.oversize_df),
-        ("reserved", c.reserved),
-    ]
-    .into_iter()
-    .filter(|(_, v)| *v != 0)
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    c.named()
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 /// Counter moves by family, for messages.

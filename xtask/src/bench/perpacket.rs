@@ -273,33 +273,12 @@ fn mss_of(frame: &[u8]) -> Option<u16> {
 
 fn counters_json(c: &Counters) -> Value {
     let mut m = serde_json::Map::new();
-    for (k, v) in [
-        ("syn", c.syn),
-        ("mss_clamped", c.mss_clamped),
-        ("mss_ok", c.mss_ok),
-        ("no_clamp", c.no_clamp),
-        ("no_mss", c.no_mss),
-        ("unparseable", c.unparseable),
-        ("oversize_df", c.oversize_df),
-    ] {
+    for (k, v) in c.named() {
         if v != 0 {
             m.insert(k.into(), v.into());
         }
     }
     Value::Object(m)
-}
-
-fn delta(a: &Counters, b: &Counters) -> Counters {
-    Counters {
-        syn: a.syn - b.syn,
-        mss_clamped: a.mss_clamped - b.mss_clamped,
-        mss_ok: a.mss_ok - b.mss_ok,
-        no_clamp: a.no_clamp - b.no_clamp,
-        no_mss: a.no_mss - b.no_mss,
-        unparseable: a.unparseable - b.unparseable,
-        oversize_df: a.oversize_df - b.oversize_df,
-        reserved: 0,
-    }
 }
 
 /// The loaded datapath with its maps, in a private bpffs.
@@ -383,7 +362,7 @@ fn check_case(dp: &Datapath, case: &Case) -> Result<Checked> {
     let prog = dp.prog(case.ingress)?;
     let before = dp.counters(case)?;
     let run = bpf::test_run(prog, &case.frame, case.gso_size, 1)?;
-    let once = delta(&dp.counters(case)?, &before);
+    let once = dp.counters(case)?.since(&before);
     ensure!(
         run.retval == -1,
         "{}: verdict {} (want -1)",
@@ -419,7 +398,7 @@ fn check_case(dp: &Datapath, case: &Case) -> Result<Checked> {
     }
     let before = dp.counters(case)?;
     bpf::test_run(prog, &case.frame, case.gso_size, 1000)?;
-    let many = delta(&dp.counters(case)?, &before);
+    let many = dp.counters(case)?.since(&before);
     Ok(Checked {
         once: counters_json(&once),
         many: counters_json(&many),
