@@ -334,3 +334,38 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
     assert!(sample(&m, "wslnet_probe_packets_total", &[]).unwrap() > 0.0);
     assert_eq!(sample(&m, "wslnet_learned_destinations", &[]), Some(1.0));
 }
+
+#[test]
+fn a_conservative_base_mtu_covers_destinations_not_yet_probed() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    // No target, no learning: nothing is ever probed, only the interface default applies.
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &["--iface", "eth0", "--no-learn", "--base-mtu", "1300"],
+    )
+    .unwrap();
+    let st = agent.status().unwrap();
+    assert_eq!(st["interfaces"][0]["default_mtu_v4"], 1300, "{st:#}");
+    assert_eq!(st["clamps"].as_array().unwrap().len(), 0, "{st:#}");
+    // The very first connections pass: their MSS fits the base (1260 / 1240).
+    let first = clients::run_all(&lab, &servers, &[false, true], PASS_TIMEOUT);
+    assert_all(&first, true);
+    let m = agent.metrics().unwrap();
+    assert!(
+        sample(
+            &m,
+            "wslnet_mss_clamped_total",
+            &[
+                ("interface", "eth0"),
+                ("direction", "egress"),
+                ("family", "ipv4")
+            ]
+        )
+        .unwrap()
+            >= 3.0
+    );
+}
