@@ -313,7 +313,10 @@ impl Manager {
         {
             self.dests.remove(&addr);
             let mut maps = self.shared.maps();
-            let _ = maps.remove_clamp(IpNet::from(addr));
+            // Its probed entry goes; a static clamp for exactly this address stays.
+            if !self.settings.is_static(addr) {
+                let _ = maps.remove_clamp(IpNet::from(addr));
+            }
             maps.forget_learned(addr);
         }
     }

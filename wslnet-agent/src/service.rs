@@ -269,10 +269,16 @@ impl Service {
             }
         }
         for link in links {
-            if self.cfg.matches_interface(&link.name) {
-                self.attach(&link)?;
+            // One interface that cannot be attached must not keep the others unclamped.
+            let result = if self.cfg.matches_interface(&link.name) {
+                self.attach(&link)
             } else if self.shared.attached().contains_key(&link.ifindex) {
-                self.detach(link.ifindex).await?;
+                self.detach(link.ifindex).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                tracing::error!(interface = %link.name, error = %format!("{e:#}"), "skipping interface");
             }
         }
         Ok(())
