@@ -96,7 +96,7 @@ impl Harness {
             let _ = self.maps.clamp_v6.remove(&k);
         }
         for i in self.ifaces.drain(..) {
-            let _ = self.maps.ifaces.remove(&i);
+            let _ = self.maps.remove_iface(i);
         }
         for c in &tables.clamps {
             let value = PathMtu {
@@ -124,7 +124,7 @@ impl Harness {
             }
         }
         for (ifindex, cfg) in &tables.ifaces {
-            self.maps.ifaces.insert(ifindex, cfg, 0).context("iface")?;
+            self.maps.set_iface(*ifindex, *cfg).context("iface")?;
             self.ifaces.push(*ifindex);
         }
         self.maps
@@ -215,7 +215,7 @@ impl Harness {
     /// configured for [`TEST_IFINDEX`].
     pub fn run(&self, dir: Direction, frame: &[u8], gso_size: u32) -> Result<RunResult> {
         let mut slots = vec![0];
-        if let Ok(cfg) = self.maps.ifaces.get(&TEST_IFINDEX, 0)
+        if let Some(cfg) = self.maps.iface(TEST_IFINDEX)
             && cfg.slot != 0
         {
             slots.push(cfg.slot);

@@ -17,7 +17,7 @@ use aya::{
 use ipnet::IpNet;
 use wslnet_common::{
     ABI_VERSION, COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
-    LearnedDest, LearnedKey, PathMtu, counter_index, map_names,
+    LearnedDest, LearnedKey, MAX_IFINDEX, PathMtu, counter_index, iface_flags, map_names,
 };
 
 /// Where pins live unless `--pin-dir` says otherwise.
@@ -118,8 +118,8 @@ pub struct Maps {
     pub clamp_v4: LpmTrie<MapData, [u8; 4], PathMtu>,
     /// IPv6 prefix -> path MTU.
     pub clamp_v6: LpmTrie<MapData, [u8; 16], PathMtu>,
-    /// ifindex -> interface settings.
-    pub ifaces: HashMap<MapData, u32, IfaceConfig>,
+    /// ifindex -> interface settings (entries without `PRESENT` are unconfigured).
+    pub ifaces: Array<MapData, IfaceConfig>,
     /// Per-CPU counters.
     pub counters: PerCpuArray<MapData, Counters>,
     /// Destinations of egress SYNs (LRU).
@@ -143,7 +143,7 @@ impl Maps {
     pub fn open(pin_dir: &Path) -> Result<Self> {
         let clamp_v4 = LpmTrie::try_from(Map::LpmTrie(open_pin(pin_dir, map_names::CLAMP_V4)?))?;
         let clamp_v6 = LpmTrie::try_from(Map::LpmTrie(open_pin(pin_dir, map_names::CLAMP_V6)?))?;
-        let ifaces = HashMap::try_from(Map::HashMap(open_pin(pin_dir, map_names::IFACES)?))?;
+        let ifaces = Array::try_from(Map::Array(open_pin(pin_dir, map_names::IFACES)?))?;
         let counters =
             PerCpuArray::try_from(Map::PerCpuArray(open_pin(pin_dir, map_names::COUNTERS)?))?;
         let learned = HashMap::try_from(Map::LruHashMap(open_pin(pin_dir, map_names::LEARNED)?))?;
@@ -225,23 +225,50 @@ impl Maps {
         out
     }
 
-    /// Writes the settings of an interface.
+    /// Writes the settings of an interface (marking the entry present).
     pub fn set_iface(&mut self, ifindex: u32, cfg: IfaceConfig) -> Result<()> {
+        if ifindex >= MAX_IFINDEX {
+            bail!(
+                "ifindex {ifindex} is beyond the {MAX_IFINDEX} interfaces the datapath can \
+                 configure; recreate the interface or raise MAX_IFINDEX"
+            );
+        }
+        let cfg = IfaceConfig {
+            flags: cfg.flags | iface_flags::PRESENT,
+            ..cfg
+        };
         self.ifaces
-            .insert(&ifindex, &cfg, 0)
+            .set(ifindex, &cfg, 0)
             .with_context(|| format!("writing interface settings for ifindex {ifindex}"))?;
         self.refresh_floor()
     }
 
     /// Forgets an interface.
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
-        let _ = self.ifaces.remove(&ifindex);
+        if ifindex < MAX_IFINDEX {
+            self.ifaces
+                .set(ifindex, &IfaceConfig::default(), 0)
+                .with_context(|| format!("clearing interface settings for ifindex {ifindex}"))?;
+        }
         self.refresh_floor()
+    }
+
+    /// The settings of one interface, if configured.
+    pub fn iface(&self, ifindex: u32) -> Option<IfaceConfig> {
+        self.ifaces
+            .get(&ifindex, 0)
+            .ok()
+            .filter(|c| c.flags & iface_flags::PRESENT != 0)
     }
 
     /// Every configured interface: (ifindex, settings).
     pub fn ifaces(&self) -> Vec<(u32, IfaceConfig)> {
-        self.ifaces.iter().flatten().collect()
+        self.ifaces
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((i as u32, c.ok()?)))
+            .filter(|(_, c)| c.flags & iface_flags::PRESENT != 0)
+            .collect()
     }
 
     /// The counters of (slot, direction, family), summed over CPUs.
@@ -326,7 +353,7 @@ impl Maps {
         for (_, v) in self.clamp_v6.iter().flatten() {
             v6 = v6.min(v.mtu);
         }
-        for (_, cfg) in self.ifaces.iter().flatten() {
+        for (_, cfg) in self.ifaces() {
             if cfg.default_mtu_v4 != 0 {
                 v4 = v4.min(cfg.default_mtu_v4);
             }

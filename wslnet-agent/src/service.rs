@@ -300,13 +300,7 @@ impl Service {
             }
             return Ok(());
         }
-        let previous = self
-            .shared
-            .maps()
-            .ifaces()
-            .into_iter()
-            .find(|(i, _)| *i == link.ifindex)
-            .map(|(_, c)| c);
+        let previous = self.shared.maps().iface(link.ifindex);
         let slot = match previous {
             Some(p) if p.slot != 0 => p.slot,
             _ => self.free_slot()?,

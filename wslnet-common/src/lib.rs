@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map names as they appear in the eBPF object and as files under the pin directory.
 pub mod map_names {
@@ -17,7 +17,8 @@ pub mod map_names {
     pub const CLAMP_V4: &str = "WSLNET_CLAMP_V4";
     /// LPM trie, key `Key<[u8; 16]>` (IPv6 prefix), value [`super::PathMtu`].
     pub const CLAMP_V6: &str = "WSLNET_CLAMP_V6";
-    /// Hash map, key ifindex (`u32`), value [`super::IfaceConfig`].
+    /// Array indexed by ifindex (below [`super::MAX_IFINDEX`]), value [`super::IfaceConfig`];
+    /// entries without [`super::iface_flags::PRESENT`] are unconfigured interfaces.
     pub const IFACES: &str = "WSLNET_IFACES";
     /// Per-CPU array indexed by [`super::counter_index`], value [`super::Counters`].
     pub const COUNTERS: &str = "WSLNET_COUNTERS";
@@ -52,8 +53,10 @@ pub const MAX_LEARNED: u32 = 16_384;
 pub const NEW_DESTS_BYTES: u32 = 64 * 1024;
 /// Managed interfaces the counters have room for (slot 0 is for unconfigured interfaces).
 pub const MAX_IFACE_SLOTS: u32 = 256;
-/// Entries in the interface config map.
-pub const MAX_IFACES: u32 = MAX_IFACE_SLOTS;
+/// Entries of the interface config array: interfaces with a larger ifindex cannot be managed
+/// (ifindexes are per network namespace and small in practice). An array, not a hash, because
+/// its lookup is inlined by the verifier: the datapath does one per packet.
+pub const MAX_IFINDEX: u32 = 4096;
 
 /// Direction index: ingress (packets arriving at the interface).
 pub const DIR_INGRESS: u32 = 0;
@@ -175,7 +178,7 @@ impl core::ops::AddAssign for Counters {
     }
 }
 
-/// Per-interface configuration written by the agent, keyed by ifindex.
+/// Per-interface configuration written by the agent, indexed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct IfaceConfig {
@@ -187,7 +190,8 @@ pub struct IfaceConfig {
     pub default_mtu_v4: u16,
     /// Default path MTU (bytes) for IPv6 peers without an LPM entry; 0 = no clamp.
     pub default_mtu_v6: u16,
-    /// Agent bookkeeping, ignored by the datapath: [`iface_flags`] (how it is attached).
+    /// [`iface_flags`]: [`iface_flags::PRESENT`] for the datapath, the rest is the agent's
+    /// bookkeeping (how the interface is attached).
     pub flags: u16,
 }
 
@@ -200,6 +204,8 @@ pub mod iface_flags {
     pub const CLSACT: u16 = 1 << 1;
     /// The clsact qdisc was created by the agent (so `detach` removes it).
     pub const QDISC_CREATED: u16 = 1 << 2;
+    /// The entry is in use; an all-zero entry is an unconfigured interface.
+    pub const PRESENT: u16 = 1 << 15;
 }
 
 /// Where a path MTU entry came from (the [`PathMtu::origin`] field).

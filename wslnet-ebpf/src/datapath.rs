@@ -5,14 +5,14 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Globals, IfaceConfig,
-    L3_OFFSET_ETHERNET, LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFACES, MAX_LEARNED,
-    NEW_DESTS_BYTES, PathMtu, counter_index, mss_for_mtu,
+    L3_OFFSET_ETHERNET, LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED,
+    NEW_DESTS_BYTES, PathMtu, counter_index, iface_flags, mss_for_mtu,
 };
 
 use crate::{
@@ -28,9 +28,9 @@ static WSLNET_CLAMP_V4: LpmTrie<[u8; 4], PathMtu> = LpmTrie::pinned(MAX_CLAMP_EN
 #[map(name = "WSLNET_CLAMP_V6")]
 static WSLNET_CLAMP_V6: LpmTrie<[u8; 16], PathMtu> = LpmTrie::pinned(MAX_CLAMP_ENTRIES, 0);
 
-/// Per-interface settings (counter slot, L3 offset, default path MTUs), keyed by ifindex.
+/// Per-interface settings (counter slot, L3 offset, default path MTUs), indexed by ifindex.
 #[map(name = "WSLNET_IFACES")]
-static WSLNET_IFACES: HashMap<u32, IfaceConfig> = HashMap::pinned(MAX_IFACES, 0);
+static WSLNET_IFACES: Array<IfaceConfig> = Array::pinned(MAX_IFINDEX, 0);
 
 /// Packet counters per interface slot, direction and family, per CPU.
 #[map(name = "WSLNET_COUNTERS")]
@@ -82,11 +82,10 @@ fn skb(ctx: &TcContext) -> *const __sk_buff {
 fn handle(ctx: &TcContext, dir: u32) {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*skb(ctx)).ifindex };
-    let cfg = WSLNET_IFACES
-        .get_ptr(&ifindex)
-        // SAFETY: a pointer from a successful lookup is valid for the program's run.
-        .map(|p| unsafe { *p })
-        .unwrap_or(UNCONFIGURED);
+    let cfg = match WSLNET_IFACES.get(ifindex) {
+        Some(c) if c.flags & iface_flags::PRESENT != 0 => *c,
+        _ => UNCONFIGURED,
+    };
     let egress = dir == DIR_EGRESS;
     let ip = match packet::parse(ctx, cfg.l3_offset, egress) {
         Parsed::Ip(ip) => ip,
