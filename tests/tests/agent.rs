@@ -487,25 +487,21 @@ fn check_reports_readiness_and_what_is_missing() {
 
 #[test]
 fn attachments_of_a_crashed_run_are_cleaned_up_or_adopted() {
+    const CLSACT_CLAMP: &[&str] = &[
+        "--iface",
+        "eth0",
+        "--attach-mode",
+        "clsact",
+        "--clamp",
+        "10.99.0.2=1372",
+        "--no-learn",
+    ];
     require_root();
     let pair = Pair::new().unwrap();
     let fs = Bpffs::new().unwrap();
     let _l = listener(&pair.b, 7000);
     let clean = tc_state(&pair.a);
-    let mut agent = Agent::start(
-        &pair.a,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--attach-mode",
-            "clsact",
-            "--clamp",
-            "10.99.0.2=1372",
-            "--no-learn",
-        ],
-    )
-    .unwrap();
+    let mut agent = Agent::start(&pair.a, &fs, CLSACT_CLAMP).unwrap();
     agent
         .daemon
         .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
@@ -515,20 +511,7 @@ fn attachments_of_a_crashed_run_are_cleaned_up_or_adopted() {
     assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
 
     // Same interfaces: the filters are replaced in place (one filter per hook, not two).
-    let mut agent = Agent::start(
-        &pair.a,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--attach-mode",
-            "clsact",
-            "--clamp",
-            "10.99.0.2=1372",
-            "--no-learn",
-        ],
-    )
-    .unwrap();
+    let mut agent = Agent::start(&pair.a, &fs, CLSACT_CLAMP).unwrap();
     let filters = pair.a.sh("tc filter show dev eth0 ingress").unwrap();
     assert_eq!(filters.matches("handle 0x5754").count(), 1, "{filters}");
     agent

@@ -293,14 +293,7 @@ impl Datapath {
     fn load() -> Result<Self> {
         let fs = Bpffs::new().context("mounting a private bpffs")?;
         let mut ebpf = wslnet_agent::maps::load(fs.path(), 0)?;
-        for name in [program_names::INGRESS, program_names::EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading program {name}"))?;
-        }
+        wslnet_agent::attach::load_programs(&mut ebpf)?;
         let mut maps = wslnet_agent::maps::Maps::open(fs.path())?;
         maps.set_iface(
             TEST_IFINDEX,
