@@ -469,6 +469,8 @@ pub fn random_tables(rng: &mut StdRng) -> Tables {
         min_mtu_v4: floor(rng),
         min_mtu_v6: floor(rng),
         abi_version: wslnet_common::ABI_VERSION,
+        // Set by TestRun::set_tables.
+        ..Globals::default()
     };
     t
 }

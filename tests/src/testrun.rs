@@ -21,7 +21,7 @@ use aya::{
 };
 use wslnet_agent::maps::Maps;
 use wslnet_common::{
-    COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, LearnedKey, PathMtu, counter_index,
+    COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, LearnedKey, PathMtu, counter_index,
     program_names,
 };
 use wslnet_model::{Direction, Tables};
@@ -80,7 +80,8 @@ impl Harness {
     }
 
     /// Replaces the clamp tables, interface settings and globals with `tables`, written directly
-    /// (the floors in `tables.globals` are used as given, not recomputed).
+    /// (the floors in `tables.globals` are used as given, not recomputed; the clamp generation
+    /// is always bumped, as the agent does, so no cached lookup survives).
     pub fn set_tables(&mut self, tables: &Tables) -> Result<()> {
         for k in self.clamps_v4.drain(..) {
             let _ = self.maps.clamp_v4.remove(&k);
@@ -120,10 +121,11 @@ impl Harness {
             self.maps.set_iface(*ifindex, *cfg).context("iface")?;
             self.ifaces.push(*ifindex);
         }
-        self.maps
-            .globals
-            .set(0, &tables.globals, 0)
-            .context("globals")?;
+        let globals = Globals {
+            clamp_generation: self.maps.next_clamp_generation(),
+            ..tables.globals
+        };
+        self.maps.globals.set(0, &globals, 0).context("globals")?;
         Ok(())
     }
 

@@ -566,3 +566,52 @@ fn gso_size_from_the_skb_context_sizes_oversize_packets() {
     let (_, c) = run(&h, Direction::Ingress, &f, FAMILY_V4);
     assert_eq!(c, counters(&[]), "oversize is egress-only");
 }
+
+/// The datapath caches clamp lookups per CPU; every change the agent makes to the clamp tables
+/// (through `Maps`, which starts a new clamp generation) must apply to the very next SYN.
+#[test]
+fn clamp_table_changes_apply_to_the_next_packet() {
+    let mut h = harness();
+    let cases: [(IpAddr, Vec<u8>, u32, u16); 2] = [
+        (
+            IpAddr::V4(addr::REMOTE4),
+            syn4(opt::mss(1460)),
+            FAMILY_V4,
+            40,
+        ),
+        (
+            IpAddr::V6(addr::REMOTE6),
+            packets::tcp6_frame(
+                addr::LOCAL6,
+                addr::REMOTE6,
+                &[],
+                &Tcp::new(flags::SYN, opt::mss(1460)),
+            ),
+            FAMILY_V6,
+            60,
+        ),
+    ];
+    let prefix = |a: IpAddr| -> ipnet::IpNet {
+        match a {
+            IpAddr::V4(_) => "10.9.0.0/16".parse().unwrap(),
+            IpAddr::V6(_) => "fd00:9::/32".parse().unwrap(),
+        }
+    };
+    let static_ = wslnet_common::origin::STATIC;
+    for (peer, syn, family, overhead) in cases {
+        // Twice at 1372: the second run is answered from the cache.
+        for _ in 0..2 {
+            assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1372 - overhead);
+        }
+        h.maps().set_clamp(prefix(peer), 1400, static_).unwrap();
+        assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1400 - overhead);
+        h.maps()
+            .set_clamp(ipnet::IpNet::from(peer), 1300, static_)
+            .unwrap();
+        assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1300 - overhead);
+        h.maps().remove_clamp(ipnet::IpNet::from(peer)).unwrap();
+        assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1400 - overhead);
+        h.maps().remove_clamp(prefix(peer)).unwrap();
+        assert_unchanged(&h, Direction::Egress, &syn, family, &["syn", "no_clamp"]);
+    }
+}

@@ -342,8 +342,15 @@ impl Maps {
         Ok(self.globals.get(&0, 0)?)
     }
 
+    /// The clamp generation after the one in force (wrapping past 0, which means "no cache").
+    pub fn next_clamp_generation(&self) -> u32 {
+        let current = self.globals().map(|g| g.clamp_generation).unwrap_or(0);
+        current.wrapping_add(1).max(1)
+    }
+
     /// Recomputes [`Globals`]: the smallest MTU in force per family (the datapath's oversize
-    /// pre-check) and the ABI version.
+    /// pre-check) and the ABI version, and starts a new clamp generation (which drops the
+    /// datapath's cached lookups). Called after every change to the clamp tables.
     pub fn refresh_floor(&mut self) -> Result<()> {
         let mut v4 = u16::MAX;
         let mut v6 = u16::MAX;
@@ -365,6 +372,7 @@ impl Maps {
             min_mtu_v4: v4,
             min_mtu_v6: v6,
             abi_version: ABI_VERSION,
+            clamp_generation: self.next_clamp_generation(),
         };
         self.globals
             .set(0, &g, 0)

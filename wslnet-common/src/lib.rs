@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map names as they appear in the eBPF object and as files under the pin directory.
 pub mod map_names {
@@ -242,9 +242,9 @@ pub struct LearnedKey {
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct LearnedDest {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, ns) of the first SYN.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, ns) of the first SYN.
     pub first_seen_ns: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, ns) of the latest SYN.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, ns) of the latest SYN.
     pub last_seen_ns: u64,
     /// SYNs sent to this destination (approximate under concurrency).
     pub syns: u64,
@@ -265,6 +265,10 @@ pub struct Globals {
     pub min_mtu_v6: u16,
     /// [`ABI_VERSION`] of the agent that wrote the maps.
     pub abi_version: u32,
+    /// Bumped (never to 0) after every change to the clamp tables or interface defaults. The
+    /// datapath keeps a per-CPU cache of LPM results tagged with it, so a new generation
+    /// invalidates every cached result at once; 0 disables the cache.
+    pub clamp_generation: u32,
 }
 
 #[cfg(feature = "user")]
@@ -290,4 +294,4 @@ const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 12);
 const _: () = assert!(core::mem::size_of::<PathMtu>() == 4);
 const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
 const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);
-const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+const _: () = assert!(core::mem::size_of::<Globals>() == 12);

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -17,7 +17,7 @@ use wslnet_common::{
 
 use crate::{
     mss::{self, MssOption, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN},
-    packet::{self, Ip, Parsed},
+    packet::{self, Ip, Parsed, Peer},
 };
 
 /// Path MTU (bytes) per IPv4 prefix; the longest matching prefix wins. Written by the agent.
@@ -47,6 +47,34 @@ static WSLNET_NEW_DESTS: RingBuf = RingBuf::pinned(NEW_DESTS_BYTES, 0);
 /// Global settings (one entry).
 #[map(name = "WSLNET_GLOBALS")]
 static WSLNET_GLOBALS: Array<Globals> = Array::pinned(1, 0);
+
+/// Slots of the per-CPU lookup cache (a power of two).
+const PEER_CACHE_SLOTS: u32 = 256;
+/// Marks a cached result as "an entry matched" (its MTU, possibly 0, is in the low 16 bits).
+const CACHED_FOUND: u32 = 1 << 16;
+
+/// One LPM result cached by a CPU: the clamp tables' answer for one peer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerCacheEntry {
+    /// The peer address ([`Peer`]).
+    peer: Peer,
+    /// `Globals::clamp_generation` when it was looked up; a stale generation is a miss.
+    generation: u32,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    family: u32,
+    /// [`CACHED_FOUND`] | path MTU (bytes) of the longest matching prefix; 0 = no entry.
+    result: u32,
+    /// Unused, 0.
+    reserved: u32,
+}
+
+/// Per-CPU direct-mapped cache of LPM results, indexed by a hash of the peer: most packets go
+/// to a peer looked up moments ago, and an array lookup is inlined by the verifier where an
+/// LPM lookup is a helper call walking the trie. Private to the loaded programs (not pinned).
+#[map(name = "WSLNET_PEER_CACHE")]
+static WSLNET_PEER_CACHE: PerCpuArray<PeerCacheEntry> =
+    PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
 
 /// Settings of an interface the agent did not configure (counter slot 0, Ethernet, no default).
 const UNCONFIGURED: IfaceConfig = IfaceConfig {
@@ -116,14 +144,18 @@ fn handle(ctx: &TcContext, dir: u32) {
         return;
     }
     bump(cfg.slot, dir, ip.family, |c| c.syn += 1);
+    let Some(peer) = packet::peer(ctx, &ip) else {
+        return;
+    };
     if egress && flags & TCP_FLAG_ACK == 0 {
-        learn(&ip, ifindex);
+        learn(&ip, &peer, ifindex);
     }
     match mss::find(ctx, ip.l4, ip.end, doff) {
         MssOption::Malformed => bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1),
         MssOption::Absent => bump(cfg.slot, dir, ip.family, |c| c.no_mss += 1),
         MssOption::Found { value_offset, mss } => {
-            let clamp = mss_for_mtu(path_mtu(&ip, &cfg), ip.family);
+            let generation = globals().clamp_generation;
+            let clamp = mss_for_mtu(path_mtu(&ip, &peer, &cfg, generation), ip.family);
             match clamp {
                 None => bump(cfg.slot, dir, ip.family, |c| c.no_clamp += 1),
                 Some(clamp) if mss <= clamp => bump(cfg.slot, dir, ip.family, |c| c.mss_ok += 1),
@@ -140,23 +172,76 @@ fn handle(ctx: &TcContext, dir: u32) {
     }
 }
 
+/// The global settings; all zero (no floor, no cache) before the agent writes them.
+#[inline(always)]
+fn globals() -> Globals {
+    match WSLNET_GLOBALS.get(0) {
+        Some(g) => *g,
+        None => Globals::default(),
+    }
+}
+
 /// The path MTU in force for the packet's peer: the longest matching LPM entry, else the
 /// interface default for the family; 0 when neither exists.
 #[inline(always)]
-fn path_mtu(ip: &Ip, cfg: &IfaceConfig) -> u16 {
-    if ip.family == FAMILY_V4 {
-        let key = Key::new(32, [ip.peer[0], ip.peer[1], ip.peer[2], ip.peer[3]]);
-        match WSLNET_CLAMP_V4.get(&key) {
-            Some(entry) => entry.mtu,
-            None => cfg.default_mtu_v4,
-        }
+fn path_mtu(ip: &Ip, peer: &Peer, cfg: &IfaceConfig, generation: u32) -> u16 {
+    match lpm_mtu(ip.family, peer, generation) {
+        Some(mtu) => mtu,
+        None if ip.family == FAMILY_V4 => cfg.default_mtu_v4,
+        None => cfg.default_mtu_v6,
+    }
+}
+
+/// The path MTU of the longest prefix matching `peer` in the family's clamp table (an entry
+/// may hold 0: no clamp for that prefix, whatever the interface default), through this CPU's
+/// cache when `generation` (the current `Globals::clamp_generation`) is not 0.
+#[inline(always)]
+fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
+    let hash = (peer[0] ^ peer[1] ^ peer[2] ^ peer[3]).wrapping_mul(0x9e37_79b1);
+    let slot = (hash >> 24) & (PEER_CACHE_SLOTS - 1);
+    let cached = if generation != 0 {
+        WSLNET_PEER_CACHE.get_ptr_mut(slot)
     } else {
-        let key = Key::new(128, ip.peer);
-        match WSLNET_CLAMP_V6.get(&key) {
-            Some(entry) => entry.mtu,
-            None => cfg.default_mtu_v6,
+        None
+    };
+    if let Some(e) = cached {
+        // SAFETY: this CPU's slot, valid for the program's run; tc programs do not preempt
+        // each other on one CPU, so no other writer can tear the entry under us.
+        let e = unsafe { &*e };
+        if e.generation == generation && e.family == family && e.peer == *peer {
+            return (e.result & CACHED_FOUND != 0).then_some(e.result as u16);
         }
     }
+    let found = if family == FAMILY_V4 {
+        let key = Key::new(32, peer[0].to_ne_bytes());
+        WSLNET_CLAMP_V4.get(&key).map(|e| e.mtu)
+    } else {
+        let key = Key::new(128, peer_bytes(peer));
+        WSLNET_CLAMP_V6.get(&key).map(|e| e.mtu)
+    };
+    if let Some(e) = cached {
+        // SAFETY: as above.
+        unsafe {
+            *e = PeerCacheEntry {
+                peer: *peer,
+                generation,
+                family,
+                result: found.map_or(0, |mtu| CACHED_FOUND | mtu as u32),
+                reserved: 0,
+            }
+        };
+    }
+    found
+}
+
+/// The address bytes of a peer, in packet order.
+#[inline(always)]
+fn peer_bytes(peer: &Peer) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (i, w) in peer.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    b
 }
 
 /// Counts an egress DF packet larger than the path MTU in force for its destination. For GSO
@@ -171,15 +256,19 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig) {
         ip.end - ip.l3
     };
     // Cheap pre-check: no packet at or below the smallest MTU in force can be oversize.
-    let floor = match WSLNET_GLOBALS.get(0) {
-        Some(g) if ip.family == FAMILY_V4 => g.min_mtu_v4,
-        Some(g) => g.min_mtu_v6,
-        None => 0,
+    let g = globals();
+    let floor = if ip.family == FAMILY_V4 {
+        g.min_mtu_v4
+    } else {
+        g.min_mtu_v6
     } as usize;
     if size <= floor {
         return;
     }
-    let mtu = path_mtu(ip, cfg) as usize;
+    let Some(peer) = packet::peer(ctx, ip) else {
+        return;
+    };
+    let mtu = path_mtu(ip, &peer, cfg, g.clamp_generation) as usize;
     if mtu != 0 && size > mtu {
         bump(cfg.slot, DIR_EGRESS, ip.family, |c| c.oversize_df += 1);
     }
@@ -187,13 +276,14 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig) {
 
 /// Records the destination of an egress SYN for the prober.
 #[inline(always)]
-fn learn(ip: &Ip, ifindex: u32) {
+fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
     let key = LearnedKey {
         family: ip.family,
-        addr: ip.peer,
+        addr: peer_bytes(peer),
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions. Tick resolution is plenty for
+    // "last seen", at a fraction of the cost of bpf_ktime_get_ns.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     match WSLNET_LEARNED.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: a pointer from a successful lookup is valid for the program's run; racing

@@ -2,12 +2,16 @@
 //!
 //! For every packet:
 //! 1. [`packet::parse`] finds the IP header (after Ethernet and at most one 802.1Q tag, or at
-//!    offset 0 on L3 devices), the transport header and the peer address.
-//! 2. Egress only: [`count_oversize`] counts packets with DF (every IPv6 packet) that are larger
+//!    offset 0 on L3 devices), the transport header and where the peer address is.
+//! 2. Egress only: `count_oversize` counts packets with DF (every IPv6 packet) that are larger
 //!    than the path MTU in force for their destination (per segment for GSO packets).
-//! 3. TCP SYN / SYN-ACK: [`mss::clamp`] walks the options and lowers the MSS option to
+//! 3. TCP SYN / SYN-ACK: [`mss::find`] finds the MSS option and [`mss::rewrite`] lowers it to
 //!    path MTU - 40 (IPv4) / - 60 (IPv6), fixing the checksum; egress SYNs are recorded in
-//!    [`WSLNET_LEARNED`] for the agent's prober.
+//!    `WSLNET_LEARNED` for the agent's prober.
+//!
+//! The path MTU of a peer is the longest matching clamp entry (LPM tries), else the interface
+//! default; LPM results are kept in a per-CPU cache (`WSLNET_PEER_CACHE`) that a new
+//! `Globals::clamp_generation` empties at once.
 //!
 //! The verdict is always `TC_ACT_UNSPEC` (TCX_NEXT): other programs on the hook still run and
 //! nothing is ever dropped, whatever the program could or could not parse.

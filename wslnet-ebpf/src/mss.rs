@@ -6,6 +6,8 @@
 
 use aya_ebpf::programs::TcContext;
 
+use crate::packet;
+
 /// TCP header without options, bytes.
 pub const TCP_HDR_LEN: usize = 20;
 /// Most bytes of TCP options (data offset 15).
@@ -41,6 +43,19 @@ pub fn find(ctx: &TcContext, l4: usize, end: usize, doff_byte: u8) -> MssOption 
     let hdr_len = ((doff_byte >> 4) as usize) * 4;
     if hdr_len < TCP_HDR_LEN || l4 + hdr_len > end {
         return MssOption::Malformed;
+    }
+    // Fast path: Linux, Windows, macOS and the BSDs all put MSS first. When the first option is
+    // a well-formed MSS option, the walk below would stop at it with the same answer.
+    if hdr_len >= TCP_HDR_LEN + TCPOLEN_MSS as usize {
+        let first = packet::read::<[u8; 4]>(ctx, l4 + TCP_HDR_LEN).map(u32::from_be_bytes);
+        if let Some(first) = first
+            && first >> 16 == u32::from_be_bytes([TCPOPT_MSS, TCPOLEN_MSS, 0, 0]) >> 16
+        {
+            return MssOption::Found {
+                value_offset: l4 + TCP_HDR_LEN + 2,
+                mss: first as u16,
+            };
+        }
     }
     let opt_end = l4 + hdr_len;
     let mut off = l4 + TCP_HDR_LEN;

@@ -7,7 +7,7 @@
 
 use aya_ebpf::programs::TcContext;
 use network_types::{
-    eth::{EthHdr, EtherType},
+    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 use wslnet_common::{FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE};
@@ -17,10 +17,14 @@ use wslnet_common::{FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE};
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     let start = ctx.data();
-    // The size goes through a volatile read so that the compiler cannot turn a 1-byte check
-    // `p + 1 <= end` into `p < end`, from which the verifier grants no readable byte.
-    // SAFETY: a volatile read of a local.
-    let size = unsafe { core::ptr::read_volatile(&core::mem::size_of::<T>()) };
+    let size = if core::mem::size_of::<T>() == 1 {
+        // Through a volatile read so that the compiler cannot turn the 1-byte check
+        // `p + 1 <= end` into `p < end`, from which the verifier grants no readable byte.
+        // SAFETY: a volatile read of a local.
+        unsafe { core::ptr::read_volatile(&core::mem::size_of::<T>()) }
+    } else {
+        core::mem::size_of::<T>()
+    };
     if start + off + size <= ctx.data_end() {
         // SAFETY: the bytes [start + off, start + off + size) lie inside the linear packet
         // data, checked against data_end just above; the read is unaligned-safe.
@@ -32,6 +36,10 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 
 /// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
 pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
@@ -58,9 +66,13 @@ pub struct Ip {
     /// A fragment whose transport header is not ours to touch: IPv4 with a non-zero fragment
     /// offset, or IPv6 with a fragment header.
     pub fragment: bool,
-    /// The peer address: destination on egress, source on ingress (IPv4 in the first 4 bytes).
-    pub peer: [u8; 16],
+    /// Offset of the peer address (destination on egress, source on ingress), read by [`peer`]
+    /// only on the paths that need it.
+    pub peer_off: usize,
 }
+
+/// A peer address as four 32-bit words in packet byte order (IPv4: the first word, then zeros).
+pub type Peer = [u32; 4];
 
 /// What the parser made of a frame.
 pub enum Parsed {
@@ -73,8 +85,17 @@ pub enum Parsed {
     Unparseable(u32),
 }
 
+/// A big-endian 16-bit field at `off`.
+#[inline(always)]
+fn be16(ctx: &TcContext, off: usize) -> Option<u16> {
+    read::<[u8; 2]>(ctx, off).map(u16::from_be_bytes)
+}
+
 /// Parses the frame in `ctx`, whose IP header follows `l3_offset` bytes of link header
 /// (14: Ethernet, possibly followed by one 802.1Q tag; 0: L3 device).
+///
+/// Only the fields the datapath uses are read, each as a scalar: copying whole headers cost
+/// more than the rest of the fast path.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
     let len = ctx.len() as usize;
@@ -85,21 +106,21 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
             _ => return Parsed::Other,
         }
     } else {
-        let Some(mut ether_type) = read::<u16>(ctx, 12) else {
+        let Some(mut ether_type) = be16(ctx, 12) else {
             return Parsed::Other;
         };
         let mut l3 = EthHdr::LEN;
-        if ether_type == EtherType::Ieee8021q as u16 {
+        if ether_type == ETH_P_8021Q {
             // One 802.1Q tag: TCI, then the real EtherType.
-            let Some(inner) = read::<u16>(ctx, EthHdr::LEN + 2) else {
+            let Some(inner) = be16(ctx, EthHdr::LEN + 2) else {
                 return Parsed::Other;
             };
             ether_type = inner;
             l3 += 4;
         }
-        if ether_type == EtherType::Ipv4 as u16 {
+        if ether_type == ETH_P_IP {
             (FAMILY_V4, l3)
-        } else if ether_type == EtherType::Ipv6 as u16 {
+        } else if ether_type == ETH_P_IPV6 {
             (FAMILY_V6, l3)
         } else {
             return Parsed::Other;
@@ -114,51 +135,58 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
-    let Some(ip) = read::<Ipv4Hdr>(ctx, l3) else {
+    // Bytes 0-7: version and IHL, DSCP, total length, ID, flags and fragment offset. Byte 9:
+    // protocol. The read of the last byte proves the whole fixed header is there.
+    let (Some([vihl, _, tot0, tot1, _, _, frag0, frag1]), Some([_, proto])) =
+        (read::<[u8; 8]>(ctx, l3), read::<[u8; 2]>(ctx, l3 + 8))
+    else {
         return Parsed::Unparseable(FAMILY_V4);
     };
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || l3 + ihl > len {
+    if read::<u8>(ctx, l3 + Ipv4Hdr::LEN - 1).is_none() {
         return Parsed::Unparseable(FAMILY_V4);
     }
-    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || l3 + ihl > len {
+        return Parsed::Unparseable(FAMILY_V4);
+    }
+    let tot_len = u16::from_be_bytes([tot0, tot1]) as usize;
     let end = if tot_len == 0 || l3 + tot_len > len {
         len
     } else {
         l3 + tot_len
     };
-    let frags = u16::from_be_bytes(ip.frags);
-    let mut peer = [0u8; 16];
-    let addr = if egress { ip.dst_addr } else { ip.src_addr };
-    peer[..4].copy_from_slice(&addr);
+    let frags = u16::from_be_bytes([frag0, frag1]);
     Parsed::Ip(Ip {
         family: FAMILY_V4,
         l3,
         l4: l3 + ihl,
         end,
-        proto: ip.proto,
+        proto,
         df: frags & 0x4000 != 0,
         fragment: frags & 0x1fff != 0,
-        peer,
+        // Source address at byte 12, destination at 16.
+        peer_off: l3 + if egress { 16 } else { 12 },
     })
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
-    let Some(ip) = read::<Ipv6Hdr>(ctx, l3) else {
+    // Bytes 0-7: version, traffic class and flow label, payload length, next header, hop limit.
+    // The read of the last byte proves the whole fixed header is there.
+    let Some([version, _, _, _, pl0, pl1, next_hdr, _]) = read::<[u8; 8]>(ctx, l3) else {
         return Parsed::Unparseable(FAMILY_V6);
     };
-    if ip.vcf[0] >> 4 != 6 {
+    if version >> 4 != 6 || read::<u8>(ctx, l3 + Ipv6Hdr::LEN - 1).is_none() {
         return Parsed::Unparseable(FAMILY_V6);
     }
-    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let payload_len = u16::from_be_bytes([pl0, pl1]) as usize;
     let ip_end = l3 + Ipv6Hdr::LEN + payload_len;
     let end = if payload_len == 0 || ip_end > len {
         len
     } else {
         ip_end
     };
-    let mut next = ip.next_hdr;
+    let mut next = next_hdr;
     let mut l4 = l3 + Ipv6Hdr::LEN;
     let mut fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -192,8 +220,21 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
         proto: next,
         df: true,
         fragment,
-        peer: if egress { ip.dst_addr } else { ip.src_addr },
+        // Source address at byte 8, destination at 24.
+        peer_off: l3 + if egress { 24 } else { 8 },
     })
+}
+
+/// The peer address of `ip`. `None` cannot happen for a parsed packet (the fixed IP header was
+/// read), but the verifier needs the check.
+#[inline(always)]
+pub fn peer(ctx: &TcContext, ip: &Ip) -> Option<Peer> {
+    let word = |i: usize| read::<[u8; 4]>(ctx, ip.peer_off + 4 * i).map(u32::from_ne_bytes);
+    if ip.family == FAMILY_V4 {
+        Some([word(0)?, 0, 0, 0])
+    } else {
+        Some([word(0)?, word(1)?, word(2)?, word(3)?])
+    }
 }
 
 /// Bytes of the transport header for sizing GSO segments: the TCP data offset, 8 for UDP,

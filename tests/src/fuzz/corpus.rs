@@ -225,6 +225,8 @@ impl CaseFile {
             min_mtu_v4: self.min_mtu_v4,
             min_mtu_v6: self.min_mtu_v6,
             abi_version: wslnet_common::ABI_VERSION,
+            // Set by TestRun::set_tables.
+            ..Globals::default()
         };
         Ok(Case {
             tables,

@@ -5,12 +5,17 @@
 //! The empty program is assembled here (two instructions: `r0 = -1` (`TC_ACT_UNSPEC`);
 //! `exit`) and loaded with `BPF_PROG_LOAD` as `BPF_PROG_TYPE_SCHED_CLS`: a second eBPF object
 //! in the workspace would have to live in `wslnet-ebpf`, which this benchmark does not own.
+//! So is the reset program ([`load_reset_program`]) that lets every repetition of a SYN see
+//! the MSS before the clamp.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Result, bail};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
@@ -72,26 +77,54 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
     }
 }
 
-/// Loads the empty tc program (`r0 = -1; exit`) and returns its descriptor.
-pub fn load_empty_program() -> Result<OwnedFd> {
-    // struct bpf_insn { u8 code; u8 dst:4, src:4; s16 off; s32 imm; }, little endian.
-    let mut insns = [0u8; 16];
-    insns[0] = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
-    insns[4..8].copy_from_slice(&(-1i32).to_le_bytes());
-    insns[8] = 0x95; // BPF_JMP | BPF_EXIT
+/// The `map_create` member of `union bpf_attr` up to `map_flags`.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// The `map_elem` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// One eBPF instruction: `struct bpf_insn { u8 code; u8 dst:4, src:4; s16 off; s32 imm; }`.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut i = [0u8; 8];
+    i[0] = code;
+    i[1] = (src << 4) | dst;
+    i[2..4].copy_from_slice(&off.to_le_bytes());
+    i[4..8].copy_from_slice(&imm.to_le_bytes());
+    i
+}
+
+/// Loads a tc program from raw instructions; `name` is at most 15 bytes.
+fn load_program(insns: &[[u8; 8]], name: &str) -> Result<OwnedFd> {
+    let code: Vec<u8> = insns.concat();
     let license = c"GPL";
-    let mut log = vec![0u8; 4096];
-    let mut name = [0u8; 16];
-    name[..11].copy_from_slice(b"bench_empty");
+    let mut log = vec![0u8; 65536];
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len()].copy_from_slice(name.as_bytes());
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
+        insn_cnt: insns.len() as u32,
+        insns: code.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: 1,
         log_size: log.len() as u32,
         log_buf: log.as_mut_ptr() as u64,
-        prog_name: name,
+        prog_name,
         ..ProgLoadAttr::default()
     };
     let fd = sys_bpf(BPF_PROG_LOAD, &mut attr);
@@ -99,12 +132,94 @@ pub fn load_empty_program() -> Result<OwnedFd> {
         let err = std::io::Error::last_os_error();
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         bail!(
-            "BPF_PROG_LOAD of the empty tc program: {err}; verifier log: {}",
+            "BPF_PROG_LOAD of the {name} tc program: {err}; verifier log: {}",
             String::from_utf8_lossy(&log[..end])
         );
     }
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Loads the empty tc program (`r0 = -1; exit`) and returns its descriptor.
+pub fn load_empty_program() -> Result<OwnedFd> {
+    load_program(
+        &[
+            insn(0xb7, 0, 0, 0, -1), // r0 = -1 (TC_ACT_UNSPEC)
+            insn(0x95, 0, 0, 0, 0),  // exit
+        ],
+        "bench_empty",
+    )
+}
+
+/// A program array of one slot holding `prog` (the target of [`load_reset_program`]).
+pub fn prog_array_of(prog: BorrowedFd<'_>) -> Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_PROG_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        ..MapCreateAttr::default()
+    };
+    let fd = sys_bpf(BPF_MAP_CREATE, &mut attr);
+    if fd < 0 {
+        bail!(
+            "BPF_MAP_CREATE (prog array): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let key = 0u32;
+    let value = prog.as_raw_fd() as u32;
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        ..MapElemAttr::default()
+    };
+    if sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr) < 0 {
+        bail!(
+            "BPF_MAP_UPDATE_ELEM (prog array): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(map)
+}
+
+/// Loads the reset program: it writes `restore` (byte offset, 4 bytes) into the frame, then
+/// tail-calls slot 0 of `prog_array`. Ahead of wslnet it puts back the bytes the MSS rewrite
+/// changed (MSS value and checksum), so each of a `repeat` run's repetitions rewrites the MSS
+/// again: the rewrite is then timed warm, like every other figure, instead of in single cold
+/// runs. Its own cost is measured by running it ahead of the same frame without a rewrite.
+pub fn load_reset_program(
+    prog_array: BorrowedFd<'_>,
+    restore: &[(i16, [u8; 4])],
+) -> Result<OwnedFd> {
+    let end = restore
+        .iter()
+        .map(|(o, _)| *o as i32 + 4)
+        .max()
+        .unwrap_or(0);
+    let mut p = vec![
+        insn(0xbf, 6, 1, 0, 0),   // r6 = r1 (ctx)
+        insn(0x61, 2, 6, 76, 0),  // r2 = skb->data
+        insn(0x61, 3, 6, 80, 0),  // r3 = skb->data_end
+        insn(0xbf, 4, 2, 0, 0),   // r4 = r2
+        insn(0x07, 4, 0, 0, end), // r4 += end
+    ];
+    // if r4 > r3 goto exit (past the stores, the map load and the tail call).
+    p.push(insn(0x2d, 4, 3, restore.len() as i16 + 5, 0));
+    for (off, bytes) in restore {
+        p.push(insn(0x62, 2, 0, *off, i32::from_le_bytes(*bytes))); // *(u32 *)(r2 + off) = imm
+    }
+    p.push(insn(0x18, 2, 1, 0, prog_array.as_raw_fd())); // r2 = prog array (BPF_PSEUDO_MAP_FD)
+    p.push(insn(0, 0, 0, 0, 0));
+    p.push(insn(0xbf, 1, 6, 0, 0)); // r1 = ctx
+    p.push(insn(0xb7, 3, 0, 0, 0)); // r3 = 0 (slot)
+    p.push(insn(0x85, 0, 0, 0, 12)); // call bpf_tail_call
+    p.push(insn(0xb7, 0, 0, 0, -1)); // r0 = -1 (TC_ACT_UNSPEC)
+    p.push(insn(0x95, 0, 0, 0, 0)); // exit
+    load_program(&p, "bench_reset")
 }
 
 /// What one `BPF_PROG_TEST_RUN` call reported.

@@ -85,9 +85,9 @@ fn first3(v: &Value) -> String {
 const METHOD: &[&str] = &[
     "Every figure is measured next to its baseline in the same run, interleaved (baseline and candidate alternate; the order rotates each round), and reported as the median over rounds with the range; ratios are taken within a round. The machine has 2 CPUs shared with other work: see the load average above; ranges show the noise.",
     "Per packet: `BPF_PROG_TEST_RUN` through the raw `bpf(2)` syscall for both the empty program and wslnet (the same code path), `repeat` = 1e6 per call, on the loopback skb of the bench's namespace, with a `__sk_buff` context (gso_size set for the GSO case). The empty program (`r0 = -1; exit`, TC_ACT_UNSPEC) is assembled and loaded with a raw `BPF_PROG_LOAD` at run time. Each case is first run once and checked (verdict, rewritten MSS and checksum, counters), so each figure measures the path it names.",
-    "SYN rewrite: the kernel builds the skb once per call, so with `repeat` only the first run rewrites the MSS; the repeat figure of a SYN is the \"MSS already fits\" path. The rewrite is added as the difference of single-run medians (20000 calls each, fresh frame per call) between the SYN (MSS 1460, rewritten) and its rewritten twin (MSS at the clamp).",
+    "SYN rewrite: the kernel builds the skb once per call, so with a plain `repeat` only the first run rewrites the MSS; the repeat figure of a SYN is the \"MSS already fits\" path. The rewrite is timed warm, like the other figures: a reset program assembled by the bench runs first in every repetition, puts back the original MSS and checksum and tail-calls wslnet, which rewrites every time (checked: 1000 repetitions, 1000 rewrites, valid checksum). The same reset ahead of the rewritten twin is the baseline, interleaved; the rewrite's cost is the median difference. The cold figure (single runs right after the syscall, fresh frame each, 20000 calls each, difference of medians) is shown too.",
     "The 64 KiB GSO packet: `BPF_PROG_TEST_RUN` takes linear skbs up to a page, so it is a 3000-byte buffer whose IPv4 header says 65483 bytes, with gso_size 1448; the datapath reads headers only.",
-    "Throughput: iperf3 over a veth pair between two namespaces (a -> b, and -R for b -> a); the connection rate is client threads in `a` opening TCP connections to an accept-and-drop server thread in `b` and resetting them (SO_LINGER 0): one SYN out of and one SYN-ACK into `a` per connection. wslnet is the real release agent with a static clamp 10.99.0.0/24=1372 (MSS 1332); the nft rules live in `a`. `rt mtu` is refused by the kernel in the input hook, so that rule is on output only; with a 1500-byte veth it lowers nothing (the rule's cost alone).",
+    "Throughput: iperf3 over a veth pair between two namespaces (a -> b, and -R for b -> a); the connection rate is client threads in `a` opening TCP connections to an accept-and-drop server thread in `b` and resetting them (SO_LINGER 0): one SYN out of and one SYN-ACK into `a` per connection. wslnet is the real release agent with a static clamp for 10.99.0.0/24: 1500 (the link MTU: full datapath, MSS unchanged, the program's own cost) or 1372 (MSS 1332, compared with the nft rule that sets 1332); the nft rules live in `a`. `rt mtu` is refused by the kernel in the input hook, so that rule is on output only; with a 1500-byte veth it lowers nothing (the rule's cost alone).",
     "Convergence: `wslnet-agent probe 10.77.3.2 --json` in the black-hole lab (both routers drop frag-needed; the bottleneck is a TAP pair joined by a userspace wire that adds the delay: this kernel has no netem). Time is the prober's own `elapsed_ms`.",
     "Footprint: release agent with default settings; CPU from utime+stime over the window, RSS sampled every second. The 10000 destinations are written into the pinned learned map (unroutable addresses: the agent's searches fail at once and send nothing).",
     "Nothing here is a pass/fail test: targets are reported as met or missed.",
@@ -159,15 +159,16 @@ fn targets(md: &mut String, r: &Value) {
         );
     }
     let tp = &r["throughput"];
-    if let (Some(w), Some(rt), Some(fixed)) = (
+    if let (Some(w), Some(w1500), Some(rt), Some(fixed)) = (
         config(tp, "wslnet"),
+        config(tp, "wslnet_1500"),
         config(tp, "nft_rt_mtu"),
         config(tp, "nft_1332"),
     ) {
-        let (fa, fb) = (med(&w["ratio_a_to_b"]), med(&w["ratio_b_to_a"]));
+        let (fa, fb) = (med(&w1500["ratio_a_to_b"]), med(&w1500["ratio_b_to_a"]));
         let _ = writeln!(
             md,
-            "| Throughput with wslnet >= 97% of no program | a->b {:.1}%, b->a {:.1}% | {} |",
+            "| Throughput with wslnet >= 97% of no program (clamp entry 1500, MSS unchanged: the datapath's own cost) | a->b {:.1}%, b->a {:.1}% | {} |",
             fa * 100.0,
             fb * 100.0,
             verdict(fa >= 0.97 && fb >= 0.97)
@@ -175,19 +176,23 @@ fn targets(md: &mut String, r: &Value) {
         let mut not_below = true;
         let mut parts = Vec::new();
         for (dir, key) in [("a->b", "ratio_a_to_b"), ("b->a", "ratio_b_to_a")] {
-            let wv = med(&w[key]);
-            let nv = med(&rt[key]).max(med(&fixed[key]));
-            not_below &= wv >= nv;
+            // Like against like: no MSS lowered (wslnet 1500 vs rt mtu on a 1500 link), and the
+            // same MSS lowered (wslnet 1372 vs nft 1332).
+            let pairs = [(w1500, rt), (w, fixed)];
+            for (ours, theirs) in pairs {
+                not_below &= med(&ours[key]) >= med(&theirs[key]);
+            }
             parts.push(format!(
-                "{dir}: wslnet {:.1}% vs nft {:.1}% / {:.1}%",
-                wv * 100.0,
+                "{dir}: wslnet 1500 {:.1}% vs nft rt mtu {:.1}%, wslnet 1372 {:.1}% vs nft 1332 {:.1}%",
+                med(&w1500[key]) * 100.0,
                 med(&rt[key]) * 100.0,
+                med(&w[key]) * 100.0,
                 med(&fixed[key]) * 100.0
             ));
         }
         let _ = writeln!(
             md,
-            "| Throughput not below the nftables rules (rt mtu / 1332) | {} | {} |",
+            "| Throughput not below the nftables rule doing the same | {} | {} |",
             parts.join("; "),
             verdict(not_below)
         );
@@ -285,13 +290,13 @@ fn per_packet(md: &mut String, pp: &Value) {
         let ns = w["ns"].as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(
             md,
-            "| {}: **MSS rewritten** (fits + {} ns rewrite) | {ns:.1} | {floor:.1} | +{:.1} | {:.1}x | single runs {} / {} ns |",
+            "| {}: **MSS rewritten** (fits + {} ns rewrite, warm; cold: +{} ns) | {ns:.1} | {floor:.1} | +{:.1} | {:.1}x | rewrite {} ns |",
             c["label"].as_str().unwrap_or("?"),
-            num(&w["rewrite_extra_ns"], 1),
+            num(&w["rewrite_extra_ns"]["median"], 1),
+            num(&w["cold_rewrite_extra_ns"], 0),
             ns - floor,
             ns / floor,
-            num(&w["single_run_rewritten_ns"]["median"], 0),
-            num(&w["single_run_fits_ns"]["median"], 0),
+            range(&w["rewrite_extra_ns"], 0),
         );
     }
     let _ = writeln!(md);
