@@ -369,3 +369,41 @@ fn a_conservative_base_mtu_covers_destinations_not_yet_probed() {
             >= 3.0
     );
 }
+
+#[test]
+fn the_adaptive_default_follows_the_smallest_measured_path() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let cfg = lab.tmp_dir().join("wslnet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "interfaces = [\"eth0\"]\ntargets = [\"{SRV_V4}\"]\n\n[probe]\nlearn = false\n\
+             adaptive_default = true\nrecheck_interval_secs = 2\n"
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &["--config", cfg.to_str().unwrap()]).unwrap();
+    let defaults = |want: (u64, u64)| {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("interface defaults v4/v6 = {want:?}"),
+            || {
+                let st = agent.status().ok()?;
+                let i = &st["interfaces"][0];
+                let got = (i["default_mtu_v4"].as_u64()?, i["default_mtu_v6"].as_u64()?);
+                (got == want).then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}; status: {:#}", agent.status().unwrap_or_default()))
+    };
+    // Measured 1372 through eth0: that becomes eth0's IPv4 default; nothing was measured over
+    // IPv6, so its default stays 0 (no clamp).
+    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    defaults((1372, 0));
+    // The bottleneck goes away: the re-check finds 1500 and the default follows.
+    lab.set_bottleneck(1500).unwrap();
+    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1500.0, Duration::from_secs(30));
+    defaults((1500, 0));
+}

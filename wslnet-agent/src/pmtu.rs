@@ -133,7 +133,7 @@ struct Dest {
     due: Option<Instant>,
     /// The next look must be a full search (new, failed re-check, network change).
     search: bool,
-    /// Interface of its latest SYN (learned destinations).
+    /// Interface of its latest SYN (learned destinations) or of its latest search.
     ifindex: Option<u32>,
     last_syn_ns: u64,
 }
@@ -379,6 +379,11 @@ impl Manager {
             }
             Outcome::Searched(Ok(report)) => {
                 metrics.probe_packets.inc_by(report.probes_sent.into());
+                // Configured targets learn their interface here (learned destinations from
+                // their SYNs): the adaptive default is per interface.
+                if let Ok(ifindex) = nix::net::if_::if_nametoindex(report.interface.as_str()) {
+                    d.ifindex = Some(ifindex);
+                }
                 metrics
                     .search_duration
                     .observe(report.elapsed.as_secs_f64());
