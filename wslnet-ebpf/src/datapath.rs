@@ -115,7 +115,8 @@ fn handle(ctx: &TcContext, dir: u32) {
         _ => UNCONFIGURED,
     };
     let egress = dir == DIR_EGRESS;
-    let ip = match packet::parse(ctx, cfg.l3_offset, egress) {
+    let mut buf = packet::HeaderBuf::uninit();
+    let ip = match packet::parse(ctx, cfg.l3_offset, egress, &mut buf) {
         Parsed::Ip(ip) => ip,
         Parsed::Other => return,
         Parsed::Unparseable(family) => {
@@ -144,9 +145,7 @@ fn handle(ctx: &TcContext, dir: u32) {
         return;
     }
     bump(cfg.slot, dir, ip.family, |c| c.syn += 1);
-    let Some(peer) = packet::peer(ctx, &ip) else {
-        return;
-    };
+    let peer = packet::peer(&ip);
     if egress && flags & TCP_FLAG_ACK == 0 {
         learn(&ip, &peer, ifindex);
     }
@@ -265,9 +264,7 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig) {
     if size <= floor {
         return;
     }
-    let Some(peer) = packet::peer(ctx, ip) else {
-        return;
-    };
+    let peer = packet::peer(ip);
     let mtu = path_mtu(ip, &peer, cfg, g.clamp_generation) as usize;
     if mtu != 0 && size > mtu {
         bump(cfg.slot, DIR_EGRESS, ip.family, |c| c.oversize_df += 1);

@@ -1,11 +1,12 @@
 //! Header parsing: from the start of the frame to the transport header.
 //!
-//! Every read goes through [`read`]: a direct load from the skb's linear data when the bytes are
-//! there (the common case, no helper call), else `bpf_skb_load_bytes` (`TcContext::load`), so
-//! the parser also works on non-linear skbs. Both give the same bytes; offsets stay plain
-//! bounded scalars, which every verifier since 5.x accepts.
+//! Reads are direct loads from the skb's linear data when the bytes are there (the common case,
+//! no helper call), else `bpf_skb_load_bytes`, so the parser also works on non-linear skbs. Both
+//! give the same bytes; offsets stay plain bounded scalars, which every verifier since 5.x
+//! accepts. Single fields go through [`read`]; the IP header is checked once as a whole
+//! ([`Header`]) and its fields are then read without further checks.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{EbpfContext, cty::c_void, helpers::bpf_skb_load_bytes, programs::TcContext};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -32,6 +33,77 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     } else {
         ctx.load::<T>(off).ok()
     }
+}
+
+/// A fixed-size header of `N` bytes, checked once: a pointer to its first byte, in the skb's
+/// linear data (no copy) or in the caller's [`HeaderBuf`]. Fields are read at compile-time
+/// offsets below `N`, with no further bounds check.
+#[derive(Clone, Copy)]
+pub struct Header<const N: usize> {
+    ptr: *const u8,
+}
+
+impl<const N: usize> Header<N> {
+    /// Byte `I`.
+    #[inline(always)]
+    pub fn u8<const I: usize>(&self) -> u8 {
+        const { assert!(I < N) };
+        // SAFETY: `ptr` points to `N` readable bytes (checked against data_end, or filled by
+        // bpf_skb_load_bytes), and I < N at compile time.
+        unsafe { *self.ptr.add(I) }
+    }
+
+    /// Big-endian 16-bit field at byte `I`.
+    #[inline(always)]
+    pub fn be16<const I: usize>(&self) -> u16 {
+        const { assert!(I + 1 < N) };
+        // SAFETY: as in `u8`; both bytes lie below N.
+        u16::from_be_bytes(unsafe { [*self.ptr.add(I), *self.ptr.add(I + 1)] })
+    }
+
+    /// Bytes `I..I + 4` as a word in packet byte order.
+    #[inline(always)]
+    pub fn word<const I: usize>(&self) -> u32 {
+        const { assert!(I + 3 < N) };
+        // SAFETY: as in `u8`; the 4 bytes lie below N.
+        u32::from_ne_bytes(unsafe {
+            [
+                *self.ptr.add(I),
+                *self.ptr.add(I + 1),
+                *self.ptr.add(I + 2),
+                *self.ptr.add(I + 3),
+            ]
+        })
+    }
+}
+
+/// Room for the IP header when it is not in the linear data (it then is copied here).
+pub type HeaderBuf = core::mem::MaybeUninit<[u8; Ipv6Hdr::LEN]>;
+
+/// The `N` bytes at `off` as a [`Header`]: in place when the linear data holds them (the
+/// common case), else copied into `buf` by `bpf_skb_load_bytes`. `None` when the frame is
+/// shorter.
+#[inline(always)]
+fn header<const N: usize>(ctx: &TcContext, off: usize, buf: &mut HeaderBuf) -> Option<Header<N>> {
+    const { assert!(N <= Ipv6Hdr::LEN) };
+    let start = ctx.data();
+    if start + off + N <= ctx.data_end() {
+        return Some(Header {
+            ptr: (start + off) as *const u8,
+        });
+    }
+    // SAFETY: the helper writes N bytes (at most the buffer's size) into `buf` or fails.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr() as *const _,
+            off as u32,
+            buf.as_mut_ptr() as *mut c_void,
+            N as u32,
+        )
+    };
+    (ret == 0).then_some(Header {
+        ptr: buf.as_ptr() as *const u8,
+    })
 }
 
 /// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
@@ -66,9 +138,11 @@ pub struct Ip {
     /// A fragment whose transport header is not ours to touch: IPv4 with a non-zero fragment
     /// offset, or IPv6 with a fragment header.
     pub fragment: bool,
-    /// Offset of the peer address (destination on egress, source on ingress), read by [`peer`]
-    /// only on the paths that need it.
-    pub peer_off: usize,
+    /// The IP header's first 40 bytes with the peer address (destination on egress, source on
+    /// ingress) at `peer_at`, read by [`peer`] only on the paths that need it.
+    pub peer_hdr: *const u8,
+    /// Offset of the peer address inside `peer_hdr`.
+    pub peer_at: usize,
 }
 
 /// A peer address as four 32-bit words in packet byte order (IPv4: the first word, then zeros).
@@ -97,7 +171,7 @@ fn be16(ctx: &TcContext, off: usize) -> Option<u16> {
 /// Only the fields the datapath uses are read, each as a scalar: copying whole headers cost
 /// more than the rest of the fast path.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
+pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool, buf: &mut HeaderBuf) -> Parsed {
     let len = ctx.len() as usize;
     let (family, l3) = if l3_offset == L3_OFFSET_NONE {
         match read::<u8>(ctx, 0) {
@@ -127,59 +201,53 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool) -> Parsed {
         }
     };
     if family == FAMILY_V4 {
-        parse_ipv4(ctx, l3, len, egress)
+        parse_ipv4(ctx, l3, len, egress, buf)
     } else {
-        parse_ipv6(ctx, l3, len, egress)
+        parse_ipv6(ctx, l3, len, egress, buf)
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
-    // Bytes 0-7: version and IHL, DSCP, total length, ID, flags and fragment offset. Byte 9:
-    // protocol. The read of the last byte proves the whole fixed header is there.
-    let (Some([vihl, _, tot0, tot1, _, _, frag0, frag1]), Some([_, proto])) =
-        (read::<[u8; 8]>(ctx, l3), read::<[u8; 2]>(ctx, l3 + 8))
-    else {
+fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut HeaderBuf) -> Parsed {
+    let Some(h) = header::<{ Ipv4Hdr::LEN }>(ctx, l3, buf) else {
         return Parsed::Unparseable(FAMILY_V4);
     };
-    if read::<u8>(ctx, l3 + Ipv4Hdr::LEN - 1).is_none() {
-        return Parsed::Unparseable(FAMILY_V4);
-    }
+    let vihl = h.u8::<0>();
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || l3 + ihl > len {
         return Parsed::Unparseable(FAMILY_V4);
     }
-    let tot_len = u16::from_be_bytes([tot0, tot1]) as usize;
+    let tot_len = h.be16::<2>() as usize;
     let end = if tot_len == 0 || l3 + tot_len > len {
         len
     } else {
         l3 + tot_len
     };
-    let frags = u16::from_be_bytes([frag0, frag1]);
+    let frags = h.be16::<6>();
     Parsed::Ip(Ip {
         family: FAMILY_V4,
         l3,
         l4: l3 + ihl,
         end,
-        proto,
+        proto: h.u8::<9>(),
         df: frags & 0x4000 != 0,
         fragment: frags & 0x1fff != 0,
+        peer_hdr: h.ptr,
         // Source address at byte 12, destination at 16.
-        peer_off: l3 + if egress { 16 } else { 12 },
+        peer_at: if egress { 16 } else { 12 },
     })
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
-    // Bytes 0-7: version, traffic class and flow label, payload length, next header, hop limit.
-    // The read of the last byte proves the whole fixed header is there.
-    let Some([version, _, _, _, pl0, pl1, next_hdr, _]) = read::<[u8; 8]>(ctx, l3) else {
+fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut HeaderBuf) -> Parsed {
+    let Some(h) = header::<{ Ipv6Hdr::LEN }>(ctx, l3, buf) else {
         return Parsed::Unparseable(FAMILY_V6);
     };
-    if version >> 4 != 6 || read::<u8>(ctx, l3 + Ipv6Hdr::LEN - 1).is_none() {
+    if h.u8::<0>() >> 4 != 6 {
         return Parsed::Unparseable(FAMILY_V6);
     }
-    let payload_len = u16::from_be_bytes([pl0, pl1]) as usize;
+    let next_hdr = h.u8::<6>();
+    let payload_len = h.be16::<4>() as usize;
     let ip_end = l3 + Ipv6Hdr::LEN + payload_len;
     let end = if payload_len == 0 || ip_end > len {
         len
@@ -220,20 +288,25 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool) -> Parsed {
         proto: next,
         df: true,
         fragment,
+        peer_hdr: h.ptr,
         // Source address at byte 8, destination at 24.
-        peer_off: l3 + if egress { 24 } else { 8 },
+        peer_at: if egress { 24 } else { 8 },
     })
 }
 
-/// The peer address of `ip`. `None` cannot happen for a parsed packet (the fixed IP header was
-/// read), but the verifier needs the check.
+/// The peer address of `ip`, from the IP header [`parse`] checked.
 #[inline(always)]
-pub fn peer(ctx: &TcContext, ip: &Ip) -> Option<Peer> {
-    let word = |i: usize| read::<[u8; 4]>(ctx, ip.peer_off + 4 * i).map(u32::from_ne_bytes);
+pub fn peer(ip: &Ip) -> Peer {
+    // SAFETY: `peer_hdr` holds the IPv4 (20 bytes) or IPv6 (40 bytes) header checked by
+    // `parse`, and the address (4 or 16 bytes at `peer_at`) lies inside it; so each `Header`
+    // below covers readable bytes only.
+    let at = unsafe { ip.peer_hdr.add(ip.peer_at) };
     if ip.family == FAMILY_V4 {
-        Some([word(0)?, 0, 0, 0])
+        let a = Header::<4> { ptr: at };
+        [a.word::<0>(), 0, 0, 0]
     } else {
-        Some([word(0)?, word(1)?, word(2)?, word(3)?])
+        let a = Header::<16> { ptr: at };
+        [a.word::<0>(), a.word::<4>(), a.word::<8>(), a.word::<12>()]
     }
 }
 
