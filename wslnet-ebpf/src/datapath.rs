@@ -205,7 +205,8 @@ fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
     };
     if let Some(e) = cached {
         // SAFETY: this CPU's slot, valid for the program's run; tc programs do not preempt
-        // each other on one CPU, so no other writer can tear the entry under us.
+        // each other on one CPU (softirq, or BH disabled on egress; PREEMPT_RT kernels, which
+        // WSL does not use, would break this), so no other writer can tear the entry under us.
         let e = unsafe { &*e };
         if e.generation == generation && e.family == family && e.peer == *peer {
             return (e.result & CACHED_FOUND != 0).then_some(e.result as u16);
