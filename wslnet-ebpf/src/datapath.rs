@@ -124,8 +124,14 @@ fn handle(ctx: &TcContext, dir: u32) {
             return;
         }
     };
+    // Bytes 12 (data offset) and 13 (flags) of a TCP header, read once for both uses below.
+    let tcp = if packet::is_tcp(&ip) {
+        packet::read::<[u8; 2]>(ctx, ip.l4 + 12)
+    } else {
+        None
+    };
     if egress && ip.df {
-        count_oversize(ctx, &ip, &cfg);
+        count_oversize(ctx, &ip, &cfg, tcp);
     }
     if ip.fragment || !packet::is_tcp(&ip) {
         return;
@@ -136,8 +142,7 @@ fn handle(ctx: &TcContext, dir: u32) {
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
         return;
     }
-    // Bytes 12 (data offset) and 13 (flags) of the TCP header.
-    let Some([doff, flags]) = packet::read::<[u8; 2]>(ctx, ip.l4 + 12) else {
+    let Some([doff, flags]) = tcp else {
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
         return;
     };
@@ -245,13 +250,14 @@ fn peer_bytes(peer: &Peer) -> [u8; 16] {
 }
 
 /// Counts an egress DF packet larger than the path MTU in force for its destination. For GSO
-/// packets the size is that of one segment: headers + `gso_size`.
+/// packets the size is that of one segment: headers + `gso_size`. `tcp`: bytes 12-13 of the TCP
+/// header when the packet is TCP and they could be read.
 #[inline(always)]
-fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig) {
+fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 2]>) {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let gso_size = unsafe { (*skb(ctx)).gso_size } as usize;
     let size = if gso_size != 0 {
-        ip.l4 - ip.l3 + packet::transport_header_len(ctx, ip) + gso_size
+        ip.l4 - ip.l3 + packet::transport_header_len(ctx, ip, tcp) + gso_size
     } else {
         ip.end - ip.l3
     };

@@ -311,11 +311,12 @@ pub fn peer(ip: &Ip) -> Peer {
 }
 
 /// Bytes of the transport header for sizing GSO segments: the TCP data offset, 8 for UDP,
-/// 0 when unknown or unreadable.
+/// 0 when unknown or unreadable. `tcp`: bytes 12-13 of the TCP header, when already read.
 #[inline(always)]
-pub fn transport_header_len(ctx: &TcContext, ip: &Ip) -> usize {
+pub fn transport_header_len(ctx: &TcContext, ip: &Ip, tcp: Option<[u8; 2]>) -> usize {
     match ip.proto {
-        IPPROTO_TCP => match read::<u8>(ctx, ip.l4 + 12) {
+        // The data offset alone, when the frame ends right after it.
+        IPPROTO_TCP => match tcp.map(|[b, _]| b).or_else(|| read::<u8>(ctx, ip.l4 + 12)) {
             Some(b) => ((b >> 4) as usize) * 4,
             None => 0,
         },
