@@ -535,3 +535,88 @@ fn attachments_of_a_crashed_run_are_cleaned_up_or_adopted() {
     assert_eq!(tc_state(&pair.a), clean);
     assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1448);
 }
+
+/// Pins `name` under `dir`: a one-entry array map with `value_size`-byte values, created with
+/// raw `bpf(2)` calls (as another build of wslnet would have left it).
+fn pin_foreign_array(path: &std::path::Path, value_size: u32) {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let sys = |cmd: libc::c_long, attr: *const libc::c_void, size: usize| {
+        // SAFETY: `attr` points to a live, initialised bpf_attr prefix of `size` bytes.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) }
+    };
+    let create = MapCreate {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size,
+        max_entries: 1,
+    };
+    let fd = sys(
+        0,
+        &create as *const _ as _,
+        std::mem::size_of::<MapCreate>(),
+    );
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let pin = ObjPin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    let r = sys(6, &pin as *const _ as _, std::mem::size_of::<ObjPin>()); // BPF_OBJ_PIN
+    assert!(r == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the descriptor created above; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Pins left by a build with another map layout (map ABI 2 had 8-byte global settings): `run`
+/// refuses them with one line that names `detach`, `detach` removes them, then `run` starts.
+#[test]
+fn pins_of_another_map_layout_are_refused_until_detached() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let pin_dir = fs.path().join("wslnet");
+    let maps_dir = wslnet_agent::maps::maps_dir(&pin_dir);
+    std::fs::create_dir_all(&maps_dir).unwrap();
+    pin_foreign_array(&maps_dir.join(wslnet_common::map_names::GLOBALS), 8);
+    let pin_arg = pin_dir.to_str().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", pair.a.name()])
+        .arg(agent_bin())
+        .args(["run", "--pin-dir", pin_arg, "--iface", "eth0", "--no-learn"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on foreign pins: {stderr}");
+    assert_ne!(out.status.code(), Some(124), "did not exit: {stderr}");
+    assert!(
+        stderr.contains(&format!("wslnet-agent detach --pin-dir {pin_arg}")),
+        "{stderr}"
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", pair.a.name()])
+        .arg(agent_bin())
+        .args(["detach", "--pin-dir", pin_arg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs.list(), Vec::<String>::new());
+    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--no-learn"]).unwrap();
+    assert_eq!(iface_names(&agent), ["eth0"]);
+}

@@ -138,6 +138,23 @@ fn open_pin(pin_dir: &Path, name: &str) -> Result<MapData> {
     })
 }
 
+/// The configured entries of an interface array: (ifindex, settings).
+fn present_ifaces(ifaces: &Array<MapData, IfaceConfig>) -> Vec<(u32, IfaceConfig)> {
+    ifaces
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i as u32, c.ok()?)))
+        .filter(|(_, c)| c.flags & iface_flags::PRESENT != 0)
+        .collect()
+}
+
+/// The interfaces recorded in the pinned interface array alone, for `detach`: it works on
+/// pins whose other maps another version laid out differently.
+pub fn recorded_ifaces(pin_dir: &Path) -> Result<Vec<(u32, IfaceConfig)>> {
+    let ifaces = Array::try_from(Map::Array(open_pin(pin_dir, map_names::IFACES)?))?;
+    Ok(present_ifaces(&ifaces))
+}
+
 impl Maps {
     /// Opens the maps pinned under `pin_dir` (by a loader, a running agent or an earlier one).
     pub fn open(pin_dir: &Path) -> Result<Self> {
@@ -263,12 +280,7 @@ impl Maps {
 
     /// Every configured interface: (ifindex, settings).
     pub fn ifaces(&self) -> Vec<(u32, IfaceConfig)> {
-        self.ifaces
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| Some((i as u32, c.ok()?)))
-            .filter(|(_, c)| c.flags & iface_flags::PRESENT != 0)
-            .collect()
+        present_ifaces(&self.ifaces)
     }
 
     /// The counters of (slot, direction, family), summed over CPUs.

@@ -191,18 +191,25 @@ fn refuse_foreign_pins(cfg: &Config) -> Result<()> {
     {
         return Ok(());
     }
-    if let Ok(maps) = Maps::open(&cfg.pin_dir)
-        && let Ok(g) = maps.globals()
+    let detach = format!("wslnet-agent detach --pin-dir {}", cfg.pin_dir.display());
+    // A map whose layout changed does not even open with this version's types.
+    let maps = Maps::open(&cfg.pin_dir).with_context(|| {
+        format!(
+            "the pins under {} do not fit this wslnet's maps (left by another version?); \
+             remove them with `{detach}`",
+            cfg.pin_dir.display()
+        )
+    })?;
+    if let Ok(g) = maps.globals()
         && g.abi_version != 0
         && g.abi_version != ABI_VERSION
     {
         bail!(
             "the pins under {} come from an incompatible wslnet (map ABI {} instead of {}); \
-             remove them with `wslnet-agent detach --pin-dir {}`",
+             remove them with `{detach}`",
             cfg.pin_dir.display(),
             g.abi_version,
             ABI_VERSION,
-            cfg.pin_dir.display()
         );
     }
     Ok(())

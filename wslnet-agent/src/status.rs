@@ -167,7 +167,7 @@ pub async fn detach_all(pin_dir: &Path) -> Result<()> {
         println!("nothing to detach: no pins under {}", pin_dir.display());
         return Ok(());
     }
-    let recorded = Maps::open(pin_dir).map(|m| m.ifaces()).unwrap_or_default();
+    let recorded = crate::maps::recorded_ifaces(pin_dir).unwrap_or_default();
     for (ifindex, cfg) in &recorded {
         attach::detach(pin_dir, *ifindex, cfg.flags).await?;
         println!(
