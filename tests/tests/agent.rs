@@ -620,3 +620,35 @@ fn pins_of_another_map_layout_are_refused_until_detached() {
     let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--no-learn"]).unwrap();
     assert_eq!(iface_names(&agent), ["eth0"]);
 }
+
+/// SIGTERM while the agent is still starting (its metrics are up, interfaces not yet attached):
+/// the stop is held until start-up ends and then done cleanly, not a kill that leaves a
+/// half-attached interface and pins behind.
+#[test]
+fn sigterm_during_startup_stops_cleanly() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let clean = tc_state(&pair.a);
+    let pin_dir = fs.path().join("wslnet").display().to_string();
+    let mut cmd = pair.a.command(agent_bin());
+    cmd.args([
+        "run",
+        "--pin-dir",
+        &pin_dir,
+        "--iface",
+        "eth0",
+        "--attach-mode",
+        "clsact",
+    ])
+    .env("RUST_LOG", "info")
+    .env("NO_COLOR", "1");
+    let mut daemon = Daemon::start(cmd).unwrap();
+    daemon
+        .wait_for_log(Duration::from_secs(20), |l| l.contains("serving metrics"))
+        .unwrap();
+    let status = daemon.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).unwrap();
+    assert!(status.success(), "{status}; log:\n{}", daemon.log());
+    assert_eq!(tc_state(&pair.a), clean, "log:\n{}", daemon.log());
+    assert_eq!(fs.list(), Vec::<String>::new());
+}

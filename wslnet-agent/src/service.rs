@@ -116,6 +116,12 @@ struct Service {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(source: ConfigSource) -> Result<()> {
+    // First of all: a stop requested while the agent starts (or right after it logs that it
+    // runs) is then held until the loop below, which stops cleanly, instead of killing the
+    // agent half-attached or, where SIGTERM was inherited as ignored, being lost.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let cfg = source.load()?;
     let mode = attach::resolve_mode(cfg.attach_mode);
     if mode == AttachMode::Tcx && !attach::kernel_has_tcx() {
@@ -159,9 +165,6 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         "wslnet agent running"
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     loop {
         tokio::select! {
             Some(event) = events.recv() => {
