@@ -112,6 +112,19 @@ pub struct Learned {
     pub ifindex: u32,
 }
 
+impl Learned {
+    /// The learned-map entry `v` of `addr`.
+    fn of(addr: IpAddr, v: &LearnedDest) -> Self {
+        Self {
+            addr,
+            first_seen_ns: v.first_seen_ns,
+            last_seen_ns: v.last_seen_ns,
+            syns: v.syns,
+            ifindex: v.ifindex,
+        }
+    }
+}
+
 /// Typed handles to the pinned maps.
 pub struct Maps {
     /// IPv4 prefix -> path MTU.
@@ -144,7 +157,7 @@ fn present_ifaces(ifaces: &Array<MapData, IfaceConfig>) -> Vec<(u32, IfaceConfig
         .iter()
         .enumerate()
         .filter_map(|(i, c)| Some((i as u32, c.ok()?)))
-        .filter(|(_, c)| c.flags & iface_flags::PRESENT != 0)
+        .filter(|(_, c)| c.is_present())
         .collect()
 }
 
@@ -275,7 +288,7 @@ impl Maps {
         self.ifaces
             .get(&ifindex, 0)
             .ok()
-            .filter(|c| c.flags & iface_flags::PRESENT != 0)
+            .filter(IfaceConfig::is_present)
     }
 
     /// Every configured interface: (ifindex, settings).
@@ -319,29 +332,14 @@ impl Maps {
         self.learned
             .iter()
             .flatten()
-            .filter_map(|(k, v)| {
-                let addr = learned_addr(&k)?;
-                Some(Learned {
-                    addr,
-                    first_seen_ns: v.first_seen_ns,
-                    last_seen_ns: v.last_seen_ns,
-                    syns: v.syns,
-                    ifindex: v.ifindex,
-                })
-            })
+            .filter_map(|(k, v)| Some(Learned::of(learned_addr(&k)?, &v)))
             .collect()
     }
 
     /// The learned-map entry of one destination.
     pub fn learned_entry(&self, addr: IpAddr) -> Option<Learned> {
         let v = self.learned.get(&learned_key(addr), 0).ok()?;
-        Some(Learned {
-            addr,
-            first_seen_ns: v.first_seen_ns,
-            last_seen_ns: v.last_seen_ns,
-            syns: v.syns,
-            ifindex: v.ifindex,
-        })
+        Some(Learned::of(addr, &v))
     }
 
     /// Forgets a learned destination.

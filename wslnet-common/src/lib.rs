@@ -208,6 +208,14 @@ pub mod iface_flags {
     pub const PRESENT: u16 = 1 << 15;
 }
 
+impl IfaceConfig {
+    /// True for an entry in use ([`iface_flags::PRESENT`]); all-zero entries are unconfigured.
+    #[inline(always)]
+    pub const fn is_present(&self) -> bool {
+        self.flags & iface_flags::PRESENT != 0
+    }
+}
+
 /// Where a path MTU entry came from (the [`PathMtu::origin`] field).
 pub mod origin {
     /// Set by the user (`--clamp CIDR=MTU` or the config file's `[[clamp]]`).

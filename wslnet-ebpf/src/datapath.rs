@@ -12,7 +12,7 @@ use aya_log_ebpf::debug;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Globals, IfaceConfig,
     L3_OFFSET_ETHERNET, LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED,
-    NEW_DESTS_BYTES, PathMtu, counter_index, iface_flags, mss_for_mtu,
+    NEW_DESTS_BYTES, PathMtu, counter_index, mss_for_mtu,
 };
 
 use crate::{
@@ -111,7 +111,7 @@ fn handle(ctx: &TcContext, dir: u32) {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*skb(ctx)).ifindex };
     let cfg = match WSLNET_IFACES.get(ifindex) {
-        Some(c) if c.flags & iface_flags::PRESENT != 0 => *c,
+        Some(c) if c.is_present() => *c,
         _ => UNCONFIGURED,
     };
     let egress = dir == DIR_EGRESS;

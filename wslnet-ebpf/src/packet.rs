@@ -61,6 +61,16 @@ impl<const N: usize> Header<N> {
         u16::from_be_bytes(unsafe { [*self.ptr.add(I), *self.ptr.add(I + 1)] })
     }
 
+    /// The `M` bytes at `I` as a header of their own.
+    #[inline(always)]
+    pub fn sub<const I: usize, const M: usize>(&self) -> Header<M> {
+        const { assert!(I + M <= N) };
+        Header {
+            // SAFETY: I + M <= N at compile time: the result lies inside this header.
+            ptr: unsafe { self.ptr.add(I) },
+        }
+    }
+
     /// Bytes `I..I + 4` as a word in packet byte order.
     #[inline(always)]
     pub fn word<const I: usize>(&self) -> u32 {
@@ -138,11 +148,9 @@ pub struct Ip {
     /// A fragment whose transport header is not ours to touch: IPv4 with a non-zero fragment
     /// offset, or IPv6 with a fragment header.
     pub fragment: bool,
-    /// The IP header's first 40 bytes with the peer address (destination on egress, source on
-    /// ingress) at `peer_at`, read by [`peer`] only on the paths that need it.
-    pub peer_hdr: *const u8,
-    /// Offset of the peer address inside `peer_hdr`.
-    pub peer_at: usize,
+    /// The peer address (destination on egress, source on ingress) inside the checked IP
+    /// header: 4 bytes for IPv4, 16 for IPv6. Read by [`peer`] only on the paths that need it.
+    pub peer: *const u8,
 }
 
 /// A peer address as four 32-bit words in packet byte order (IPv4: the first word, then zeros).
@@ -232,9 +240,13 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut He
         proto: h.u8::<9>(),
         df: frags & 0x4000 != 0,
         fragment: frags & 0x1fff != 0,
-        peer_hdr: h.ptr,
         // Source address at byte 12, destination at 16.
-        peer_at: if egress { 16 } else { 12 },
+        peer: if egress {
+            h.sub::<16, 4>()
+        } else {
+            h.sub::<12, 4>()
+        }
+        .ptr,
     })
 }
 
@@ -288,24 +300,26 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut He
         proto: next,
         df: true,
         fragment,
-        peer_hdr: h.ptr,
         // Source address at byte 8, destination at 24.
-        peer_at: if egress { 24 } else { 8 },
+        peer: if egress {
+            h.sub::<24, 16>()
+        } else {
+            h.sub::<8, 16>()
+        }
+        .ptr,
     })
 }
 
 /// The peer address of `ip`, from the IP header [`parse`] checked.
 #[inline(always)]
 pub fn peer(ip: &Ip) -> Peer {
-    // SAFETY: `peer_hdr` holds the IPv4 (20 bytes) or IPv6 (40 bytes) header checked by
-    // `parse`, and the address (4 or 16 bytes at `peer_at`) lies inside it; so each `Header`
-    // below covers readable bytes only.
-    let at = unsafe { ip.peer_hdr.add(ip.peer_at) };
+    // `ip.peer` was made by `Header::sub` from the header `parse` checked, with the address's
+    // length for the family: each `Header` below covers readable bytes only.
     if ip.family == FAMILY_V4 {
-        let a = Header::<4> { ptr: at };
+        let a = Header::<4> { ptr: ip.peer };
         [a.word::<0>(), 0, 0, 0]
     } else {
-        let a = Header::<16> { ptr: at };
+        let a = Header::<16> { ptr: ip.peer };
         [a.word::<0>(), a.word::<4>(), a.word::<8>(), a.word::<12>()]
     }
 }

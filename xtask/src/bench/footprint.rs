@@ -6,8 +6,8 @@
 //! side of a veth pair. The 10000 destinations are written into the pinned learned map as the
 //! datapath would (addresses in 10.98.0.0/16, which has no route in that namespace: the
 //! searches the agent starts for them fail at once and send nothing). CPU is `utime + stime`
-//! from `/proc/PID/stat` over the window (and, finer
-//! grained, the live threads' `schedstat` run time); RSS is sampled every second from `/proc/PID/status`.
+//! from `/proc/PID/stat` over the window (and, finer grained, the live threads' `schedstat` run
+//! time); RSS is sampled every second from `/proc/PID/status`.
 
 use std::{
     net::Ipv4Addr,
