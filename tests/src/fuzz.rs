@@ -272,7 +272,7 @@ fn worker(
                     rows.join("; ")
                 );
             }
-            let prog_learned = harness.learned();
+            let prog_learned = harness.learned()?;
             if prog_learned != learned {
                 report.divergences += 1;
                 eprintln!(
@@ -282,7 +282,7 @@ fn worker(
                     learned.len()
                 );
             }
-            clear_learned(&mut harness);
+            harness.clear_learned()?;
             learned.clear();
             done.fetch_add(BATCH.min(n + 1), Ordering::Relaxed);
         }
@@ -298,13 +298,6 @@ fn report_id(frame: &[u8]) -> String {
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     format!("{h:016x}")
-}
-
-fn clear_learned(h: &mut Harness) {
-    let keys: Vec<_> = h.maps().learned.keys().flatten().collect();
-    for k in keys {
-        let _ = h.maps().learned.remove(&k);
-    }
 }
 
 /// What the program did to one packet.

@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::lpm_trie::Key,
+    maps::{MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use wslnet_agent::maps::Maps;
 use wslnet_common::{
-    COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, LearnedKey, PathMtu, counter_index,
-    program_names,
+    COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, LearnCacheEntry, LearnedKey,
+    PEER_CACHE_SLOTS, PathMtu, counter_index, map_names, program_names,
 };
 use wslnet_model::{Direction, Tables};
 
@@ -145,16 +145,7 @@ impl Harness {
                 .context("reading counters")?;
             let mut sum = Counters::default();
             for c in v.iter() {
-                sum = Counters {
-                    syn: sum.syn + c.syn,
-                    mss_clamped: sum.mss_clamped + c.mss_clamped,
-                    mss_ok: sum.mss_ok + c.mss_ok,
-                    no_clamp: sum.no_clamp + c.no_clamp,
-                    no_mss: sum.no_mss + c.no_mss,
-                    unparseable: sum.unparseable + c.unparseable,
-                    oversize_df: sum.oversize_df + c.oversize_df,
-                    reserved: sum.reserved + c.reserved,
-                };
+                sum += *c;
             }
             if sum != Counters::default() {
                 out.insert(index, sum);
@@ -163,14 +154,66 @@ impl Harness {
         Ok(out)
     }
 
-    /// Learned destinations: key -> SYN count.
-    pub fn learned(&self) -> BTreeMap<(u32, [u8; 16]), u64> {
-        self.maps
+    /// Learned destinations: key -> SYN count, the SYNs still held back in the datapath's
+    /// per-CPU learn cache included (so every SYN counts at once, as in the model). What the
+    /// agent sees, without the held-back SYNs, is `maps().learned()`.
+    pub fn learned(&self) -> Result<BTreeMap<(u32, [u8; 16]), u64>> {
+        let mut out: BTreeMap<_, _> = self
+            .maps
             .learned
             .iter()
             .flatten()
             .map(|(k, v): (LearnedKey, _)| ((k.family, k.addr), v.syns))
-            .collect()
+            .collect();
+        let cache = self.learn_cache()?;
+        for slot in 0..PEER_CACHE_SLOTS {
+            for e in cache
+                .get(&slot, 0)
+                .context("reading the learn cache")?
+                .iter()
+            {
+                if e.written != 0 && e.pending != 0 {
+                    let mut addr = [0u8; 16];
+                    for (i, w) in e.peer.iter().enumerate() {
+                        addr[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+                    }
+                    *out.entry((e.family, addr)).or_default() += u64::from(e.pending);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Empties the learned map and the per-CPU learn cache, as if no SYN had left yet.
+    pub fn clear_learned(&mut self) -> Result<()> {
+        let keys: Vec<_> = self.maps.learned.keys().flatten().collect();
+        for k in keys {
+            let _ = self.maps.learned.remove(&k);
+        }
+        let map = self
+            .ebpf
+            .map_mut(map_names::LEARN_CACHE)
+            .with_context(|| format!("map {} missing", map_names::LEARN_CACHE))?;
+        let mut cache: PerCpuArray<&mut MapData, LearnCacheEntry> =
+            PerCpuArray::try_from(map).context("the learn cache's type")?;
+        let cpus = aya::util::nr_cpus().map_err(|(m, e)| anyhow::anyhow!("{m}: {e}"))?;
+        for slot in 0..PEER_CACHE_SLOTS {
+            let empty =
+                PerCpuValues::try_from(vec![LearnCacheEntry::default(); cpus.get() as usize])?;
+            cache
+                .set(slot, empty, 0)
+                .context("emptying the learn cache")?;
+        }
+        Ok(())
+    }
+
+    /// The datapath's per-CPU learn cache (a private map of the loaded object).
+    fn learn_cache(&self) -> Result<PerCpuArray<&MapData, LearnCacheEntry>> {
+        let map = self
+            .ebpf
+            .map(map_names::LEARN_CACHE)
+            .with_context(|| format!("map {} missing", map_names::LEARN_CACHE))?;
+        PerCpuArray::try_from(map).context("the learn cache's type")
     }
 
     /// Runs the program of `dir` on `frame` once and returns what it did, with the deltas of the

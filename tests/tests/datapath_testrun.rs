@@ -541,8 +541,95 @@ fn egress_pure_syns_are_learned_syn_acks_are_not() {
     let learned = h.maps().learned();
     assert_eq!(learned.len(), 1, "{learned:?}");
     assert_eq!(learned[0].addr, IpAddr::V4(addr::REMOTE4));
-    assert_eq!(learned[0].syns, 2);
     assert_eq!(learned[0].ifindex, TEST_IFINDEX);
+    // Both SYNs count; the second may still be held back by its CPU (see the next test).
+    let mut remote = [0u8; 16];
+    remote[..4].copy_from_slice(&addr::REMOTE4.octets());
+    assert_eq!(
+        h.learned().unwrap(),
+        [((FAMILY_V4, remote), 2)].into_iter().collect()
+    );
+}
+
+/// Pins the calling thread to the CPU it runs on, so that every test run below uses one CPU's
+/// slots of the per-CPU learn cache.
+fn pin_to_current_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t is a zeroed local, filled by
+    // CPU_SET and read by sched_setaffinity for the calling thread (pid 0).
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The SYN count and last-seen time of an IPv4 destination in the learned map as the agent
+/// reads it (held-back SYNs not included).
+fn learned_v4(h: &mut Harness, a: std::net::Ipv4Addr) -> Option<(u64, u64)> {
+    h.maps()
+        .learned()
+        .into_iter()
+        .find(|l| l.addr == IpAddr::V4(a))
+        .map(|l| (l.syns, l.last_seen_ns))
+}
+
+#[test]
+fn repeated_syns_are_held_back_per_cpu_and_written_within_the_refresh_period() {
+    let mut h = harness();
+    pin_to_current_cpu();
+    let a = addr::REMOTE4;
+    let syn_to = |d: std::net::Ipv4Addr| {
+        packets::tcp4_frame(addr::LOCAL4, d, &Tcp::new(flags::SYN, opt::mss(1460)))
+    };
+    // A destination that shares `a`'s slot in the per-CPU caches.
+    let slot_of = |d: std::net::Ipv4Addr| {
+        wslnet_common::peer_cache_slot(&[u32::from_ne_bytes(d.octets()), 0, 0, 0])
+    };
+    let b = (1..=255u8)
+        .map(|i| std::net::Ipv4Addr::new(10, 9, 6, i))
+        .find(|&d| slot_of(d) == slot_of(a))
+        .expect("a colliding address in 10.9.6.0/24");
+
+    // A destination new to this CPU is written at once.
+    run(&h, Direction::Egress, &syn_to(a), FAMILY_V4);
+    let (syns, written_at) = learned_v4(&mut h, a).expect("learned at the first SYN");
+    assert_eq!(syns, 1);
+    // Repeats within the period are held back (the agent still sees 1).
+    run(&h, Direction::Egress, &syn_to(a), FAMILY_V4);
+    run(&h, Direction::Egress, &syn_to(a), FAMILY_V4);
+    assert_eq!(learned_v4(&mut h, a).unwrap().0, 1);
+    // Another destination taking the slot writes what was held back first.
+    run(&h, Direction::Egress, &syn_to(b), FAMILY_V4);
+    assert_eq!(learned_v4(&mut h, a).unwrap().0, 3);
+    assert_eq!(learned_v4(&mut h, b).unwrap().0, 1);
+
+    // Steady SYNs to one destination: written again within LEARN_REFRESH_JIFFIES (1.02 s at
+    // HZ=250, 2.56 s at HZ=100), with every SYN counted.
+    let mut sent = 1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (syns, last_seen) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "held-back SYNs to {b} not written in 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        run(&h, Direction::Egress, &syn_to(b), FAMILY_V4);
+        sent += 1;
+        let (syns, last_seen) = learned_v4(&mut h, b).unwrap();
+        if syns > 1 {
+            break (syns, last_seen);
+        }
+    };
+    assert_eq!(syns, sent, "every SYN to {b} counted when written");
+    assert!(last_seen > written_at, "last_seen_ns moves on when written");
 }
 
 #[test]

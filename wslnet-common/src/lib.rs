@@ -29,7 +29,11 @@ pub mod map_names {
     /// Ring buffer of [`super::LearnedKey`]: each destination newly inserted into [`LEARNED`],
     /// so the agent learns of it at once without scanning the map.
     pub const NEW_DESTS: &str = "WSLNET_NEW_DESTS";
-    /// Every map, in a fixed order (for pinning, adoption and `detach`).
+    /// Per-CPU array of [`super::PEER_CACHE_SLOTS`] [`super::LearnCacheEntry`], indexed by
+    /// [`super::peer_cache_slot`]: SYNs held back from [`LEARNED`]. Private to the loaded
+    /// programs (not pinned, not in [`ALL`]); read by the TestRun harness.
+    pub const LEARN_CACHE: &str = "WSLNET_LEARN_CACHE";
+    /// Every pinned map, in a fixed order (for pinning, adoption and `detach`).
     pub const ALL: [&str; 7] = [
         CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS, NEW_DESTS,
     ];
@@ -48,6 +52,24 @@ pub mod program_names {
 pub const MAX_CLAMP_ENTRIES: u32 = 16_384;
 /// Entries in the learned-destination LRU map; the oldest are evicted beyond this.
 pub const MAX_LEARNED: u32 = 16_384;
+/// Slots of each per-CPU cache of the datapath (the LPM-result cache and the learn cache): a
+/// power of two.
+pub const PEER_CACHE_SLOTS: u32 = 256;
+
+/// The slot of a peer (its address as four words in packet byte order, IPv4 in the first) in
+/// the datapath's per-CPU caches. Two peers with one slot evict each other.
+#[inline(always)]
+pub const fn peer_cache_slot(peer: &[u32; 4]) -> u32 {
+    let hash = (peer[0] ^ peer[1] ^ peer[2] ^ peer[3]).wrapping_mul(0x9e37_79b1);
+    (hash >> 24) & (PEER_CACHE_SLOTS - 1)
+}
+
+/// How long a CPU may hold back SYNs to a destination it recently wrote into the learned map,
+/// in jiffies (1.02 s at HZ=250, as in WSL's kernel; 0.26 s at HZ=1000, 2.56 s at HZ=100):
+/// a destination's `last_seen_ns` and `syns` lag by up to this much. One LRU hash write per
+/// destination, CPU and period instead of one per SYN.
+pub const LEARN_REFRESH_JIFFIES: u64 = 256;
+
 /// Bytes of the new-destination ring buffer (a power of two, a multiple of the page size):
 /// room for about 2700 notifications between two reads by the agent.
 pub const NEW_DESTS_BYTES: u32 = 64 * 1024;
@@ -252,14 +274,32 @@ pub struct LearnedKey {
 pub struct LearnedDest {
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, ns) of the first SYN.
     pub first_seen_ns: u64,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, ns) of the latest SYN.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, ns) of the latest SYN,
+    /// up to [`LEARN_REFRESH_JIFFIES`] late.
     pub last_seen_ns: u64,
-    /// SYNs sent to this destination (approximate under concurrency).
+    /// SYNs sent to this destination; the latest may be held back per CPU for up to
+    /// [`LEARN_REFRESH_JIFFIES`] (approximate under concurrency).
     pub syns: u64,
-    /// Interface of the latest SYN.
+    /// Interface of the latest SYN, up to [`LEARN_REFRESH_JIFFIES`] late.
     pub ifindex: u32,
     /// Reserved, 0.
     pub reserved: u32,
+}
+
+/// One slot of the datapath's per-CPU learn cache ([`map_names::LEARN_CACHE`]): what this CPU
+/// last wrote into the learned map for one destination, and the SYNs to it held back since.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct LearnCacheEntry {
+    /// The destination, as four words in packet byte order (IPv4: the first word, then zeros).
+    pub peer: [u32; 4],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+    /// SYNs to this destination not yet added to its [`LearnedDest::syns`].
+    pub pending: u32,
+    /// `bpf_jiffies64` when this CPU last wrote the destination's learned entry; 0 = empty slot
+    /// (jiffies start 300 s short of 2^32, never at 0).
+    pub written: u64,
 }
 
 /// Global settings written by the agent (array of one).
@@ -294,6 +334,8 @@ mod pod {
     unsafe impl aya::Pod for super::LearnedDest {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Globals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LearnCacheEntry {}
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
@@ -303,3 +345,4 @@ const _: () = assert!(core::mem::size_of::<PathMtu>() == 4);
 const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
 const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);
 const _: () = assert!(core::mem::size_of::<Globals>() == 12);
+const _: () = assert!(core::mem::size_of::<LearnCacheEntry>() == 32);

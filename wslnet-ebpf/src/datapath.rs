@@ -3,16 +3,17 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::{classifier, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use wslnet_common::{
-    COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Globals, IfaceConfig,
-    L3_OFFSET_ETHERNET, LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED,
-    NEW_DESTS_BYTES, PathMtu, counter_index, mss_for_mtu,
+    COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
+    L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest, LearnedKey,
+    MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PathMtu,
+    counter_index, mss_for_mtu, peer_cache_slot,
 };
 
 use crate::{
@@ -48,8 +49,6 @@ static WSLNET_NEW_DESTS: RingBuf = RingBuf::pinned(NEW_DESTS_BYTES, 0);
 #[map(name = "WSLNET_GLOBALS")]
 static WSLNET_GLOBALS: Array<Globals> = Array::pinned(1, 0);
 
-/// Slots of the per-CPU lookup cache (a power of two).
-const PEER_CACHE_SLOTS: u32 = 256;
 /// Marks a cached result as "an entry matched" (its MTU, possibly 0, is in the low 16 bits).
 const CACHED_FOUND: u32 = 1 << 16;
 
@@ -74,6 +73,14 @@ pub struct PeerCacheEntry {
 /// LPM lookup is a helper call walking the trie. Private to the loaded programs (not pinned).
 #[map(name = "WSLNET_PEER_CACHE")]
 static WSLNET_PEER_CACHE: PerCpuArray<PeerCacheEntry> =
+    PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
+
+/// Per-CPU direct-mapped record of recent writes to `WSLNET_LEARNED`, indexed like
+/// `WSLNET_PEER_CACHE`: a burst of connections to one destination costs one LRU hash lookup
+/// (and one clock helper call) per CPU and [`LEARN_REFRESH_JIFFIES`], instead of one per SYN;
+/// `bpf_jiffies64` is inlined by the verifier. Private to the loaded programs.
+#[map(name = "WSLNET_LEARN_CACHE")]
+static WSLNET_LEARN_CACHE: PerCpuArray<LearnCacheEntry> =
     PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
 
 /// Settings of an interface the agent did not configure (counter slot 0, Ethernet, no default).
@@ -124,6 +131,19 @@ fn handle(ctx: &TcContext, dir: u32) {
             return;
         }
     };
+    if ip.family == FAMILY_V4 {
+        handle_ip::<FAMILY_V4>(ctx, dir, ifindex, &cfg, ip);
+    } else {
+        handle_ip::<FAMILY_V6>(ctx, dir, ifindex, &cfg, ip);
+    }
+}
+
+/// Everything after parsing, compiled once per family `F` (`ip.family`): with the family a
+/// constant, each copy drops the other family's branches.
+#[inline(always)]
+fn handle_ip<const F: u32>(ctx: &TcContext, dir: u32, ifindex: u32, cfg: &IfaceConfig, ip: Ip) {
+    let ip = Ip { family: F, ..ip };
+    let egress = dir == DIR_EGRESS;
     // Bytes 12 (data offset) and 13 (flags) of a TCP header, read once for both uses below.
     let tcp = if packet::is_tcp(&ip) {
         packet::read::<[u8; 2]>(ctx, ip.l4 + 12)
@@ -131,7 +151,7 @@ fn handle(ctx: &TcContext, dir: u32) {
         None
     };
     if egress && ip.df {
-        count_oversize(ctx, &ip, &cfg, tcp);
+        count_oversize(ctx, &ip, cfg, tcp);
     }
     if ip.fragment || !packet::is_tcp(&ip) {
         return;
@@ -159,7 +179,7 @@ fn handle(ctx: &TcContext, dir: u32) {
         MssOption::Absent => bump(cfg.slot, dir, ip.family, |c| c.no_mss += 1),
         MssOption::Found { value_offset, mss } => {
             let generation = globals().clamp_generation;
-            let clamp = mss_for_mtu(path_mtu(&ip, &peer, &cfg, generation), ip.family);
+            let clamp = mss_for_mtu(path_mtu(&ip, &peer, cfg, generation), ip.family);
             match clamp {
                 None => bump(cfg.slot, dir, ip.family, |c| c.no_clamp += 1),
                 Some(clamp) if mss <= clamp => bump(cfg.slot, dir, ip.family, |c| c.mss_ok += 1),
@@ -201,8 +221,7 @@ fn path_mtu(ip: &Ip, peer: &Peer, cfg: &IfaceConfig, generation: u32) -> u16 {
 /// cache when `generation` (the current `Globals::clamp_generation`) is not 0.
 #[inline(always)]
 fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
-    let hash = (peer[0] ^ peer[1] ^ peer[2] ^ peer[3]).wrapping_mul(0x9e37_79b1);
-    let slot = (hash >> 24) & (PEER_CACHE_SLOTS - 1);
+    let slot = peer_cache_slot(peer);
     let cached = if generation != 0 {
         WSLNET_PEER_CACHE.get_ptr_mut(slot)
     } else {
@@ -278,11 +297,42 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 
     }
 }
 
-/// Records the destination of an egress SYN for the prober.
+/// Records the destination of an egress SYN for the prober: in `WSLNET_LEARNED` at once when the
+/// destination is new to this CPU, else at most once per [`LEARN_REFRESH_JIFFIES`].
 #[inline(always)]
 fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
+    // SAFETY: bpf_jiffies64 has no preconditions.
+    let now = unsafe { bpf_jiffies64() };
+    let Some(slot) = WSLNET_LEARN_CACHE.get_ptr_mut(peer_cache_slot(peer)) else {
+        write_learned(ip.family, peer, ifindex, 1);
+        return;
+    };
+    // SAFETY: this CPU's slot, valid for the program's run; see `lpm_mtu`.
+    let slot = unsafe { &mut *slot };
+    if slot.written != 0 && slot.family == ip.family && slot.peer == *peer {
+        if now.wrapping_sub(slot.written) < LEARN_REFRESH_JIFFIES {
+            slot.pending += 1;
+            return;
+        }
+        write_learned(ip.family, peer, ifindex, slot.pending + 1);
+    } else {
+        if slot.written != 0 && slot.pending != 0 {
+            flush_learned(slot);
+        }
+        write_learned(ip.family, peer, ifindex, 1);
+        slot.peer = *peer;
+        slot.family = ip.family;
+    }
+    slot.pending = 0;
+    slot.written = now;
+}
+
+/// Adds `syns` SYNs, the latest just now, to a destination's entry in `WSLNET_LEARNED`,
+/// creating it (and announcing it to the agent) when it is new.
+#[inline(always)]
+fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32) {
     let key = LearnedKey {
-        family: ip.family,
+        family,
         addr: peer_bytes(peer),
     };
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions. Tick resolution is plenty for
@@ -294,7 +344,7 @@ fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
             // updates from other CPUs can only make the count approximate.
             unsafe {
                 (*entry).last_seen_ns = now;
-                (*entry).syns += 1;
+                (*entry).syns += syns as u64;
                 (*entry).ifindex = ifindex;
             }
         }
@@ -302,7 +352,7 @@ fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
             let entry = LearnedDest {
                 first_seen_ns: now,
                 last_seen_ns: now,
-                syns: 1,
+                syns: syns as u64,
                 ifindex,
                 reserved: 0,
             };
@@ -311,6 +361,21 @@ fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
                 let _ = WSLNET_NEW_DESTS.output(&key, 0);
             }
         }
+    }
+}
+
+/// Adds the SYNs a cache slot held back to their destination's `syns` before the slot is
+/// reused (its `last_seen_ns` keeps the slot's last write). Nothing is written when the agent or
+/// the LRU dropped the destination meanwhile.
+#[inline(always)]
+fn flush_learned(slot: &LearnCacheEntry) {
+    let key = LearnedKey {
+        family: slot.family,
+        addr: peer_bytes(&slot.peer),
+    };
+    if let Some(entry) = WSLNET_LEARNED.get_ptr_mut(&key) {
+        // SAFETY: as in `write_learned`.
+        unsafe { (*entry).syns += slot.pending as u64 };
     }
 }
 

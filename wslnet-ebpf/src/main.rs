@@ -7,7 +7,8 @@
 //!    than the path MTU in force for their destination (per segment for GSO packets).
 //! 3. TCP SYN / SYN-ACK: [`mss::find`] finds the MSS option and [`mss::rewrite`] lowers it to
 //!    path MTU - 40 (IPv4) / - 60 (IPv6), fixing the checksum; egress SYNs are recorded in
-//!    `WSLNET_LEARNED` for the agent's prober.
+//!    `WSLNET_LEARNED` for the agent's prober (repeats to one destination are held back per CPU
+//!    in `WSLNET_LEARN_CACHE` and written at most once per `LEARN_REFRESH_JIFFIES`).
 //!
 //! The path MTU of a peer is the longest matching clamp entry (LPM tries), else the interface
 //! default; LPM results are kept in a per-CPU cache (`WSLNET_PEER_CACHE`) that a new

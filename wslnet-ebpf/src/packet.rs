@@ -4,7 +4,9 @@
 //! no helper call), else `bpf_skb_load_bytes`, so the parser also works on non-linear skbs. Both
 //! give the same bytes; offsets stay plain bounded scalars, which every verifier since 5.x
 //! accepts. Single fields go through [`read`]; the IP header is checked once as a whole
-//! ([`Header`]) and its fields are then read without further checks.
+//! ([`Header`]) and its fields are then read without further checks. Untagged Ethernet frames
+//! (nearly all) have their Ethernet and IP headers checked together, and IPv6 packets without
+//! extension headers skip the extension walk.
 
 use aya_ebpf::{EbpfContext, cty::c_void, helpers::bpf_skb_load_bytes, programs::TcContext};
 use network_types::{
@@ -89,6 +91,15 @@ impl<const N: usize> Header<N> {
 
 /// Room for the IP header when it is not in the linear data (it then is copied here).
 pub type HeaderBuf = core::mem::MaybeUninit<[u8; Ipv6Hdr::LEN]>;
+
+/// The first `N` bytes of the frame as a [`Header`] when the linear data holds them.
+#[inline(always)]
+fn linear<const N: usize>(ctx: &TcContext) -> Option<Header<N>> {
+    let start = ctx.data();
+    (start + N <= ctx.data_end()).then_some(Header {
+        ptr: start as *const u8,
+    })
+}
 
 /// The `N` bytes at `off` as a [`Header`]: in place when the linear data holds them (the
 /// common case), else copied into `buf` by `bpf_skb_load_bytes`. `None` when the frame is
@@ -181,6 +192,23 @@ fn be16(ctx: &TcContext, off: usize) -> Option<u16> {
 #[inline(always)]
 pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool, buf: &mut HeaderBuf) -> Parsed {
     let len = ctx.len() as usize;
+    // Fast path, most frames: untagged Ethernet with the IP header in the linear data, checked
+    // together.
+    if l3_offset != L3_OFFSET_NONE
+        && let Some(frame) = linear::<{ EthHdr::LEN + Ipv4Hdr::LEN }>(ctx)
+    {
+        let ether_type = frame.be16::<12>();
+        if ether_type == ETH_P_IP {
+            let h = frame.sub::<{ EthHdr::LEN }, { Ipv4Hdr::LEN }>();
+            return ipv4(h, EthHdr::LEN, len, egress);
+        }
+        if ether_type == ETH_P_IPV6
+            && let Some(frame) = linear::<{ EthHdr::LEN + Ipv6Hdr::LEN }>(ctx)
+        {
+            let h = frame.sub::<{ EthHdr::LEN }, { Ipv6Hdr::LEN }>();
+            return ipv6(ctx, h, EthHdr::LEN, len, egress);
+        }
+    }
     let (family, l3) = if l3_offset == L3_OFFSET_NONE {
         match read::<u8>(ctx, 0) {
             Some(b) if b >> 4 == 4 => (FAMILY_V4, 0),
@@ -220,6 +248,12 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut He
     let Some(h) = header::<{ Ipv4Hdr::LEN }>(ctx, l3, buf) else {
         return Parsed::Unparseable(FAMILY_V4);
     };
+    ipv4(h, l3, len, egress)
+}
+
+/// The IPv4 packet whose header `h` is, at `l3` in a frame of `len` bytes.
+#[inline(always)]
+fn ipv4(h: Header<{ Ipv4Hdr::LEN }>, l3: usize, len: usize, egress: bool) -> Parsed {
     let vihl = h.u8::<0>();
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || l3 + ihl > len {
@@ -255,6 +289,19 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut He
     let Some(h) = header::<{ Ipv6Hdr::LEN }>(ctx, l3, buf) else {
         return Parsed::Unparseable(FAMILY_V6);
     };
+    ipv6(ctx, h, l3, len, egress)
+}
+
+/// The IPv6 packet whose fixed header `h` is, at `l3` in a frame of `len` bytes; extension
+/// headers are read from `ctx`.
+#[inline(always)]
+fn ipv6(
+    ctx: &TcContext,
+    h: Header<{ Ipv6Hdr::LEN }>,
+    l3: usize,
+    len: usize,
+    egress: bool,
+) -> Parsed {
     if h.u8::<0>() >> 4 != 6 {
         return Parsed::Unparseable(FAMILY_V6);
     }
@@ -266,6 +313,29 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut He
     } else {
         ip_end
     };
+    let ip = |l4, proto, fragment| {
+        Parsed::Ip(Ip {
+            family: FAMILY_V6,
+            l3,
+            l4,
+            end,
+            proto,
+            df: true,
+            fragment,
+            // Source address at byte 8, destination at 24.
+            peer: if egress {
+                h.sub::<24, 16>()
+            } else {
+                h.sub::<8, 16>()
+            }
+            .ptr,
+        })
+    };
+    // Nearly every packet: no extension header, the transport header follows (inside the
+    // packet: `end` is at least the fixed header's end).
+    if next_hdr != IPPROTO_FRAGMENT && !is_skipped_extension(next_hdr) {
+        return ip(l3 + Ipv6Hdr::LEN, next_hdr, false);
+    }
     let mut next = next_hdr;
     let mut l4 = l3 + Ipv6Hdr::LEN;
     let mut fragment = false;
@@ -274,7 +344,7 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut He
             fragment = true;
             break;
         }
-        if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
+        if !is_skipped_extension(next) {
             break;
         }
         // Every one of these starts with (next header, length in 8-octet units, not counting
@@ -285,29 +355,16 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut He
         next = ext[0];
         l4 += (ext[1] as usize + 1) * 8;
     }
-    if !fragment && (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS)
-    {
+    if (!fragment && is_skipped_extension(next)) || l4 > end {
         return Parsed::Unparseable(FAMILY_V6);
     }
-    if l4 > end {
-        return Parsed::Unparseable(FAMILY_V6);
-    }
-    Parsed::Ip(Ip {
-        family: FAMILY_V6,
-        l3,
-        l4,
-        end,
-        proto: next,
-        df: true,
-        fragment,
-        // Source address at byte 8, destination at 24.
-        peer: if egress {
-            h.sub::<24, 16>()
-        } else {
-            h.sub::<8, 16>()
-        }
-        .ptr,
-    })
+    ip(l4, next, fragment)
+}
+
+/// IPv6 extension headers the parser skips to find the transport header.
+#[inline(always)]
+fn is_skipped_extension(next: u8) -> bool {
+    next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS
 }
 
 /// The peer address of `ip`, from the IP header [`parse`] checked.

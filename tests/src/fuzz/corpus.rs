@@ -306,9 +306,9 @@ pub fn replay(h: &mut Harness, file: &CaseFile) -> Result<std::result::Result<()
     if cfg.slot != 0 {
         slots.push(0);
     }
-    let before_learned = h.learned();
+    let before_learned = h.learned()?;
     let r = h.run_watch(case.dir, &case.frame, case.gso_size, &slots)?;
-    let after_learned = h.learned();
+    let after_learned = h.learned()?;
     let mut errs = Vec::new();
     let exp = &file.expected;
     if hex(&r.frame) != exp.output {

@@ -186,27 +186,58 @@ pub fn prog_array_of(prog: BorrowedFd<'_>) -> Result<OwnedFd> {
     Ok(map)
 }
 
+/// A slot of a per-CPU array map (wslnet's learn cache) that the reset program looks up first
+/// and, with `zero_u64_at`, writes a 0 u64 into at that byte offset.
+pub struct SlotReset<'a> {
+    /// The map.
+    pub map: BorrowedFd<'a>,
+    /// The slot (array index).
+    pub slot: u32,
+    /// Byte offset of the u64 to zero in the slot's value; `None`: look up only (a baseline
+    /// with the same lookup).
+    pub zero_u64_at: Option<i16>,
+}
+
 /// Loads the reset program: it writes `restore` (byte offset, 4 bytes) into the frame, then
 /// tail-calls slot 0 of `prog_array`. Ahead of wslnet it puts back the bytes the MSS rewrite
 /// changed (MSS value and checksum), so each of a `repeat` run's repetitions rewrites the MSS
 /// again: the rewrite is then timed warm, like every other figure, instead of in single cold
 /// runs. Its own cost is measured by running it ahead of the same frame without a rewrite.
+/// With `slot_reset` it first empties (or only looks up) a slot of the learn cache, so that
+/// every repetition writes the learned map.
 pub fn load_reset_program(
     prog_array: BorrowedFd<'_>,
     restore: &[(i16, [u8; 4])],
+    slot_reset: Option<SlotReset<'_>>,
 ) -> Result<OwnedFd> {
     let end = restore
         .iter()
         .map(|(o, _)| *o as i32 + 4)
         .max()
         .unwrap_or(0);
-    let mut p = vec![
-        insn(0xbf, 6, 1, 0, 0),   // r6 = r1 (ctx)
+    let mut p = vec![insn(0xbf, 6, 1, 0, 0)]; // r6 = r1 (ctx)
+    if let Some(r) = slot_reset {
+        p.extend([
+            insn(0x62, 10, 0, -4, r.slot as i32),   // *(u32 *)(r10 - 4) = slot
+            insn(0xbf, 2, 10, 0, 0),                // r2 = r10
+            insn(0x07, 2, 0, 0, -4),                // r2 += -4
+            insn(0x18, 1, 1, 0, r.map.as_raw_fd()), // r1 = map (BPF_PSEUDO_MAP_FD)
+            insn(0, 0, 0, 0, 0),
+            insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
+        ]);
+        if let Some(off) = r.zero_u64_at {
+            p.extend([
+                insn(0x15, 0, 0, 1, 0),   // if r0 == 0 goto +1
+                insn(0x7a, 0, 0, off, 0), // *(u64 *)(r0 + off) = 0
+            ]);
+        }
+    }
+    p.extend([
         insn(0x61, 2, 6, 76, 0),  // r2 = skb->data
         insn(0x61, 3, 6, 80, 0),  // r3 = skb->data_end
         insn(0xbf, 4, 2, 0, 0),   // r4 = r2
         insn(0x07, 4, 0, 0, end), // r4 += end
-    ];
+    ]);
     // if r4 > r3 goto exit (past the stores, the map load and the tail call).
     p.push(insn(0x2d, 4, 3, restore.len() as i16 + 5, 0));
     for (off, bytes) in restore {

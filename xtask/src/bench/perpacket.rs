@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 use wslnet_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
-    origin, program_names,
+    LearnCacheEntry, map_names, origin, peer_cache_slot, program_names,
 };
 use wslnet_tests::{netns::Bpffs, packets as p};
 
@@ -349,6 +349,27 @@ struct Resets {
     rewrite: std::os::fd::OwnedFd,
     /// Restores the rewritten twin: wslnet finds the MSS already at the clamp.
     fits: std::os::fd::OwnedFd,
+    /// Egress SYNs: (restores the twin and empties the destination's slot of the learn cache,
+    /// so wslnet writes the learned map on every repetition, as for a destination's first SYN
+    /// on a CPU in a refresh period; the same with the slot looked up only, the baseline).
+    learn: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+}
+
+/// The destination of an egress SYN case as the datapath's cache key words.
+fn peer_words(case: &Case) -> [u32; 4] {
+    let bytes: Vec<u8> = if case.family == FAMILY_V6 {
+        p::addr::REMOTE6.octets().to_vec()
+    } else {
+        let mut b = p::addr::REMOTE4.octets().to_vec();
+        b.resize(16, 0);
+        b
+    };
+    std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
+}
+
+/// SYNs recorded in the learned map, all destinations (held-back ones not included).
+fn learned_syns(dp: &Datapath) -> u64 {
+    dp.maps.learned().iter().map(|l| l.syns).sum()
 }
 
 /// Builds and checks the reset programs of a rewrite case: a 1000-repeat run ahead of wslnet
@@ -370,10 +391,46 @@ fn resets(
             })
             .collect()
     };
-    let r = Resets {
-        rewrite: bpf::load_reset_program(prog_array.as_fd(), &restore(&case.frame))?,
-        fits: bpf::load_reset_program(prog_array.as_fd(), &restore(twin))?,
+    let learn = if case.ingress {
+        None
+    } else {
+        let map = dp
+            .ebpf
+            .map(map_names::LEARN_CACHE)
+            .context("the learn cache map")?;
+        let aya::maps::Map::PerCpuArray(data) = map else {
+            bail!("{} is not a per-CPU array", map_names::LEARN_CACHE);
+        };
+        let slot_reset = |zero_u64_at| bpf::SlotReset {
+            map: data.fd().as_fd(),
+            slot: peer_cache_slot(&peer_words(case)),
+            zero_u64_at,
+        };
+        let written = std::mem::offset_of!(LearnCacheEntry, written) as i16;
+        Some((
+            bpf::load_reset_program(
+                prog_array.as_fd(),
+                &restore(twin),
+                Some(slot_reset(Some(written))),
+            )?,
+            bpf::load_reset_program(prog_array.as_fd(), &restore(twin), Some(slot_reset(None)))?,
+        ))
     };
+    let r = Resets {
+        rewrite: bpf::load_reset_program(prog_array.as_fd(), &restore(&case.frame), None)?,
+        fits: bpf::load_reset_program(prog_array.as_fd(), &restore(twin), None)?,
+        learn,
+    };
+    if let Some((relearn, _)) = &r.learn {
+        let before = learned_syns(dp);
+        bpf::test_run(relearn.as_fd(), &case.frame, case.gso_size, 1000)?;
+        let written = learned_syns(dp) - before;
+        ensure!(
+            written == 1000,
+            "{}: emptied learn slot + wslnet x1000: want 1000 learned-map writes, got {written}",
+            case.id
+        );
+    }
     for (prog, want_clamped) in [(&r.rewrite, 1000), (&r.fits, 0)] {
         let before = dp.counters(case)?;
         let run = bpf::test_run(prog.as_fd(), &case.frame, case.gso_size, 1000)?;
@@ -500,6 +557,7 @@ pub fn run(s: Settings) -> Result<Value> {
     }
     let mut warm_extra: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut warm_reset_fits: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut learn_extra: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for r in 0..s.rounds {
         for (k, &i) in rewrites.iter().enumerate() {
             let c = &cases[i];
@@ -515,6 +573,16 @@ pub fn run(s: Settings) -> Result<Value> {
             };
             warm_extra[i].push(rw - fits);
             warm_reset_fits[i].push(fits);
+            if let Some((relearn, lookup)) = &reset[k].learn {
+                let (w, l) = if r % 2 == 0 {
+                    let w = run(relearn)?;
+                    (w, run(lookup)?)
+                } else {
+                    let l = run(lookup)?;
+                    (run(relearn)?, l)
+                };
+                learn_extra[i].push(w - l);
+            }
         }
         eprint!(".");
     }
@@ -566,6 +634,14 @@ pub fn run(s: Settings) -> Result<Value> {
                 "cold_single_run_fits_ns": t.json(1),
                 "cold_rewrite_extra_ns": round(o.median - t.median, 1),
             });
+            if !learn_extra[i].is_empty() {
+                let write = Summary::of(&learn_extra[i]);
+                v["learn_write"] = json!({
+                    "extra_ns": write.json(1),
+                    "fits_ns": round(steady.median + write.median, 1),
+                    "rewritten_ns": round(estimate + write.median, 1),
+                });
+            }
         }
         out_cases.push(v);
     }
