@@ -595,6 +595,42 @@ fn pins_of_another_map_layout_are_refused_until_detached() {
     let maps_dir = wslnet_agent::maps::maps_dir(&pin_dir);
     std::fs::create_dir_all(&maps_dir).unwrap();
     pin_foreign_array(&maps_dir.join(wslnet_common::map_names::GLOBALS), 8);
+    refused_until_detached(&pair, &fs);
+}
+
+/// Pins of the same layout written by another map ABI (ABI 3 stamped learned destinations in
+/// nanoseconds, ABI 4 in jiffies), as an agent left them with `--keep-attached`: refused the
+/// same way.
+#[test]
+fn pins_of_another_map_abi_are_refused_until_detached() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let mut agent = Agent::start(
+        &pair.a,
+        &fs,
+        &["--iface", "eth0", "--no-learn", "--keep-attached"],
+    )
+    .unwrap();
+    let status = agent
+        .daemon
+        .signal_and_wait(libc::SIGTERM, STOP_TIMEOUT)
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut maps = wslnet_agent::maps::Maps::open(&fs.path().join("wslnet")).unwrap();
+    let older = wslnet_common::Globals {
+        abi_version: wslnet_common::ABI_VERSION - 1,
+        ..maps.globals().unwrap()
+    };
+    maps.globals.set(0, &older, 0).unwrap();
+    drop(maps);
+    refused_until_detached(&pair, &fs);
+}
+
+/// `run` on the pins under `fs` fails at once, naming `detach`; `detach` removes every pin;
+/// `run` then starts.
+fn refused_until_detached(pair: &Pair, fs: &Bpffs) {
+    let pin_dir = fs.path().join("wslnet");
     let pin_arg = pin_dir.to_str().unwrap();
     let out = std::process::Command::new("timeout")
         .args(["30", "ip", "netns", "exec", pair.a.name()])
@@ -617,7 +653,7 @@ fn pins_of_another_map_layout_are_refused_until_detached() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(fs.list(), Vec::<String>::new());
-    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--no-learn"]).unwrap();
+    let agent = Agent::start(&pair.a, fs, &["--iface", "eth0", "--no-learn"]).unwrap();
     assert_eq!(iface_names(&agent), ["eth0"]);
 }
 

@@ -102,10 +102,10 @@ pub struct ClampEntry {
 pub struct Learned {
     /// Destination of egress SYNs.
     pub addr: IpAddr,
-    /// CLOCK_MONOTONIC ns of the first and latest SYN.
-    pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC ns of the latest SYN.
-    pub last_seen_ns: u64,
+    /// Kernel jiffies at the first SYN (see `LearnedDest::first_seen_jiffies`).
+    pub first_seen_jiffies: u64,
+    /// Kernel jiffies at the latest SYN, up to about a second late.
+    pub last_seen_jiffies: u64,
     /// SYNs seen (approximate).
     pub syns: u64,
     /// Interface of the latest SYN.
@@ -117,8 +117,8 @@ impl Learned {
     fn of(addr: IpAddr, v: &LearnedDest) -> Self {
         Self {
             addr,
-            first_seen_ns: v.first_seen_ns,
-            last_seen_ns: v.last_seen_ns,
+            first_seen_jiffies: v.first_seen_jiffies,
+            last_seen_jiffies: v.last_seen_jiffies,
             syns: v.syns,
             ifindex: v.ifindex,
         }

@@ -135,7 +135,9 @@ struct Dest {
     search: bool,
     /// Interface of its latest SYN (learned destinations) or of its latest search.
     ifindex: Option<u32>,
-    last_syn_ns: u64,
+    /// Kernel jiffies of its latest SYN (learned destinations; 0 for configured ones): orders
+    /// destinations for eviction.
+    last_syn_jiffies: u64,
 }
 
 /// What a job found.
@@ -193,7 +195,7 @@ impl Manager {
                 due: Some(Instant::now()),
                 search: true,
                 ifindex: None,
-                last_syn_ns: 0,
+                last_syn_jiffies: 0,
             });
             d.configured = true;
             self.shared
@@ -271,7 +273,7 @@ impl Manager {
     fn consider(&mut self, l: crate::maps::Learned) {
         if let Some(d) = self.dests.get_mut(&l.addr) {
             d.ifindex = Some(l.ifindex);
-            d.last_syn_ns = l.last_seen_ns;
+            d.last_syn_jiffies = l.last_seen_jiffies;
             return;
         }
         if !probe_worthy(l.addr) {
@@ -294,7 +296,7 @@ impl Manager {
                 due: Some(now),
                 search: true,
                 ifindex: Some(l.ifindex),
-                last_syn_ns: l.last_seen_ns,
+                last_syn_jiffies: l.last_seen_jiffies,
             },
         );
     }
@@ -309,7 +311,7 @@ impl Manager {
             .dests
             .iter()
             .filter(|(_, d)| !d.configured && d.due.is_some())
-            .min_by_key(|(_, d)| d.last_syn_ns)
+            .min_by_key(|(_, d)| d.last_syn_jiffies)
         {
             self.dests.remove(&addr);
             let mut maps = self.shared.maps();

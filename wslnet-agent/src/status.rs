@@ -83,7 +83,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
     let mut clamps = maps.clamps();
     clamps.sort_by_key(|c| (c.net.addr(), c.net.prefix_len()));
     let mut learned = maps.learned();
-    learned.sort_by_key(|l| std::cmp::Reverse(l.last_seen_ns));
+    learned.sort_by_key(|l| std::cmp::Reverse(l.last_seen_jiffies));
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),
         interfaces,

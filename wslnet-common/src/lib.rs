@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Map names as they appear in the eBPF object and as files under the pin directory.
 pub mod map_names {
@@ -66,7 +66,7 @@ pub const fn peer_cache_slot(peer: &[u32; 4]) -> u32 {
 
 /// How long a CPU may hold back SYNs to a destination it recently wrote into the learned map,
 /// in jiffies (1.02 s at HZ=250, as in WSL's kernel; 0.26 s at HZ=1000, 2.56 s at HZ=100):
-/// a destination's `last_seen_ns` and `syns` lag by up to this much. One LRU hash write per
+/// a destination's `last_seen_jiffies` and `syns` lag by up to this much. One LRU hash write per
 /// destination, CPU and period instead of one per SYN.
 pub const LEARN_REFRESH_JIFFIES: u64 = 256;
 
@@ -272,11 +272,12 @@ pub struct LearnedKey {
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct LearnedDest {
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, ns) of the first SYN.
-    pub first_seen_ns: u64,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, ns) of the latest SYN,
-    /// up to [`LEARN_REFRESH_JIFFIES`] late.
-    pub last_seen_ns: u64,
+    /// `bpf_jiffies64` (kernel timer ticks, CONFIG_HZ per second, from an arbitrary start)
+    /// at the first SYN. Only compared with other stamps: jiffies cost the datapath no helper
+    /// call, where a clock read costs 15-20 ns on kernels with return-stack mitigations.
+    pub first_seen_jiffies: u64,
+    /// `bpf_jiffies64` at the latest SYN, up to [`LEARN_REFRESH_JIFFIES`] late.
+    pub last_seen_jiffies: u64,
     /// SYNs sent to this destination; the latest may be held back per CPU for up to
     /// [`LEARN_REFRESH_JIFFIES`] (approximate under concurrency).
     pub syns: u64,

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::bpf_jiffies64,
     macros::{classifier, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -302,6 +302,7 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 
 #[inline(always)]
 fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
     // SAFETY: bpf_jiffies64 has no preconditions.
+    // SAFETY: bpf_jiffies64 has no preconditions.
     let now = unsafe { bpf_jiffies64() };
     let Some(slot) = WSLNET_LEARN_CACHE.get_ptr_mut(peer_cache_slot(peer)) else {
         write_learned(ip.family, peer, ifindex, 1);
@@ -335,23 +336,22 @@ fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32) {
         family,
         addr: peer_bytes(peer),
     };
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions. Tick resolution is plenty for
-    // "last seen", at a fraction of the cost of bpf_ktime_get_ns.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: bpf_jiffies64 has no preconditions.
+    let now = unsafe { bpf_jiffies64() };
     match WSLNET_LEARNED.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: a pointer from a successful lookup is valid for the program's run; racing
             // updates from other CPUs can only make the count approximate.
             unsafe {
-                (*entry).last_seen_ns = now;
+                (*entry).last_seen_jiffies = now;
                 (*entry).syns += syns as u64;
                 (*entry).ifindex = ifindex;
             }
         }
         None => {
             let entry = LearnedDest {
-                first_seen_ns: now,
-                last_seen_ns: now,
+                first_seen_jiffies: now,
+                last_seen_jiffies: now,
                 syns: syns as u64,
                 ifindex,
                 reserved: 0,
@@ -365,7 +365,7 @@ fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32) {
 }
 
 /// Adds the SYNs a cache slot held back to their destination's `syns` before the slot is
-/// reused (its `last_seen_ns` keeps the slot's last write). Nothing is written when the agent or
+/// reused (its `last_seen_jiffies` keeps the slot's last write). Nothing is written when the agent or
 /// the LRU dropped the destination meanwhile.
 #[inline(always)]
 fn flush_learned(slot: &LearnCacheEntry) {

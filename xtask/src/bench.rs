@@ -108,7 +108,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 repeat: 1_000_000,
                 // The host's speed drifts by 10-20% within minutes: the median of many short
                 // interleaved rounds follows it better than a few long ones.
-                rounds: 21,
+                rounds: 51,
                 single_samples: 20_000,
             }
         })?;

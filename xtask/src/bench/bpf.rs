@@ -218,9 +218,9 @@ pub fn load_reset_program(
     let mut p = vec![insn(0xbf, 6, 1, 0, 0)]; // r6 = r1 (ctx)
     if let Some(r) = slot_reset {
         p.extend([
-            insn(0x62, 10, 0, -4, r.slot as i32),   // *(u32 *)(r10 - 4) = slot
-            insn(0xbf, 2, 10, 0, 0),                // r2 = r10
-            insn(0x07, 2, 0, 0, -4),                // r2 += -4
+            insn(0x62, 10, 0, -4, r.slot as i32), // *(u32 *)(r10 - 4) = slot
+            insn(0xbf, 2, 10, 0, 0),              // r2 = r10
+            insn(0x07, 2, 0, 0, -4),              // r2 += -4
             insn(0x18, 1, 1, 0, r.map.as_raw_fd()), // r1 = map (BPF_PSEUDO_MAP_FD)
             insn(0, 0, 0, 0, 0),
             insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
