@@ -72,9 +72,9 @@ impl Settings {
     /// The full run.
     pub fn full() -> Self {
         Self {
-            // Rounds vary by 10-20% on a shared 2-CPU machine: the median of 7 per-round ratios
-            // is what steadies the comparison.
-            rounds: 7,
+            // Rounds vary by 10-20% on a shared 2-CPU machine (pinning iperf3 to CPUs did not
+            // help): the median of 11 per-round ratios is what steadies the comparison.
+            rounds: 11,
             iperf_secs: 3,
             conn_secs: 2.0,
             conn_threads: 2,
