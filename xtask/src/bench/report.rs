@@ -112,6 +112,19 @@ fn config<'a>(tp: &'a Value, id: &str) -> Option<&'a Value> {
     configs(tp).into_iter().find(|c| c["id"] == id)
 }
 
+/// The largest `value` among `cases` that have one, with the case's id; NaN when none has.
+fn worst_case<'a>(
+    cases: impl IntoIterator<Item = &'a Value>,
+    value: impl Fn(&Value) -> Option<f64>,
+) -> (f64, &'a str) {
+    cases
+        .into_iter()
+        .filter_map(|c| Some((value(c)?, c["id"].as_str().unwrap_or(""))))
+        .fold((f64::NAN, ""), |a, b| {
+            if a.0.is_nan() || b.0 > a.0 { b } else { a }
+        })
+}
+
 fn targets(md: &mut String, r: &Value) {
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| Target | Measured | |\n|---|---|---|");
@@ -121,17 +134,9 @@ fn targets(md: &mut String, r: &Value) {
             .into_iter()
             .filter(|c| c["diagnostic"] != true && c["rewrite"].is_null())
             .collect();
-        let worst = fast
-            .iter()
-            .map(|c| {
-                (
-                    med(&c["repeat"]["over_floor_ns"]),
-                    c["id"].as_str().unwrap_or(""),
-                )
-            })
-            .fold((f64::NAN, ""), |a, b| {
-                if a.0.is_nan() || b.0 > a.0 { b } else { a }
-            });
+        let worst = worst_case(fast.iter().copied(), |c| {
+            Some(med(&c["repeat"]["over_floor_ns"]))
+        });
         let best = fast
             .iter()
             .map(|c| med(&c["repeat"]["over_floor_ns"]))
@@ -145,12 +150,7 @@ fn targets(md: &mut String, r: &Value) {
             worst.1,
             verdict(worst.0 <= 15.0)
         );
-        let syn_worst = cases(pp)
-            .into_iter()
-            .filter_map(|c| Some((c["rewrite"]["ns"].as_f64()?, c["id"].as_str()?)))
-            .fold((f64::NAN, ""), |a, b| {
-                if a.0.is_nan() || b.0 > a.0 { b } else { a }
-            });
+        let syn_worst = worst_case(cases(pp), |c| c["rewrite"]["ns"].as_f64());
         let _ = writeln!(
             md,
             "| SYN rewrite under 150 ns | up to {:.0} ns/packet ({}) | {} |",
@@ -158,17 +158,7 @@ fn targets(md: &mut String, r: &Value) {
             syn_worst.1,
             verdict(syn_worst.0 < 150.0)
         );
-        let write_worst = cases(pp)
-            .into_iter()
-            .filter_map(|c| {
-                Some((
-                    c["learn_write"]["rewritten_ns"].as_f64()?,
-                    c["id"].as_str()?,
-                ))
-            })
-            .fold((f64::NAN, ""), |a, b| {
-                if a.0.is_nan() || b.0 > a.0 { b } else { a }
-            });
+        let write_worst = worst_case(cases(pp), |c| c["learn_write"]["rewritten_ns"].as_f64());
         if !write_worst.0.is_nan() {
             let _ = writeln!(
                 md,
