@@ -150,23 +150,24 @@ fn targets(md: &mut String, r: &Value) {
             worst.1,
             verdict(worst.0 <= 15.0)
         );
-        let syn_worst = worst_case(cases(pp), |c| c["rewrite"]["ns"].as_f64());
-        let _ = writeln!(
-            md,
-            "| SYN rewrite under 150 ns | up to {:.0} ns/packet ({}) | {} |",
-            syn_worst.0,
-            syn_worst.1,
-            verdict(syn_worst.0 < 150.0)
-        );
-        let write_worst = worst_case(cases(pp), |c| c["learn_write"]["rewritten_ns"].as_f64());
-        if !write_worst.0.is_nan() {
-            let _ = writeln!(
-                md,
-                "| The same for a destination's first SYN on a CPU in a refresh period (+ learned-map write) | up to {:.0} ns/packet ({}) | {} |",
-                write_worst.0,
-                write_worst.1,
-                verdict(write_worst.0 < 150.0)
-            );
+        let syn_rows = [
+            (
+                "SYN rewrite under 150 ns",
+                worst_case(cases(pp), |c| c["rewrite"]["ns"].as_f64()),
+            ),
+            (
+                "The same for a destination's first SYN on a CPU in a refresh period (+ learned-map write)",
+                worst_case(cases(pp), |c| c["learn_write"]["rewritten_ns"].as_f64()),
+            ),
+        ];
+        for (target, (ns, id)) in syn_rows {
+            if !ns.is_nan() {
+                let _ = writeln!(
+                    md,
+                    "| {target} | up to {ns:.0} ns/packet ({id}) | {} |",
+                    verdict(ns < 150.0)
+                );
+            }
         }
     }
     let tp = &r["throughput"];
