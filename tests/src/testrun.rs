@@ -22,7 +22,7 @@ use aya::{
 use wslnet_agent::maps::Maps;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, LearnCacheEntry, LearnedKey,
-    PEER_CACHE_SLOTS, PathMtu, counter_index, map_names, program_names,
+    PEER_CACHE_SLOTS, PathMtu, counter_index, map_names, peer_bytes, program_names,
 };
 use wslnet_model::{Direction, Tables};
 
@@ -173,11 +173,8 @@ impl Harness {
                 .iter()
             {
                 if e.written != 0 && e.pending != 0 {
-                    let mut addr = [0u8; 16];
-                    for (i, w) in e.peer.iter().enumerate() {
-                        addr[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-                    }
-                    *out.entry((e.family, addr)).or_default() += u64::from(e.pending);
+                    *out.entry((e.family, peer_bytes(&e.peer))).or_default() +=
+                        u64::from(e.pending);
                 }
             }
         }

@@ -591,7 +591,8 @@ fn repeated_syns_are_held_back_per_cpu_and_written_within_the_refresh_period() {
     };
     // A destination that shares `a`'s slot in the per-CPU caches.
     let slot_of = |d: std::net::Ipv4Addr| {
-        wslnet_common::peer_cache_slot(&[u32::from_ne_bytes(d.octets()), 0, 0, 0])
+        let addr = wslnet_agent::maps::learned_key(d.into()).addr;
+        wslnet_common::peer_cache_slot(&wslnet_common::peer_words(&addr))
     };
     let b = (1..=255u8)
         .map(|i| std::net::Ipv4Addr::new(10, 9, 6, i))

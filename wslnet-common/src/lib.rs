@@ -64,6 +64,29 @@ pub const fn peer_cache_slot(peer: &[u32; 4]) -> u32 {
     (hash >> 24) & (PEER_CACHE_SLOTS - 1)
 }
 
+/// The address bytes (packet order) of a peer given as the datapath's four words.
+#[inline(always)]
+pub fn peer_bytes(peer: &[u32; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (i, w) in peer.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    b
+}
+
+/// The datapath's four words of an address given as bytes in packet order (IPv4 in the first
+/// four, the rest 0): the inverse of [`peer_bytes`].
+pub fn peer_words(addr: &[u8; 16]) -> [u32; 4] {
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ])
+    })
+}
+
 /// How long a CPU may hold back SYNs to a destination it recently wrote into the learned map,
 /// in jiffies (1.02 s at HZ=250, as in WSL's kernel; 0.26 s at HZ=1000, 2.56 s at HZ=100):
 /// a destination's `last_seen_jiffies` and `syns` lag by up to this much. One LRU hash write per

@@ -13,7 +13,7 @@ use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
     L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest, LearnedKey,
     MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PathMtu,
-    counter_index, mss_for_mtu, peer_cache_slot,
+    counter_index, mss_for_mtu, peer_bytes, peer_cache_slot,
 };
 
 use crate::{
@@ -77,8 +77,8 @@ static WSLNET_PEER_CACHE: PerCpuArray<PeerCacheEntry> =
 
 /// Per-CPU direct-mapped record of recent writes to `WSLNET_LEARNED`, indexed like
 /// `WSLNET_PEER_CACHE`: a burst of connections to one destination costs one LRU hash lookup
-/// (and one clock helper call) per CPU and [`LEARN_REFRESH_JIFFIES`], instead of one per SYN;
-/// `bpf_jiffies64` is inlined by the verifier. Private to the loaded programs.
+/// per CPU and [`LEARN_REFRESH_JIFFIES`], instead of one per SYN; `bpf_jiffies64` is inlined by
+/// the verifier. Private to the loaded programs.
 #[map(name = "WSLNET_LEARN_CACHE")]
 static WSLNET_LEARN_CACHE: PerCpuArray<LearnCacheEntry> =
     PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
@@ -258,16 +258,6 @@ fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
     found
 }
 
-/// The address bytes of a peer, in packet order.
-#[inline(always)]
-fn peer_bytes(peer: &Peer) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    for (i, w) in peer.iter().enumerate() {
-        b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    b
-}
-
 /// Counts an egress DF packet larger than the path MTU in force for its destination. For GSO
 /// packets the size is that of one segment: headers + `gso_size`. `tcp`: bytes 12-13 of the TCP
 /// header when the packet is TCP and they could be read.
@@ -302,10 +292,9 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 
 #[inline(always)]
 fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
     // SAFETY: bpf_jiffies64 has no preconditions.
-    // SAFETY: bpf_jiffies64 has no preconditions.
     let now = unsafe { bpf_jiffies64() };
     let Some(slot) = WSLNET_LEARN_CACHE.get_ptr_mut(peer_cache_slot(peer)) else {
-        write_learned(ip.family, peer, ifindex, 1);
+        write_learned(ip.family, peer, ifindex, 1, now);
         return;
     };
     // SAFETY: this CPU's slot, valid for the program's run; see `lpm_mtu`.
@@ -315,12 +304,12 @@ fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
             slot.pending += 1;
             return;
         }
-        write_learned(ip.family, peer, ifindex, slot.pending + 1);
+        write_learned(ip.family, peer, ifindex, slot.pending + 1, now);
     } else {
         if slot.written != 0 && slot.pending != 0 {
             flush_learned(slot);
         }
-        write_learned(ip.family, peer, ifindex, 1);
+        write_learned(ip.family, peer, ifindex, 1, now);
         slot.peer = *peer;
         slot.family = ip.family;
     }
@@ -328,16 +317,11 @@ fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
     slot.written = now;
 }
 
-/// Adds `syns` SYNs, the latest just now, to a destination's entry in `WSLNET_LEARNED`,
-/// creating it (and announcing it to the agent) when it is new.
+/// Adds `syns` SYNs, the latest at `now` (jiffies), to a destination's entry in
+/// `WSLNET_LEARNED`, creating it (and announcing it to the agent) when it is new.
 #[inline(always)]
-fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32) {
-    let key = LearnedKey {
-        family,
-        addr: peer_bytes(peer),
-    };
-    // SAFETY: bpf_jiffies64 has no preconditions.
-    let now = unsafe { bpf_jiffies64() };
+fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32, now: u64) {
+    let key = learned_key(family, peer);
     match WSLNET_LEARNED.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: a pointer from a successful lookup is valid for the program's run; racing
@@ -365,17 +349,22 @@ fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32) {
 }
 
 /// Adds the SYNs a cache slot held back to their destination's `syns` before the slot is
-/// reused (its `last_seen_jiffies` keeps the slot's last write). Nothing is written when the agent or
-/// the LRU dropped the destination meanwhile.
+/// reused (its `last_seen_jiffies` keeps the slot's last write). Nothing is written when the
+/// agent or the LRU dropped the destination meanwhile.
 #[inline(always)]
 fn flush_learned(slot: &LearnCacheEntry) {
-    let key = LearnedKey {
-        family: slot.family,
-        addr: peer_bytes(&slot.peer),
-    };
-    if let Some(entry) = WSLNET_LEARNED.get_ptr_mut(&key) {
+    if let Some(entry) = WSLNET_LEARNED.get_ptr_mut(&learned_key(slot.family, &slot.peer)) {
         // SAFETY: as in `write_learned`.
         unsafe { (*entry).syns += slot.pending as u64 };
+    }
+}
+
+/// The `WSLNET_LEARNED` key of a peer.
+#[inline(always)]
+fn learned_key(family: u32, peer: &Peer) -> LearnedKey {
+    LearnedKey {
+        family,
+        addr: peer_bytes(peer),
     }
 }
 

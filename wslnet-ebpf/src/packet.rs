@@ -92,12 +92,12 @@ impl<const N: usize> Header<N> {
 /// Room for the IP header when it is not in the linear data (it then is copied here).
 pub type HeaderBuf = core::mem::MaybeUninit<[u8; Ipv6Hdr::LEN]>;
 
-/// The first `N` bytes of the frame as a [`Header`] when the linear data holds them.
+/// The `N` bytes at `off` as a [`Header`] when the linear data holds them.
 #[inline(always)]
-fn linear<const N: usize>(ctx: &TcContext) -> Option<Header<N>> {
+fn linear<const N: usize>(ctx: &TcContext, off: usize) -> Option<Header<N>> {
     let start = ctx.data();
-    (start + N <= ctx.data_end()).then_some(Header {
-        ptr: start as *const u8,
+    (start + off + N <= ctx.data_end()).then_some(Header {
+        ptr: (start + off) as *const u8,
     })
 }
 
@@ -107,11 +107,8 @@ fn linear<const N: usize>(ctx: &TcContext) -> Option<Header<N>> {
 #[inline(always)]
 fn header<const N: usize>(ctx: &TcContext, off: usize, buf: &mut HeaderBuf) -> Option<Header<N>> {
     const { assert!(N <= Ipv6Hdr::LEN) };
-    let start = ctx.data();
-    if start + off + N <= ctx.data_end() {
-        return Some(Header {
-            ptr: (start + off) as *const u8,
-        });
+    if let Some(h) = linear(ctx, off) {
+        return Some(h);
     }
     // SAFETY: the helper writes N bytes (at most the buffer's size) into `buf` or fails.
     let ret = unsafe {
@@ -195,7 +192,7 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool, buf: &mut HeaderBuf)
     // Fast path, most frames: untagged Ethernet with the IP header in the linear data, checked
     // together.
     if l3_offset != L3_OFFSET_NONE
-        && let Some(frame) = linear::<{ EthHdr::LEN + Ipv4Hdr::LEN }>(ctx)
+        && let Some(frame) = linear::<{ EthHdr::LEN + Ipv4Hdr::LEN }>(ctx, 0)
     {
         let ether_type = frame.be16::<12>();
         if ether_type == ETH_P_IP {
@@ -203,7 +200,7 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool, buf: &mut HeaderBuf)
             return ipv4(h, EthHdr::LEN, len, egress);
         }
         if ether_type == ETH_P_IPV6
-            && let Some(frame) = linear::<{ EthHdr::LEN + Ipv6Hdr::LEN }>(ctx)
+            && let Some(frame) = linear::<{ EthHdr::LEN + Ipv6Hdr::LEN }>(ctx, 0)
         {
             let h = frame.sub::<{ EthHdr::LEN }, { Ipv6Hdr::LEN }>();
             return ipv6(ctx, h, EthHdr::LEN, len, egress);

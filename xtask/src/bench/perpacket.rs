@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 use wslnet_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
-    LearnCacheEntry, map_names, origin, peer_cache_slot, program_names,
+    LearnCacheEntry, map_names, origin, peer_cache_slot, peer_words, program_names,
 };
 use wslnet_tests::{netns::Bpffs, packets as p};
 
@@ -356,15 +356,13 @@ struct Resets {
 }
 
 /// The destination of an egress SYN case as the datapath's cache key words.
-fn peer_words(case: &Case) -> [u32; 4] {
-    let bytes: Vec<u8> = if case.family == FAMILY_V6 {
-        p::addr::REMOTE6.octets().to_vec()
+fn destination_words(case: &Case) -> [u32; 4] {
+    let addr: std::net::IpAddr = if case.family == FAMILY_V6 {
+        p::addr::REMOTE6.into()
     } else {
-        let mut b = p::addr::REMOTE4.octets().to_vec();
-        b.resize(16, 0);
-        b
+        p::addr::REMOTE4.into()
     };
-    std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
+    peer_words(&wslnet_agent::maps::learned_key(addr).addr)
 }
 
 /// SYNs recorded in the learned map, all destinations (held-back ones not included).
@@ -403,7 +401,7 @@ fn resets(
         };
         let slot_reset = |zero_u64_at| bpf::SlotReset {
             map: data.fd().as_fd(),
-            slot: peer_cache_slot(&peer_words(case)),
+            slot: peer_cache_slot(&destination_words(case)),
             zero_u64_at,
         };
         let written = std::mem::offset_of!(LearnCacheEntry, written) as i16;
@@ -564,23 +562,21 @@ pub fn run(s: Settings) -> Result<Value> {
             let run = |prog: &std::os::fd::OwnedFd| -> Result<f64> {
                 Ok(bpf::test_run(prog.as_fd(), &c.frame, c.gso_size, s.repeat)?.ns as f64)
             };
-            let (rw, fits) = if r % 2 == 0 {
-                let rw = run(&reset[k].rewrite)?;
-                (rw, run(&reset[k].fits)?)
-            } else {
-                let fits = run(&reset[k].fits)?;
-                (run(&reset[k].rewrite)?, fits)
+            // Both programs of a pair, first one then the other in alternate rounds.
+            let pair = |a, b| -> Result<(f64, f64)> {
+                Ok(if r % 2 == 0 {
+                    let x = run(a)?;
+                    (x, run(b)?)
+                } else {
+                    let y = run(b)?;
+                    (run(a)?, y)
+                })
             };
+            let (rw, fits) = pair(&reset[k].rewrite, &reset[k].fits)?;
             warm_extra[i].push(rw - fits);
             warm_reset_fits[i].push(fits);
             if let Some((relearn, lookup)) = &reset[k].learn {
-                let (w, l) = if r % 2 == 0 {
-                    let w = run(relearn)?;
-                    (w, run(lookup)?)
-                } else {
-                    let l = run(lookup)?;
-                    (run(relearn)?, l)
-                };
+                let (w, l) = pair(relearn, lookup)?;
                 learn_extra[i].push(w - l);
             }
         }
