@@ -13,6 +13,11 @@ use wslnet_tests::{
 /// timing assertion).
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Sends SIGTERM to a running agent and waits (up to [`STOP_TIMEOUT`]) for it to exit.
+fn sigterm(daemon: &mut Daemon) -> std::process::ExitStatus {
+    daemon.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).unwrap()
+}
+
 /// A short-lived TCP connection from `ns` to `addr:port` (a SYN through the datapath); returns
 /// the sender MSS the kernel uses for it (TCP_MAXSEG).
 fn connect_mss(ns: &Netns, addr: &str, port: u16) -> u32 {
@@ -245,10 +250,7 @@ fn detach_leaves_nothing_behind(mode: &str) {
         ],
     )
     .unwrap();
-    let status = agent
-        .daemon
-        .signal_and_wait(libc::SIGTERM, STOP_TIMEOUT)
-        .unwrap();
+    let status = sigterm(&mut agent.daemon);
     assert!(status.success(), "{mode}: {status}");
     // --keep-attached: still there, and still clamping, after the agent stopped.
     assert!(!fs.list().is_empty());
@@ -281,10 +283,7 @@ fn sigterm_without_keep_detaches_everything() {
     )
     .unwrap();
     assert_ne!(tc_state(&pair.a), clean);
-    let status = agent
-        .daemon
-        .signal_and_wait(libc::SIGTERM, STOP_TIMEOUT)
-        .unwrap();
+    let status = sigterm(&mut agent.daemon);
     assert!(status.success());
     assert_eq!(tc_state(&pair.a), clean);
     assert_eq!(fs.list(), Vec::<String>::new());
@@ -612,10 +611,7 @@ fn pins_of_another_map_abi_are_refused_until_detached() {
         &["--iface", "eth0", "--no-learn", "--keep-attached"],
     )
     .unwrap();
-    let status = agent
-        .daemon
-        .signal_and_wait(libc::SIGTERM, STOP_TIMEOUT)
-        .unwrap();
+    let status = sigterm(&mut agent.daemon);
     assert!(status.success(), "{status}");
     let mut maps = wslnet_agent::maps::Maps::open(&fs.path().join("wslnet")).unwrap();
     let older = wslnet_common::Globals {
@@ -683,7 +679,7 @@ fn sigterm_during_startup_stops_cleanly() {
     daemon
         .wait_for_log(Duration::from_secs(20), |l| l.contains("serving metrics"))
         .unwrap();
-    let status = daemon.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).unwrap();
+    let status = sigterm(&mut daemon);
     assert!(status.success(), "{status}; log:\n{}", daemon.log());
     assert_eq!(tc_state(&pair.a), clean, "log:\n{}", daemon.log());
     assert_eq!(fs.list(), Vec::<String>::new());
