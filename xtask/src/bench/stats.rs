@@ -1,4 +1,5 @@
-//! Small statistics over repeated measurements: median and range, serialised into the results.
+//! Small statistics over repeated measurements: median, range and a distribution-free 95%
+//! confidence interval of the median, serialised into the results.
 
 use serde_json::{Value, json};
 
@@ -13,6 +14,9 @@ pub struct Summary {
     pub max: f64,
     /// Number of values.
     pub n: usize,
+    /// 95% confidence interval of the median (order statistics, no assumption on the
+    /// distribution); `None` below 6 values, where no pair of order statistics covers 95%.
+    pub ci95: Option<(f64, f64)>,
 }
 
 impl Summary {
@@ -25,6 +29,7 @@ impl Summary {
                 min: f64::NAN,
                 max: f64::NAN,
                 n: 0,
+                ci95: None,
             };
         }
         v.sort_by(|a, b| a.total_cmp(b));
@@ -39,6 +44,7 @@ impl Summary {
             min: v[0],
             max: v[n - 1],
             n,
+            ci95: median_ci_rank(n).map(|k| (v[k - 1], v[n - k])),
         }
     }
 
@@ -49,8 +55,24 @@ impl Summary {
             "min": round(self.min, digits),
             "max": round(self.max, digits),
             "n": self.n,
+            "ci95": self.ci95.map(|(lo, hi)| [round(lo, digits), round(hi, digits)]),
         })
     }
+}
+
+/// The rank `k` (1-based) such that the `k`-th smallest and the `k`-th largest of `n` values
+/// bound the median with at least 95% confidence: the largest `k` with
+/// P(Binomial(n, 1/2) < k) <= 2.5%. `None` when even the extremes do not reach 95% (n < 6).
+fn median_ci_rank(n: usize) -> Option<usize> {
+    // P(X = i) for X ~ Binomial(n, 1/2), summed from i = 0 while the lower tail stays <= 2.5%.
+    let mut p = 0.5f64.powi(n as i32);
+    let (mut tail, mut k) = (0.0, 0);
+    while k < n / 2 && tail + p <= 0.025 {
+        tail += p;
+        k += 1;
+        p *= (n - k + 1) as f64 / k as f64;
+    }
+    (k >= 1).then_some(k)
 }
 
 /// `x` rounded to `digits` decimals (NaN becomes JSON null through serde_json).
@@ -70,5 +92,17 @@ mod tests {
         let s = Summary::of(&[5.0, 1.0]);
         assert_eq!((s.min, s.max, s.n), (1.0, 5.0, 2));
         assert!(Summary::of(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn median_confidence_interval_ranks() {
+        // Tabulated distribution-free ranks (e.g. Conover, Practical Nonparametric Statistics).
+        assert_eq!(median_ci_rank(5), None);
+        assert_eq!(median_ci_rank(6), Some(1));
+        assert_eq!(median_ci_rank(11), Some(2));
+        assert_eq!(median_ci_rank(21), Some(6));
+        assert_eq!(median_ci_rank(51), Some(19));
+        let v: Vec<f64> = (1..=11).map(f64::from).collect();
+        assert_eq!(Summary::of(&v).ci95, Some((2.0, 10.0)));
     }
 }

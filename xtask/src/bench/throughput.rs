@@ -1,4 +1,4 @@
-//! Throughput (iperf3, both directions) and short-connection rate over a veth pair between two
+//! Throughput (iperf3, both directions) and short-connection rate over veth pairs between
 //! namespaces, for five configurations of the client side `a`, interleaved round by round in
 //! one run:
 //!
@@ -15,11 +15,25 @@
 //! - `nft_1332`: nftables `tcp flags syn tcp option maxseg size set 1332` in the output and the
 //!   input hook (clamps both ways, like wslnet).
 //!
-//! Each round runs every configuration (in a rotated order): iperf3 `a -> b`, iperf3 `b -> a`
-//! (`-R`), then the connection rate: client threads inside `a` open TCP connections to a server
-//! thread inside `b` as fast as they can and reset them (SO_LINGER 0, so no TIME_WAIT piles up):
-//! each connection is a SYN out of and a SYN-ACK into `a`, the path wslnet rewrites. Ratios to
-//! `none` are taken within a round, then the median over rounds is reported.
+//! Each configuration has a namespace pair (a "bed") of its own, set up once and kept for the
+//! whole section, so that switching configuration costs nothing and rounds can be short and
+//! many: rounds on this shared machine drift by 10-40% within seconds, and only samples taken
+//! close together compare well. A round runs iperf3 `a -> b` for every configuration (in an
+//! order rotated each round), then iperf3 `b -> a` (`-R`), then the connection rate: client
+//! threads inside `a` open TCP connections to a server thread inside `b` as fast as they can
+//! and reset them (SO_LINGER 0, so no TIME_WAIT piles up): each connection is a SYN out of and
+//! a SYN-ACK into `a`, the path wslnet rewrites. Every process and thread of the traffic
+//! (iperf3 client and server, the connection threads, and so the softirq work of the veth
+//! pair) is pinned to one CPU: the figures are what one CPU moves, the measure most sensitive
+//! to per-packet cost, and placement across CPUs no longer varies from run to run.
+//!
+//! Ratios are paired within a round (to `none`, and wslnet to the nft rule doing the same),
+//! then summarised by their median with a distribution-free 95% confidence interval.
+//!
+//! Finally, with the kernel's BPF run-time statistics enabled (`BPF_ENABLE_STATS`, only for
+//! this last pass: they add a clock read to every program run, which would tax wslnet alone in
+//! the comparison), one more run per direction and wslnet configuration measures what the
+//! programs cost on the real traffic: nanoseconds per packet and their share of the CPU.
 
 use std::{
     fs::File,
@@ -63,8 +77,8 @@ impl Settings {
     pub fn quick() -> Self {
         Self {
             rounds: 2,
-            iperf_secs: 2,
-            conn_secs: 1.5,
+            iperf_secs: 1,
+            conn_secs: 0.5,
             conn_threads: 2,
         }
     }
@@ -72,11 +86,12 @@ impl Settings {
     /// The full run.
     pub fn full() -> Self {
         Self {
-            // Rounds vary by 10-20% on a shared 2-CPU machine (pinning iperf3 to CPUs did not
-            // help): the median of 11 per-round ratios is what steadies the comparison.
-            rounds: 11,
-            iperf_secs: 3,
-            conn_secs: 2.0,
+            // Many short rounds: on this shared machine throughput drifts by 10-40% within
+            // seconds, so samples of the five configurations must be taken close together, and
+            // the confidence interval of a median narrows with the number of rounds.
+            rounds: 21,
+            iperf_secs: 1,
+            conn_secs: 1.0,
             conn_threads: 2,
         }
     }
@@ -222,6 +237,23 @@ fn enter_netns(ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity (pid 0: the
+    // calling thread) only read and write the set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "pinning a thread to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The accept-and-drop server of the connection-rate test, a thread inside `b`.
 struct ConnServer {
     stop: Arc<AtomicBool>,
@@ -231,12 +263,14 @@ struct ConnServer {
 }
 
 impl ConnServer {
-    fn start(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+    /// Starts the server thread inside `ns`, pinned to `cpu`.
+    fn start(ns: &Netns, addr: SocketAddr, cpu: usize) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let (name, s) = (ns.name().to_string(), stop.clone());
         let thread = thread::spawn(move || {
             let listener = enter_netns(&name)
+                .and_then(|()| pin_thread(cpu))
                 .and_then(|()| TcpListener::bind(addr).with_context(|| format!("binding {addr}")));
             let listener = match listener {
                 Ok(l) => {
@@ -290,14 +324,21 @@ struct ConnRate {
     client_mss: Option<u32>,
 }
 
-/// Opens and resets connections from inside `ns` to `addr` for `secs` with `threads` threads.
-fn conn_rate(ns: &str, addr: SocketAddr, secs: f64, threads: usize) -> Result<ConnRate> {
+/// Opens and resets connections from inside `ns` to `addr` for `secs` with `threads` threads,
+/// pinned to `cpu`.
+fn conn_rate(
+    ns: &str,
+    addr: SocketAddr,
+    secs: f64,
+    threads: usize,
+    cpu: usize,
+) -> Result<ConnRate> {
     let start_gate = Arc::new(std::sync::Barrier::new(threads + 1));
     let mut handles = Vec::new();
     for t in 0..threads {
         let (ns, gate) = (ns.to_string(), start_gate.clone());
         handles.push(thread::spawn(move || -> Result<(u64, u64, Option<u32>)> {
-            let entered = enter_netns(&ns);
+            let entered = enter_netns(&ns).and_then(|()| pin_thread(cpu));
             gate.wait();
             entered?;
             let deadline = Instant::now() + Duration::from_secs_f64(secs);
@@ -364,8 +405,19 @@ fn conn_rate(ns: &str, addr: SocketAddr, secs: f64, threads: usize) -> Result<Co
     })
 }
 
-/// One iperf3 run from `a`; returns Gbit/s received and the reported MSS.
-fn iperf(pair: &Pair, secs: u32, reverse: bool) -> Result<(f64, Option<u64>)> {
+/// One iperf3 run.
+struct Iperf {
+    /// Gbit/s received.
+    gbit_s: f64,
+    /// Seconds over which the bytes were received.
+    seconds: f64,
+    /// The MSS iperf3 reports for its connection.
+    mss: Option<u64>,
+}
+
+/// One iperf3 run from `a` to `b` (from `b` to `a` with `reverse`), client and server pinned
+/// to `cpu`.
+fn iperf(pair: &Pair, secs: u32, reverse: bool, cpu: usize) -> Result<Iperf> {
     let mut cmd = pair.a.command("timeout");
     cmd.args([
         &(secs + 30).to_string(),
@@ -376,6 +428,8 @@ fn iperf(pair: &Pair, secs: u32, reverse: bool) -> Result<(f64, Option<u64>)> {
         &IPERF_PORT.to_string(),
         "-t",
         &secs.to_string(),
+        "-A",
+        &format!("{cpu},{cpu}"),
         "-J",
     ]);
     if reverse {
@@ -392,10 +446,113 @@ fn iperf(pair: &Pair, secs: u32, reverse: bool) -> Result<(f64, Option<u64>)> {
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
     }
-    let bps = v["end"]["sum_received"]["bits_per_second"]
+    let received = &v["end"]["sum_received"];
+    let bps = received["bits_per_second"]
         .as_f64()
         .context("iperf3 JSON without end.sum_received.bits_per_second")?;
-    Ok((bps / 1e9, v["start"]["tcp_mss_default"].as_u64()))
+    Ok(Iperf {
+        gbit_s: bps / 1e9,
+        seconds: received["seconds"].as_f64().unwrap_or(secs as f64),
+        mss: v["start"]["tcp_mss_default"].as_u64(),
+    })
+}
+
+/// A configuration's namespace pair with everything it runs, for the whole section; torn down
+/// on drop (servers, then the configuration, then the namespaces).
+struct Bed {
+    cfg: Config,
+    conn_server: ConnServer,
+    iperf_server: Daemon,
+    installed: Installed,
+    pair: Pair,
+}
+
+impl Bed {
+    fn new(cfg: Config, cpu: usize) -> Result<Self> {
+        let pair = Pair::new()?;
+        for ns in [&pair.a, &pair.b] {
+            ns.sh("sysctl -qw net.ipv4.ip_local_port_range='10000 65000'")?;
+        }
+        let installed =
+            Installed::new(cfg, &pair).with_context(|| format!("setting up {}", cfg.id()))?;
+        let iperf_server = pair.b.spawn(
+            "iperf3",
+            ["-s", "-B", Pair::B4, "-p", &IPERF_PORT.to_string()],
+        )?;
+        wait_until(Duration::from_secs(10), "iperf3 server", || {
+            let out = pair
+                .b
+                .sh_output(&format!("ss -Hltn 'sport = :{IPERF_PORT}'"))
+                .ok()?;
+            (!out.stdout.is_empty()).then_some(())
+        })
+        .with_context(|| format!("iperf3 server log: {}", iperf_server.log()))?;
+        let conn_server = ConnServer::start(&pair.b, conn_addr(), cpu)?;
+        Ok(Self {
+            cfg,
+            conn_server,
+            iperf_server,
+            installed,
+            pair,
+        })
+    }
+
+    fn conn_rate(&self, s: &Settings, secs: f64, cpu: usize) -> Result<ConnRate> {
+        conn_rate(
+            self.pair.a.name(),
+            self.conn_server.addr,
+            secs,
+            s.conn_threads,
+            cpu,
+        )
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = self
+            .iperf_server
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    }
+}
+
+/// The connection-rate server's address inside every bed's `b`.
+fn conn_addr() -> SocketAddr {
+    SocketAddr::new(
+        Pair::B4.parse().expect("Pair::B4 is an IPv4 address"),
+        CONN_PORT,
+    )
+}
+
+/// The CPU all traffic is pinned to: the highest one this process may run on (CPU 0 tends to
+/// take more of the machine's own interrupts).
+fn traffic_cpu() -> Result<usize> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity (pid 0: this thread)
+    // fills the set we own, and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .context("this process may run on no CPU")
+    }
+}
+
+/// Run time and run count of the wslnet programs loaded on this machine, summed (only one bed
+/// carries traffic at a time, so a difference between two snapshots is that bed's).
+fn wslnet_prog_stats() -> Result<(u64, u64)> {
+    let (mut ns, mut runs) = (0u64, 0u64);
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded BPF programs")?;
+        if matches!(info.name_as_str(), Some("wslnet_ingress" | "wslnet_egress")) {
+            ns += info.run_time().as_nanos() as u64;
+            runs += info.run_count();
+        }
+    }
+    Ok((ns, runs))
 }
 
 /// Per configuration, per round.
@@ -407,69 +564,73 @@ struct Samples {
     conn_failures: u64,
     client_mss: Option<u32>,
     iperf_mss: Option<u64>,
-    evidence: Vec<Value>,
 }
+
+/// What a round measures, in this order, each for every configuration in turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    AToB,
+    BToA,
+    Connections,
+}
+
+/// wslnet against the nftables rule doing the same, like against like: no MSS lowered
+/// (wslnet 1500 vs `rt mtu` on a 1500-byte link), and the same MSS lowered (1372 vs 1332).
+pub const AGAINST_NFT: [(&str, &str); 2] = [("wslnet_1500", "nft_rt_mtu"), ("wslnet", "nft_1332")];
 
 /// Measures everything; returns the JSON section `throughput`.
 pub fn run(s: Settings) -> Result<Value> {
     let started = Instant::now();
-    let pair = Pair::new()?;
-    for ns in [&pair.a, &pair.b] {
-        ns.sh("sysctl -qw net.ipv4.ip_local_port_range='10000 65000'")?;
+    let cpu = traffic_cpu()?;
+    let beds = Config::ALL
+        .iter()
+        .map(|&cfg| Bed::new(cfg, cpu))
+        .collect::<Result<Vec<_>>>()?;
+    // Warm-up (not recorded): ARP, caches, iperf3's first start, in every bed.
+    for bed in &beds {
+        iperf(&bed.pair, 1, false, cpu)?;
+        bed.conn_rate(&s, 0.2, cpu)?;
     }
-    let mut server: Daemon = pair.b.spawn(
-        "iperf3",
-        ["-s", "-B", Pair::B4, "-p", &IPERF_PORT.to_string()],
-    )?;
-    wait_until(Duration::from_secs(10), "iperf3 server", || {
-        let out = pair
-            .b
-            .sh_output(&format!("ss -Hltn 'sport = :{IPERF_PORT}'"))
-            .ok()?;
-        (!out.stdout.is_empty()).then_some(())
-    })
-    .with_context(|| format!("iperf3 server log: {}", server.log()))?;
-    let conn_addr: SocketAddr = format!("{}:{CONN_PORT}", Pair::B4).parse()?;
-    let conn_server = ConnServer::start(&pair.b, conn_addr)?;
-    // Warm-up (not recorded): ARP, caches, iperf3's first start.
-    iperf(&pair, 1, false)?;
-    conn_rate(pair.a.name(), conn_addr, 0.3, s.conn_threads)?;
 
-    let mut samples = vec![Samples::default(); Config::ALL.len()];
+    let mut samples = vec![Samples::default(); beds.len()];
     for r in 0..s.rounds {
-        for k in 0..Config::ALL.len() {
-            let i = (k + r) % Config::ALL.len();
-            let cfg = Config::ALL[i];
-            eprint!(" {}", cfg.id());
-            let installed = Installed::new(cfg, &pair)?;
-            let (fwd, mss) = iperf(&pair, s.iperf_secs, false)?;
-            let (rev, _) = iperf(&pair, s.iperf_secs, true)?;
-            let cr = conn_rate(pair.a.name(), conn_addr, s.conn_secs, s.conn_threads)?;
-            let sm = &mut samples[i];
-            sm.fwd.push(fwd);
-            sm.rev.push(rev);
-            sm.conn.push(cr.per_sec);
-            sm.conn_failures += cr.failures;
-            sm.client_mss = sm.client_mss.or(cr.client_mss);
-            sm.iperf_mss = sm.iperf_mss.or(mss);
-            sm.evidence.push(installed.evidence());
-            drop(installed);
+        for measure in [Measure::AToB, Measure::BToA, Measure::Connections] {
+            for k in 0..beds.len() {
+                let i = (k + r) % beds.len();
+                let (bed, sm) = (&beds[i], &mut samples[i]);
+                match measure {
+                    Measure::AToB => {
+                        let run = iperf(&bed.pair, s.iperf_secs, false, cpu)?;
+                        sm.fwd.push(run.gbit_s);
+                        sm.iperf_mss = sm.iperf_mss.or(run.mss);
+                    }
+                    Measure::BToA => {
+                        sm.rev
+                            .push(iperf(&bed.pair, s.iperf_secs, true, cpu)?.gbit_s);
+                    }
+                    Measure::Connections => {
+                        let cr = bed.conn_rate(&s, s.conn_secs, cpu)?;
+                        sm.conn.push(cr.per_sec);
+                        sm.conn_failures += cr.failures;
+                        sm.client_mss = sm.client_mss.or(cr.client_mss);
+                    }
+                }
+            }
         }
-        eprintln!(" (round {} of {})", r + 1, s.rounds);
+        eprintln!("  round {} of {}", r + 1, s.rounds);
     }
-    drop(conn_server);
-    let _ = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    let datapath_cost = datapath_cost(&beds, &s, cpu)?;
 
-    let base = samples[0].clone();
     let ratio = |xs: &[f64], base: &[f64]| -> Summary {
         Summary::of(&xs.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>())
     };
+    let of = |id: &str| &samples[Config::ALL.iter().position(|c| c.id() == id).unwrap()];
+    let base = of(Config::None.id());
     let mut configs = Vec::new();
-    for (i, cfg) in Config::ALL.iter().enumerate() {
-        let sm = &samples[i];
+    for (bed, sm) in beds.iter().zip(&samples) {
         configs.push(json!({
-            "id": cfg.id(),
-            "label": cfg.label(),
+            "id": bed.cfg.id(),
+            "label": bed.cfg.label(),
             "client_mss": sm.client_mss,
             "iperf3_tcp_mss_default": sm.iperf_mss,
             "gbit_s_a_to_b": Summary::of(&sm.fwd).json(2),
@@ -484,16 +645,73 @@ pub fn run(s: Settings) -> Result<Value> {
                 "gbit_s_b_to_a": sm.rev.iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
                 "connections_per_s": sm.conn.iter().map(|x| round(*x, 0)).collect::<Vec<_>>(),
             },
-            "evidence": sm.evidence.last().cloned().unwrap_or(Value::Null),
+            "evidence": bed.installed.evidence(),
         }));
     }
+    let against_nft: Vec<Value> = AGAINST_NFT
+        .iter()
+        .map(|&(ours, theirs)| {
+            let (o, t) = (of(ours), of(theirs));
+            json!({
+                "ours": ours,
+                "theirs": theirs,
+                "ratio_a_to_b": ratio(&o.fwd, &t.fwd).json(3),
+                "ratio_b_to_a": ratio(&o.rev, &t.rev).json(3),
+                "ratio_connections": ratio(&o.conn, &t.conn).json(3),
+            })
+        })
+        .collect();
+    drop(beds);
     Ok(json!({
-        "method": "veth pair between two namespaces; iperf3 -t N -J from a (a->b) and with -R (b->a); connection rate: client threads in a, connect + SO_LINGER 0 reset, accept-and-drop server thread in b; configurations interleaved, order rotated per round; ratios paired per round",
+        "method": "one veth pair between two namespaces per configuration, all set up once; per round iperf3 -t N -J a->b for every configuration, then with -R (b->a), then the connection rate (client threads in a, connect + SO_LINGER 0 reset, accept-and-drop server thread in b); order rotated per round; all traffic pinned to one CPU; ratios paired per round, median with a distribution-free 95% CI",
         "rounds": s.rounds,
         "iperf_seconds": s.iperf_secs,
         "connection_seconds": s.conn_secs,
         "connection_threads": s.conn_threads,
+        "cpu": cpu,
         "configs": configs,
+        "against_nft": against_nft,
+        "datapath_cost": datapath_cost,
         "seconds": round(started.elapsed().as_secs_f64(), 1),
     }))
+}
+
+/// What wslnet's programs cost on real traffic: one more iperf3 run per direction and one
+/// connection-rate run of each wslnet bed, with the kernel's BPF run-time statistics enabled
+/// for this pass only (they add a clock read to every program run).
+fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Value> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics (BPF_ENABLE_STATS, Linux >= 5.8)")?;
+    let cost = |before: (u64, u64), after: (u64, u64), seconds: f64| {
+        let (ns, runs) = (after.0 - before.0, after.1 - before.1);
+        json!({
+            "program_runs": runs,
+            "program_ns": ns,
+            "ns_per_run": round(ns as f64 / runs.max(1) as f64, 1),
+            "runs_per_s": round(runs as f64 / seconds, 0),
+            "cpu_share": round(ns as f64 / (seconds * 1e9), 5),
+        })
+    };
+    let mut rows = Vec::new();
+    for bed in beds
+        .iter()
+        .filter(|b| matches!(b.cfg, Config::Wslnet1500 | Config::Wslnet))
+    {
+        let mut row = json!({ "id": bed.cfg.id(), "label": bed.cfg.label() });
+        for (key, reverse) in [("a_to_b", false), ("b_to_a", true)] {
+            let before = wslnet_prog_stats()?;
+            let run = iperf(&bed.pair, s.iperf_secs.max(2), reverse, cpu)?;
+            let mut c = cost(before, wslnet_prog_stats()?, run.seconds);
+            c["gbit_s"] = json!(round(run.gbit_s, 2));
+            row[key] = c;
+        }
+        let before = wslnet_prog_stats()?;
+        let t = Instant::now();
+        let cr = bed.conn_rate(s, s.conn_secs, cpu)?;
+        let mut c = cost(before, wslnet_prog_stats()?, t.elapsed().as_secs_f64());
+        c["connections_per_s"] = json!(round(cr.per_sec, 0));
+        row["connections"] = c;
+        rows.push(row);
+    }
+    Ok(Value::Array(rows))
 }
