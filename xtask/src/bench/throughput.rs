@@ -576,7 +576,7 @@ enum Measure {
 
 /// wslnet against the nftables rule doing the same, like against like: no MSS lowered
 /// (wslnet 1500 vs `rt mtu` on a 1500-byte link), and the same MSS lowered (1372 vs 1332).
-pub const AGAINST_NFT: [(&str, &str); 2] = [("wslnet_1500", "nft_rt_mtu"), ("wslnet", "nft_1332")];
+const AGAINST_NFT: [(&str, &str); 2] = [("wslnet_1500", "nft_rt_mtu"), ("wslnet", "nft_1332")];
 
 /// Measures everything; returns the JSON section `throughput`.
 pub fn run(s: Settings) -> Result<Value> {
