@@ -280,10 +280,17 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 
     if size <= floor {
         return;
     }
+    // The counters are looked up first, so that the CPU can fetch them while the path MTU is
+    // looked up.
+    let counters = WSLNET_COUNTERS.get_ptr_mut(counter_index(cfg.slot, DIR_EGRESS, ip.family));
     let peer = packet::peer(ip);
     let mtu = path_mtu(ip, &peer, cfg, g.clamp_generation) as usize;
-    if mtu != 0 && size > mtu {
-        bump(cfg.slot, DIR_EGRESS, ip.family, |c| c.oversize_df += 1);
+    if mtu != 0
+        && size > mtu
+        && let Some(c) = counters
+    {
+        // SAFETY: as in `bump`.
+        unsafe { (*c).oversize_df += 1 };
     }
 }
 
