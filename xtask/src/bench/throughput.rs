@@ -39,6 +39,7 @@ use std::{
     fs::File,
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -49,6 +50,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
+use wslnet_agent::maps::maps_dir;
+use wslnet_common::map_names;
 use wslnet_tests::{
     agent::{Agent, Pair, status_counter},
     netns::{Bpffs, Daemon, Netns, wait_until},
@@ -541,13 +544,20 @@ fn traffic_cpu() -> Result<usize> {
     }
 }
 
-/// Run time and run count of the wslnet programs loaded on this machine, summed (only one bed
-/// carries traffic at a time, so a difference between two snapshots is that bed's).
-fn wslnet_prog_stats() -> Result<(u64, u64)> {
+/// Run time (ns) and run count, summed, of the programs that use the map pinned at `map_pin`:
+/// the two programs of one agent (any other wslnet agent on the machine has maps of its own).
+fn prog_stats(map_pin: &Path) -> Result<(u64, u64)> {
+    let map_id = aya::maps::MapInfo::from_pin(map_pin)
+        .with_context(|| format!("reading the pinned map {}", map_pin.display()))?
+        .id();
     let (mut ns, mut runs) = (0u64, 0u64);
     for info in aya::programs::loaded_programs() {
         let info = info.context("listing loaded BPF programs")?;
-        if matches!(info.name_as_str(), Some("wslnet_ingress" | "wslnet_egress")) {
+        let uses_map = info
+            .map_ids()
+            .context("listing a program's maps")?
+            .is_some_and(|ids| ids.contains(&map_id));
+        if uses_map {
             ns += info.run_time().as_nanos() as u64;
             runs += info.run_count();
         }
@@ -693,22 +703,24 @@ fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Value> {
         })
     };
     let mut rows = Vec::new();
-    for bed in beds
-        .iter()
-        .filter(|b| matches!(b.cfg, Config::Wslnet1500 | Config::Wslnet))
-    {
+    for bed in beds {
+        let Installed::Agent { agent, .. } = &bed.installed else {
+            continue;
+        };
+        let counters = maps_dir(Path::new(&agent.pin_dir)).join(map_names::COUNTERS);
+        let stats = || prog_stats(&counters);
         let mut row = json!({ "id": bed.cfg.id(), "label": bed.cfg.label() });
         for (key, reverse) in [("a_to_b", false), ("b_to_a", true)] {
-            let before = wslnet_prog_stats()?;
+            let before = stats()?;
             let run = iperf(&bed.pair, s.iperf_secs.max(2), reverse, cpu)?;
-            let mut c = cost(before, wslnet_prog_stats()?, run.seconds);
+            let mut c = cost(before, stats()?, run.seconds);
             c["gbit_s"] = json!(round(run.gbit_s, 2));
             row[key] = c;
         }
-        let before = wslnet_prog_stats()?;
+        let before = stats()?;
         let t = Instant::now();
         let cr = bed.conn_rate(s, s.conn_secs, cpu)?;
-        let mut c = cost(before, wslnet_prog_stats()?, t.elapsed().as_secs_f64());
+        let mut c = cost(before, stats()?, t.elapsed().as_secs_f64());
         c["connections_per_s"] = json!(round(cr.per_sec, 0));
         row["connections"] = c;
         rows.push(row);
