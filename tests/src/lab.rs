@@ -19,7 +19,6 @@
 //! a test panics. Addresses are private and exist only inside the namespaces; nothing touches
 //! the host's interfaces.
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -34,7 +33,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::netns::{Daemon, Netns, run, unique, veth, wait_until};
+use crate::netns::{Daemon, Netns, enter_netns, run, unique, veth, wait_until};
 
 /// `wsl`'s address (IPv4).
 pub const WSL_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
@@ -690,14 +689,10 @@ impl Drop for Wire {
 /// Creates TAP device `name` inside namespace `ns` (from a short-lived thread that enters it);
 /// the device lives as long as the returned descriptor.
 fn open_tap(ns: &str, name: &str) -> Result<OwnedFd> {
-    let path = format!("/run/netns/{ns}");
-    let name = name.to_string();
+    let (ns, name) = (ns.to_string(), name.to_string());
     std::thread::spawn(move || -> Result<OwnedFd> {
-        let nsf = File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns on a namespace fd we hold; it only changes this (short-lived) thread.
-        if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns({path}): {}", std::io::Error::last_os_error());
-        }
+        // Only this short-lived thread enters the namespace.
+        enter_netns(&ns)?;
         // SAFETY: plain open(2) of a NUL-terminated path.
         let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if fd < 0 {
@@ -721,7 +716,7 @@ fn open_tap(ns: &str, name: &str) -> Result<OwnedFd> {
         // SAFETY: TUNSETIFF reads and writes one struct ifreq, which IfReq lays out.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
             bail!(
-                "TUNSETIFF {name} in {path}: {}",
+                "TUNSETIFF {name} in namespace {ns}: {}",
                 std::io::Error::last_os_error()
             );
         }

@@ -3,6 +3,8 @@
 
 use std::{
     ffi::OsStr,
+    fs::File,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -13,6 +15,35 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Moves the calling thread into network namespace `ns` (sockets and devices it creates then
+/// live there).
+pub fn enter_netns(ns: &str) -> Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let f = File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on a namespace descriptor we hold; it only affects the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns({path}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity (pid 0: the
+    // calling thread) only read and write the set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "pinning a thread to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
 
 /// A short name unique to this process: `<prefix><pid % 10000>x<n>` (fits interface names too).
 pub fn unique(prefix: &str) -> String {

@@ -554,21 +554,10 @@ fn egress_pure_syns_are_learned_syn_acks_are_not() {
 /// Pins the calling thread to the CPU it runs on, so that every test run below uses one CPU's
 /// slots of the per-CPU learn cache.
 fn pin_to_current_cpu() {
-    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t is a zeroed local, filled by
-    // CPU_SET and read by sched_setaffinity for the calling thread (pid 0).
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu failed");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(
-            rc,
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(cpu >= 0, "sched_getcpu failed");
+    wslnet_tests::netns::pin_thread(cpu as usize).unwrap();
 }
 
 /// The SYN count and last-seen time of an IPv4 destination in the learned map as the agent

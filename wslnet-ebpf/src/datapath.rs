@@ -282,15 +282,14 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 
     }
     // The counters are looked up first, so that the CPU can fetch them while the path MTU is
     // looked up.
-    let counters = WSLNET_COUNTERS.get_ptr_mut(counter_index(cfg.slot, DIR_EGRESS, ip.family));
+    let counters = counters(cfg.slot, DIR_EGRESS, ip.family);
     let peer = packet::peer(ip);
     let mtu = path_mtu(ip, &peer, cfg, g.clamp_generation) as usize;
     if mtu != 0
         && size > mtu
         && let Some(c) = counters
     {
-        // SAFETY: as in `bump`.
-        unsafe { (*c).oversize_df += 1 };
+        c.oversize_df += 1;
     }
 }
 
@@ -378,9 +377,16 @@ fn learned_key(family: u32, peer: &Peer) -> LearnedKey {
 /// Applies `f` to this CPU's counters of (slot, direction, family).
 #[inline(always)]
 fn bump(slot: u32, dir: u32, family: u32, f: impl FnOnce(&mut Counters)) {
-    if let Some(c) = WSLNET_COUNTERS.get_ptr_mut(counter_index(slot, dir, family)) {
-        // SAFETY: per-CPU array slot of this CPU, valid for the program's run; tc programs
-        // do not preempt each other on one CPU.
-        f(unsafe { &mut *c })
+    if let Some(c) = counters(slot, dir, family) {
+        f(c)
     }
+}
+
+/// This CPU's counters of (slot, direction, family).
+#[inline(always)]
+fn counters(slot: u32, dir: u32, family: u32) -> Option<&'static mut Counters> {
+    let c = WSLNET_COUNTERS.get_ptr_mut(counter_index(slot, dir, family))?;
+    // SAFETY: per-CPU array slot of this CPU, valid for the program's run (the only lifetime
+    // the reference is used for); tc programs do not preempt each other on one CPU.
+    Some(unsafe { &mut *c })
 }

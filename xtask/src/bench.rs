@@ -29,7 +29,7 @@ mod throughput;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Fewer rounds and shorter runs (about 3 minutes instead of about 13).
+    /// Fewer rounds and shorter runs (about 3 minutes instead of about 10).
     #[arg(long)]
     pub quick: bool,
     /// Run only these sections (repeatable): per-packet, throughput, convergence, footprint.

@@ -36,7 +36,6 @@
 //! programs cost on the real traffic: nanoseconds per packet and their share of the CPU.
 
 use std::{
-    fs::File,
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::Path,
@@ -54,7 +53,7 @@ use wslnet_agent::maps::maps_dir;
 use wslnet_common::map_names;
 use wslnet_tests::{
     agent::{Agent, Pair, status_counter},
-    netns::{Bpffs, Daemon, Netns, wait_until},
+    netns::{Bpffs, Daemon, Netns, enter_netns, pin_thread, wait_until},
 };
 
 use super::stats::{Summary, round};
@@ -227,34 +226,6 @@ impl Drop for Installed {
                 .status();
         }
     }
-}
-
-/// Moves the calling thread into network namespace `ns` (sockets it creates live there).
-fn enter_netns(ns: &str) -> Result<()> {
-    let path = format!("/run/netns/{ns}");
-    let f = File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns on a namespace descriptor we hold; it only affects this thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns({path}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin_thread(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity (pid 0: the
-    // calling thread) only read and write the set we own.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "pinning a thread to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The accept-and-drop server of the connection-rate test, a thread inside `b`.
