@@ -56,35 +56,41 @@ pub const MAX_LEARNED: u32 = 16_384;
 /// power of two.
 pub const PEER_CACHE_SLOTS: u32 = 256;
 
-/// The slot of a peer (its address as four words in packet byte order, IPv4 in the first) in
-/// the datapath's per-CPU caches. Two peers with one slot evict each other.
+/// A peer address as the datapath holds it: its 16 bytes in packet order, as two native-endian
+/// words (IPv4: the 4 address bytes first, the rest 0). Two words, not four or sixteen bytes:
+/// the datapath loads, compares and hashes an IPv6 address with two 64-bit operations each.
+pub type Peer = [u64; 2];
+
+/// The slot of a peer in the datapath's per-CPU caches. Two peers with one slot evict each
+/// other.
 #[inline(always)]
-pub const fn peer_cache_slot(peer: &[u32; 4]) -> u32 {
-    let hash = (peer[0] ^ peer[1] ^ peer[2] ^ peer[3]).wrapping_mul(0x9e37_79b1);
+pub const fn peer_cache_slot(peer: &Peer) -> u32 {
+    let x = peer[0] ^ peer[1];
+    let hash = ((x ^ (x >> 32)) as u32).wrapping_mul(0x9e37_79b1);
     (hash >> 24) & (PEER_CACHE_SLOTS - 1)
 }
 
-/// The address bytes (packet order) of a peer given as the datapath's four words.
+/// The [`Peer`] of an IPv4 address given as its 4 bytes in packet order, loaded as one word.
 #[inline(always)]
-pub fn peer_bytes(peer: &[u32; 4]) -> [u8; 16] {
+pub const fn peer_v4(word: u32) -> Peer {
+    let b = word.to_ne_bytes();
+    [u64::from_ne_bytes([b[0], b[1], b[2], b[3], 0, 0, 0, 0]), 0]
+}
+
+/// The address bytes (packet order) of a [`Peer`].
+#[inline(always)]
+pub fn peer_bytes(peer: &Peer) -> [u8; 16] {
     let mut b = [0u8; 16];
-    for (i, w) in peer.iter().enumerate() {
-        b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-    }
+    b[..8].copy_from_slice(&peer[0].to_ne_bytes());
+    b[8..].copy_from_slice(&peer[1].to_ne_bytes());
     b
 }
 
-/// The datapath's four words of an address given as bytes in packet order (IPv4 in the first
-/// four, the rest 0): the inverse of [`peer_bytes`].
-pub fn peer_words(addr: &[u8; 16]) -> [u32; 4] {
-    core::array::from_fn(|i| {
-        u32::from_ne_bytes([
-            addr[4 * i],
-            addr[4 * i + 1],
-            addr[4 * i + 2],
-            addr[4 * i + 3],
-        ])
-    })
+/// The [`Peer`] of an address given as bytes in packet order (IPv4 in the first four, the
+/// rest 0): the inverse of [`peer_bytes`].
+pub fn peer_words(addr: &[u8; 16]) -> Peer {
+    let word = |i: usize| u64::from_ne_bytes(core::array::from_fn(|j| addr[8 * i + j]));
+    [word(0), word(1)]
 }
 
 /// How long a CPU may hold back SYNs to a destination it recently wrote into the learned map,
@@ -315,8 +321,8 @@ pub struct LearnedDest {
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct LearnCacheEntry {
-    /// The destination, as four words in packet byte order (IPv4: the first word, then zeros).
-    pub peer: [u32; 4],
+    /// The destination ([`Peer`]).
+    pub peer: Peer,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u32,
     /// SYNs to this destination not yet added to its [`LearnedDest::syns`].
@@ -370,3 +376,23 @@ const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
 const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);
 const _: () = assert!(core::mem::size_of::<Globals>() == 12);
 const _: () = assert!(core::mem::size_of::<LearnCacheEntry>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The datapath builds an IPv4 peer with `peer_v4` from the loaded address word; the agent
+    /// and the tests build peers from address bytes with `peer_words`: both must agree, and
+    /// `peer_bytes` must give the bytes back.
+    #[test]
+    fn peer_conversions_agree() {
+        let v4 = [10, 9, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let peer = peer_v4(u32::from_ne_bytes([10, 9, 0, 7]));
+        assert_eq!(peer, peer_words(&v4));
+        assert_eq!(peer_bytes(&peer), v4);
+        let v6: [u8; 16] = core::array::from_fn(|i| 0xf0 ^ i as u8);
+        assert_eq!(peer_bytes(&peer_words(&v6)), v6);
+        assert_ne!(peer_words(&v6)[0], peer_words(&v6)[1]);
+        assert!(peer_cache_slot(&peer) < PEER_CACHE_SLOTS);
+    }
+}

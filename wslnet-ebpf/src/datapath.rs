@@ -237,7 +237,8 @@ fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
         }
     }
     let found = if family == FAMILY_V4 {
-        let key = Key::new(32, peer[0].to_ne_bytes());
+        let [a, b, c, d, ..] = peer[0].to_ne_bytes();
+        let key = Key::new(32, [a, b, c, d]);
         WSLNET_CLAMP_V4.get(&key).map(|e| e.mtu)
     } else {
         let key = Key::new(128, peer_bytes(peer));

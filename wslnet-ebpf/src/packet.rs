@@ -13,7 +13,7 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use wslnet_common::{FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE};
+use wslnet_common::{FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE, peer_v4};
 
 /// Reads a `T` at `off` bytes from the start of the frame: directly from the linear data when it
 /// holds those bytes, else through `bpf_skb_load_bytes`. `None` when the frame is shorter.
@@ -37,6 +37,35 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     }
 }
 
+/// One load of a `$size` ("u16", "u32", "u64") at byte `$off` (a constant) of header `$h`,
+/// in native byte order, as a `u64`: the callers assert at compile time that the bytes lie
+/// inside the header.
+///
+/// Written out because LLVM's BPF backend splits a load it cannot prove aligned into byte loads,
+/// shifts and ORs (5 instructions for a 16-bit field, 40 for an IPv6 address as four words).
+/// The kernel accepts unaligned packet loads on architectures with efficient unaligned access
+/// (x86-64 and arm64, all WSL runs on), and the copy in [`HeaderBuf`] is 8-byte aligned, which
+/// keeps every field loaded from it (at most 8 bytes, at offsets that are multiples of their
+/// size within the IP header) aligned for the verifier's stack check.
+macro_rules! load {
+    ($h:expr, $size:literal, $off:expr) => {{
+        let value: u64;
+        // SAFETY: the caller asserted that the bytes at `$off` lie inside the header, i.e. in
+        // packet data checked against data_end or in the caller's buffer; the instruction only
+        // loads them into the output register.
+        unsafe {
+            core::arch::asm!(
+                concat!("{0} = *(", $size, " *)({1} + {2})"),
+                out(reg) value,
+                in(reg) $h.ptr,
+                const $off,
+                options(readonly, nostack, preserves_flags)
+            );
+        }
+        value
+    }};
+}
+
 /// A fixed-size header of `N` bytes, checked once: a pointer to its first byte, in the skb's
 /// linear data (no copy) or in the caller's [`HeaderBuf`]. Fields are read at compile-time
 /// offsets below `N`, with no further bounds check.
@@ -55,12 +84,11 @@ impl<const N: usize> Header<N> {
         unsafe { *self.ptr.add(I) }
     }
 
-    /// Big-endian 16-bit field at byte `I`.
+    /// Big-endian 16-bit field at byte `I`, by one load (see [`load!`]).
     #[inline(always)]
     pub fn be16<const I: usize>(&self) -> u16 {
-        const { assert!(I + 1 < N) };
-        // SAFETY: as in `u8`; both bytes lie below N.
-        u16::from_be_bytes(unsafe { [*self.ptr.add(I), *self.ptr.add(I + 1)] })
+        const { assert!(I + 2 <= N) };
+        u16::from_be(load!(self, "u16", I) as u16)
     }
 
     /// The `M` bytes at `I` as a header of their own.
@@ -73,29 +101,18 @@ impl<const N: usize> Header<N> {
         }
     }
 
-    /// Bytes `I..I + 4` as a word in packet byte order, read by one 32-bit load.
-    ///
-    /// LLVM's BPF backend splits a load it cannot prove aligned into four byte loads and six
-    /// shifts and ORs (40 instructions for an IPv6 address), so the load is written out. The
-    /// kernel accepts unaligned packet loads on architectures with efficient unaligned access
-    /// (x86-64 and arm64, all WSL runs on), and the copy in [`HeaderBuf`] is 8-byte aligned,
-    /// which keeps the addresses there (offsets 8 and 24 of IPv6, 12 and 16 of IPv4) aligned
-    /// for the verifier's stack check.
+    /// Bytes `I..I + 4` as a native-endian word, by one load (see [`load!`]).
     #[inline(always)]
     pub fn word<const I: usize>(&self) -> u32 {
-        const { assert!(I + 3 < N) };
-        let word: u64;
-        // SAFETY: as in `u8`: the 4 bytes at I lie below N, in readable packet data or in the
-        // caller's buffer; the instruction only loads them into the output register.
-        unsafe {
-            core::arch::asm!(
-                "{0} = *(u32 *)({1} + 0)",
-                out(reg) word,
-                in(reg) self.ptr.add(I),
-                options(readonly, nostack, preserves_flags)
-            );
-        }
-        word as u32
+        const { assert!(I + 4 <= N) };
+        load!(self, "u32", I) as u32
+    }
+
+    /// Bytes `I..I + 8` as a native-endian 64-bit word, by one load (see [`load!`]).
+    #[inline(always)]
+    pub fn dword<const I: usize>(&self) -> u64 {
+        const { assert!(I + 8 <= N) };
+        load!(self, "u64", I)
     }
 }
 
@@ -172,8 +189,7 @@ pub struct Ip {
     pub peer: *const u8,
 }
 
-/// A peer address as four 32-bit words in packet byte order (IPv4: the first word, then zeros).
-pub type Peer = [u32; 4];
+pub use wslnet_common::Peer;
 
 /// What the parser made of a frame.
 pub enum Parsed {
@@ -381,11 +397,10 @@ pub fn peer(ip: &Ip) -> Peer {
     // `ip.peer` was made by `Header::sub` from the header `parse` checked, with the address's
     // length for the family: each `Header` below covers readable bytes only.
     if ip.family == FAMILY_V4 {
-        let a = Header::<4> { ptr: ip.peer };
-        [a.word::<0>(), 0, 0, 0]
+        peer_v4(Header::<4> { ptr: ip.peer }.word::<0>())
     } else {
         let a = Header::<16> { ptr: ip.peer };
-        [a.word::<0>(), a.word::<4>(), a.word::<8>(), a.word::<12>()]
+        [a.dword::<0>(), a.dword::<8>()]
     }
 }
 

@@ -208,3 +208,21 @@ fn machine_info() -> Value {
         "rustc": sh_out("rustc --version"),
     })
 }
+
+/// The CPU the measurements are pinned to (the per-packet runs, all throughput traffic): the
+/// highest one this process may run on (CPU 0 tends to take more of the machine's own
+/// interrupts).
+pub(crate) fn measuring_cpu() -> Result<usize> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity (pid 0: this thread)
+    // fills the set we own, and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .context("this process may run on no CPU")
+    }
+}

@@ -32,9 +32,12 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 use wslnet_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
-    LearnCacheEntry, map_names, origin, peer_cache_slot, peer_words, program_names,
+    LearnCacheEntry, Peer, map_names, origin, peer_cache_slot, peer_words, program_names,
 };
-use wslnet_tests::{netns::Bpffs, packets as p};
+use wslnet_tests::{
+    netns::{Bpffs, pin_thread},
+    packets as p,
+};
 
 use super::{
     bpf,
@@ -355,8 +358,8 @@ struct Resets {
     learn: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
 }
 
-/// The destination of an egress SYN case as the datapath's cache key words.
-fn destination_words(case: &Case) -> [u32; 4] {
+/// The destination of an egress SYN case as the datapath's cache key ([`Peer`]).
+fn destination_words(case: &Case) -> Peer {
     let addr: std::net::IpAddr = if case.family == FAMILY_V6 {
         p::addr::REMOTE6.into()
     } else {
@@ -509,7 +512,20 @@ fn check_case(dp: &Datapath, case: &Case) -> Result<Checked> {
 }
 
 /// Measures everything; returns the JSON section `per_packet`.
+///
+/// On one thread pinned to [`super::measuring_cpu`]: a thread free to move could run a round's
+/// floor and its case on two vCPUs that the host serves differently.
 pub fn run(s: Settings) -> Result<Value> {
+    let cpu = super::measuring_cpu()?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| pin_thread(cpu).and_then(|()| measure(s, cpu)))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the per-packet measuring thread panicked"))?
+    })
+}
+
+fn measure(s: Settings, cpu: usize) -> Result<Value> {
     let started = Instant::now();
     let empty = bpf::load_empty_program()?;
     let dp = Datapath::load()?;
@@ -646,6 +662,7 @@ pub fn run(s: Settings) -> Result<Value> {
     }
     Ok(json!({
         "method": "BPF_PROG_TEST_RUN via raw bpf(2) for both programs; sched_cls, __sk_buff ctx, skb on the loopback of the bench's namespace",
+        "cpu": cpu,
         "repeat": s.repeat,
         "rounds": s.rounds,
         "single_shot_samples": s.single_samples,

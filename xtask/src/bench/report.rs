@@ -104,7 +104,7 @@ fn first3(v: &Value) -> String {
 
 const METHOD: &[&str] = &[
     "Every figure is measured next to its baseline in the same run, interleaved (baseline and candidate alternate; the order rotates each round), and reported as the median over rounds with the range; ratios are taken within a round. Verdicts use the medians. The per-packet table also shows the fastest round of each case over the fastest round of the floor: interference only adds time, so this is the figure least moved by other work on the host. The machine has 2 CPUs shared with other work: see the load average above; ranges show the noise.",
-    "Per packet: `BPF_PROG_TEST_RUN` through the raw `bpf(2)` syscall for both the empty program and wslnet (the same code path), `repeat` = 1e6 per call, on the loopback skb of the bench's namespace, with a `__sk_buff` context (gso_size set for the GSO case). The empty program (`r0 = -1; exit`, TC_ACT_UNSPEC) is assembled and loaded with a raw `BPF_PROG_LOAD` at run time. Each case is first run once and checked (verdict, rewritten MSS and checksum, counters), so each figure measures the path it names.",
+    "Per packet: `BPF_PROG_TEST_RUN` through the raw `bpf(2)` syscall for both the empty program and wslnet (the same code path), `repeat` = 1e6 per call, on the loopback skb of the bench's namespace, with a `__sk_buff` context (gso_size set for the GSO case), from one thread pinned to one CPU (the one the throughput traffic uses), so that a round's floor and case run on the same vCPU. The empty program (`r0 = -1; exit`, TC_ACT_UNSPEC) is assembled and loaded with a raw `BPF_PROG_LOAD` at run time. Each case is first run once and checked (verdict, rewritten MSS and checksum, counters), so each figure measures the path it names.",
     "SYN rewrite: the kernel builds the skb once per call, so with a plain `repeat` only the first run rewrites the MSS; the repeat figure of a SYN is the \"MSS already fits\" path. The rewrite is timed warm, like the other figures: a reset program assembled by the bench runs first in every repetition, puts back the original MSS and checksum and tail-calls wslnet, which rewrites every time (checked: 1000 repetitions, 1000 rewrites, valid checksum). The same reset ahead of the rewritten twin is the baseline, interleaved; the rewrite's cost is the median difference. The cold figure (single runs right after the syscall, fresh frame each, 20000 calls each, difference of medians) is shown too.",
     "Learned-map write: an egress SYN writes its destination into the learned LRU map when the destination is new to the CPU, or once per refresh period (256 jiffies, 1.02 s here); repeats in between are held back in a per-CPU slot. The repeat figures of egress SYNs are therefore the held-back path. The write is timed like the rewrite: a reset program empties the destination's learn-cache slot before each repetition (checked: 1000 repetitions, 1000 writes); the baseline is the same reset with the slot looked up only.",
     "The 64 KiB GSO packet: `BPF_PROG_TEST_RUN` takes linear skbs up to a page, so it is a 3000-byte buffer whose IPv4 header says 65483 bytes, with gso_size 1448; the datapath reads headers only.",
@@ -279,8 +279,13 @@ fn per_packet(md: &mut String, pp: &Value) {
     }
     let _ = writeln!(
         md,
-        "## Per-packet cost (BPF_PROG_TEST_RUN, repeat {}, {} rounds)\n",
-        pp["repeat"], pp["rounds"]
+        "## Per-packet cost (BPF_PROG_TEST_RUN, repeat {}, {} rounds{})\n",
+        pp["repeat"],
+        pp["rounds"],
+        pp["cpu"]
+            .as_u64()
+            .map(|c| format!("; on CPU {c}"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         md,

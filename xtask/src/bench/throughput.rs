@@ -498,23 +498,6 @@ fn conn_addr() -> SocketAddr {
     )
 }
 
-/// The CPU all traffic is pinned to: the highest one this process may run on (CPU 0 tends to
-/// take more of the machine's own interrupts).
-fn traffic_cpu() -> Result<usize> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; sched_getaffinity (pid 0: this thread)
-    // fills the set we own, and CPU_ISSET only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            .find(|&c| libc::CPU_ISSET(c, &set))
-            .context("this process may run on no CPU")
-    }
-}
-
 /// Run time (ns) and run count, summed, of the programs that use the map pinned at `map_pin`:
 /// the two programs of one agent (any other wslnet agent on the machine has maps of its own).
 fn prog_stats(map_pin: &Path) -> Result<(u64, u64)> {
@@ -562,7 +545,7 @@ const AGAINST_NFT: [(&str, &str); 2] = [("wslnet_1500", "nft_rt_mtu"), ("wslnet"
 /// Measures everything; returns the JSON section `throughput`.
 pub fn run(s: Settings) -> Result<Value> {
     let started = Instant::now();
-    let cpu = traffic_cpu()?;
+    let cpu = super::measuring_cpu()?;
     let beds = Config::ALL
         .iter()
         .map(|&cfg| Bed::new(cfg, cpu))
