@@ -117,7 +117,7 @@ impl<const N: usize> Header<N> {
 }
 
 /// Room for the IP header when it is not in the linear data (it then is copied here); 8-byte
-/// aligned for [`Header::word`].
+/// aligned for the loads of [`load!`].
 pub type HeaderBuf = core::mem::MaybeUninit<[u64; Ipv6Hdr::LEN / 8]>;
 
 /// The `N` bytes at `off` as a [`Header`] when the linear data holds them.

@@ -359,7 +359,7 @@ struct Resets {
 }
 
 /// The destination of an egress SYN case as the datapath's cache key ([`Peer`]).
-fn destination_words(case: &Case) -> Peer {
+fn destination_peer(case: &Case) -> Peer {
     let addr: std::net::IpAddr = if case.family == FAMILY_V6 {
         p::addr::REMOTE6.into()
     } else {
@@ -404,7 +404,7 @@ fn resets(
         };
         let slot_reset = |zero_u64_at| bpf::SlotReset {
             map: data.fd().as_fd(),
-            slot: peer_cache_slot(&destination_words(case)),
+            slot: peer_cache_slot(&destination_peer(case)),
             zero_u64_at,
         };
         let written = std::mem::offset_of!(LearnCacheEntry, written) as i16;
