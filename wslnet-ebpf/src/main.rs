@@ -17,8 +17,8 @@
 //! The verdict is always `TC_ACT_UNSPEC` (TCX_NEXT): other programs on the hook still run and
 //! nothing is ever dropped, whatever the program could or could not parse.
 #![cfg_attr(target_arch = "bpf", no_std)]
-// One inline-assembly load (`packet::Header::word`), as aya-ebpf itself does; the BPF target is
-// built with RUSTC_BOOTSTRAP=1 already (build-std).
+// The header loads are inline assembly (`packet::load!`), as aya-ebpf itself uses; the BPF
+// target is built with RUSTC_BOOTSTRAP=1 already (build-std).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -31,8 +31,8 @@
 //! then summarised by their median with a distribution-free 95% confidence interval.
 //!
 //! Finally, with the kernel's BPF run-time statistics enabled (`BPF_ENABLE_STATS`, only for
-//! this last pass: they add a clock read to every program run, which would tax wslnet alone in
-//! the comparison), one more run per direction and wslnet configuration measures what the
+//! this last pass: they add two clock reads to every program run, which would tax wslnet alone
+//! in the comparison), one more run per direction and wslnet configuration measures what the
 //! programs cost on the real traffic: nanoseconds per packet and their share of the CPU.
 
 use std::{
@@ -642,7 +642,7 @@ pub fn run(s: Settings) -> Result<Value> {
 
 /// What wslnet's programs cost on real traffic: one more iperf3 run per direction and one
 /// connection-rate run of each wslnet bed, with the kernel's BPF run-time statistics enabled
-/// for this pass only (they add a clock read to every program run).
+/// for this pass only (they add two clock reads to every program run).
 fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Value> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics (BPF_ENABLE_STATS, Linux >= 5.8)")?;
