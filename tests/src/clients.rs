@@ -2,11 +2,17 @@
 //! download (curl), a TLS handshake with a 4096-bit RSA certificate (openssl s_client) and an
 //! SSH key exchange plus a command (ssh). Shared by the demo and the end-to-end tests.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 
-use crate::lab::{HttpServer, Lab, SshServer, TlsServer};
+use crate::{
+    lab::{HttpServer, Lab, SshServer, TlsServer},
+    netns::Netns,
+};
 
 /// The servers of a lab started for the clients.
 pub struct Servers {
@@ -59,8 +65,8 @@ impl Client {
 pub struct Outcome {
     /// Which client.
     pub client: Client,
-    /// IPv6 or IPv4.
-    pub v6: bool,
+    /// The server address it connected to.
+    pub host: IpAddr,
     /// It completed and its result checked out.
     pub ok: bool,
     /// It was killed by the timeout (the black-hole signature), rather than failing fast.
@@ -71,32 +77,36 @@ pub struct Outcome {
     pub detail: String,
 }
 
-/// Runs `client` from `wsl` against `srv` with a `timeout`.
+/// Runs `client` from `wsl` against `srv` (address of the given family) with a `timeout`.
 pub fn run(lab: &Lab, servers: &Servers, client: Client, v6: bool, timeout: Duration) -> Outcome {
+    run_from(&lab.wsl, servers, client, lab.srv_addr(v6), timeout)
+}
+
+/// Runs `client` from namespace `from` (`wsl`, or a container behind it) against `host`, one of
+/// `srv`'s addresses ([`Lab::srv_addrs`]), with a `timeout`.
+pub fn run_from(
+    from: &Netns,
+    servers: &Servers,
+    client: Client,
+    host: IpAddr,
+    timeout: Duration,
+) -> Outcome {
     let t = timeout.as_secs().max(1);
     let script = match client {
         Client::Http => format!(
             "curl -sS --max-time {t} -o /dev/null -w '%{{size_download}}' '{}'",
-            servers.http.url(v6)
+            servers.http.url(host)
         ),
-        Client::Tls => {
-            let host = lab.srv_addr(v6);
-            let target = if v6 {
-                format!("[{host}]")
-            } else {
-                host.to_string()
-            };
-            format!(
-                "timeout {t} openssl s_client -connect {target}:{} -CAfile {} \
-                 -verify_return_error -brief </dev/null 2>&1",
-                servers.tls.port,
-                servers.tls.cert.display()
-            )
-        }
+        Client::Tls => format!(
+            "timeout {t} openssl s_client -connect {} -CAfile {} \
+             -verify_return_error -brief </dev/null 2>&1",
+            servers.tls.connect_arg(host),
+            servers.tls.cert.display()
+        ),
         Client::Ssh => {
             let args: Vec<String> = servers
                 .ssh
-                .ssh_args(v6, t as u32, "echo kex-ok")
+                .ssh_args(host, t as u32, "echo kex-ok")
                 .into_iter()
                 .map(|a| format!("'{a}'"))
                 .collect();
@@ -104,7 +114,7 @@ pub fn run(lab: &Lab, servers: &Servers, client: Client, v6: bool, timeout: Dura
         }
     };
     let start = Instant::now();
-    let out = lab.wsl.sh_output(&script);
+    let out = from.sh_output(&script);
     let elapsed = start.elapsed();
     let (code, text) = match out {
         Ok(o) => (
@@ -131,7 +141,7 @@ pub fn run(lab: &Lab, servers: &Servers, client: Client, v6: bool, timeout: Dura
     let detail = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
     Outcome {
         client,
-        v6,
+        host,
         ok,
         timed_out,
         elapsed,
@@ -141,11 +151,23 @@ pub fn run(lab: &Lab, servers: &Servers, client: Client, v6: bool, timeout: Dura
 
 /// Runs every client on both families in parallel threads, `timeout` each.
 pub fn run_all(lab: &Lab, servers: &Servers, families: &[bool], timeout: Duration) -> Vec<Outcome> {
+    let hosts: Vec<IpAddr> = families.iter().map(|&v6| lab.srv_addr(v6)).collect();
+    run_all_from(&lab.wsl, servers, &hosts, timeout)
+}
+
+/// Runs every client against each of `hosts` (`srv`'s addresses) from namespace `from`, all in
+/// parallel threads, `timeout` each.
+pub fn run_all_from(
+    from: &Netns,
+    servers: &Servers,
+    hosts: &[IpAddr],
+    timeout: Duration,
+) -> Vec<Outcome> {
     std::thread::scope(|s| {
-        let handles: Vec<_> = families
+        let handles: Vec<_> = hosts
             .iter()
-            .flat_map(|&v6| Client::ALL.map(|c| (c, v6)))
-            .map(|(c, v6)| s.spawn(move || run(lab, servers, c, v6, timeout)))
+            .flat_map(|&host| Client::ALL.map(|c| (c, host)))
+            .map(|(c, host)| s.spawn(move || run_from(from, servers, c, host, timeout)))
             .collect();
         handles
             .into_iter()

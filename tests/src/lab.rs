@@ -43,6 +43,22 @@ pub const WSL_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 2);
 pub const SRV_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 2);
 /// `srv`'s address (IPv6).
 pub const SRV_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, 2);
+/// `srv`'s further addresses (IPv4): more hosts behind the same tunnel, each new to the client
+/// (first contact).
+pub const SRV_MORE_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 77, 3, 3), Ipv4Addr::new(10, 77, 3, 4)];
+/// `srv`'s further addresses (IPv6), as [`SRV_MORE_V4`].
+pub const SRV_MORE_V6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, 3),
+    Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, 4),
+];
+/// Network of the container bridge inside `wsl` ([`Lab::add_container`]); `wsl` is
+/// [`CONTAINER_GW`] on it
+/// and masquerades it out of its uplink, as Docker's default bridge does.
+pub const CONTAINER_NET: &str = "172.17.0.0/16";
+/// `wsl`'s address on [`CONTAINER_NET`]: the container's gateway.
+pub const CONTAINER_GW: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
+/// The container's address on [`CONTAINER_NET`].
+pub const CONTAINER_V4: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 /// Name of `wsl`'s uplink in the ZeroTier variant (TAP-like: a veth named `zt` + hex).
 pub const ZT_IFACE: &str = "zt7b2e4a1c";
 /// MTU of the ZeroTier-style uplink (bytes).
@@ -180,6 +196,12 @@ impl Lab {
              ip route add default via 10.77.3.1
              ip -6 route add default via fd77:3::1"
         ))?;
+        for (v4, v6) in SRV_MORE_V4.iter().zip(SRV_MORE_V6) {
+            self.srv.sh(&format!(
+                "ip addr add {v4}/24 dev eth0
+                 ip addr add {v6}/64 dev eth0 nodad"
+            ))?;
+        }
         // The bottleneck's IPv6 side exists only while its MTU is at least 1280.
         self.set_bottleneck(cfg.bottleneck)?;
         self.drop_icmp_errors(cfg.drop_icmp_errors)?;
@@ -197,6 +219,47 @@ impl Lab {
     /// `srv`'s address of the given family.
     pub fn srv_addr(&self, v6: bool) -> IpAddr {
         if v6 { SRV_V6.into() } else { SRV_V4.into() }
+    }
+
+    /// Every address of `srv` of the given family: [`Lab::srv_addr`] first, then
+    /// [`SRV_MORE_V4`] / [`SRV_MORE_V6`].
+    pub fn srv_addrs(&self, v6: bool) -> Vec<IpAddr> {
+        let mut all = vec![self.srv_addr(v6)];
+        if v6 {
+            all.extend(SRV_MORE_V6.map(IpAddr::from));
+        } else {
+            all.extend(SRV_MORE_V4.map(IpAddr::from));
+        }
+        all
+    }
+
+    /// A container inside `wsl`, as Docker in WSL runs one: a namespace on a bridge-side veth
+    /// (`docker0` in `wsl`, unmanaged by wslnet), [`CONTAINER_V4`] on [`CONTAINER_NET`], its
+    /// traffic forwarded by `wsl` and masqueraded out of `wsl`'s uplink (nftables). IPv4 only,
+    /// like Docker's default bridge. Removed when the returned namespace is dropped.
+    pub fn add_container(&self) -> Result<Netns> {
+        let ctr = Netns::new("wlc")?;
+        veth(&self.wsl, "docker0", &ctr, "eth0")?;
+        let uplink = &self.wsl_iface;
+        self.wsl.sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1
+             ip addr add {CONTAINER_GW}/16 dev docker0
+             ip link set docker0 up"
+        ))?;
+        nft_table(
+            &self.wsl,
+            "wslnet_lab_docker",
+            Some(&format!(
+                "chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
+                   ip saddr {CONTAINER_NET} oifname \"{uplink}\" masquerade
+                 }}"
+            )),
+        )?;
+        ctr.sh(&format!(
+            "ip addr add {CONTAINER_V4}/16 dev eth0
+             ip route add default via {CONTAINER_GW}"
+        ))?;
+        Ok(ctr)
     }
 
     /// `wsl`'s address of the given family.
@@ -376,7 +439,15 @@ impl Lab {
                 "-subj",
                 "/CN=srv.wslnet.test",
                 "-addext",
-                &format!("subjectAltName=IP:{SRV_V4},IP:{SRV_V6},DNS:srv.wslnet.test"),
+                &format!(
+                    "subjectAltName=IP:{SRV_V4},IP:{SRV_V6},{},DNS:srv.wslnet.test",
+                    SRV_MORE_V4
+                        .map(|a| format!("IP:{a}"))
+                        .into_iter()
+                        .chain(SRV_MORE_V6.map(|a| format!("IP:{a}")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
                 "-keyout",
                 key.to_str().unwrap(),
                 "-out",
@@ -503,14 +574,18 @@ pub struct HttpServer {
     pub size: usize,
 }
 
+/// `host` as the host part of a URL (IPv6 in brackets).
+fn url_host(host: IpAddr) -> String {
+    match host {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
 impl HttpServer {
-    /// URL of the test file at `srv`'s address of the given family.
-    pub fn url(&self, v6: bool) -> String {
-        if v6 {
-            format!("http://[{SRV_V6}]:{}{}", self.port, self.path)
-        } else {
-            format!("http://{SRV_V4}:{}{}", self.port, self.path)
-        }
+    /// URL of the test file at `host`, one of `srv`'s addresses ([`Lab::srv_addrs`]).
+    pub fn url(&self, host: IpAddr) -> String {
+        format!("http://{}:{}{}", url_host(host), self.port, self.path)
     }
 }
 
@@ -524,13 +599,14 @@ pub struct TlsServer {
 }
 
 impl TlsServer {
-    /// `https://` URL at `srv`'s address of the given family.
-    pub fn url(&self, v6: bool) -> String {
-        if v6 {
-            format!("https://[{SRV_V6}]:{}/", self.port)
-        } else {
-            format!("https://{SRV_V4}:{}/", self.port)
-        }
+    /// `https://` URL at `host`, one of `srv`'s addresses ([`Lab::srv_addrs`]).
+    pub fn url(&self, host: IpAddr) -> String {
+        format!("https://{}:{}/", url_host(host), self.port)
+    }
+
+    /// `host:port` for `openssl s_client -connect` (IPv6 in brackets).
+    pub fn connect_arg(&self, host: IpAddr) -> String {
+        format!("{}:{}", url_host(host), self.port)
     }
 }
 
@@ -544,15 +620,11 @@ pub struct SshServer {
 }
 
 impl SshServer {
-    /// Arguments for `ssh` that log in to `srv` (given family) as root and run `command`,
-    /// non-interactively, without host-key prompts. `timeout_s` bounds the TCP connect and the
-    /// banner exchange only: wrap the command in `timeout` to bound a stalled key exchange.
-    pub fn ssh_args(&self, v6: bool, timeout_s: u32, command: &str) -> Vec<String> {
-        let host = if v6 {
-            SRV_V6.to_string()
-        } else {
-            SRV_V4.to_string()
-        };
+    /// Arguments for `ssh` that log in to `host` (one of `srv`'s addresses) as root and run
+    /// `command`, non-interactively, without host-key prompts. `timeout_s` bounds the TCP
+    /// connect and the banner exchange only: wrap the command in `timeout` to bound a stalled
+    /// key exchange.
+    pub fn ssh_args(&self, host: IpAddr, timeout_s: u32, command: &str) -> Vec<String> {
         [
             "-i",
             self.client_key.to_str().unwrap(),

@@ -1,7 +1,8 @@
 //! End to end through the black-hole lab with real clients (curl, openssl s_client, ssh) and
 //! real servers (python http.server, openssl s_server, OpenSSH): they stall without wslnet and
 //! pass with it, over IPv4 and IPv6, behind eth0 and behind a ZeroTier-like `zt` interface, for
-//! 200 concurrent downloads, and across a VPN connecting and disconnecting.
+//! 200 concurrent downloads, across a VPN connecting and disconnecting, and on first contact
+//! with new addresses (also from a container behind the VM's own NAT).
 
 use std::time::{Duration, Instant};
 
@@ -43,9 +44,9 @@ fn wait_for_path_mtu(agent: &Agent, target: &str, mtu: f64, within: Duration) {
 fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
     for o in outcomes {
         eprintln!(
-            "{:<48} {} ok={} timed_out={} {:?}",
+            "{:<48} {:<12} ok={} timed_out={} {:?}",
             o.client.label(),
-            if o.v6 { "IPv6" } else { "IPv4" },
+            o.host,
             o.ok,
             o.timed_out,
             o.elapsed
@@ -53,14 +54,18 @@ fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
     }
     for o in outcomes {
         if ok {
-            assert!(o.ok, "{:?} v6={} should pass: {}", o.client, o.v6, o.detail);
+            assert!(
+                o.ok,
+                "{:?} to {} should pass: {}",
+                o.client, o.host, o.detail
+            );
         } else {
             // The black-hole signature: not a refusal or a fast error, a stall until the timeout.
             assert!(
                 !o.ok && o.timed_out,
-                "{:?} v6={} should stall: {:?}",
+                "{:?} to {} should stall: {:?}",
                 o.client,
-                o.v6,
+                o.host,
                 o
             );
         }
@@ -206,7 +211,7 @@ S(('::', 8090), h).serve_forever()",
     )
     .unwrap();
     wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
-    let url = http.url(false);
+    let url = http.url(lab.srv_addr(false));
     let urls: Vec<String> = (0..200).map(|i| format!("'{url}?n={i}'")).collect();
     let start = Instant::now();
     let out = lab
@@ -335,23 +340,31 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
     assert_eq!(sample(&m, "wslnet_learned_destinations", &[]), Some(1.0));
 }
 
+/// The first-contact clamp, set by flag, is what a destination never measured gets: with no
+/// target and no learning nothing is ever measured, and the very first connections pass.
 #[test]
-fn a_conservative_base_mtu_covers_destinations_not_yet_probed() {
+fn the_first_contact_mtu_covers_destinations_not_yet_measured() {
     require_root();
     let lab = Lab::new(1372).unwrap();
     let servers = Servers::start(&lab).unwrap();
     let fs = Bpffs::new().unwrap();
-    // No target, no learning: nothing is ever probed, only the interface default applies.
     let agent = Agent::start(
         &lab.wsl,
         &fs,
-        &["--iface", "eth0", "--no-learn", "--base-mtu", "1300"],
+        &[
+            "--iface",
+            "eth0",
+            "--no-learn",
+            "--first-contact-mtu",
+            "1300",
+        ],
     )
     .unwrap();
     let st = agent.status().unwrap();
     assert_eq!(st["interfaces"][0]["default_mtu_v4"], 1300, "{st:#}");
+    assert_eq!(st["interfaces"][0]["default_mtu_v6"], 1300, "{st:#}");
     assert_eq!(st["clamps"].as_array().unwrap().len(), 0, "{st:#}");
-    // The very first connections pass: their MSS fits the base (1260 / 1240).
+    // The very first connections pass: their MSS fits (1260 / 1240).
     let first = clients::run_all(&lab, &servers, &[false, true], PASS_TIMEOUT);
     assert_all(&first, true);
     let m = agent.metrics().unwrap();
@@ -370,8 +383,26 @@ fn a_conservative_base_mtu_covers_destinations_not_yet_probed() {
     );
 }
 
+/// Waits until `status` shows the interface defaults (IPv4, IPv6) `want`.
+fn wait_for_first_contact(agent: &Agent, want: (u64, u64)) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("interface defaults v4/v6 = {want:?}"),
+        || {
+            let st = agent.status().ok()?;
+            let i = &st["interfaces"][0];
+            let got = (i["default_mtu_v4"].as_u64()?, i["default_mtu_v6"].as_u64()?);
+            (got == want).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; status: {:#}", agent.status().unwrap_or_default()))
+}
+
+/// The first-contact clamp follows a tunnel measured through the interface when it is
+/// narrower (one tunnel usually carries every destination), and never rises above the
+/// configured value when the measured path is wider.
 #[test]
-fn the_adaptive_default_follows_the_smallest_measured_path() {
+fn first_contact_follows_a_narrower_tunnel_and_never_rises_above_its_setting() {
     require_root();
     let lab = Lab::new(1372).unwrap();
     let fs = Bpffs::new().unwrap();
@@ -380,30 +411,89 @@ fn the_adaptive_default_follows_the_smallest_measured_path() {
         &cfg,
         format!(
             "interfaces = [\"eth0\"]\ntargets = [\"{SRV_V4}\"]\n\n[probe]\nlearn = false\n\
-             adaptive_default = true\nrecheck_interval_secs = 2\n"
+             first_contact_mtu = 1400\nrecheck_interval_secs = 2\n"
         ),
     )
     .unwrap();
     let agent = Agent::start(&lab.wsl, &fs, &["--config", cfg.to_str().unwrap()]).unwrap();
-    let defaults = |want: (u64, u64)| {
-        wait_until(
-            Duration::from_secs(30),
-            &format!("interface defaults v4/v6 = {want:?}"),
-            || {
-                let st = agent.status().ok()?;
-                let i = &st["interfaces"][0];
-                let got = (i["default_mtu_v4"].as_u64()?, i["default_mtu_v6"].as_u64()?);
-                (got == want).then_some(())
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}; status: {:#}", agent.status().unwrap_or_default()))
-    };
-    // Measured 1372 through eth0: that becomes eth0's IPv4 default; nothing was measured over
-    // IPv6, so its default stays 0 (no clamp).
+    // Measured 1372 through eth0: below the setting, so IPv4 first contacts get 1372; nothing
+    // was measured over IPv6, whose first contacts keep the setting.
     wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
-    defaults((1372, 0));
-    // The bottleneck goes away: the re-check finds 1500 and the default follows.
+    wait_for_first_contact(&agent, (1372, 1400));
+    // The bottleneck goes away: the re-check finds 1500, and first contact goes back to the
+    // setting, not to 1500.
     lab.set_bottleneck(1500).unwrap();
     wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1500.0, Duration::from_secs(30));
-    defaults((1500, 0));
+    wait_for_first_contact(&agent, (1400, 1400));
+}
+
+/// The control for the first-contact tests: with first contact off (today's behaviour before
+/// it existed), the first connection to a new address behind the tunnel stalls, because its SYN
+/// leaves before anything is measured.
+#[test]
+fn without_first_contact_the_first_connection_to_a_new_address_stalls() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &["--first-contact-mtu", "0"]).unwrap();
+    let host = lab.srv_addrs(false)[1];
+    let first = clients::run_from(&lab.wsl, &servers, Client::Http, host, STALL_TIMEOUT);
+    assert_all(&[first], false);
+    drop(agent);
+}
+
+/// Safe first contact as a user meets it: the agent run as at boot (no flags but its pin
+/// directory, so no target), and the first connection of each client (HTTP, TLS, SSH) to each
+/// of three addresses new to it behind one 1372 tunnel passes, IPv4 and IPv6. Each address is
+/// then measured and gets its own clamp.
+#[test]
+fn first_contact_with_three_new_addresses_behind_one_tunnel_passes_on_the_first_try() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
+    assert_eq!((v4.len(), v6.len()), (3, 3));
+    for pair in v4.iter().zip(&v6) {
+        let first = clients::run_all_from(&lab.wsl, &servers, &[*pair.0, *pair.1], PASS_TIMEOUT);
+        assert_all(&first, true);
+    }
+    for host in v4.iter().chain(&v6) {
+        let prefix = if host.is_ipv4() { 32 } else { 128 };
+        let entry = wait_until(
+            Duration::from_secs(30),
+            &format!("a clamp for {host}"),
+            || {
+                agent.status().ok()?["clamps"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["net"] == format!("{host}/{prefix}"))
+                    .cloned()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
+        assert_eq!(entry["mtu"], 1372, "{entry}");
+        assert_eq!(entry["origin"], "probed", "{entry}");
+    }
+}
+
+/// A container inside the VM (Docker in WSL: a bridge, masqueraded out of eth0) passes on its
+/// first try: its forwarded SYN and the server's SYN-ACK are clamped on eth0 like the VM's own.
+/// Without the agent the same container stalls.
+#[test]
+fn a_container_behind_the_vms_own_nat_passes_on_its_first_try() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let ctr = lab.add_container().unwrap();
+    let hosts = lab.srv_addrs(false);
+    let without = clients::run_from(&ctr, &servers, Client::Http, hosts[1], STALL_TIMEOUT);
+    assert_all(&[without], false);
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let first = clients::run_all_from(&ctr, &servers, &[hosts[0]], PASS_TIMEOUT);
+    assert_all(&first, true);
+    drop(agent);
 }

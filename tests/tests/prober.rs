@@ -313,10 +313,10 @@ fn lab_black_hole_stalls_http_tls_and_ssh_until_icmp_errors_flow() {
             a
         };
         let mut ssh_cmd = vec!["timeout".to_string(), t.clone(), "ssh".into()];
-        ssh_cmd.extend(ssh.ssh_args(v6, secs, "echo ssh-ok"));
+        ssh_cmd.extend(ssh.ssh_args(lab.srv_addr(v6), secs, "echo ssh-ok"));
         vec![
-            ("http", curl(&[], http.url(v6))),
-            ("tls", curl(&["--cacert", &cert], tls.url(v6))),
+            ("http", curl(&[], http.url(lab.srv_addr(v6)))),
+            ("tls", curl(&["--cacert", &cert], tls.url(lab.srv_addr(v6)))),
             ("ssh", ssh_cmd),
         ]
     };

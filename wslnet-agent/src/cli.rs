@@ -88,9 +88,11 @@ pub struct RunArgs {
     /// TCP port to probe targets that drop ICMP echo (e.g. 443).
     #[arg(long, value_name = "PORT")]
     pub probe_tcp_port: Option<u16>,
-    /// Path MTU for not-yet-measured destinations on managed interfaces (0 = none).
+    /// Safe first contact: path MTU that destinations not yet measured are clamped to from
+    /// their first SYN, until measured; the smallest path measured through an interface is used
+    /// there when lower. 0 turns it off (a first connection may then stall) [default: 1280].
     #[arg(long, value_name = "BYTES")]
-    pub base_mtu: Option<u16>,
+    pub first_contact_mtu: Option<u16>,
     /// Datapath log level forwarded to the agent's log (off, error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL")]
     pub datapath_log: Option<String>,
@@ -128,8 +130,8 @@ impl RunArgs {
         if let Some(p) = self.probe_tcp_port {
             cfg.probe.tcp_port = Some(p);
         }
-        if let Some(b) = self.base_mtu {
-            cfg.probe.base_mtu = b;
+        if let Some(b) = self.first_contact_mtu {
+            cfg.probe.first_contact_mtu = b;
         }
         if let Some(l) = &self.datapath_log {
             cfg.datapath_log = l.clone();

@@ -15,6 +15,7 @@
 //! [probe]
 //! learn = true                        # probe destinations of outgoing connections
 //! recheck_interval_secs = 30
+//! first_contact_mtu = 1280            # clamp for destinations not yet measured (0 = off)
 //! ```
 
 use std::{
@@ -25,6 +26,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+/// [`ProbeConfig::first_contact_mtu`]'s default, bytes: the IPv6 minimum link MTU (RFC 8200),
+/// which every IPv6 path carries and the tunnels WSL users meet (1280-1420) carry too. What a
+/// first connection pays over IPv4 (MSS 1240 instead of 1460): 18% more segments for the same
+/// data, and 99.5% of the payload per byte on the wire (1240/1280 against 1460/1500).
+pub const DEFAULT_FIRST_CONTACT_MTU: u16 = 1280;
 
 /// Where `run` looks for its config file when `--config` is not given (absent = defaults).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wslnet/wslnet.toml";
@@ -109,12 +116,13 @@ pub struct ProbeConfig {
     pub tcp_port: Option<u16>,
     /// Smallest IPv4 path MTU a search may report, bytes (at least 552).
     pub min_mtu_v4: u16,
-    /// Path MTU assumed for not-yet-measured destinations on each managed interface, bytes
-    /// (0 = none: unmeasured destinations are not clamped). Once measurements exist, the
-    /// smallest recent result on the interface is used instead when `adaptive_default` is set.
-    pub base_mtu: u16,
-    /// Lower the interface default to the smallest recent result measured on it.
-    pub adaptive_default: bool,
+    /// Safe first contact: the path MTU, bytes, that a destination not yet measured is clamped
+    /// to from its very first SYN, on every managed interface, until its own measurement
+    /// replaces it (raising or lowering it). When destinations measured through the interface
+    /// are smaller (one tunnel usually carries them all), their smallest result is used
+    /// instead. 0 = off: destinations are not clamped before they are measured (their first
+    /// connection may stall in a black hole). At least 1280, so IPv6 can use it too.
+    pub first_contact_mtu: u16,
 }
 
 impl Default for ProbeConfig {
@@ -127,8 +135,7 @@ impl Default for ProbeConfig {
             max_probes_per_sec: 200,
             tcp_port: None,
             min_mtu_v4: MIN_MTU_V4,
-            base_mtu: 0,
-            adaptive_default: false,
+            first_contact_mtu: DEFAULT_FIRST_CONTACT_MTU,
         }
     }
 }
@@ -250,10 +257,11 @@ impl Config {
                 p.min_mtu_v4
             ));
         }
-        if p.base_mtu != 0 && p.base_mtu < MIN_MTU_V6 {
+        if p.first_contact_mtu != 0 && p.first_contact_mtu < MIN_MTU_V6 {
             return err(format!(
-                "probe.base_mtu: {} is below {MIN_MTU_V6}; use 0 (off) or 1280..=65535",
-                p.base_mtu
+                "probe.first_contact_mtu: {} is below {MIN_MTU_V6}; use 0 (off) or \
+                 {MIN_MTU_V6}..={MAX_MTU}",
+                p.first_contact_mtu
             ));
         }
         if p.recheck_interval_secs == 0 {

@@ -9,6 +9,8 @@
 //! - A route or link change (netlink) starts a new search of everything at once.
 //! - Static clamps win: a destination inside a static prefix is measured (and exported for
 //!   configured targets) but its result is not written.
+//! - Safe first contact: a destination not yet measured is clamped by its interface's default
+//!   path MTU ([`Manager::update_first_contact`]) until its own result is written.
 
 use std::{
     collections::HashMap,
@@ -84,8 +86,7 @@ struct Settings {
     options: SearchOptions,
     min_mtu_v4: u16,
     static_nets: Vec<IpNet>,
-    base_mtu: u16,
-    adaptive_default: bool,
+    first_contact_mtu: u16,
 }
 
 impl From<&Config> for Settings {
@@ -105,8 +106,7 @@ impl From<&Config> for Settings {
             options,
             min_mtu_v4: p.min_mtu_v4,
             static_nets: cfg.clamp.iter().map(|c| c.cidr.trunc()).collect(),
-            base_mtu: p.base_mtu,
-            adaptive_default: p.adaptive_default,
+            first_contact_mtu: p.first_contact_mtu,
         }
     }
 }
@@ -236,6 +236,7 @@ impl Manager {
                             }
                         }
                         self.add_targets();
+                        self.update_first_contact();
                     }
                     Some(Cmd::Stop) | None => {
                         self.jobs.abort_all();
@@ -320,6 +321,8 @@ impl Manager {
                 let _ = maps.remove_clamp(IpNet::from(addr));
             }
             maps.forget_learned(addr);
+            drop(maps);
+            self.update_first_contact();
         }
     }
 
@@ -382,7 +385,7 @@ impl Manager {
             Outcome::Searched(Ok(report)) => {
                 metrics.probe_packets.inc_by(report.probes_sent.into());
                 // Configured targets learn their interface here (learned destinations from
-                // their SYNs): the adaptive default is per interface.
+                // their SYNs): the first-contact clamp is per interface.
                 if let Ok(ifindex) = nix::net::if_::if_nametoindex(report.interface.as_str()) {
                     d.ifindex = Some(ifindex);
                 }
@@ -423,36 +426,38 @@ impl Manager {
                 tracing::warn!(%addr, error = %format!("{e:#}"), "writing the clamp");
             }
         }
-        if self.settings.adaptive_default {
-            self.update_interface_defaults();
-        }
+        self.update_first_contact();
     }
 
-    /// Sets each interface's default path MTU to the smallest result measured through it
-    /// (never above `base_mtu` when that is set).
-    fn update_interface_defaults(&mut self) {
+    /// Safe first contact: sets each interface's default path MTU (what a destination without
+    /// a clamp entry of its own is clamped to, from its first SYN) to `first_contact_mtu`, or
+    /// to the smallest path MTU currently measured through that interface when that is smaller:
+    /// one tunnel usually carries every destination behind it. Never above `first_contact_mtu`,
+    /// so that one destination on a wide path cannot open the interface to first contacts
+    /// behind a narrow one; 0 when first contact is off.
+    fn update_first_contact(&self) {
+        let first_contact = self.settings.first_contact_mtu;
         let mut maps = self.shared.maps();
-        for (ifindex, mut cfg) in maps.ifaces() {
-            let smallest = |v4: bool| {
+        for (ifindex, cfg) in maps.ifaces() {
+            let default_for = |v4: bool| {
+                if first_contact == 0 {
+                    return 0;
+                }
                 self.dests
                     .iter()
                     .filter(|(a, d)| a.is_ipv4() == v4 && d.ifindex == Some(ifindex))
                     .filter_map(|(_, d)| d.mtu)
-                    .min()
-            };
-            let base = |m: Option<u16>| match (m, self.settings.base_mtu) {
-                (Some(m), 0) => m,
-                (Some(m), b) => m.min(b),
-                (None, b) => b,
+                    .fold(first_contact, u16::min)
             };
             let new = IfaceConfig {
-                default_mtu_v4: base(smallest(true)),
-                default_mtu_v6: base(smallest(false)),
+                default_mtu_v4: default_for(true),
+                default_mtu_v6: default_for(false),
                 ..cfg
             };
-            if new != cfg {
-                cfg = new;
-                let _ = maps.set_iface(ifindex, cfg);
+            if new != cfg
+                && let Err(e) = maps.set_iface(ifindex, new)
+            {
+                tracing::warn!(ifindex, error = %format!("{e:#}"), "writing the first-contact clamp");
             }
         }
     }

@@ -315,13 +315,14 @@ impl Service {
             Some(p) if p.slot != 0 => p.slot,
             _ => self.free_slot()?,
         };
-        // Write the settings first so the very first packet is parsed right.
-        let base = self.cfg.probe.base_mtu;
+        // Write the settings first so the very first packet is parsed right, and clamped for
+        // first contact (the path-MTU manager lowers it as measurements come in).
+        let first_contact = self.cfg.probe.first_contact_mtu;
         let mut cfg = IfaceConfig {
             slot,
             l3_offset: link.l3_offset,
-            default_mtu_v4: base,
-            default_mtu_v6: base,
+            default_mtu_v4: first_contact,
+            default_mtu_v6: first_contact,
             flags: previous.map(|p| p.flags).unwrap_or(0),
         };
         self.shared.maps().set_iface(link.ifindex, cfg)?;

@@ -2,9 +2,10 @@
 //!
 //! Builds the lab of DESIGN.md (wsl -- win -- bottleneck -- vpn -- srv, ICMP errors dropped),
 //! shows an HTTP download, a TLS handshake and an SSH key exchange from `wsl` stalling, starts
-//! `wslnet-agent` in `wsl` with the server as a target, shows the measured path MTU and the
-//! three clients passing, prints an excerpt of `/metrics`, and removes everything. Ctrl-C at
-//! any point removes everything too.
+//! `wslnet-agent` in `wsl` as it runs at boot (no target, no configuration), shows the three
+//! clients passing on their first contact with the server, then the path MTUs the agent
+//! measured from their SYNs, prints an excerpt of `/metrics`, and removes everything. Ctrl-C
+//! at any point removes everything too.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -13,13 +14,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use wslnet_tests::{
-    agent::{Agent, sample},
+    agent::Agent,
     clients::{self, Outcome, Servers},
-    lab::{Lab, LabConfig, SRV_V4, SRV_V6},
+    lab::{Lab, LabConfig, SRV_V4},
     netns::{Bpffs, wait_until},
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Steps the demo shows.
+const STEPS: u32 = 6;
 
 /// `demo` arguments.
 #[derive(clap::Args, Debug)]
@@ -43,12 +47,12 @@ fn check_interrupt() -> Result<()> {
 }
 
 fn step(n: u32, what: &str) {
-    println!("\n\x1b[1m[{n}/5] {what}\x1b[0m");
+    println!("\n\x1b[1m[{n}/{STEPS}] {what}\x1b[0m");
 }
 
 fn show(outcomes: &[Outcome]) {
     for o in outcomes {
-        let fam = if o.v6 { "IPv6" } else { "IPv4" };
+        let fam = if o.host.is_ipv6() { "IPv6" } else { "IPv4" };
         if o.ok {
             println!(
                 "      {:<46} {fam}  \x1b[32mok\x1b[0m in {:.2} s",
@@ -126,49 +130,56 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     show(&without);
     check_interrupt()?;
 
-    step(3, "starting wslnet-agent in wsl, the server as a target");
-    let fs = Bpffs::new()?;
-    let mut agent_args = vec!["--iface", "eth0", "--no-learn"];
-    let v4_target = SRV_V4.to_string();
-    let v6_target = SRV_V6.to_string();
-    agent_args.extend(["--target", &v4_target]);
-    if v6 {
-        agent_args.extend(["--target", &v6_target]);
-    }
-    let t = Instant::now();
-    let agent = Agent::start(&lab.wsl, &fs, &agent_args)?;
-    let status = agent.status()?;
-    println!(
-        "      attached to eth0 (mode {})",
-        status["interfaces"][0]["mode"].as_str().unwrap_or("?")
+    step(
+        3,
+        "starting wslnet-agent in wsl as at boot: no target, no configuration",
     );
-    let targets: Vec<&str> = if v6 {
-        vec![&v4_target, &v6_target]
-    } else {
-        vec![&v4_target]
-    };
-    for target in targets {
-        let mtu = wait_until(Duration::from_secs(30), "the path MTU measurement", || {
-            let m = agent.metrics().ok()?;
-            sample(&m, "wslnet_path_mtu_bytes", &[("target", target)]).filter(|v| *v > 0.0)
-        })?;
-        println!(
-            "      path MTU to {target:<12} = \x1b[1m{mtu} bytes\x1b[0m (measured in {:.2} s, interface MTU still 1500)",
-            t.elapsed().as_secs_f64()
-        );
-        check_interrupt()?;
-    }
+    let fs = Bpffs::new()?;
+    let agent = Agent::start(&lab.wsl, &fs, &[])?;
+    let status = agent.status()?;
+    let eth0 = &status["interfaces"][0];
+    println!(
+        "      attached to {} (mode {}); destinations not yet measured are clamped to {} bytes",
+        eth0["name"].as_str().unwrap_or("?"),
+        eth0["mode"].as_str().unwrap_or("?"),
+        eth0["default_mtu_v4"]
+    );
+    check_interrupt()?;
 
-    step(4, "with wslnet: the same clients");
+    step(
+        4,
+        "with wslnet: the same clients, first contact with the server",
+    );
     let with = clients::run_all(&lab, &servers, families, Duration::from_secs(30));
     show(&with);
     check_interrupt()?;
 
-    step(5, "an excerpt of wslnet-agent's /metrics");
+    step(
+        5,
+        "what the agent learned from their SYNs and measured meanwhile",
+    );
+    for v6 in families.iter().copied() {
+        let host = lab.srv_addr(v6);
+        let net = format!("{host}/{}", if v6 { 128 } else { 32 });
+        let mtu = wait_until(Duration::from_secs(30), "the path MTU measurement", || {
+            let st = agent.status().ok()?;
+            st["clamps"]
+                .as_array()?
+                .iter()
+                .find(|c| c["net"] == net.as_str())
+                .map(|c| c["mtu"].clone())
+        })?;
+        println!(
+            "      path MTU to {host:<12} = \x1b[1m{mtu} bytes\x1b[0m (measured; interface MTU still 1500)"
+        );
+        check_interrupt()?;
+    }
+
+    step(6, "an excerpt of wslnet-agent's /metrics");
     let metrics = agent.metrics()?;
     for line in metrics.lines().filter(|l| {
         !l.starts_with('#')
-            && (l.starts_with("wslnet_path_mtu_bytes")
+            && (l.starts_with("wslnet_probe_searches_total")
                 || l.starts_with("wslnet_interface_attached")
                 || ((l.starts_with("wslnet_mss_clamped_total")
                     || l.starts_with("wslnet_tcp_syn_packets_total"))
