@@ -452,6 +452,23 @@ pub fn random_tables(rng: &mut StdRng) -> Tables {
         seen.push(key);
         fresh
     });
+    // Probe connections: the frames' TCP destination port is 443 (packets::Tcp::new) unless a
+    // random header says otherwise.
+    for _ in 0..if rng.gen_bool(0.3) {
+        rng.gen_range(1..3)
+    } else {
+        0
+    } {
+        let peer = if rng.gen_bool(0.55) {
+            IpAddr::V4(*V4_POOL.choose(rng).unwrap())
+        } else {
+            IpAddr::V6(*V6_POOL.choose(rng).unwrap())
+        };
+        let port = if rng.gen_bool(0.8) { 443 } else { rng.r#gen() };
+        if !t.probes.contains(&(peer, port)) {
+            t.probes.push((peer, port));
+        }
+    }
     let floor = |rng: &mut StdRng| match rng.gen_range(0..4) {
         0 => 0,
         1 => 1280,

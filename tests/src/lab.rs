@@ -52,8 +52,7 @@ pub const SRV_MORE_V6: [Ipv6Addr; 2] = [
     Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, 4),
 ];
 /// Network of the container bridge inside `wsl` ([`Lab::add_container`]); `wsl` is
-/// [`CONTAINER_GW`] on it
-/// and masquerades it out of its uplink, as Docker's default bridge does.
+/// [`CONTAINER_GW`] on it and masquerades it out of its uplink, as Docker's default bridge does.
 pub const CONTAINER_NET: &str = "172.17.0.0/16";
 /// `wsl`'s address on [`CONTAINER_NET`]: the container's gateway.
 pub const CONTAINER_GW: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);

@@ -53,6 +53,7 @@ pub struct Harness {
     clamps_v4: Vec<Key<[u8; 4]>>,
     clamps_v6: Vec<Key<[u8; 16]>>,
     ifaces: Vec<u32>,
+    probes: Vec<(std::net::IpAddr, u16)>,
     // Declared last: unmounted after the maps and programs are closed.
     _fs: Bpffs,
 }
@@ -70,6 +71,7 @@ impl Harness {
             clamps_v4: Vec::new(),
             clamps_v6: Vec::new(),
             ifaces: Vec::new(),
+            probes: Vec::new(),
             _fs: fs,
         })
     }
@@ -79,9 +81,10 @@ impl Harness {
         &mut self.maps
     }
 
-    /// Replaces the clamp tables, interface settings and globals with `tables`, written directly
-    /// (the floors in `tables.globals` are used as given, not recomputed; the clamp generation
-    /// is always bumped, as the agent does, so no cached lookup survives).
+    /// Replaces the clamp tables, interface settings, probe connections and globals with
+    /// `tables`, written directly (the floors in `tables.globals` are used as given, not
+    /// recomputed; the clamp generation is always bumped, as the agent does, so no cached lookup
+    /// survives).
     pub fn set_tables(&mut self, tables: &Tables) -> Result<()> {
         for k in self.clamps_v4.drain(..) {
             let _ = self.maps.clamp_v4.remove(&k);
@@ -116,6 +119,13 @@ impl Harness {
                     self.clamps_v6.push(k);
                 }
             }
+        }
+        for (peer, port) in self.probes.drain(..) {
+            let _ = self.maps.remove_probe(peer, port);
+        }
+        for &(peer, port) in &tables.probes {
+            self.maps.add_probe(peer, port).context("probe")?;
+            self.probes.push((peer, port));
         }
         for (ifindex, cfg) in &tables.ifaces {
             self.maps.set_iface(*ifindex, *cfg).context("iface")?;

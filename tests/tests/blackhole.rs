@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use wslnet_agent::maps::Maps;
 use wslnet_tests::{
     agent::{Agent, sample},
     clients::{self, Client, Servers},
@@ -496,4 +497,42 @@ fn a_container_behind_the_vms_own_nat_passes_on_its_first_try() {
     let first = clients::run_all_from(&ctr, &servers, &[hosts[0]], PASS_TIMEOUT);
     assert_all(&first, true);
     drop(agent);
+}
+
+/// `run`'s TCP fallback measures above the clamp already in force: its probe connections are
+/// exempt from the agent's own ingress clamp (here the first-contact 1280), so a target that
+/// drops ICMP echo behind a 1400 path is measured at 1400, IPv4 and IPv6, not capped at 1280.
+#[test]
+fn the_tcp_fallback_in_run_measures_above_the_clamp_in_force() {
+    require_root();
+    const PORT: u16 = 9443;
+    let lab = Lab::new(1400).unwrap();
+    lab.drop_icmp_echo(true).unwrap();
+    lab.start_tcp_sink(PORT).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let (v4, v6) = (SRV_V4.to_string(), SRV_V6.to_string());
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &[
+            "--iface",
+            "eth0",
+            "--target",
+            &v4,
+            "--target",
+            &v6,
+            "--no-learn",
+            "--probe-tcp-port",
+            &PORT.to_string(),
+        ],
+    )
+    .unwrap();
+    wait_for_path_mtu(&agent, &v4, 1400.0, Duration::from_secs(30));
+    wait_for_path_mtu(&agent, &v6, 1400.0, Duration::from_secs(30));
+    // Every probe connection left the probe map when it ended.
+    let maps = Maps::open(std::path::Path::new(&agent.pin_dir)).unwrap();
+    wait_until(Duration::from_secs(10), "an empty probe map", || {
+        (maps.probes.keys().count() == 0).then_some(())
+    })
+    .unwrap();
 }

@@ -44,6 +44,7 @@ fn tables(l3_offset: u16) -> Tables {
             },
         ],
         globals: Default::default(),
+        probes: Vec::new(),
     }
 }
 

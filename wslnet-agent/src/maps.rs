@@ -17,7 +17,8 @@ use aya::{
 use ipnet::IpNet;
 use wslnet_common::{
     ABI_VERSION, COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
-    LearnedDest, LearnedKey, MAX_IFINDEX, PathMtu, counter_index, iface_flags, map_names,
+    LearnedDest, LearnedKey, MAX_IFINDEX, PathMtu, ProbeKey, ProbeMark, counter_index, iface_flags,
+    map_names,
 };
 
 /// Where pins live unless `--pin-dir` says otherwise.
@@ -139,6 +140,8 @@ pub struct Maps {
     pub learned: HashMap<MapData, LearnedKey, LearnedDest>,
     /// Global settings.
     pub globals: Array<MapData, Globals>,
+    /// The prober's TCP connections in flight, exempt from the ingress clamp.
+    pub probes: HashMap<MapData, ProbeKey, ProbeMark>,
 }
 
 fn open_pin(pin_dir: &Path, name: &str) -> Result<MapData> {
@@ -178,6 +181,7 @@ impl Maps {
             PerCpuArray::try_from(Map::PerCpuArray(open_pin(pin_dir, map_names::COUNTERS)?))?;
         let learned = HashMap::try_from(Map::LruHashMap(open_pin(pin_dir, map_names::LEARNED)?))?;
         let globals = Array::try_from(Map::Array(open_pin(pin_dir, map_names::GLOBALS)?))?;
+        let probes = HashMap::try_from(Map::HashMap(open_pin(pin_dir, map_names::PROBES)?))?;
         Ok(Self {
             clamp_v4,
             clamp_v6,
@@ -185,6 +189,7 @@ impl Maps {
             counters,
             learned,
             globals,
+            probes,
         })
     }
 
@@ -347,6 +352,21 @@ impl Maps {
         let _ = self.learned.remove(&learned_key(addr));
     }
 
+    /// Exempts the prober's TCP connection from `local_port` to `peer` from the ingress clamp
+    /// (its SYN-ACK keeps the peer's MSS) until [`Maps::remove_probe`].
+    pub fn add_probe(&mut self, peer: IpAddr, local_port: u16) -> Result<()> {
+        self.probes
+            .insert(&probe_key(peer, local_port), &ProbeMark::default(), 0)
+            .with_context(|| format!("registering the TCP probe to {peer} from port {local_port}"))
+    }
+
+    /// Ends the exemption of [`Maps::add_probe`].
+    pub fn remove_probe(&mut self, peer: IpAddr, local_port: u16) -> Result<()> {
+        self.probes
+            .remove(&probe_key(peer, local_port))
+            .with_context(|| format!("removing the TCP probe to {peer} from port {local_port}"))
+    }
+
     /// The global settings.
     pub fn globals(&self) -> Result<Globals> {
         Ok(self.globals.get(&0, 0)?)
@@ -405,6 +425,17 @@ pub fn learned_addr(k: &LearnedKey) -> Option<IpAddr> {
         FAMILY_V4 => Some(IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])),
         FAMILY_V6 => Some(IpAddr::from(k.addr)),
         _ => None,
+    }
+}
+
+/// The probe-map key of the prober's connection from `local_port` to `peer`.
+pub fn probe_key(peer: IpAddr, local_port: u16) -> ProbeKey {
+    let LearnedKey { family, addr } = learned_key(peer);
+    ProbeKey {
+        family,
+        port_be: local_port.to_be(),
+        reserved: 0,
+        addr,
     }
 }
 

@@ -165,8 +165,27 @@ pub fn spawn(shared: Arc<Shared>, cfg: &Config) -> Handle {
     Handle { tx, task }
 }
 
+/// Exempts the prober's TCP connections from the clamp, through the datapath's probe map.
+struct ExemptProbes(Arc<Shared>);
+
+impl prober::ProbeConnections for ExemptProbes {
+    fn opened(&self, peer: IpAddr, local_port: u16) {
+        if let Err(e) = self.0.maps().add_probe(peer, local_port) {
+            tracing::warn!(error = %format!("{e:#}"), "the TCP probe may be capped by the clamp");
+        }
+    }
+
+    fn closed(&self, peer: IpAddr, local_port: u16) {
+        if let Err(e) = self.0.maps().remove_probe(peer, local_port) {
+            tracing::warn!(error = %format!("{e:#}"), "a stale probe entry stays until the agent stops");
+        }
+    }
+}
+
 struct Manager {
     shared: Arc<Shared>,
+    /// Given to every search: keeps the TCP probes clear of the clamp.
+    tcp_hook: prober::ProbeHook,
     settings: Settings,
     dests: HashMap<IpAddr, Dest>,
     jobs: JoinSet<(IpAddr, Outcome)>,
@@ -177,6 +196,7 @@ struct Manager {
 impl Manager {
     fn new(shared: Arc<Shared>, settings: Settings) -> Self {
         let mut m = Self {
+            tcp_hook: prober::ProbeHook(Arc::new(ExemptProbes(shared.clone()))),
             shared,
             settings,
             dests: HashMap::new(),
@@ -340,7 +360,10 @@ impl Manager {
             }
             let d = self.dests.get_mut(&addr).expect("listed above");
             d.due = None;
-            let opts = self.settings.options_for(addr);
+            let opts = SearchOptions {
+                tcp_hook: Some(self.tcp_hook.clone()),
+                ..self.settings.options_for(addr)
+            };
             match (d.search, d.mtu) {
                 (false, Some(mtu)) => {
                     self.jobs.spawn(async move {

@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Map names as they appear in the eBPF object and as files under the pin directory.
 pub mod map_names {
@@ -33,9 +33,13 @@ pub mod map_names {
     /// [`super::peer_cache_slot`]: SYNs held back from [`LEARNED`]. Private to the loaded
     /// programs (not pinned, not in [`ALL`]); read by the TestRun harness.
     pub const LEARN_CACHE: &str = "WSLNET_LEARN_CACHE";
+    /// Hash, key [`super::ProbeKey`], value [`super::ProbeMark`]: the agent's own TCP probe
+    /// connections in flight. The ingress hook leaves their SYN-ACK's MSS as the peer sent it,
+    /// so that a probe can test sizes above the clamp in force for that peer.
+    pub const PROBES: &str = "WSLNET_PROBES";
     /// Every pinned map, in a fixed order (for pinning, adoption and `detach`).
-    pub const ALL: [&str; 7] = [
-        CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS, NEW_DESTS,
+    pub const ALL: [&str; 8] = [
+        CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS, NEW_DESTS, PROBES,
     ];
 }
 
@@ -52,6 +56,9 @@ pub mod program_names {
 pub const MAX_CLAMP_ENTRIES: u32 = 16_384;
 /// Entries in the learned-destination LRU map; the oldest are evicted beyond this.
 pub const MAX_LEARNED: u32 = 16_384;
+/// Entries in the probe-connection map: TCP probe connections in flight at once, all searches
+/// together (the agent runs at most 4 searches of 16 sizes x 2 copies).
+pub const MAX_PROBES: u32 = 1024;
 /// Slots of each per-CPU cache of the datapath (the LPM-result cache and the learn cache): a
 /// power of two.
 pub const PEER_CACHE_SLOTS: u32 = 256;
@@ -332,6 +339,30 @@ pub struct LearnCacheEntry {
     pub written: u64,
 }
 
+/// Key of the probe-connection map ([`map_names::PROBES`]): one TCP probe connection of the
+/// agent, as its SYN-ACK arrives (source = the peer, destination port = the probe's local port).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct ProbeKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+    /// The probe's local TCP port, network byte order (the packet's bytes read as a native
+    /// `u16`, as the datapath loads them).
+    pub port_be: u16,
+    /// Reserved, 0.
+    pub reserved: u16,
+    /// The peer's address, network byte order; IPv4 uses the first 4 bytes, the rest are 0.
+    pub addr: [u8; 16],
+}
+
+/// Value of the probe-connection map: presence is what counts.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ProbeMark {
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
 /// Global settings written by the agent (array of one).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
@@ -366,6 +397,10 @@ mod pod {
     unsafe impl aya::Pod for super::Globals {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LearnCacheEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeMark {}
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
@@ -376,6 +411,8 @@ const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
 const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);
 const _: () = assert!(core::mem::size_of::<Globals>() == 12);
 const _: () = assert!(core::mem::size_of::<LearnCacheEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<ProbeKey>() == 24);
+const _: () = assert!(core::mem::size_of::<ProbeMark>() == 4);
 
 #[cfg(test)]
 mod tests {

@@ -5,15 +5,15 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::bpf_jiffies64,
     macros::{classifier, map},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
     L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest, LearnedKey,
-    MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PathMtu,
-    counter_index, mss_for_mtu, peer_bytes, peer_cache_slot,
+    MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PROBES, NEW_DESTS_BYTES, PEER_CACHE_SLOTS,
+    PathMtu, ProbeKey, ProbeMark, counter_index, mss_for_mtu, peer_bytes, peer_cache_slot,
 };
 
 use crate::{
@@ -44,6 +44,11 @@ static WSLNET_LEARNED: LruHashMap<LearnedKey, LearnedDest> = LruHashMap::pinned(
 /// Destinations newly inserted into WSLNET_LEARNED, so the agent need not scan the map.
 #[map(name = "WSLNET_NEW_DESTS")]
 static WSLNET_NEW_DESTS: RingBuf = RingBuf::pinned(NEW_DESTS_BYTES, 0);
+
+/// The agent's own TCP probe connections in flight, by peer and local port: their SYN-ACKs
+/// keep the peer's MSS (see [`is_probe`]). Written by the agent.
+#[map(name = "WSLNET_PROBES")]
+static WSLNET_PROBES: HashMap<ProbeKey, ProbeMark> = HashMap::pinned(MAX_PROBES, 0);
 
 /// Global settings (one entry).
 #[map(name = "WSLNET_GLOBALS")]
@@ -183,6 +188,9 @@ fn handle_ip<const F: u32>(ctx: &TcContext, dir: u32, ifindex: u32, cfg: &IfaceC
             match clamp {
                 None => bump(cfg.slot, dir, ip.family, |c| c.no_clamp += 1),
                 Some(clamp) if mss <= clamp => bump(cfg.slot, dir, ip.family, |c| c.mss_ok += 1),
+                Some(_) if !egress && flags & TCP_FLAG_ACK != 0 && is_probe(ctx, &ip, &peer) => {
+                    bump(cfg.slot, dir, ip.family, |c| c.no_clamp += 1)
+                }
                 Some(clamp) => {
                     if mss::rewrite(ctx, ip.l4, value_offset, mss, clamp).is_ok() {
                         bump(cfg.slot, dir, ip.family, |c| c.mss_clamped += 1);
@@ -194,6 +202,25 @@ fn handle_ip<const F: u32>(ctx: &TcContext, dir: u32, ifindex: u32, cfg: &IfaceC
             }
         }
     }
+}
+
+/// True when an arriving SYN-ACK answers one of the agent's TCP probes (its source and
+/// destination port are in `WSLNET_PROBES`). A probe tests whether a segment of some size
+/// crosses the path; the clamp in force would cap the size it may send below what it tests.
+/// Looked up only when a rewrite is due, so the map costs nothing on other packets.
+#[inline(always)]
+fn is_probe(ctx: &TcContext, ip: &Ip, peer: &Peer) -> bool {
+    let Some(port_be) = packet::read::<u16>(ctx, ip.l4 + mss::TCP_DPORT_OFFSET) else {
+        return false;
+    };
+    let key = ProbeKey {
+        family: ip.family,
+        port_be,
+        reserved: 0,
+        addr: peer_bytes(peer),
+    };
+    // SAFETY: the value is only tested for presence, never read.
+    unsafe { WSLNET_PROBES.get(&key) }.is_some()
 }
 
 /// The global settings; all zero (no floor, no cache) before the agent writes them.

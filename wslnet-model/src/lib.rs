@@ -25,7 +25,9 @@
 //!    option is compared with path MTU - 40 (IPv4) / - 60 (IPv6) for the peer (destination on
 //!    egress, source on ingress): no sane path MTU is `no_clamp`, at or below is `mss_ok`, above is
 //!    lowered (`mss_clamped`) with the TCP checksum updated incrementally (RFC 1624), exactly as the
-//!    kernel's `bpf_l4_csum_replace` does it.
+//!    kernel's `bpf_l4_csum_replace` does it; except an arriving SYN-ACK that answers one of the
+//!    agent's TCP probes (its source and destination port are in [`Tables::probes`]): it is left
+//!    as it is and counted `no_clamp`, so that the probe can test sizes above the clamp.
 //!
 //! The verdict is always `TC_ACT_UNSPEC` (-1): nothing is dropped.
 
@@ -104,6 +106,8 @@ pub struct Tables {
     pub clamps: Vec<Clamp>,
     /// Oversize pre-check floors.
     pub globals: Globals,
+    /// The agent's TCP probe connections in flight: (peer address, local port).
+    pub probes: Vec<(IpAddr, u16)>,
 }
 
 impl Tables {
@@ -496,6 +500,14 @@ fn transport(
             match mss_limit(tables.path_mtu(ip.peer, cfg), ip.family) {
                 None => delta.no_clamp += 1,
                 Some(limit) if mss <= limit => delta.mss_ok += 1,
+                Some(_)
+                    if input.dir == Direction::Ingress && flags & TCP_ACK != 0 && {
+                        let dport = u16::from_be_bytes([frame[ip.l4 + 2], frame[ip.l4 + 3]]);
+                        tables.probes.contains(&(ip.peer, dport))
+                    } =>
+                {
+                    delta.no_clamp += 1
+                }
                 Some(limit) => {
                     replace_with_checksum(&mut out.frame, ip.l4, value_at, &limit.to_be_bytes());
                     out.rewrite = Some((mss, limit));

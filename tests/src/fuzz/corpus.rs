@@ -72,6 +72,9 @@ pub struct CaseFile {
     /// Oversize floors.
     #[serde(default)]
     pub min_mtu_v6: u16,
+    /// The agent's TCP probe connections in flight, "PEER:LOCALPORT" (`[PEER]:PORT` for IPv6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
     /// Input frame, hex.
     pub input: String,
     /// Expected behaviour.
@@ -191,6 +194,12 @@ impl CaseFile {
                 .collect(),
             min_mtu_v4: case.tables.globals.min_mtu_v4,
             min_mtu_v6: case.tables.globals.min_mtu_v6,
+            probes: case
+                .tables
+                .probes
+                .iter()
+                .map(|&p| std::net::SocketAddr::from(p).to_string())
+                .collect(),
             input: hex(&case.frame),
             expected: expected_from(outcome),
             program: None,
@@ -220,6 +229,10 @@ impl CaseFile {
                 prefix_len: len.parse()?,
                 mtu: mtu.parse()?,
             });
+        }
+        for p in &self.probes {
+            let a: std::net::SocketAddr = p.parse().with_context(|| format!("probe {p}"))?;
+            tables.probes.push((a.ip(), a.port()));
         }
         tables.globals = Globals {
             min_mtu_v4: self.min_mtu_v4,
@@ -507,6 +520,7 @@ fn tables() -> Tables {
             },
         ],
         globals: Globals::default(),
+        probes: Vec::new(),
     }
 }
 
@@ -1157,6 +1171,71 @@ pub fn named_cases() -> Vec<Named> {
         "A floor of 1500 (smallest MTU in force) skips the lookup for a 1500-byte packet",
         floor,
         e(NOTHING, V4, None),
+    );
+    let synack4 = || {
+        ingress(packets::tcp4_frame(
+            addr::REMOTE4,
+            addr::LOCAL4,
+            &Tcp::new(flags::SYN | flags::ACK, opt::mss(1460)),
+        ))
+    };
+    let probe4 = (IpAddr::V4(addr::REMOTE4), Tcp::new(0, vec![]).dport);
+    let mut probe = synack4();
+    probe.tables.probes.push(probe4);
+    add(
+        "v4-probe-synack-keeps-its-mss",
+        "A SYN-ACK answering the agent's TCP probe (peer and local port in the probe map) keeps \
+         the peer's MSS",
+        probe,
+        e(&["syn", "no_clamp"], V4, None),
+    );
+    let mut other_port = synack4();
+    other_port.tables.probes.push((probe4.0, probe4.1 + 1));
+    add(
+        "v4-probe-other-port-clamped",
+        "A probe from another local port exempts nothing else",
+        other_port,
+        e(CLAMPED, V4, Some((1460, 1332))),
+    );
+    let mut probe_syn = ingress(packets::tcp4_frame(
+        addr::REMOTE4,
+        addr::LOCAL4,
+        &Tcp::new(flags::SYN, opt::mss(1460)),
+    ));
+    probe_syn.tables.probes.push(probe4);
+    add(
+        "v4-probe-plain-syn-clamped",
+        "Only a SYN-ACK answers a probe: an arriving SYN to the same port is clamped",
+        probe_syn,
+        e(CLAMPED, V4, Some((1460, 1332))),
+    );
+    let mut probe_egress = egress(packets::tcp4_frame(
+        addr::LOCAL4,
+        addr::REMOTE4,
+        &Tcp::new(flags::SYN | flags::ACK, opt::mss(1460)),
+    ));
+    probe_egress.tables.probes.push(probe4);
+    add(
+        "v4-probe-egress-clamped",
+        "The exemption is for arriving SYN-ACKs only: a leaving one is clamped",
+        probe_egress,
+        e(CLAMPED, V4, Some((1460, 1332))),
+    );
+    let mut probe6 = ingress(packets::tcp6_frame(
+        addr::REMOTE6,
+        addr::LOCAL6,
+        &[],
+        &Tcp::new(flags::SYN | flags::ACK, opt::mss(1440)),
+    ));
+    probe6
+        .tables
+        .probes
+        .push((IpAddr::V6(addr::REMOTE6), probe4.1));
+    add(
+        "v6-probe-synack-keeps-its-mss",
+        "The IPv6 SYN-ACK answering a probe keeps the peer's MSS",
+        probe6,
+        e(&["syn", "no_clamp"], V6, None),
     );
     let mut unconf = egress(syn4(opt::mss(1460)));
     unconf.tables.ifaces.clear();

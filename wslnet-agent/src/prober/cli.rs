@@ -55,6 +55,9 @@ pub async fn run_cli(args: ProbeArgs) -> Result<()> {
         round_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         retries: args.retries,
         max_probes_per_sec: args.rate,
+        // A running agent's clamp may cap the TCP fallback's sizes; `run` registers its own
+        // probes, this command does not touch the agent's maps.
+        tcp_hook: None,
     };
     if let Some(mtu) = args.recheck {
         let r = recheck(target, mtu, &opts).await?;

@@ -37,6 +37,7 @@ mod tcp;
 use std::{
     collections::BTreeSet,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -54,6 +55,26 @@ pub const MIN_MTU_V6: u16 = 1280;
 pub const MIN_MTU_V4_ABSOLUTE: u16 = 68;
 /// Sizes probed per round (the control size included).
 pub const SIZES_PER_ROUND: usize = 16;
+
+/// Told of each TCP probe connection before its SYN leaves and when it ends. `run` passes one
+/// that exempts the connection from wslnet's own clamp: the datapath would otherwise lower the
+/// MSS of the probe's SYN-ACK to the clamp in force, and no size above it could be tested.
+pub trait ProbeConnections: Send + Sync {
+    /// The connection from `local_port` to `peer` is about to send its SYN.
+    fn opened(&self, peer: IpAddr, local_port: u16);
+    /// The connection from `local_port` to `peer` has ended.
+    fn closed(&self, peer: IpAddr, local_port: u16);
+}
+
+/// A shared [`ProbeConnections`], as [`SearchOptions`] carries it.
+#[derive(Clone)]
+pub struct ProbeHook(pub Arc<dyn ProbeConnections>);
+
+impl std::fmt::Debug for ProbeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProbeHook")
+    }
+}
 
 /// Settings of one search or re-check.
 #[derive(Debug, Clone)]
@@ -78,6 +99,8 @@ pub struct SearchOptions {
     /// Rate limit on probe packets (ICMP echoes or TCP connections) of this search, per second;
     /// bursts of up to one second's worth are allowed. `0` is treated as 1.
     pub max_probes_per_sec: u32,
+    /// Told of every TCP probe connection (`None`: nobody needs to know).
+    pub tcp_hook: Option<ProbeHook>,
 }
 
 impl Default for SearchOptions {
@@ -91,6 +114,7 @@ impl Default for SearchOptions {
             round_timeout: Duration::from_secs(1),
             retries: 1,
             max_probes_per_sec: 200,
+            tcp_hook: None,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! peer acknowledges that data (`tcpi_bytes_acked`) while the socket's path MTU still allows it
 //! (a frag-needed / packet-too-big lowers `tcpi_pmtu`, makes the stack re-segment, and is then
 //! reported as a hint instead). Connections are reset (`SO_LINGER` 0) when the round ends.
+//! Each connection is bound to its local port before it connects and announced to
+//! [`SearchOptions::tcp_hook`], so that `run`'s own clamp leaves its SYN-ACK alone.
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
@@ -18,7 +20,9 @@ use futures::{StreamExt as _, stream::FuturesUnordered};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::TcpStream;
 
-use super::{Prober, RateLimiter, RoundResult, SearchOptions, Stats, early_deadline, sys};
+use super::{
+    ProbeHook, Prober, RateLimiter, RoundResult, SearchOptions, Stats, early_deadline, sys,
+};
 
 const IP_PMTUDISC_DO: libc::c_int = 2;
 const IPV6_PMTUDISC_DO: libc::c_int = 2;
@@ -33,6 +37,19 @@ const POLL: Duration = Duration::from_millis(2);
 pub(crate) struct TcpProber {
     target: SocketAddr,
     iface: Option<String>,
+}
+
+/// A probe connection announced to a [`ProbeHook`]; announced closed on drop.
+struct Announced {
+    hook: ProbeHook,
+    peer: IpAddr,
+    local_port: u16,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.hook.0.closed(self.peer, self.local_port);
+    }
 }
 
 enum Outcome {
@@ -57,8 +74,13 @@ impl TcpProber {
         if self.target.is_ipv6() { 40 } else { 20 }
     }
 
-    /// Creates the socket for a probe of `size` bytes and starts connecting.
-    fn start(&self, size: u16) -> std::io::Result<TcpStream> {
+    /// Creates the socket for a probe of `size` bytes, announces it to `hook`, and starts
+    /// connecting.
+    fn start(
+        &self,
+        size: u16,
+        hook: Option<&ProbeHook>,
+    ) -> std::io::Result<(TcpStream, Option<Announced>)> {
         let v6 = self.target.is_ipv6();
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
@@ -92,12 +114,35 @@ impl TcpProber {
         }
         sock.set_tcp_nodelay(true)?;
         sock.set_linger(Some(Duration::ZERO))?;
+        // The local port must be known before the SYN leaves: bind first (any address, a port
+        // of the kernel's choice), then announce, then connect.
+        let any: SocketAddr = if v6 {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        sock.bind(&SockAddr::from(any))?;
+        let announced = match hook {
+            Some(hook) => {
+                let local_port = sock.local_addr()?.as_socket().map_or(0, |a| a.port());
+                hook.0.opened(self.target.ip(), local_port);
+                Some(Announced {
+                    hook: hook.clone(),
+                    peer: self.target.ip(),
+                    local_port,
+                })
+            }
+            None => None,
+        };
         match sock.connect(&SockAddr::from(self.target)) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
-        TcpStream::from_std(std::net::TcpStream::from(sock))
+        Ok((
+            TcpStream::from_std(std::net::TcpStream::from(sock))?,
+            announced,
+        ))
     }
 
     async fn probe(stream: TcpStream, size: u16, hdr: u32, started: Instant) -> Outcome {
@@ -160,11 +205,15 @@ impl Prober for TcpProber {
         for _ in 0..=opts.retries {
             for &size in sizes {
                 limiter.acquire().await;
-                match self.start(size) {
-                    Ok(s) => {
+                match self.start(size, opts.tcp_hook.as_ref()) {
+                    Ok((s, announced)) => {
                         st.probes_sent += 1;
                         let started = Instant::now();
-                        futs.push(async move { (size, Self::probe(s, size, hdr, started).await) });
+                        futs.push(async move {
+                            let outcome = Self::probe(s, size, hdr, started).await;
+                            drop(announced);
+                            (size, outcome)
+                        });
                     }
                     Err(e) => tracing::debug!(size, error = %e, "starting a TCP probe failed"),
                 }
