@@ -4,7 +4,10 @@
 //! 200 concurrent downloads, across a VPN connecting and disconnecting, and on first contact
 //! with new addresses (also from a container behind the VM's own NAT).
 
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use wslnet_agent::maps::Maps;
 use wslnet_tests::{
@@ -535,4 +538,118 @@ fn the_tcp_fallback_in_run_measures_above_the_clamp_in_force() {
         (maps.probes.keys().count() == 0).then_some(())
     })
     .unwrap();
+}
+
+/// The clamp `status` shows for `host` (its /32 or /128), once it is `mtu`; panics with the
+/// agent's log after `within`.
+fn wait_for_clamp(agent: &Agent, host: IpAddr, mtu: u64, within: Duration) {
+    let net = format!("{host}/{}", if host.is_ipv4() { 32 } else { 128 });
+    wait_until(within, &format!("a clamp of {mtu} for {net}"), || {
+        agent.status().ok()?["clamps"]
+            .as_array()?
+            .iter()
+            .any(|c| c["net"] == net.as_str() && c["mtu"] == mtu)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
+}
+
+/// A Windows VPN connects while WSL runs: the path shrinks from 1500 to 1372 with nothing
+/// visible in the VM (no link, route or MTU event; the periodic re-check is the default 30 s
+/// away). The first download after it stalls, and that stall is the symptom: its destination is
+/// re-measured at once, the other destinations measured through eth0 with it (IPv4 and IPv6),
+/// and new connections to all of them pass.
+#[test]
+fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
+    require_root();
+    let lab = Lab::new(1500).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
+    let hosts = [v4[0], v4[1], v6[0]];
+    for &h in &hosts {
+        let o = clients::run_from(&lab.wsl, &servers, Client::Http, h, PASS_TIMEOUT);
+        assert_all(&[o], true);
+        wait_for_clamp(&agent, h, 1500, Duration::from_secs(30));
+    }
+
+    // The VPN connects.
+    lab.set_bottleneck(1372).unwrap();
+    let shrunk = Instant::now();
+    std::thread::scope(|s| {
+        let first = s
+            .spawn(|| clients::run_from(&lab.wsl, &servers, Client::Http, hosts[0], STALL_TIMEOUT));
+        // Well within the 30 s periodic re-check: only the symptom can explain it.
+        for &h in &hosts {
+            wait_for_clamp(&agent, h, 1372, Duration::from_secs(12));
+            eprintln!(
+                "{h}: clamped to 1372 {:?} after the shrink",
+                shrunk.elapsed()
+            );
+        }
+        let first = first.join().unwrap();
+        eprintln!(
+            "the download running at the shrink: ok={} (running flows are not rescued here)",
+            first.ok
+        );
+    });
+    let after = clients::run_all_from(&lab.wsl, &servers, &hosts, PASS_TIMEOUT);
+    assert_all(&after, true);
+    let m = agent.metrics().unwrap();
+    let stalls = sample(&m, "wslnet_symptom_rechecks_total", &[("kind", "waiting")]).unwrap()
+        + sample(
+            &m,
+            "wslnet_symptom_rechecks_total",
+            &[("kind", "retransmitting")],
+        )
+        .unwrap();
+    assert!(stalls >= 1.0, "{m}");
+}
+
+/// A lossy path is not a smaller path: with 2% random loss each way and no bottleneck, the
+/// agent re-checks every second and the downloads retransmit (symptoms), for 8 s, and the clamp
+/// stays at the real path MTU, 1500, never below.
+#[test]
+fn a_lossy_path_never_yields_a_clamp_below_its_real_mtu() {
+    require_root();
+    let lab = Lab::new(1500).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &["--recheck-interval", "1"]).unwrap();
+    let host = lab.srv_addr(false);
+    let first = clients::run_from(&lab.wsl, &servers, Client::Http, host, PASS_TIMEOUT);
+    assert_all(&[first], true);
+    wait_for_clamp(&agent, host, 1500, Duration::from_secs(30));
+    let probes = || sample(&agent.metrics().unwrap(), "wslnet_probe_packets_total", &[]).unwrap();
+    let before = probes();
+    lab.set_loss(2.0).unwrap();
+    let lossy = Instant::now();
+    let mut clamps = Vec::new();
+    while lossy.elapsed() < Duration::from_secs(8) {
+        let o = clients::run_from(&lab.wsl, &servers, Client::Http, host, PASS_TIMEOUT);
+        assert!(o.ok, "a download over a merely lossy path: {o:?}");
+        let st = agent.status().unwrap();
+        clamps.extend(
+            st["clamps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["net"] == format!("{host}/32"))
+                .filter_map(|c| c["mtu"].as_u64()),
+        );
+    }
+    lab.set_loss(0.0).unwrap();
+    let sent = probes() - before;
+    eprintln!(
+        "{sent} probe packets under 2% loss; {} clamp readings, all 1500: {}",
+        clamps.len(),
+        clamps.iter().all(|&m| m == 1500)
+    );
+    assert!(
+        sent >= 8.0,
+        "the path should have been re-checked under loss"
+    );
+    assert!(!clamps.is_empty());
+    assert!(clamps.iter().all(|&m| m == 1500), "{clamps:?}");
 }

@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// there when lower. 0 turns it off (a first connection may then stall) [default: 1280].
     #[arg(long, value_name = "BYTES")]
     pub first_contact_mtu: Option<u16>,
+    /// React to symptoms: a local TCP connection waiting this long (ms) for an answer after
+    /// sending, or retransmitting, re-measures its destination at once. 0 turns it off (paths
+    /// that shrink are then found by the periodic re-check) [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub stall_after_ms: Option<u64>,
     /// Datapath log level forwarded to the agent's log (off, error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL")]
     pub datapath_log: Option<String>,
@@ -132,6 +137,9 @@ impl RunArgs {
         }
         if let Some(b) = self.first_contact_mtu {
             cfg.probe.first_contact_mtu = b;
+        }
+        if let Some(ms) = self.stall_after_ms {
+            cfg.probe.stall_after_ms = ms;
         }
         if let Some(l) = &self.datapath_log {
             cfg.datapath_log = l.clone();

@@ -10,6 +10,7 @@
 //! - [`prober`]: path-MTU search (ICMP with DF, TCP fallback);
 //! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
 //! - [`pmtu`]: which destinations to measure and when, inside `run`;
+//! - [`symptoms`]: stalled local connections (sock_diag), which make `run` re-measure at once;
 //! - [`service`]: `run`, which ties them together;
 //! - [`status`], [`check`]: the inspection commands.
 pub mod attach;
@@ -23,6 +24,7 @@ pub mod pmtu;
 pub mod prober;
 pub mod service;
 pub mod status;
+pub mod symptoms;
 
 /// The compiled datapath object (`wslnet-ebpf`, built by build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wslnet"));

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub search_duration: Histogram,
     /// `wslnet_probe_packets_total`: probe packets sent (searches and re-checks).
     pub probe_packets: IntCounter,
+    /// `wslnet_symptom_rechecks_total{kind}`: re-measurements started at once by a stalled
+    /// local connection (kind = waiting, retransmitting), or by another destination of the
+    /// same interface found narrower (kind = sibling).
+    pub symptom_rechecks: IntCounterVec,
     /// `wslnet_clamp_entries{origin}`: entries in the clamp table; origin = static, probed.
     pub clamp_entries: IntGaugeVec,
     /// `wslnet_learned_destinations`: destinations of outgoing SYNs in the learned map.
@@ -165,6 +169,14 @@ impl Metrics {
                 r.register(Box::new(c.clone()))?;
                 c
             },
+            symptom_rechecks: counter_vec(
+                &r,
+                "wslnet_symptom_rechecks_total",
+                "Path re-measurements started at once by a black-hole symptom, by kind \
+                 (waiting, retransmitting: a stalled local connection; sibling: another \
+                 destination on the same interface was found narrower).",
+                &["kind"],
+            )?,
             clamp_entries: gauge_vec(
                 &r,
                 "wslnet_clamp_entries",
@@ -188,6 +200,9 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), &kernel])
             .set(1);
+        for t in crate::symptoms::Trigger::ALL {
+            m.symptom_rechecks.with_label_values(&[t.label()]);
+        }
         for outcome in ["found", "unreachable", "error"] {
             m.searches.with_label_values(&[outcome]);
         }

@@ -7,6 +7,9 @@
 //!   and one above): a failure (a VPN came up) or a larger size passing (it went down) starts a
 //!   new search.
 //! - A route or link change (netlink) starts a new search of everything at once.
+//! - Symptoms start a re-check at once ([`Manager::trigger`]): a local connection to the
+//!   destination that stalls ([`crate::symptoms`]), or another destination of the same
+//!   interface found narrower than before.
 //! - Static clamps win: a destination inside a static prefix is measured (and exported for
 //!   configured targets) but its result is not written.
 //! - Safe first contact: a destination not yet measured is clamped by its interface's default
@@ -32,6 +35,7 @@ use crate::{
     config::Config,
     prober::{self, SearchOptions},
     service::Shared,
+    symptoms::{self, Trigger, Watcher},
 };
 
 /// Most searches or re-checks running at once.
@@ -41,6 +45,11 @@ const TICK: Duration = Duration::from_millis(500);
 /// How often the whole learned map is scanned. New destinations arrive at once through the
 /// datapath's ring buffer; the scan catches what a full ring dropped and refreshes SYN times.
 const LEARN_RESCAN: Duration = Duration::from_secs(30);
+
+/// Shortest time between two re-measurements of one destination started by symptoms: a
+/// connection that waits for a reason other than the path (a long poll) costs at most one cheap
+/// re-check this often.
+const SYMPTOM_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// What the manager is told by the service.
 enum Cmd {
@@ -87,6 +96,9 @@ struct Settings {
     min_mtu_v4: u16,
     static_nets: Vec<IpNet>,
     first_contact_mtu: u16,
+    /// How long a local connection may wait for an answer before it is a symptom; `None`:
+    /// symptoms are not looked for.
+    stall_after: Option<Duration>,
 }
 
 impl From<&Config> for Settings {
@@ -107,6 +119,7 @@ impl From<&Config> for Settings {
             min_mtu_v4: p.min_mtu_v4,
             static_nets: cfg.clamp.iter().map(|c| c.cidr.trunc()).collect(),
             first_contact_mtu: p.first_contact_mtu,
+            stall_after: (p.stall_after_ms != 0).then(|| Duration::from_millis(p.stall_after_ms)),
         }
     }
 }
@@ -138,6 +151,8 @@ struct Dest {
     /// Kernel jiffies of its latest SYN (learned destinations; 0 for configured ones): orders
     /// destinations for eviction.
     last_syn_jiffies: u64,
+    /// When a symptom last made it due early ([`SYMPTOM_COOLDOWN`]).
+    triggered_at: Option<Instant>,
 }
 
 /// What a job found.
@@ -191,6 +206,8 @@ struct Manager {
     jobs: JoinSet<(IpAddr, Outcome)>,
     /// Searches of learned destinations started in the current minute.
     window: (Instant, u32),
+    /// Finds stalled local connections; `None` while a scan runs or when symptoms are off.
+    watcher: Option<Watcher>,
 }
 
 impl Manager {
@@ -202,7 +219,9 @@ impl Manager {
             dests: HashMap::new(),
             jobs: JoinSet::new(),
             window: (Instant::now(), 0),
+            watcher: None,
         };
+        m.watcher = m.settings.stall_after.map(Watcher::new);
         m.add_targets();
         m
     }
@@ -216,6 +235,7 @@ impl Manager {
                 search: true,
                 ifindex: None,
                 last_syn_jiffies: 0,
+                triggered_at: None,
             });
             d.configured = true;
             self.shared
@@ -233,6 +253,7 @@ impl Manager {
     ) {
         let mut tick = tokio::time::interval(TICK);
         let mut rescan = tokio::time::interval(if ring.is_some() { LEARN_RESCAN } else { TICK });
+        let mut symptom_scan = tokio::time::interval(symptoms::SCAN_INTERVAL);
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -257,6 +278,7 @@ impl Manager {
                         }
                         self.add_targets();
                         self.update_first_contact();
+                        self.watcher = self.settings.stall_after.map(Watcher::new);
                     }
                     Some(Cmd::Stop) | None => {
                         self.jobs.abort_all();
@@ -265,6 +287,8 @@ impl Manager {
                 },
                 Some(Ok((addr, outcome))) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     self.finish(addr, outcome);
+                    // A failed re-check or a narrower result makes more work due now.
+                    self.start_due_jobs();
                 }
                 addrs = new_destinations(&mut ring), if self.settings.learn => {
                     for addr in addrs {
@@ -276,6 +300,10 @@ impl Manager {
                     self.start_due_jobs();
                 }
                 _ = rescan.tick(), if self.settings.learn => self.learn(),
+                _ = symptom_scan.tick(), if self.watcher.is_some() => {
+                    self.scan_symptoms().await;
+                    self.start_due_jobs();
+                }
                 _ = tick.tick() => self.start_due_jobs(),
             }
         }
@@ -318,6 +346,7 @@ impl Manager {
                 search: true,
                 ifindex: Some(l.ifindex),
                 last_syn_jiffies: l.last_seen_jiffies,
+                triggered_at: None,
             },
         );
     }
@@ -344,6 +373,56 @@ impl Manager {
             drop(maps);
             self.update_first_contact();
         }
+    }
+
+    /// Looks for stalled local connections and makes their destinations due now.
+    async fn scan_symptoms(&mut self) {
+        let Some(mut watcher) = self.watcher.take() else {
+            return;
+        };
+        let scanned = tokio::task::spawn_blocking(move || {
+            let found = watcher.scan();
+            (watcher, found)
+        })
+        .await;
+        let Ok((watcher, found)) = scanned else {
+            tracing::warn!("the symptom scan panicked; looking for symptoms no more");
+            return;
+        };
+        self.watcher = Some(watcher);
+        match found {
+            Ok(stalls) => {
+                for s in stalls {
+                    self.trigger(s.peer, Trigger::Stall(s.kind));
+                }
+            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "symptom scan failed"),
+        }
+    }
+
+    /// Re-measures a measured destination now, ahead of its periodic re-check, unless a job
+    /// for it runs or a symptom did so less than [`SYMPTOM_COOLDOWN`] ago. Destinations not
+    /// measured yet are being searched already, or are clamped for first contact.
+    fn trigger(&mut self, addr: IpAddr, why: Trigger) {
+        let now = Instant::now();
+        let Some(d) = self.dests.get_mut(&addr) else {
+            return;
+        };
+        if d.mtu.is_none()
+            || d.due.is_none()
+            || d.triggered_at
+                .is_some_and(|t| now.duration_since(t) < SYMPTOM_COOLDOWN)
+        {
+            return;
+        }
+        d.triggered_at = Some(now);
+        d.due = Some(now);
+        self.shared
+            .metrics
+            .symptom_rechecks
+            .with_label_values(&[why.label()])
+            .inc();
+        tracing::info!(%addr, why = why.label(), "black-hole symptom: re-measuring now");
     }
 
     fn start_due_jobs(&mut self) {
@@ -433,6 +512,8 @@ impl Manager {
         };
         metrics.searches.with_label_values(&["found"]).inc();
         let changed = d.mtu != Some(mtu);
+        let narrowed = d.mtu.is_some_and(|old| mtu < old);
+        let ifindex = d.ifindex;
         d.mtu = Some(mtu);
         if d.configured {
             metrics
@@ -450,6 +531,21 @@ impl Manager {
             }
         }
         self.update_first_contact();
+        if narrowed {
+            // The path shrank: the others measured through the same interface wider than this
+            // likely shrank with it (one tunnel carries them all).
+            let siblings: Vec<IpAddr> = self
+                .dests
+                .iter()
+                .filter(|(a, d)| {
+                    **a != addr && d.ifindex == ifindex && d.mtu.is_some_and(|m| m > mtu)
+                })
+                .map(|(a, _)| *a)
+                .collect();
+            for s in siblings {
+                self.trigger(s, Trigger::Sibling);
+            }
+        }
     }
 
     /// Safe first contact: sets each interface's default path MTU (what a destination without

@@ -1,0 +1,263 @@
+//! Black-hole symptoms as the kernel sees them: local TCP connections that stall.
+//!
+//! When a path shrinks with nothing visible inside the VM (a Windows VPN connects), the first
+//! sign is a connection that stops moving: a download, a TLS handshake or an SSH key exchange
+//! sent its request and waits for an answer whose full-sized segments never arrive, or an upload
+//! retransmits segments that never get through. The kernel knows both for every socket
+//! (`tcp_info`), so the agent asks it, through `sock_diag`, every [`SCAN_INTERVAL`]: a socket
+//! that [`Stall::Waiting`] or [`Stall::Retransmitting`] names a destination to re-measure at once,
+//! instead of at its next periodic re-check.
+//!
+//! Only the agent's own network namespace is visible: connections forwarded for containers are
+//! covered by the first-contact clamp, not by this.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+/// How often the sockets are looked at.
+pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A stalled connection's kind of stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stall {
+    /// It sent data, the peer acknowledged it, and no answer (or no full-sized segment of it)
+    /// has come back for longer than the threshold: the answer's full-sized segments are lost
+    /// on the way to us.
+    Waiting,
+    /// Its retransmission timer fired and nothing was acknowledged since: its own segments are
+    /// lost on the way out.
+    Retransmitting,
+}
+
+impl Stall {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stall::Waiting => "waiting",
+            Stall::Retransmitting => "retransmitting",
+        }
+    }
+}
+
+/// Why a destination is re-measured ahead of its periodic re-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// A local connection to it stalled.
+    Stall(Stall),
+    /// Another destination measured through the same interface was just found narrower: one
+    /// tunnel usually carries them all, so their paths likely shrank together.
+    Sibling,
+}
+
+impl Trigger {
+    /// Every trigger, for metrics that list them all from the start.
+    pub const ALL: [Trigger; 3] = [
+        Trigger::Stall(Stall::Waiting),
+        Trigger::Stall(Stall::Retransmitting),
+        Trigger::Sibling,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Trigger::Stall(s) => s.label(),
+            Trigger::Sibling => "sibling",
+        }
+    }
+}
+
+/// One stalled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stalled {
+    /// The peer.
+    pub peer: IpAddr,
+    /// How it stalls.
+    pub kind: Stall,
+}
+
+/// What one socket looked like to `sock_diag`.
+struct Seen {
+    inode: u32,
+    peer: IpAddr,
+    kind: Stall,
+    /// When its latest data left, as best known (now - `tcpi_last_data_sent`).
+    sent_at: Instant,
+}
+
+/// Finds stalled connections and reports each stall once (a socket that sends again and stalls
+/// again is a new stall).
+pub struct Watcher {
+    /// Milliseconds a connection may wait for an answer before it counts as stalled.
+    stall_after_ms: u32,
+    /// Stalls already reported, by socket inode: when the data they wait on left.
+    reported: HashMap<u32, Instant>,
+}
+
+/// Two stamps of one send, from two scans, differ by less than this (the kernel reports
+/// milliseconds since the send, read at slightly different moments).
+const SAME_SEND: Duration = Duration::from_millis(100);
+
+impl Watcher {
+    /// A watcher that counts a connection waiting longer than `stall_after` as stalled.
+    pub fn new(stall_after: Duration) -> Self {
+        Self {
+            stall_after_ms: stall_after.as_millis().min(u128::from(u32::MAX)) as u32,
+            reported: HashMap::new(),
+        }
+    }
+
+    /// Looks at every TCP socket of this network namespace (blocking: a netlink dump per
+    /// family) and returns the stalls not reported before.
+    pub fn scan(&mut self) -> Result<Vec<Stalled>> {
+        let now = Instant::now();
+        let mut seen = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            seen.extend(dump(family, self.stall_after_ms, now)?);
+        }
+        let mut fresh = Vec::new();
+        let mut still = HashMap::new();
+        for s in seen {
+            let known = self
+                .reported
+                .get(&s.inode)
+                .is_some_and(|&at| at.max(s.sent_at) - at.min(s.sent_at) < SAME_SEND);
+            if !known {
+                fresh.push(Stalled {
+                    peer: s.peer,
+                    kind: s.kind,
+                });
+            }
+            still.insert(s.inode, s.sent_at);
+        }
+        self.reported = still;
+        Ok(fresh)
+    }
+}
+
+/// Bytes a connection may have received in small segments and still count as waiting for its
+/// first full-sized one: an HTTP response header or a TLS alert fits, a small-message protocol
+/// that has been talking for a while does not.
+const WAITING_MAX_RECEIVED: u64 = 16 * 1024;
+
+/// `TCP_ESTABLISHED` (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// Dumps the established TCP sockets of `family` with their `tcp_info` and returns the stalled
+/// ones.
+fn dump(family: u8, stall_after_ms: u32, now: Instant) -> Result<Vec<Seen>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
+    socket.bind_auto().context("binding the sock_diag socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connecting the sock_diag socket")?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states: StateFlags::ESTABLISHED,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket
+        .send(&buf, 0)
+        .context("sending the sock_diag request")?;
+    let mut out = Vec::new();
+    let mut rx = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket
+            .recv(&mut &mut rx[..], 0)
+            .context("reading the sock_diag answer")?;
+        let mut offset = 0;
+        while offset < n {
+            let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
+                .context("parsing the sock_diag answer")?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                    if r.header.state != TCP_ESTABLISHED {
+                        // Listed anyway by some kernels; only established connections stall.
+                    } else if let Some(kind) = r.nlas.iter().find_map(|nla| match nla {
+                        Nla::TcpInfo(i) => stall_of(i, stall_after_ms),
+                        _ => None,
+                    }) {
+                        let sent_ms = r
+                            .nlas
+                            .iter()
+                            .find_map(|nla| match nla {
+                                Nla::TcpInfo(i) => Some(i.last_data_sent),
+                                _ => None,
+                            })
+                            .unwrap_or(0);
+                        out.push(Seen {
+                            inode: r.header.inode,
+                            peer: r.header.socket_id.destination_address,
+                            kind,
+                            sent_at: now
+                                .checked_sub(Duration::from_millis(sent_ms.into()))
+                                .unwrap_or(now),
+                        });
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => bail!("sock_diag: {e}"),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+    }
+}
+
+/// The stall a socket's `tcp_info` shows, if any.
+fn stall_of(
+    i: &netlink_packet_sock_diag::inet::nlas::TcpInfo,
+    stall_after_ms: u32,
+) -> Option<Stall> {
+    if i.retransmits > 0 {
+        return Some(Stall::Retransmitting);
+    }
+    // Sent data (beyond the SYN, which counts one), all of it acknowledged, and silence both
+    // ways for long enough, while either
+    // - what we sent is the latest data, unanswered (a request: HTTP, TLS ClientHello, SSH's
+    //   key exchange). The stamps count jiffies, so a request sent in the tick the handshake
+    //   completed has the handshake's stamp; it is then unanswered if nothing came at all;
+    // - or the answer began with small segments (an HTTP header) and no full-sized segment ever
+    //   arrived (`rcv_mss`, the largest segment seen, below `advmss`, what we allow), with
+    //   little received: the full-sized ones are lost on the way.
+    let silent = i.bytes_acked > 1
+        && i.unacked == 0
+        && i.last_data_sent.min(i.last_data_recv) >= stall_after_ms;
+    let unanswered = i.last_data_sent < i.last_data_recv
+        || (i.last_data_sent == i.last_data_recv && i.bytes_received == 0);
+    let no_full_segment = i.rcv_mss < i.advmss && i.bytes_received < WAITING_MAX_RECEIVED;
+    let waiting = silent && (unanswered || no_full_segment);
+    waiting.then_some(Stall::Waiting)
+}
