@@ -14,6 +14,11 @@ APT_PACKAGES=(
   # the lab and the tests: real components, as a user would have them
   iproute2 iputils-ping iperf3 nftables openssh-server openssh-client curl openssl
   prometheus tcpdump python3 ethtool
+  # packaging tests: systemd-analyze (verify, security, syscall-filter), strace (the unit's
+  # system-call filter against what the agent calls)
+  systemd strace
+  # cargo xtask package: checks the .deb
+  lintian
 )
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }

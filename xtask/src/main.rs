@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod fuzz;
+mod package;
 mod vm;
 
 /// wslnet's developer tasks.
@@ -46,6 +47,9 @@ enum Task {
     VmTest(vm::VmTestArgs),
     /// Benchmarks: datapath ns/packet, throughput vs nftables, probe convergence, footprint.
     Bench(bench::BenchArgs),
+    /// The Debian package, target/debian/wslnet-agent_<version>_amd64.deb (cargo-deb), checked:
+    /// lintian, its contents, `dpkg -i` in a throwaway root. Needs root.
+    Package,
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,6 +83,7 @@ fn run_task(command: Task) -> Result<()> {
         Task::Fuzz(args) => fuzz::run(args),
         Task::VmTest(args) => vm::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Package => package::run(),
     }
 }
 
