@@ -1,11 +1,11 @@
 //! Running the real `wslnet-agent` binary inside a test namespace, and a two-namespace veth
 //! fixture for clamp tests.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use crate::netns::{Bpffs, Daemon, Netns, agent_bin, veth};
+use crate::netns::{Bpffs, Daemon, Netns, agent_bin, veth, wait_until};
 
 /// Port of the agent's metrics endpoint inside a namespace (each namespace has its own
 /// loopback, so every test can use the default).
@@ -63,6 +63,22 @@ impl Agent {
             .output()?;
         anyhow::ensure!(out.status.success(), "scraping /metrics failed: {out:?}");
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Agent {
+    /// Waits until `status` shows a clamp entry of `mtu` for `host` alone (its /32 or /128);
+    /// fails after `within`, with the agent's log.
+    pub fn wait_for_clamp(&self, host: IpAddr, mtu: u64, within: Duration) -> Result<()> {
+        let net = format!("{host}/{}", if host.is_ipv4() { 32 } else { 128 });
+        wait_until(within, &format!("a clamp of {mtu} for {net}"), || {
+            self.status().ok()?["clamps"]
+                .as_array()?
+                .iter()
+                .any(|c| c["net"] == net.as_str() && c["mtu"] == mtu)
+                .then_some(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.daemon.log()))
     }
 }
 

@@ -47,6 +47,8 @@ pub struct FuzzReport {
     pub unparseable: u64,
     /// Packets the model counted as SYN.
     pub syns: u64,
+    /// Packets the model dropped and handed to the agent (reflection).
+    pub reflected: u64,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
     /// The seed (pass it back with `--seed` to reproduce the run).
@@ -147,6 +149,7 @@ pub fn run(packets: u64, seed: Option<u64>, corpus_dir: &Path) -> Result<FuzzRep
         report.rewritten += r.rewritten;
         report.unparseable += r.unparseable;
         report.syns += r.syns;
+        report.reflected += r.reflected;
     }
     report.elapsed = start.elapsed();
     report.saved = saved.lock().unwrap().clone();
@@ -202,6 +205,7 @@ fn worker(
             }
         }
         let (frame, retval) = harness.run_raw(case.dir, &case.frame, case.gso_size)?;
+        let reflected = harness.reflected();
         let mut moved = BTreeMap::new();
         for (i, &row) in rows.iter().enumerate() {
             let family = if i == 0 { FAMILY_V4 } else { FAMILY_V6 };
@@ -215,6 +219,7 @@ fn worker(
             frame,
             retval,
             moved,
+            reflected,
         };
         report.packets += 1;
         if let Some(m) = &model.counters {
@@ -223,6 +228,7 @@ fn worker(
                 .or_default() += m.delta;
             report.unparseable += m.delta.unparseable;
             report.syns += m.delta.syn;
+            report.reflected += m.delta.reflected;
         }
         if let Some(k) = model.learned {
             *learned.entry((k.family, k.addr)).or_default() += 1;
@@ -309,6 +315,8 @@ pub struct Observed {
     pub retval: i32,
     /// Counter deltas of the interface's rows in this direction, by family.
     pub moved: BTreeMap<u32, Counters>,
+    /// What it handed to the agent's reflection ring.
+    pub reflected: Vec<wslnet_common::ReflectEvent>,
 }
 
 /// `None` when the program did what the model says; else what differs.
@@ -331,6 +339,26 @@ pub fn compare(model: &Outcome, prog: &Observed) -> Option<String> {
         why.push(format!(
             "retval model {} program {}",
             model.retval, prog.retval
+        ));
+    }
+    let handed: Vec<(u16, &[u8])> = prog
+        .reflected
+        .iter()
+        .map(|e| (e.mtu as u16, &e.quote[..]))
+        .collect();
+    let expected_handed: Vec<(u16, &[u8])> = model
+        .reflect
+        .iter()
+        .map(|r| (r.mtu, &r.quote[..]))
+        .collect();
+    if handed != expected_handed {
+        why.push(format!(
+            "reflected model {:?} program {:?}",
+            expected_handed
+                .iter()
+                .map(|(m, q)| (m, q.len()))
+                .collect::<Vec<_>>(),
+            handed.iter().map(|(m, q)| (m, q.len())).collect::<Vec<_>>()
         ));
     }
     let expected: BTreeMap<u32, Counters> =
@@ -478,6 +506,11 @@ pub fn random_tables(rng: &mut StdRng) -> Tables {
     t.globals = Globals {
         min_mtu_v4: floor(rng),
         min_mtu_v6: floor(rng),
+        flags: if rng.gen_bool(0.5) {
+            wslnet_common::global_flags::REFLECT
+        } else {
+            0
+        },
         abi_version: wslnet_common::ABI_VERSION,
         // Set by TestRun::set_tables.
         ..Globals::default()

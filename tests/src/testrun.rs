@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use wslnet_agent::maps::Maps;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, LearnCacheEntry, LearnedKey,
-    PEER_CACHE_SLOTS, PathMtu, counter_index, map_names, peer_bytes, program_names,
+    PEER_CACHE_SLOTS, PathMtu, ReflectEvent, counter_index, map_names, peer_bytes, program_names,
 };
 use wslnet_model::{Direction, Tables};
 
@@ -34,6 +34,7 @@ pub const TEST_IFINDEX: u32 = 1;
 /// Size of the kernel's `struct __sk_buff` (uapi), and where the fields we set live.
 const SKB_CTX_LEN: usize = 192;
 const SKB_CTX_GSO_SIZE: usize = 176;
+const SKB_CTX_MARK: usize = 8;
 
 /// What one run of the program did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct Harness {
     clamps_v6: Vec<Key<[u8; 16]>>,
     ifaces: Vec<u32>,
     probes: Vec<(std::net::IpAddr, u16)>,
+    /// The datapath's reflection ring (dropped oversize packets for the agent).
+    reflect: RingBuf<MapData>,
     // Declared last: unmounted after the maps and programs are closed.
     _fs: Bpffs,
 }
@@ -65,6 +68,7 @@ impl Harness {
         let mut ebpf = wslnet_agent::maps::load(fs.path(), 0)?;
         wslnet_agent::attach::load_programs(&mut ebpf)?;
         let maps = Maps::open(fs.path())?;
+        let reflect = wslnet_agent::maps::open_ring(fs.path(), map_names::REFLECT)?;
         Ok(Self {
             maps,
             ebpf,
@@ -72,6 +76,7 @@ impl Harness {
             clamps_v6: Vec::new(),
             ifaces: Vec::new(),
             probes: Vec::new(),
+            reflect,
             _fs: fs,
         })
     }
@@ -214,6 +219,20 @@ impl Harness {
         Ok(())
     }
 
+    /// The packets handed to the agent since the last call (oldest first), as the agent reads
+    /// them from the reflection ring.
+    pub fn reflected(&mut self) -> Vec<ReflectEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.reflect.next() {
+            if item.len() >= std::mem::size_of::<ReflectEvent>() {
+                // SAFETY: the datapath writes whole ReflectEvent values (plain old data); the
+                // length was checked just above.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        out
+    }
+
     /// The datapath's per-CPU learn cache (a private map of the loaded object).
     fn learn_cache(&self) -> Result<PerCpuArray<&MapData, LearnCacheEntry>> {
         let map = self
@@ -270,6 +289,17 @@ impl Harness {
 
     /// Runs the program once: output frame and verdict, nothing else read.
     pub fn run_raw(&self, dir: Direction, frame: &[u8], gso_size: u32) -> Result<(Vec<u8>, i32)> {
+        self.run_raw_marked(dir, frame, gso_size, 0)
+    }
+
+    /// [`Harness::run_raw`] with `skb->mark` set to `mark`.
+    pub fn run_raw_marked(
+        &self,
+        dir: Direction,
+        frame: &[u8],
+        gso_size: u32,
+        mark: u32,
+    ) -> Result<(Vec<u8>, i32)> {
         if frame.len() < 14 {
             bail!("BPF_PROG_TEST_RUN needs at least an Ethernet header (14 bytes)");
         }
@@ -284,6 +314,7 @@ impl Harness {
             .try_into()?;
         let mut ctx = [0u8; SKB_CTX_LEN];
         ctx[SKB_CTX_GSO_SIZE..SKB_CTX_GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
+        ctx[SKB_CTX_MARK..SKB_CTX_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
         let mut ctx_out = [0u8; SKB_CTX_LEN];
         let mut out = vec![0u8; frame.len() + 512];
         let res = prog

@@ -4,10 +4,7 @@
 //! 200 concurrent downloads, across a VPN connecting and disconnecting, and on first contact
 //! with new addresses (also from a container behind the VM's own NAT).
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use wslnet_agent::maps::Maps;
 use wslnet_tests::{
@@ -540,20 +537,6 @@ fn the_tcp_fallback_in_run_measures_above_the_clamp_in_force() {
     .unwrap();
 }
 
-/// The clamp `status` shows for `host` (its /32 or /128), once it is `mtu`; panics with the
-/// agent's log after `within`.
-fn wait_for_clamp(agent: &Agent, host: IpAddr, mtu: u64, within: Duration) {
-    let net = format!("{host}/{}", if host.is_ipv4() { 32 } else { 128 });
-    wait_until(within, &format!("a clamp of {mtu} for {net}"), || {
-        agent.status().ok()?["clamps"]
-            .as_array()?
-            .iter()
-            .any(|c| c["net"] == net.as_str() && c["mtu"] == mtu)
-            .then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
-}
-
 /// A Windows VPN connects while WSL runs: the path shrinks from 1500 to 1372 with nothing
 /// visible in the VM (no link, route or MTU event; the periodic re-check is the default 30 s
 /// away). The first download after it stalls, and that stall is the symptom: its destination is
@@ -571,7 +554,9 @@ fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
     for &h in &hosts {
         let o = clients::run_from(&lab.wsl, &servers, Client::Http, h, PASS_TIMEOUT);
         assert_all(&[o], true);
-        wait_for_clamp(&agent, h, 1500, Duration::from_secs(30));
+        agent
+            .wait_for_clamp(h, 1500, Duration::from_secs(30))
+            .unwrap();
     }
 
     // The VPN connects.
@@ -582,7 +567,9 @@ fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
             .spawn(|| clients::run_from(&lab.wsl, &servers, Client::Http, hosts[0], STALL_TIMEOUT));
         // Well within the 30 s periodic re-check: only the symptom can explain it.
         for &h in &hosts {
-            wait_for_clamp(&agent, h, 1372, Duration::from_secs(12));
+            agent
+                .wait_for_clamp(h, 1372, Duration::from_secs(12))
+                .unwrap();
             eprintln!(
                 "{h}: clamped to 1372 {:?} after the shrink",
                 shrunk.elapsed()
@@ -620,7 +607,9 @@ fn a_lossy_path_never_yields_a_clamp_below_its_real_mtu() {
     let host = lab.srv_addr(false);
     let first = clients::run_from(&lab.wsl, &servers, Client::Http, host, PASS_TIMEOUT);
     assert_all(&[first], true);
-    wait_for_clamp(&agent, host, 1500, Duration::from_secs(30));
+    agent
+        .wait_for_clamp(host, 1500, Duration::from_secs(30))
+        .unwrap();
     let probes = || sample(&agent.metrics().unwrap(), "wslnet_probe_packets_total", &[]).unwrap();
     let before = probes();
     lab.set_loss(2.0).unwrap();

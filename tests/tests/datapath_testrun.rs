@@ -95,6 +95,7 @@ fn counters(names: &[&str]) -> Counters {
             "no_mss" => c.no_mss += 1,
             "unparseable" => c.unparseable += 1,
             "oversize_df" => c.oversize_df += 1,
+            "reflected" => c.reflected += 1,
             _ => panic!("{n}"),
         }
     }
@@ -695,4 +696,138 @@ fn clamp_table_changes_apply_to_the_next_packet() {
         h.maps().remove_clamp(prefix(peer)).unwrap();
         assert_unchanged(&h, Direction::Egress, &syn, family, &["syn", "no_clamp"]);
     }
+}
+
+/// `tables(14)` with reflection on.
+fn reflecting_harness() -> Harness {
+    require_root();
+    let mut h = Harness::new().expect("loading the datapath");
+    let mut t = tables(14);
+    t.globals.flags = wslnet_common::global_flags::REFLECT;
+    h.set_tables(&t).unwrap();
+    h
+}
+
+/// A checksum over `data` (its checksum field included) that verifies: folds to 0xffff.
+fn verifies(data: &[u8]) -> bool {
+    packets::fold(packets::sum_words(0, data)) == 0xffff
+}
+
+/// Reflection on: an oversize DF packet to a clamp entry is dropped (`TC_ACT_SHOT`), counted
+/// `oversize_df` and `reflected`, and handed to the agent with its interface, the entry's MTU and
+/// its first 128 bytes from the IP header on; the agent's answer, checked here independently, is
+/// a "fragmentation needed" from the destination to the source naming 1372, quoting the IP
+/// header and 8 bytes, with valid IP and ICMP checksums.
+#[test]
+fn an_oversize_ipv4_packet_is_dropped_and_answered() {
+    let mut h = reflecting_harness();
+    let mut big = Tcp::new(flags::ACK, vec![]);
+    big.payload = vec![7; 1460];
+    let f = packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &big);
+    let r = h.run_watch(Direction::Egress, &f, 0, &[SLOT]).unwrap();
+    assert_eq!(r.retval, wslnet_model::TC_ACT_SHOT);
+    assert_eq!(
+        r.counters.get(&(SLOT, DIR_EGRESS, FAMILY_V4)).copied(),
+        Some(counters(&["oversize_df", "reflected"]))
+    );
+    let events = h.reflected();
+    assert_eq!(events.len(), 1);
+    let ev = events[0];
+    assert_eq!(
+        (ev.ifindex, ev.family, ev.mtu),
+        (TEST_IFINDEX, FAMILY_V4, 1372)
+    );
+    assert_eq!(ev.quote_len as usize, wslnet_common::REFLECT_QUOTE);
+    assert_eq!(&ev.quote[..], &f[14..14 + wslnet_common::REFLECT_QUOTE]);
+
+    let err = wslnet_agent::reflect::icmp_error(ev.family, &ev.quote, ev.mtu as u16).unwrap();
+    assert_eq!(err.to, IpAddr::V4(addr::LOCAL4));
+    assert_eq!(err.about, IpAddr::V4(addr::REMOTE4));
+    let p = &err.packet;
+    assert_eq!(p.len(), 20 + 8 + 20 + 8);
+    assert_eq!(p[0], 0x45);
+    assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, p.len());
+    assert_eq!(p[9], 1, "ICMP");
+    assert_eq!(&p[12..16], &addr::REMOTE4.octets());
+    assert_eq!(&p[16..20], &addr::LOCAL4.octets());
+    assert!(verifies(&p[..20]), "IP header checksum");
+    assert_eq!(
+        (p[20], p[21]),
+        (3, 4),
+        "destination unreachable, fragmentation needed"
+    );
+    assert_eq!(u16::from_be_bytes([p[26], p[27]]), 1372, "next-hop MTU");
+    assert_eq!(
+        &p[28..],
+        &f[14..14 + 28],
+        "the IP header and 8 bytes quoted"
+    );
+    assert!(verifies(&p[20..]), "ICMP checksum");
+
+    // With reflection off, the same packet is counted and passes.
+    h.set_tables(&tables(14)).unwrap();
+    let r = h.run_watch(Direction::Egress, &f, 0, &[SLOT]).unwrap();
+    assert_eq!(r.retval, -1);
+    assert!(h.reflected().is_empty());
+}
+
+/// The IPv6 side: dropped, handed over, and answered with a "packet too big" naming 1372 whose
+/// ICMPv6 checksum (over the pseudo-header) verifies, quoting the first 128 bytes.
+#[test]
+fn an_oversize_ipv6_packet_is_dropped_and_answered() {
+    let mut h = reflecting_harness();
+    let mut big = Tcp::new(flags::ACK, vec![]);
+    big.payload = vec![9; 1400];
+    let f = packets::tcp6_frame(addr::LOCAL6, addr::REMOTE6, &[], &big);
+    let r = h.run_watch(Direction::Egress, &f, 0, &[SLOT]).unwrap();
+    assert_eq!(r.retval, wslnet_model::TC_ACT_SHOT);
+    let events = h.reflected();
+    assert_eq!(events.len(), 1);
+    let ev = events[0];
+    assert_eq!((ev.family, ev.mtu), (FAMILY_V6, 1372));
+    let err = wslnet_agent::reflect::icmp_error(ev.family, &ev.quote, ev.mtu as u16).unwrap();
+    assert_eq!(err.to, IpAddr::V6(addr::LOCAL6));
+    let p = &err.packet;
+    assert_eq!(p[0] >> 4, 6);
+    assert_eq!(p[6], 58, "ICMPv6");
+    assert_eq!(&p[8..24], &addr::REMOTE6.octets());
+    assert_eq!(&p[24..40], &addr::LOCAL6.octets());
+    let icmp = &p[40..];
+    assert_eq!(usize::from(u16::from_be_bytes([p[4], p[5]])), icmp.len());
+    assert_eq!((icmp[0], icmp[1]), (2, 0), "packet too big");
+    assert_eq!(
+        u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        1372
+    );
+    assert_eq!(&icmp[8..], &f[14..14 + wslnet_common::REFLECT_QUOTE]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&p[8..40]);
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(icmp);
+    assert!(verifies(&pseudo), "ICMPv6 checksum");
+}
+
+/// The agent's own probes ([`wslnet_common::PROBE_MARK`]) are never dropped for reflection: a
+/// probe above the path MTU in force is how a path that grew is found. Counted oversize, passed.
+#[test]
+fn the_agents_probes_are_never_dropped() {
+    let mut h = reflecting_harness();
+    let mut big = Tcp::new(flags::ACK, vec![]);
+    big.payload = vec![7; 1460];
+    let f = packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &big);
+    let before = h.counters(SLOT, DIR_EGRESS, FAMILY_V4).unwrap();
+    let (out, retval) = h
+        .run_raw_marked(Direction::Egress, &f, 0, wslnet_common::PROBE_MARK)
+        .unwrap();
+    assert_eq!((retval, out), (-1, f.clone()));
+    let moved = h
+        .counters(SLOT, DIR_EGRESS, FAMILY_V4)
+        .unwrap()
+        .since(&before);
+    assert_eq!(moved, counters(&["oversize_df"]));
+    assert!(h.reflected().is_empty());
+    // Any other mark is dropped as usual.
+    let (_, retval) = h.run_raw_marked(Direction::Egress, &f, 0, 7).unwrap();
+    assert_eq!(retval, wslnet_model::TC_ACT_SHOT);
 }

@@ -98,6 +98,14 @@ pub struct RunArgs {
     /// that shrink are then found by the periodic re-check) [default: 1000].
     #[arg(long, value_name = "MS")]
     pub stall_after_ms: Option<u64>,
+    /// Do not rescue running connections: oversize packets to destinations with a measured
+    /// path MTU are left to the path (which drops them) instead of being answered with the ICMP
+    /// error that makes their sender send smaller.
+    #[arg(long)]
+    pub no_reflect: bool,
+    /// Most ICMP errors a second about one destination [default: 10].
+    #[arg(long, value_name = "N")]
+    pub reflect_per_sec: Option<u32>,
     /// Datapath log level forwarded to the agent's log (off, error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL")]
     pub datapath_log: Option<String>,
@@ -140,6 +148,12 @@ impl RunArgs {
         }
         if let Some(ms) = self.stall_after_ms {
             cfg.probe.stall_after_ms = ms;
+        }
+        if self.no_reflect {
+            cfg.reflect = false;
+        }
+        if let Some(n) = self.reflect_per_sec {
+            cfg.reflect_per_sec = n;
         }
         if let Some(l) = &self.datapath_log {
             cfg.datapath_log = l.clone();

@@ -7,6 +7,8 @@
 //! metrics_addr = "127.0.0.1:9786"
 //! pin_dir = "/sys/fs/bpf/wslnet"
 //! attach_mode = "auto"                # auto | tcx | clsact
+//! reflect = true                      # answer oversize packets with the ICMP error (rescue)
+//! reflect_per_sec = 10                # at most this many errors a second per destination
 //!
 //! [[clamp]]                           # static path MTUs: the manual override
 //! cidr = "10.8.0.0/16"
@@ -38,6 +40,10 @@ pub const DEFAULT_FIRST_CONTACT_MTU: u16 = 1280;
 /// on any path a WSL user meets (a black hole never answers), yet short enough that the next
 /// connection finds the path re-measured.
 pub const DEFAULT_STALL_AFTER_MS: u64 = 1000;
+
+/// [`Config::reflect_per_sec`]'s default: ten errors a second per destination, well inside
+/// Linux's own per-destination ICMP budget, and a handful of retries for errors lost on the way.
+pub const DEFAULT_REFLECT_PER_SEC: u32 = 10;
 
 /// Where `run` looks for its config file when `--config` is not given (absent = defaults).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wslnet/wslnet.toml";
@@ -177,6 +183,14 @@ pub struct Config {
     pub datapath_log: String,
     /// Prober settings.
     pub probe: ProbeConfig,
+    /// Rescue what the clamp cannot: an egress DF packet larger than the path MTU measured (or
+    /// set) for its destination is dropped and its sender gets the ICMP "fragmentation needed"
+    /// / "packet too big" the path never sent, so running connections and UDP senders lower
+    /// their packet size. Never for destinations clamped only for first contact.
+    pub reflect: bool,
+    /// Most ICMP errors a second sent about one destination (errors; a burst of as many is
+    /// allowed). One is enough to lower its path MTU for every socket.
+    pub reflect_per_sec: u32,
 }
 
 impl Default for Config {
@@ -191,6 +205,8 @@ impl Default for Config {
             keep_attached_on_exit: false,
             datapath_log: "off".into(),
             probe: ProbeConfig::default(),
+            reflect: true,
+            reflect_per_sec: DEFAULT_REFLECT_PER_SEC,
         }
     }
 }
@@ -275,6 +291,12 @@ impl Config {
                  {MIN_MTU_V6}..={MAX_MTU}",
                 p.first_contact_mtu
             ));
+        }
+        if self.reflect_per_sec == 0 {
+            return err(
+                "reflect_per_sec: must be at least 1; to send no ICMP errors set reflect = false"
+                    .into(),
+            );
         }
         if p.recheck_interval_secs == 0 {
             return err("probe.recheck_interval_secs: must be at least 1".into());

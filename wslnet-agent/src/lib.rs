@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
 //! - [`pmtu`]: which destinations to measure and when, inside `run`;
 //! - [`symptoms`]: stalled local connections (sock_diag), which make `run` re-measure at once;
+//! - [`reflect`]: the ICMP errors for oversize packets the datapath dropped (rescue);
 //! - [`service`]: `run`, which ties them together;
 //! - [`status`], [`check`]: the inspection commands.
 pub mod attach;
@@ -22,6 +23,7 @@ pub mod maps;
 pub mod metrics;
 pub mod pmtu;
 pub mod prober;
+pub mod reflect;
 pub mod service;
 pub mod status;
 pub mod symptoms;

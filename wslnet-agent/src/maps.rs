@@ -17,8 +17,8 @@ use aya::{
 use ipnet::IpNet;
 use wslnet_common::{
     ABI_VERSION, COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
-    LearnedDest, LearnedKey, MAX_IFINDEX, PathMtu, ProbeKey, ProbeMark, counter_index, iface_flags,
-    map_names,
+    LearnedDest, LearnedKey, MAX_IFINDEX, PathMtu, ProbeKey, ProbeMark, counter_index,
+    global_flags, iface_flags, map_names,
 };
 
 /// Where pins live unless `--pin-dir` says otherwise.
@@ -142,6 +142,9 @@ pub struct Maps {
     pub globals: Array<MapData, Globals>,
     /// The prober's TCP connections in flight, exempt from the ingress clamp.
     pub probes: HashMap<MapData, ProbeKey, ProbeMark>,
+    /// Whether the datapath drops oversize packets for the agent to answer
+    /// ([`global_flags::REFLECT`]); written into [`Globals`] by [`Maps::refresh_floor`].
+    pub reflect: bool,
 }
 
 fn open_pin(pin_dir: &Path, name: &str) -> Result<MapData> {
@@ -190,6 +193,7 @@ impl Maps {
             learned,
             globals,
             probes,
+            reflect: false,
         })
     }
 
@@ -403,6 +407,11 @@ impl Maps {
             min_mtu_v6: v6,
             abi_version: ABI_VERSION,
             clamp_generation: self.next_clamp_generation(),
+            flags: if self.reflect {
+                global_flags::REFLECT
+            } else {
+                0
+            },
         };
         self.globals
             .set(0, &g, 0)
@@ -411,11 +420,10 @@ impl Maps {
     }
 }
 
-/// Opens the pinned ring buffer of newly learned destinations ([`map_names::NEW_DESTS`]).
-pub fn open_new_dests(pin_dir: &Path) -> Result<aya::maps::RingBuf<MapData>> {
+/// Opens a pinned ring buffer: [`map_names::NEW_DESTS`] or [`map_names::REFLECT`].
+pub fn open_ring(pin_dir: &Path, name: &str) -> Result<aya::maps::RingBuf<MapData>> {
     Ok(aya::maps::RingBuf::try_from(Map::RingBuf(open_pin(
-        pin_dir,
-        map_names::NEW_DESTS,
+        pin_dir, name,
     )?))?)
 }
 

@@ -46,6 +46,17 @@ pub struct Metrics {
     /// `wslnet_oversize_df_packets_total{interface,family}`: egress DF packets (all IPv6) larger
     /// than the path MTU in force for their destination; the path would drop them.
     oversize: IntCounterVec,
+    /// `wslnet_oversize_dropped_packets_total{interface,family}`: of those, the ones the datapath
+    /// dropped to answer their sender with an ICMP error (their destination has a clamp entry
+    /// and reflection is on), packets.
+    dropped: IntCounterVec,
+    /// `wslnet_icmp_errors_sent_total{interface,family,kind}`: ICMP "fragmentation needed" /
+    /// "packet too big" the agent sent, messages; kind = local (to the local stack, for a
+    /// packet the datapath dropped).
+    pub icmp_errors: IntCounterVec,
+    /// `wslnet_icmp_errors_limited_total{family}`: errors not sent because their destination's
+    /// rate limit (`reflect_per_sec`) was spent, messages.
+    pub icmp_errors_limited: IntCounterVec,
     /// `wslnet_path_mtu_bytes{target}`: measured path MTU of each configured target, bytes
     /// (0 while unknown or unreachable).
     pub path_mtu: IntGaugeVec,
@@ -125,6 +136,26 @@ impl Metrics {
                  their destination.",
                 &["interface", "family"],
             )?,
+            dropped: counter_vec(
+                &r,
+                "wslnet_oversize_dropped_packets_total",
+                "Egress oversize DF packets the datapath dropped to answer their sender with an \
+                 ICMP error (their destination has a clamp entry, reflection is on).",
+                &["interface", "family"],
+            )?,
+            icmp_errors: counter_vec(
+                &r,
+                "wslnet_icmp_errors_sent_total",
+                "ICMP fragmentation-needed / packet-too-big messages the agent sent, by kind \
+                 (local: to the local stack, for a packet the datapath dropped).",
+                &["interface", "family", "kind"],
+            )?,
+            icmp_errors_limited: counter_vec(
+                &r,
+                "wslnet_icmp_errors_limited_total",
+                "ICMP errors not sent because their destination's rate limit was spent.",
+                &["family"],
+            )?,
             path_mtu: gauge_vec(
                 &r,
                 "wslnet_path_mtu_bytes",
@@ -203,6 +234,9 @@ impl Metrics {
         for t in crate::symptoms::Trigger::ALL {
             m.symptom_rechecks.with_label_values(&[t.label()]);
         }
+        for (_, fam) in FAMILIES {
+            m.icmp_errors_limited.with_label_values(&[fam]);
+        }
         for outcome in ["found", "unreachable", "error"] {
             m.searches.with_label_values(&[outcome]);
         }
@@ -231,7 +265,20 @@ impl Metrics {
         }
         for (_, fam) in FAMILIES {
             self.oversize.with_label_values(&[iface.name.as_str(), fam]);
+            self.dropped.with_label_values(&[iface.name.as_str(), fam]);
+            for kind in crate::reflect::ErrorKind::ALL {
+                self.icmp_errors
+                    .with_label_values(&[iface.name.as_str(), fam, kind.label()]);
+            }
         }
+    }
+
+    /// The label of a family index (`FAMILY_V4` / `FAMILY_V6`).
+    pub fn family_label(family: u32) -> &'static str {
+        FAMILIES
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map_or("ipv4", |(_, name)| name)
     }
 
     /// Removes an interface's `attached` series.
@@ -276,6 +323,9 @@ impl Metrics {
                         self.oversize
                             .with_label_values(&[iface.name.as_str(), fam_name])
                             .inc_by(d(now.oversize_df, prev.oversize_df));
+                        self.dropped
+                            .with_label_values(&[iface.name.as_str(), fam_name])
+                            .inc_by(d(now.reflected, prev.reflected));
                     }
                 }
             }

@@ -164,12 +164,13 @@ enum Outcome {
 /// Starts the manager.
 pub fn spawn(shared: Arc<Shared>, cfg: &Config) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let ring = match crate::maps::open_new_dests(&cfg.pin_dir).and_then(|rb| {
-        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
-        // AsyncFd holds it.
-        unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))
-    }) {
+    let ring = match crate::maps::open_ring(&cfg.pin_dir, wslnet_common::map_names::NEW_DESTS)
+        .and_then(|rb| {
+            // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
+            // AsyncFd holds it.
+            unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))
+        }) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "no new-destination notifications; scanning the learned map instead");

@@ -56,6 +56,13 @@ impl Shared {
         self.attached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The name of an attached interface, for labels ("unknown" when not attached).
+    pub fn interface_name(&self, ifindex: u32) -> String {
+        self.attached()
+            .get(&ifindex)
+            .map_or_else(|| "unknown".to_string(), |a| a.name.clone())
+    }
+
     /// Reads the datapath counters into the metrics and renders them.
     pub fn render_metrics(&self) -> String {
         let labels: Vec<IfaceLabel> = self
@@ -140,7 +147,12 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         attached: Mutex::new(BTreeMap::new()),
         metrics: Metrics::new()?,
     });
-    shared.maps().refresh_floor()?;
+    {
+        let mut maps = shared.maps();
+        maps.reflect = cfg.reflect;
+        maps.refresh_floor()?;
+    }
+    let _reflector = crate::reflect::spawn(shared.clone(), &cfg).map(AbortOnDrop);
     let render = {
         let shared = shared.clone();
         Arc::new(move || shared.render_metrics())
@@ -184,6 +196,15 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         }
     }
     svc.shutdown().await
+}
+
+/// Aborts a background task when dropped (when `run` returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Refuses pins written by an incompatible agent version.
@@ -415,6 +436,11 @@ impl Service {
         self.cfg = cfg;
         self.cfg.pin_dir = pin_dir;
         self.cfg.metrics_addr = metrics_addr;
+        {
+            let mut maps = self.shared.maps();
+            maps.reflect = self.cfg.reflect;
+            maps.refresh_floor()?;
+        }
         self.apply_static_clamps()?;
         self.sync_interfaces().await?;
         self.pmtu.reconfigure(&self.cfg);
@@ -424,6 +450,11 @@ impl Service {
     async fn shutdown(mut self) -> Result<()> {
         self.pmtu.stop().await;
         if self.cfg.keep_attached_on_exit {
+            // Clamping goes on; dropping oversize packets does not, with nobody to answer them.
+            let mut maps = self.shared.maps();
+            maps.reflect = false;
+            maps.refresh_floor()?;
+            drop(maps);
             tracing::info!(
                 pin_dir = %self.cfg.pin_dir.display(),
                 "stopping; programs stay attached (keep_attached_on_exit)"

@@ -37,9 +37,13 @@ pub mod map_names {
     /// connections in flight. The ingress hook leaves their SYN-ACK's MSS as the peer sent it,
     /// so that a probe can test sizes above the clamp in force for that peer.
     pub const PROBES: &str = "WSLNET_PROBES";
+    /// Ring buffer of [`super::ReflectEvent`]: each oversize DF packet the egress hook dropped
+    /// because its destination has a measured path MTU, for the agent to answer its sender
+    /// with an ICMP error.
+    pub const REFLECT: &str = "WSLNET_REFLECT";
     /// Every pinned map, in a fixed order (for pinning, adoption and `detach`).
-    pub const ALL: [&str; 8] = [
-        CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS, NEW_DESTS, PROBES,
+    pub const ALL: [&str; 9] = [
+        CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS, NEW_DESTS, PROBES, REFLECT,
     ];
 }
 
@@ -105,6 +109,15 @@ pub fn peer_words(addr: &[u8; 16]) -> Peer {
 /// a destination's `last_seen_jiffies` and `syns` lag by up to this much. One LRU hash write per
 /// destination, CPU and period instead of one per SYN.
 pub const LEARN_REFRESH_JIFFIES: u64 = 256;
+
+/// Bytes of the reflection ring buffer (a power of two, a multiple of the page size): room for
+/// about 1900 dropped packets between two reads by the agent; beyond that a drop is still a
+/// drop, only unanswered.
+pub const REFLECT_BYTES: u32 = 256 * 1024;
+/// Bytes of a dropped packet quoted in a [`ReflectEvent`], from its IP header on: an IPv4
+/// header with options and more than the 8 transport bytes an ICMP error must quote, an IPv6
+/// header with extension headers and the transport header.
+pub const REFLECT_QUOTE: usize = 128;
 
 /// Bytes of the new-destination ring buffer (a power of two, a multiple of the page size):
 /// room for about 2700 notifications between two reads by the agent.
@@ -187,13 +200,14 @@ pub struct Counters {
     /// Egress only: packets with DF set (every IPv6 packet) whose size (per segment for GSO
     /// packets) exceeds the path MTU in force for their destination; the path would drop them.
     pub oversize_df: u64,
-    /// Reserved, always 0 (keeps the struct a power-of-two size).
-    #[cfg_attr(feature = "user", serde(skip))]
-    pub reserved: u64,
+    /// Egress only: of those, the ones dropped here because the path MTU is a clamp entry (a
+    /// measurement or the user's) and reflection is on ([`Globals::flags`]); each was handed to
+    /// the agent ([`map_names::REFLECT`]) to answer its sender with an ICMP error.
+    pub reflected: u64,
 }
 
 impl Counters {
-    /// Every counter with its field name (`reserved` included), in declaration order.
+    /// Every counter with its field name, in declaration order.
     pub fn named(&self) -> [(&'static str, u64); 8] {
         [
             ("syn", self.syn),
@@ -203,7 +217,7 @@ impl Counters {
             ("no_mss", self.no_mss),
             ("unparseable", self.unparseable),
             ("oversize_df", self.oversize_df),
-            ("reserved", self.reserved),
+            ("reflected", self.reflected),
         ]
     }
 
@@ -217,7 +231,7 @@ impl Counters {
             no_mss: self.no_mss.wrapping_sub(earlier.no_mss),
             unparseable: self.unparseable.wrapping_sub(earlier.unparseable),
             oversize_df: self.oversize_df.wrapping_sub(earlier.oversize_df),
-            reserved: self.reserved.wrapping_sub(earlier.reserved),
+            reflected: self.reflected.wrapping_sub(earlier.reflected),
         }
     }
 }
@@ -232,7 +246,7 @@ impl core::ops::AddAssign for Counters {
         self.no_mss += o.no_mss;
         self.unparseable += o.unparseable;
         self.oversize_df += o.oversize_df;
-        self.reserved += o.reserved;
+        self.reflected += o.reflected;
     }
 }
 
@@ -378,6 +392,44 @@ pub struct Globals {
     /// datapath keeps a per-CPU cache of LPM results tagged with it, so a new generation
     /// invalidates every cached result at once; 0 disables the cache.
     pub clamp_generation: u32,
+    /// [`global_flags`].
+    pub flags: u32,
+}
+
+/// Bits of [`Globals::flags`].
+pub mod global_flags {
+    /// Drop an egress DF packet larger than the clamp entry of its destination and hand it to
+    /// the agent ([`super::map_names::REFLECT`]), which answers its sender with an ICMP
+    /// "fragmentation needed" / "packet too big" naming that MTU.
+    pub const REFLECT: u32 = 1 << 0;
+}
+
+/// Smallest path MTU an ICMP error may name for IPv4 (Linux's `min_pmtu`, RFC 1191's 576 less
+/// the usual margin): a smaller clamp entry is not reflected.
+pub const REFLECT_MIN_MTU_V4: u16 = 552;
+/// Smallest path MTU for IPv6 (RFC 8200): a smaller one in a packet-too-big is ignored.
+pub const REFLECT_MIN_MTU_V6: u16 = 1280;
+
+/// The socket mark (`SO_MARK`, `skb->mark`) of the agent's own probe packets: never dropped for
+/// reflection, since a probe larger than the path MTU in force is how the agent finds out that
+/// the path grew. A constant no routing policy is likely to use ("WSLN").
+pub const PROBE_MARK: u32 = 0x5753_4c4e;
+
+/// One dropped oversize packet, for the agent to answer (ring buffer [`map_names::REFLECT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReflectEvent {
+    /// Interface it was leaving through.
+    pub ifindex: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+    /// The path MTU of its destination's clamp entry, bytes: what the error names.
+    pub mtu: u32,
+    /// Bytes of `quote` that are the packet's (the rest are 0): the packet's length from its IP
+    /// header on, at most [`REFLECT_QUOTE`].
+    pub quote_len: u32,
+    /// The packet from its IP header on.
+    pub quote: [u8; REFLECT_QUOTE],
 }
 
 #[cfg(feature = "user")]
@@ -401,6 +453,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeMark {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ReflectEvent {}
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
@@ -409,7 +463,8 @@ const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 12);
 const _: () = assert!(core::mem::size_of::<PathMtu>() == 4);
 const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
 const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);
-const _: () = assert!(core::mem::size_of::<Globals>() == 12);
+const _: () = assert!(core::mem::size_of::<Globals>() == 16);
+const _: () = assert!(core::mem::size_of::<ReflectEvent>() == 16 + REFLECT_QUOTE);
 const _: () = assert!(core::mem::size_of::<LearnCacheEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<ProbeKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeMark>() == 4);

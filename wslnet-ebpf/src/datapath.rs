@@ -2,8 +2,8 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::bpf_jiffies64,
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::{bpf_jiffies64, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -13,7 +13,9 @@ use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
     L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest, LearnedKey,
     MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PROBES, NEW_DESTS_BYTES, PEER_CACHE_SLOTS,
-    PathMtu, ProbeKey, ProbeMark, counter_index, mss_for_mtu, peer_bytes, peer_cache_slot,
+    PROBE_MARK, PathMtu, ProbeKey, ProbeMark, REFLECT_BYTES, REFLECT_MIN_MTU_V4,
+    REFLECT_MIN_MTU_V6, REFLECT_QUOTE, ReflectEvent, counter_index, global_flags, mss_for_mtu,
+    peer_bytes, peer_cache_slot,
 };
 
 use crate::{
@@ -49,6 +51,10 @@ static WSLNET_NEW_DESTS: RingBuf = RingBuf::pinned(NEW_DESTS_BYTES, 0);
 /// keep the peer's MSS (see [`is_probe`]). Written by the agent.
 #[map(name = "WSLNET_PROBES")]
 static WSLNET_PROBES: HashMap<ProbeKey, ProbeMark> = HashMap::pinned(MAX_PROBES, 0);
+
+/// Oversize packets dropped for the agent to answer with an ICMP error (see `reflect`).
+#[map(name = "WSLNET_REFLECT")]
+static WSLNET_REFLECT: RingBuf = RingBuf::pinned(REFLECT_BYTES, 0);
 
 /// Global settings (one entry).
 #[map(name = "WSLNET_GLOBALS")]
@@ -101,16 +107,14 @@ const UNCONFIGURED: IfaceConfig = IfaceConfig {
 /// which caps what our stack will send to that peer.
 #[classifier]
 pub fn wslnet_ingress(ctx: TcContext) -> i32 {
-    handle(&ctx, DIR_INGRESS);
-    TC_ACT_UNSPEC
+    handle(&ctx, DIR_INGRESS)
 }
 
 /// Egress hook: clamps the MSS of leaving SYN / SYN-ACKs to the path MTU of their destination
 /// (caps what the peer sends us), counts oversize DF packets, records SYN destinations.
 #[classifier]
 pub fn wslnet_egress(ctx: TcContext) -> i32 {
-    handle(&ctx, DIR_EGRESS);
-    TC_ACT_UNSPEC
+    handle(&ctx, DIR_EGRESS)
 }
 
 #[inline(always)]
@@ -118,8 +122,10 @@ fn skb(ctx: &TcContext) -> *const __sk_buff {
     ctx.as_ptr() as *const __sk_buff
 }
 
+/// The verdict for one packet: `TC_ACT_UNSPEC` (TCX_NEXT: other programs on the hook still run),
+/// or `TC_ACT_SHOT` for an oversize packet handed to the agent (`reflect`).
 #[inline(always)]
-fn handle(ctx: &TcContext, dir: u32) {
+fn handle(ctx: &TcContext, dir: u32) -> i32 {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let ifindex = unsafe { (*skb(ctx)).ifindex };
     let cfg = match WSLNET_IFACES.get(ifindex) {
@@ -130,23 +136,29 @@ fn handle(ctx: &TcContext, dir: u32) {
     let mut buf = packet::HeaderBuf::uninit();
     let ip = match packet::parse(ctx, cfg.l3_offset, egress, &mut buf) {
         Parsed::Ip(ip) => ip,
-        Parsed::Other => return,
+        Parsed::Other => return TC_ACT_UNSPEC,
         Parsed::Unparseable(family) => {
             bump(cfg.slot, dir, family, |c| c.unparseable += 1);
-            return;
+            return TC_ACT_UNSPEC;
         }
     };
     if ip.family == FAMILY_V4 {
-        handle_ip::<FAMILY_V4>(ctx, dir, ifindex, &cfg, ip);
+        handle_ip::<FAMILY_V4>(ctx, dir, ifindex, &cfg, ip)
     } else {
-        handle_ip::<FAMILY_V6>(ctx, dir, ifindex, &cfg, ip);
+        handle_ip::<FAMILY_V6>(ctx, dir, ifindex, &cfg, ip)
     }
 }
 
 /// Everything after parsing, compiled once per family `F` (`ip.family`): with the family a
 /// constant, each copy drops the other family's branches.
 #[inline(always)]
-fn handle_ip<const F: u32>(ctx: &TcContext, dir: u32, ifindex: u32, cfg: &IfaceConfig, ip: Ip) {
+fn handle_ip<const F: u32>(
+    ctx: &TcContext,
+    dir: u32,
+    ifindex: u32,
+    cfg: &IfaceConfig,
+    ip: Ip,
+) -> i32 {
     let ip = Ip { family: F, ..ip };
     let egress = dir == DIR_EGRESS;
     // Bytes 12 (data offset) and 13 (flags) of a TCP header, read once for both uses below.
@@ -155,24 +167,24 @@ fn handle_ip<const F: u32>(ctx: &TcContext, dir: u32, ifindex: u32, cfg: &IfaceC
     } else {
         None
     };
-    if egress && ip.df {
-        count_oversize(ctx, &ip, cfg, tcp);
+    if egress && ip.df && oversize(ctx, &ip, ifindex, cfg, tcp) {
+        return TC_ACT_SHOT;
     }
     if ip.fragment || !packet::is_tcp(&ip) {
-        return;
+        return TC_ACT_UNSPEC;
     }
     // The fixed TCP header must lie inside the IP packet: bytes past `end` (Ethernet padding,
     // or beyond a short IP length) are not TCP and must not be read as flags.
     if ip.l4 + mss::TCP_HDR_LEN > ip.end {
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
-        return;
+        return TC_ACT_UNSPEC;
     }
     let Some([doff, flags]) = tcp else {
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
-        return;
+        return TC_ACT_UNSPEC;
     };
     if flags & (TCP_FLAG_SYN | TCP_FLAG_RST) != TCP_FLAG_SYN {
-        return;
+        return TC_ACT_UNSPEC;
     }
     bump(cfg.slot, dir, ip.family, |c| c.syn += 1);
     let peer = packet::peer(&ip);
@@ -202,6 +214,7 @@ fn handle_ip<const F: u32>(ctx: &TcContext, dir: u32, ifindex: u32, cfg: &IfaceC
             }
         }
     }
+    TC_ACT_UNSPEC
 }
 
 /// True when an arriving SYN-ACK answers one of the agent's TCP probes (its source and
@@ -236,10 +249,16 @@ fn globals() -> Globals {
 /// interface default for the family; 0 when neither exists.
 #[inline(always)]
 fn path_mtu(ip: &Ip, peer: &Peer, cfg: &IfaceConfig, generation: u32) -> u16 {
-    match lpm_mtu(ip.family, peer, generation) {
-        Some(mtu) => mtu,
-        None if ip.family == FAMILY_V4 => cfg.default_mtu_v4,
-        None => cfg.default_mtu_v6,
+    lpm_mtu(ip.family, peer, generation).unwrap_or_else(|| default_mtu(ip.family, cfg))
+}
+
+/// The interface default path MTU for a family (the first-contact clamp); 0 = none.
+#[inline(always)]
+fn default_mtu(family: u32, cfg: &IfaceConfig) -> u16 {
+    if family == FAMILY_V4 {
+        cfg.default_mtu_v4
+    } else {
+        cfg.default_mtu_v6
     }
 }
 
@@ -286,11 +305,20 @@ fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
     found
 }
 
-/// Counts an egress DF packet larger than the path MTU in force for its destination. For GSO
-/// packets the size is that of one segment: headers + `gso_size`. `tcp`: bytes 12-13 of the TCP
-/// header when the packet is TCP and they could be read.
+/// Counts an egress DF packet larger than the path MTU in force for its destination (for GSO
+/// packets the size is that of one segment: headers + `gso_size`; `tcp`: bytes 12-13 of the TCP
+/// header when the packet is TCP and they could be read). Returns true when the packet is to be
+/// dropped and answered: its path MTU is a clamp entry (a measurement or the user's, never the
+/// first-contact default, which is a guess), no smaller than what an ICMP error may name,
+/// reflection is on, and it is not one of the agent's probes ([`PROBE_MARK`]). A router on the path would drop it anyway; this one tells the sender.
 #[inline(always)]
-fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 2]>) {
+fn oversize(
+    ctx: &TcContext,
+    ip: &Ip,
+    ifindex: u32,
+    cfg: &IfaceConfig,
+    tcp: Option<[u8; 2]>,
+) -> bool {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let gso_size = unsafe { (*skb(ctx)).gso_size } as usize;
     let size = if gso_size != 0 {
@@ -306,18 +334,71 @@ fn count_oversize(ctx: &TcContext, ip: &Ip, cfg: &IfaceConfig, tcp: Option<[u8; 
         g.min_mtu_v6
     } as usize;
     if size <= floor {
-        return;
+        return false;
     }
     // The counters are looked up first, so that the CPU can fetch them while the path MTU is
     // looked up.
     let counters = counters(cfg.slot, DIR_EGRESS, ip.family);
     let peer = packet::peer(ip);
     let mtu = path_mtu(ip, &peer, cfg, g.clamp_generation) as usize;
-    if mtu != 0
-        && size > mtu
-        && let Some(c) = counters
-    {
-        c.oversize_df += 1;
+    if mtu == 0 || size <= mtu {
+        return false;
+    }
+    let Some(c) = counters else {
+        return false;
+    };
+    c.oversize_df += 1;
+    // SAFETY: the context pointer is the kernel's __sk_buff for this run.
+    if g.flags & global_flags::REFLECT == 0 || unsafe { (*skb(ctx)).mark } == PROBE_MARK {
+        return false;
+    }
+    // Only a clamp entry is evidence; the interface default is a guess. Looked up again (a
+    // per-CPU cache hit) on this rare path rather than threaded through the common one, whose
+    // shape the verifier has accepted.
+    let least = if ip.family == FAMILY_V4 {
+        REFLECT_MIN_MTU_V4
+    } else {
+        REFLECT_MIN_MTU_V6
+    };
+    match lpm_mtu(ip.family, &peer, g.clamp_generation) {
+        Some(entry) if entry >= least => {
+            c.reflected += 1;
+            reflect(ctx, ip, ifindex, entry);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Hands a dropped oversize packet to the agent (`WSLNET_REFLECT`): its interface, the MTU to
+/// name and its first [`REFLECT_QUOTE`] bytes from the IP header on. A full ring loses the
+/// answer, not the drop: the path would have dropped the packet anyway.
+#[inline(always)]
+fn reflect(ctx: &TcContext, ip: &Ip, ifindex: u32, mtu: u16) {
+    let Some(mut entry) = WSLNET_REFLECT.reserve::<ReflectEvent>(0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: the reserved record is this program's alone until it is submitted or discarded,
+    // and `e` points into it; every field is written before the submit.
+    let loaded = unsafe {
+        (*e).ifindex = ifindex;
+        (*e).family = ip.family;
+        (*e).mtu = mtu as u32;
+        (*e).quote_len = (ip.end - ip.l3).min(REFLECT_QUOTE) as u32;
+        // A constant length, as the verifier wants it: a packet too short for it (only a GSO
+        // packet crafted in a test can be) fails the load and is not answered.
+        bpf_skb_load_bytes(
+            ctx.as_ptr() as *const _,
+            ip.l3 as u32,
+            (*e).quote.as_mut_ptr() as *mut _,
+            REFLECT_QUOTE as u32,
+        )
+    };
+    if loaded == 0 {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
     }
 }
 

@@ -3,8 +3,11 @@
 //! For every packet:
 //! 1. [`packet::parse`] finds the IP header (after Ethernet and at most one 802.1Q tag, or at
 //!    offset 0 on L3 devices), the transport header and where the peer address is.
-//! 2. Egress only: `count_oversize` counts packets with DF (every IPv6 packet) that are larger
-//!    than the path MTU in force for their destination (per segment for GSO packets).
+//! 2. Egress only: `oversize` counts packets with DF (every IPv6 packet) that are larger than
+//!    the path MTU in force for their destination (per segment for GSO packets). When that MTU is
+//!    a clamp entry and reflection is on, the packet is dropped and `reflect` hands its first
+//!    bytes to the agent (`WSLNET_REFLECT`), which answers its sender with the ICMP error the path
+//!    never sent; the agent's own probes (`PROBE_MARK`) are never dropped.
 //! 3. TCP SYN / SYN-ACK: [`mss::find`] finds the MSS option and [`mss::rewrite`] lowers it to
 //!    path MTU - 40 (IPv4) / - 60 (IPv6), fixing the checksum; egress SYNs are recorded in
 //!    `WSLNET_LEARNED` for the agent's prober (repeats to one destination are held back per CPU
@@ -14,8 +17,8 @@
 //! default; LPM results are kept in a per-CPU cache (`WSLNET_PEER_CACHE`) that a new
 //! `Globals::clamp_generation` empties at once.
 //!
-//! The verdict is always `TC_ACT_UNSPEC` (TCX_NEXT): other programs on the hook still run and
-//! nothing is ever dropped, whatever the program could or could not parse.
+//! The verdict is `TC_ACT_UNSPEC` (TCX_NEXT: other programs on the hook still run) for every
+//! packet but a reflected one (`TC_ACT_SHOT`), whatever the program could or could not parse.
 #![cfg_attr(target_arch = "bpf", no_std)]
 // The header loads are inline assembly (`packet::load!`), as aya-ebpf itself uses; the BPF
 // target is built with RUSTC_BOOTSTRAP=1 already (build-std).

@@ -17,7 +17,10 @@
 //!    a fragment header are never touched at the transport layer.
 //! 3. Egress, DF set (every IPv6 packet): a packet (a segment, for GSO) bigger than the
 //!    family's floor ([`Globals`]) and than a non-zero path MTU in force for the destination is
-//!    `oversize_df`.
+//!    `oversize_df`. When that path MTU comes from a clamp entry (not the interface default), is
+//!    at least 552 (IPv4) / 1280 (IPv6), and [`Globals::flags`] has `REFLECT`, the packet is also
+//!    `reflected`: dropped (`TC_ACT_SHOT`) and handed to the agent with its first 128 bytes from
+//!    the IP header on (when it has that many); nothing else happens to it.
 //! 4. TCP: a header shorter than 20 bytes inside the packet is `unparseable`. SYN set, RST
 //!    clear: `syn` (pure egress SYNs are learned). Data offset below 5, the header past the packet
 //!    or a malformed option list (length below 2, past the header, MSS length not 4) is
@@ -29,15 +32,17 @@
 //!    agent's TCP probes (its source and destination port are in [`Tables::probes`]): it is left
 //!    as it is and counted `no_clamp`, so that the probe can test sizes above the clamp.
 //!
-//! The verdict is always `TC_ACT_UNSPEC` (-1): nothing is dropped.
+//! The verdict is `TC_ACT_UNSPEC` (-1) for every other packet.
 
 use std::net::IpAddr;
 
 pub use wslnet_common::{Counters, Globals, IfaceConfig, LearnedKey};
-use wslnet_common::{FAMILY_V4, FAMILY_V6};
+use wslnet_common::{FAMILY_V4, FAMILY_V6, REFLECT_QUOTE, global_flags};
 
-/// The tc verdict of every packet: `TC_ACT_UNSPEC`.
+/// The tc verdict of every packet but a reflected one: `TC_ACT_UNSPEC`.
 pub const TC_ACT_UNSPEC: i32 = -1;
+/// The tc verdict of a reflected (dropped) packet.
+pub const TC_ACT_SHOT: i32 = 2;
 /// IPv6 extension headers (hop-by-hop, routing, destination options) skipped before giving up.
 pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 /// Most TCP option bytes (data offset 15).
@@ -128,16 +133,20 @@ impl Tables {
     /// The path MTU in force for `peer`: the longest matching prefix, else the interface default
     /// for the family (0 = none).
     pub fn path_mtu(&self, peer: IpAddr, cfg: &IfaceConfig) -> u16 {
-        let best = self
-            .clamps
-            .iter()
-            .filter(|c| prefix_matches(c.addr, c.prefix_len, peer))
-            .max_by_key(|c| c.prefix_len);
-        match (best, peer) {
-            (Some(c), _) => c.mtu,
+        match (self.clamp_entry(peer), peer) {
+            (Some(mtu), _) => mtu,
             (None, IpAddr::V4(_)) => cfg.default_mtu_v4,
             (None, IpAddr::V6(_)) => cfg.default_mtu_v6,
         }
+    }
+
+    /// The path MTU of the longest clamp entry matching `peer`, if any.
+    pub fn clamp_entry(&self, peer: IpAddr) -> Option<u16> {
+        self.clamps
+            .iter()
+            .filter(|c| prefix_matches(c.addr, c.prefix_len, peer))
+            .max_by_key(|c| c.prefix_len)
+            .map(|c| c.mtu)
     }
 }
 
@@ -193,6 +202,17 @@ pub struct Outcome {
     pub learned: Option<LearnedKey>,
     /// The MSS rewrite done: (old, new).
     pub rewrite: Option<(u16, u16)>,
+    /// A dropped oversize packet handed to the agent: the MTU to name and the quoted bytes.
+    pub reflect: Option<Reflect>,
+}
+
+/// What the datapath tells the agent of a reflected packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reflect {
+    /// The clamp entry's path MTU, bytes.
+    pub mtu: u16,
+    /// The first [`wslnet_common::REFLECT_QUOTE`] bytes of the packet from its IP header on.
+    pub quote: Vec<u8>,
 }
 
 /// Big-endian u16 at `off`, if the frame has it.
@@ -411,6 +431,7 @@ pub fn run(tables: &Tables, input: Input<'_>) -> Outcome {
         counters: None,
         learned: None,
         rewrite: None,
+        reflect: None,
     };
     let mut delta = Counters::default();
     let family = match network_layer(input.frame, cfg.l3_offset, input.dir) {
@@ -463,6 +484,20 @@ fn transport(
         let mtu = usize::from(tables.path_mtu(ip.peer, cfg));
         if size > usize::from(floor) && mtu != 0 && size > mtu {
             delta.oversize_df += 1;
+            let least = if ip.family == FAMILY_V4 { 552 } else { 1280 };
+            if let Some(entry) = tables.clamp_entry(ip.peer)
+                && entry >= least
+                && tables.globals.flags & global_flags::REFLECT != 0
+            {
+                delta.reflected += 1;
+                out.retval = TC_ACT_SHOT;
+                let quote = frame.get(ip.l3..ip.l3 + REFLECT_QUOTE);
+                out.reflect = quote.map(|q| Reflect {
+                    mtu: entry,
+                    quote: q.to_vec(),
+                });
+                return;
+            }
         }
     }
     if ip.untouchable_fragment || ip.proto != PROTO_TCP {

@@ -21,10 +21,11 @@ pub fn run(args: FuzzArgs) -> Result<()> {
     let report = wslnet_tests::fuzz::run(args.packets, args.seed, &corpus)?;
     println!("{report}");
     println!(
-        "seed={} rewritten={} syn={} unparseable={} time={:.2}s rate={:.0} packets/s",
+        "seed={} rewritten={} syn={} reflected={} unparseable={} time={:.2}s rate={:.0} packets/s",
         report.seed,
         report.rewritten,
         report.syns,
+        report.reflected,
         report.unparseable,
         report.elapsed.as_secs_f64(),
         report.rate()

@@ -75,6 +75,9 @@ pub struct CaseFile {
     /// The agent's TCP probe connections in flight, "PEER:LOCALPORT" (`[PEER]:PORT` for IPv6).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<String>,
+    /// Reflection on (`Globals::flags`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reflect: bool,
     /// Input frame, hex.
     pub input: String,
     /// Expected behaviour.
@@ -194,6 +197,7 @@ impl CaseFile {
                 .collect(),
             min_mtu_v4: case.tables.globals.min_mtu_v4,
             min_mtu_v6: case.tables.globals.min_mtu_v6,
+            reflect: case.tables.globals.flags & wslnet_common::global_flags::REFLECT != 0,
             probes: case
                 .tables
                 .probes
@@ -237,6 +241,11 @@ impl CaseFile {
         tables.globals = Globals {
             min_mtu_v4: self.min_mtu_v4,
             min_mtu_v6: self.min_mtu_v6,
+            flags: if self.reflect {
+                wslnet_common::global_flags::REFLECT
+            } else {
+                0
+            },
             abi_version: wslnet_common::ABI_VERSION,
             // Set by TestRun::set_tables.
             ..Globals::default()
@@ -407,7 +416,7 @@ fn counters_from_names(m: &BTreeMap<String, u64>) -> Result<Counters> {
             "no_mss" => &mut c.no_mss,
             "unparseable" => &mut c.unparseable,
             "oversize_df" => &mut c.oversize_df,
-            "reserved" => &mut c.reserved,
+            "reflected" => &mut c.reflected,
             other => bail!("unknown counter {other}"),
         };
         *slot = *v;
@@ -427,6 +436,8 @@ pub struct Expect {
     pub family: u32,
     /// The MSS rewrite, (old, new), or None for an unchanged frame.
     pub rewrite: Option<(u16, u16)>,
+    /// The verdict: `TC_ACT_UNSPEC`, or `TC_ACT_SHOT` for a packet dropped to be answered.
+    pub verdict: i32,
 }
 
 /// A named corpus case with its hand-written expectation.
@@ -569,6 +580,15 @@ fn e(counters: &'static [&'static str], family: u32, rewrite: Option<(u16, u16)>
         counters,
         family,
         rewrite,
+        verdict: wslnet_model::TC_ACT_UNSPEC,
+    }
+}
+
+/// A packet dropped and handed to the agent (counted oversize and reflected), unchanged.
+fn dropped(family: u32) -> Expect {
+    Expect {
+        verdict: wslnet_model::TC_ACT_SHOT,
+        ..e(&["oversize_df", "reflected"], family, None)
     }
 }
 
@@ -1236,6 +1256,86 @@ pub fn named_cases() -> Vec<Named> {
         "The IPv6 SYN-ACK answering a probe keeps the peer's MSS",
         probe6,
         e(&["syn", "no_clamp"], V6, None),
+    );
+    let reflecting = |mut c: Case| {
+        c.tables.globals.flags = wslnet_common::global_flags::REFLECT;
+        c
+    };
+    add(
+        "v4-oversize-reflected",
+        "Reflection on: a 1500-byte DF packet over a 1372 clamp entry is dropped and handed to \
+         the agent",
+        reflecting(egress(packets::tcp4_frame(
+            addr::LOCAL4,
+            addr::REMOTE4,
+            &big,
+        ))),
+        dropped(V4),
+    );
+    add(
+        "v6-oversize-reflected",
+        "Reflection on: every IPv6 packet is DF; 1400 bytes over a 1372 entry are dropped",
+        reflecting(egress(packets::tcp6_frame(
+            addr::LOCAL6,
+            addr::REMOTE6,
+            &[],
+            &big6,
+        ))),
+        dropped(V6),
+    );
+    let mut gso_reflected = reflecting(egress(packets::tcp4_frame(
+        addr::LOCAL4,
+        addr::REMOTE4,
+        &big,
+    )));
+    gso_reflected.gso_size = 1448;
+    add(
+        "v4-gso-oversize-reflected",
+        "A GSO packet is judged by its segments (40 + 1448 > 1372): the whole packet is dropped",
+        gso_reflected,
+        dropped(V4),
+    );
+    add(
+        "v4-oversize-no-df-not-reflected",
+        "Without DF a router may fragment it: counted nowhere, never dropped",
+        reflecting(egress(packets::tcp4_frame_with(&nodf, None, &big))),
+        e(NOTHING, V4, None),
+    );
+    let mut by_default = reflecting(egress(packets::tcp4_frame(
+        addr::LOCAL4,
+        // Outside the 10.9.0.0/16 entry.
+        Ipv4Addr::new(10, 8, 0, 7),
+        &big,
+    )));
+    by_default.tables.ifaces[0].1.default_mtu_v4 = 1280;
+    add(
+        "v4-oversize-first-contact-not-reflected",
+        "Over the interface default (the first-contact guess, not a measurement): counted, \
+         never dropped",
+        by_default,
+        e(&["oversize_df"], V4, None),
+    );
+    let mut tiny = reflecting(egress(packets::tcp4_frame(
+        addr::LOCAL4,
+        addr::REMOTE4,
+        &big,
+    )));
+    tiny.tables.clamps[0].mtu = 500;
+    add(
+        "v4-oversize-below-552-not-reflected",
+        "A clamp entry below 552 is not a path MTU an ICMP error may name: counted, never dropped",
+        tiny,
+        e(&["oversize_df"], V4, None),
+    );
+    add(
+        "v4-oversize-ingress-not-reflected",
+        "Reflection is for what leaves: an arriving oversize packet is untouched",
+        reflecting(ingress(packets::tcp4_frame(
+            addr::REMOTE4,
+            addr::LOCAL4,
+            &big,
+        ))),
+        e(NOTHING, V4, None),
     );
     let mut unconf = egress(syn4(opt::mss(1460)));
     unconf.tables.ifaces.clear();

@@ -84,6 +84,7 @@ impl IcmpProber {
             "ICMP probe socket"
         );
         sock.set_nonblocking(true)?;
+        super::mark_as_probe(&sock);
         if let Some(name) = iface {
             sock.bind_device(Some(name.as_bytes()))
                 .with_context(|| format!("binding the ICMP socket to interface {name:?}"))?;

@@ -76,6 +76,16 @@ impl std::fmt::Debug for ProbeHook {
     }
 }
 
+/// Marks a probe socket's packets as the agent's ([`wslnet_common::PROBE_MARK`]), so that the
+/// datapath never drops them for reflection: a probe above the path MTU in force is how a path
+/// that grew is found. Needs CAP_NET_ADMIN; without it (`probe` run unprivileged, no agent
+/// dropping anything) the packets go unmarked.
+pub(crate) fn mark_as_probe(sock: &socket2::Socket) {
+    if let Err(e) = sock.set_mark(wslnet_common::PROBE_MARK) {
+        tracing::debug!(error = %e, "probe packets unmarked");
+    }
+}
+
 /// Settings of one search or re-check.
 #[derive(Debug, Clone)]
 pub struct SearchOptions {

@@ -85,6 +85,7 @@ impl TcpProber {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
         let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         sock.set_nonblocking(true)?;
+        super::mark_as_probe(&sock);
         if let Some(name) = &self.iface {
             sock.bind_device(Some(name.as_bytes()))?;
         }

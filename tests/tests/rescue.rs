@@ -1,0 +1,372 @@
+//! Rescue of what the clamp cannot shape, through the black-hole lab: an upload running when the
+//! path shrinks, UDP senders with DF (from the VM and from a container behind its NAT), and the
+//! limits of the answers (rate, measured destinations only, checksums checked independently on a
+//! capture).
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use wslnet_tests::{
+    agent::{Agent, sample},
+    lab::Lab,
+    netns::{Bpffs, Netns, require_root},
+    packets,
+};
+
+/// Port of the TCP sink in `srv`.
+const SINK_PORT: u16 = 9000;
+/// A UDP port in `srv` nothing listens on (the datagrams only have to leave).
+const UDP_PORT: u16 = 9999;
+
+/// Uploads `bytes` to the sink at `host`, paced over `secs`, then waits until the sink has read
+/// everything and closed; prints `done` on success. Killed by `timeout` after `limit` seconds.
+fn upload_script(host: IpAddr, bytes: usize, secs: f64, limit: u32) -> String {
+    format!(
+        "timeout {limit} python3 -c '
+import socket, time
+s = socket.create_connection((\"{host}\", {SINK_PORT}))
+chunk = b\"x\" * 16384
+sent, start = 0, time.time()
+while sent < {bytes}:
+    s.sendall(chunk)
+    sent += len(chunk)
+    time.sleep(max(0.0, start + {secs} * sent / {bytes} - time.time()))
+s.shutdown(socket.SHUT_WR)
+assert s.recv(1) == b\"\"
+print(\"done\", sent)
+'"
+    )
+}
+
+/// Sends 1400-byte UDP datagrams with DF (`IP_PMTUDISC_DO` / `IPV6_MTU_DISCOVER`) to `host`, one
+/// every 50 ms, up to `tries`; prints `EMSGSIZE after N` when the kernel refuses one (it learned
+/// a smaller path MTU), else `sent N`.
+fn udp_df_script(host: IpAddr, tries: u32) -> String {
+    let (family, level, opt) = if host.is_ipv4() {
+        ("AF_INET", "IPPROTO_IP", 10) // IP_MTU_DISCOVER
+    } else {
+        ("AF_INET6", "IPPROTO_IPV6", 23) // IPV6_MTU_DISCOVER
+    };
+    format!(
+        "python3 -c '
+import socket, errno, time
+s = socket.socket(socket.{family}, socket.SOCK_DGRAM)
+s.setsockopt(socket.{level}, {opt}, 2)
+s.connect((\"{host}\", {UDP_PORT}))
+for n in range({tries}):
+    try:
+        s.send(b\"u\" * 1400)
+    except OSError as e:
+        if e.errno == errno.EMSGSIZE:
+            print(\"EMSGSIZE after\", n)
+            raise SystemExit(0)
+        raise
+    time.sleep(0.05)
+print(\"sent\", {tries})
+'"
+    )
+}
+
+/// The path MTU the kernel of `ns` has cached for `host` (`ip route get`), if any.
+fn cached_mtu(ns: &Netns, host: IpAddr) -> Option<u16> {
+    let out = ns.sh(&format!("ip route get {host}")).ok()?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "mtu")
+        .and_then(|w| w[1].parse().ok())
+}
+
+/// An upload runs at full size when a VPN connects and the path shrinks to 1372 with nothing
+/// visible in the VM. Its retransmissions are a symptom, the agent re-measures, and from then on
+/// every oversize segment it sends is dropped and answered with "fragmentation needed" (IPv4) /
+/// "packet too big" (IPv6) naming 1372: the kernel lowers the connection's MSS and the upload
+/// completes. With `--no-reflect` the same upload stalls until its time limit.
+#[test]
+fn an_upload_running_when_the_path_shrinks_completes() {
+    require_root();
+    for v6 in [false, true] {
+        for reflect in [true, false] {
+            let lab = Lab::new(1500).unwrap();
+            lab.start_tcp_sink(SINK_PORT).unwrap();
+            let fs = Bpffs::new().unwrap();
+            let host = lab.srv_addr(v6);
+            let target = host.to_string();
+            let mut args = vec!["--iface", "eth0", "--target", &target];
+            if !reflect {
+                args.push("--no-reflect");
+            }
+            let agent = Agent::start(&lab.wsl, &fs, &args).unwrap();
+            // Measured first, so that the upload's SYN carries the full MSS (1460 / 1440).
+            agent
+                .wait_for_clamp(host, 1500, Duration::from_secs(30))
+                .unwrap();
+            let limit = 25;
+            let started = Instant::now();
+            let (done, shrunk_at) = std::thread::scope(|s| {
+                let upload =
+                    s.spawn(|| lab.wsl.sh_output(&upload_script(host, 3 << 20, 3.0, limit)));
+                std::thread::sleep(Duration::from_millis(800));
+                lab.set_bottleneck(1372).unwrap();
+                let shrunk_at = started.elapsed();
+                let out = upload.join().unwrap().unwrap();
+                (
+                    String::from_utf8_lossy(&out.stdout).contains("done"),
+                    shrunk_at,
+                )
+            });
+            let m = agent.metrics().unwrap();
+            let family = if v6 { "ipv6" } else { "ipv4" };
+            let sent = sample(
+                &m,
+                "wslnet_icmp_errors_sent_total",
+                &[("family", family), ("kind", "local")],
+            )
+            .unwrap();
+            eprintln!(
+                "{host} reflect={reflect}: upload done={done} after {:?} (shrunk at {shrunk_at:?}), \
+                 {sent} ICMP errors sent",
+                started.elapsed()
+            );
+            if reflect {
+                assert!(
+                    done,
+                    "the upload should complete; log:\n{}",
+                    agent.daemon.log()
+                );
+                assert!(sent >= 1.0);
+            } else {
+                assert!(!done, "without reflection the upload should stall");
+                assert_eq!(sent, 0.0);
+            }
+        }
+    }
+}
+
+/// A UDP sender with DF (QUIC, DNS, a WireGuard underlay) sending 1400-byte datagrams through a
+/// measured 1372 black hole: the first one is dropped and answered, the kernel caches 1372 for
+/// the destination, and the next send fails with EMSGSIZE, IPv4 and IPv6. To a destination that
+/// is not measured (clamped for first contact only) nothing is answered and the datagrams just
+/// vanish, as without the agent.
+#[test]
+fn a_udp_sender_with_df_learns_the_path_mtu() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
+    let (t4, t6) = (v4[0].to_string(), v6[0].to_string());
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &[
+            "--iface",
+            "eth0",
+            "--no-learn",
+            "--target",
+            &t4,
+            "--target",
+            &t6,
+        ],
+    )
+    .unwrap();
+    for host in [v4[0], v6[0]] {
+        agent
+            .wait_for_clamp(host, 1372, Duration::from_secs(30))
+            .unwrap();
+        let out = lab.wsl.sh(&udp_df_script(host, 40)).unwrap();
+        eprintln!("{host}: {}", out.trim());
+        assert!(out.contains("EMSGSIZE after"), "{out}");
+        assert_eq!(cached_mtu(&lab.wsl, host), Some(1372));
+    }
+    // Not measured (no target, no learning): no answer, no EMSGSIZE, no cached MTU.
+    for host in [v4[1], v6[1]] {
+        let out = lab.wsl.sh(&udp_df_script(host, 10)).unwrap();
+        assert!(out.contains("sent 10"), "{host}: {out}");
+        assert_eq!(cached_mtu(&lab.wsl, host), None, "{host}");
+    }
+}
+
+/// The same from a container behind the VM's own NAT (Docker in WSL): its datagram leaves eth0
+/// with the VM's address, the error is addressed to that, and conntrack carries it back to the
+/// container, whose socket gets EMSGSIZE.
+#[test]
+fn a_udp_sender_in_a_container_behind_the_nat_learns_the_path_mtu() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let ctr = lab.add_container().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let host = lab.srv_addr(false);
+    let target = host.to_string();
+    let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0", "--target", &target]).unwrap();
+    agent
+        .wait_for_clamp(host, 1372, Duration::from_secs(30))
+        .unwrap();
+    let out = ctr.sh(&udp_df_script(host, 40)).unwrap();
+    eprintln!("container -> {host}: {}", out.trim());
+    assert!(out.contains("EMSGSIZE after"), "{out}");
+    assert_eq!(cached_mtu(&ctr, host), Some(1372));
+}
+
+/// A flood of oversize packets to one destination yields at most the configured rate of errors
+/// (a burst of `reflect_per_sec`, then that many a second), and every error that reaches the
+/// local stack, captured on `lo` and checked here with code independent of the agent's, has a
+/// valid IP header checksum, a valid ICMP checksum, names 1372 and quotes the dropped packet's
+/// header.
+#[test]
+fn a_flood_of_oversize_packets_yields_rate_limited_well_formed_errors() {
+    require_root();
+    let lab = Lab::new(1372).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let host = lab.srv_addr(false);
+    let target = host.to_string();
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &[
+            "--iface",
+            "eth0",
+            "--no-learn",
+            "--target",
+            &target,
+            "--reflect-per-sec",
+            "5",
+        ],
+    )
+    .unwrap();
+    agent
+        .wait_for_clamp(host, 1372, Duration::from_secs(30))
+        .unwrap();
+    let pcap = lab.tmp_dir().join("lo.pcap");
+    let mut capture = lab
+        .wsl
+        .spawn(
+            "tcpdump",
+            [
+                "-i",
+                "lo",
+                "-Z",
+                "root",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+                pcap.to_str().unwrap(),
+                "icmp",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // IP_PMTUDISC_PROBE (3): DF set, the cached path MTU ignored: every datagram leaves at
+    // 1400 bytes, however many errors come back. 500 of them in about a second.
+    let started = Instant::now();
+    lab.wsl
+        .sh(&format!(
+            "python3 -c '
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 3)
+s.connect((\"{host}\", {UDP_PORT}))
+for n in range(500):
+    try:
+        s.send(b\"f\" * 1400)
+    except OSError:
+        pass
+    time.sleep(0.002)
+'"
+        ))
+        .unwrap();
+    let flood = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    // Errors can be sent until the metrics are read: the bucket refills over all of it.
+    let window = started.elapsed();
+    capture
+        .signal_and_wait(libc::SIGINT, Duration::from_secs(5))
+        .unwrap();
+    let m = agent.metrics().unwrap();
+    let sent = sample(
+        &m,
+        "wslnet_icmp_errors_sent_total",
+        &[("family", "ipv4"), ("kind", "local")],
+    )
+    .unwrap();
+    let limited = sample(
+        &m,
+        "wslnet_icmp_errors_limited_total",
+        &[("family", "ipv4")],
+    )
+    .unwrap();
+    let dropped = sample(
+        &m,
+        "wslnet_oversize_dropped_packets_total",
+        &[("interface", "eth0"), ("family", "ipv4")],
+    )
+    .unwrap();
+    let allowed = 5.0 + 5.0 * window.as_secs_f64() + 1.0;
+    eprintln!(
+        "flood of 500 in {flood:?}: {dropped} dropped, {sent} errors sent (at most {allowed:.1}), \
+         {limited} held back"
+    );
+    // Each error also fails the socket's next send (EMSGSIZE, pending on the socket); every
+    // other datagram leaves and is dropped.
+    assert!(
+        (499.0..=500.0).contains(&(dropped + sent)),
+        "{dropped} + {sent}"
+    );
+    assert!(sent >= 5.0 && sent <= allowed, "{sent} > {allowed}");
+    assert_eq!(limited + sent, dropped, "each drop answered or held back");
+
+    let errors = icmp_frames(&std::fs::read(&pcap).unwrap());
+    assert_eq!(
+        errors.len() as f64,
+        sent,
+        "every error sent reaches the stack"
+    );
+    for ip in &errors {
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        assert_eq!(
+            packets::fold(packets::sum_words(0, &ip[..ihl])),
+            0xffff,
+            "IP checksum"
+        );
+        let icmp = &ip[ihl..];
+        assert_eq!(
+            packets::fold(packets::sum_words(0, icmp)),
+            0xffff,
+            "ICMP checksum"
+        );
+        assert_eq!((icmp[0], icmp[1]), (3, 4));
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1372);
+        let quoted = &icmp[8..];
+        assert_eq!(
+            &quoted[16..20],
+            &lab_octets(host),
+            "quotes the datagram to srv"
+        );
+        assert_eq!(quoted[9], 17, "a UDP datagram");
+        assert_eq!(u16::from_be_bytes([quoted[2], quoted[3]]), 1400 + 28);
+    }
+}
+
+fn lab_octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The IPv4 packets (from the IP header on) of a pcap file captured on `lo` (Ethernet framing).
+fn icmp_frames(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 24; // global header
+    while at + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + incl).min(pcap.len())];
+        if frame.len() > 14 && frame[12..14] == [0x08, 0x00] {
+            out.push(frame[14..].to_vec());
+        }
+        at += 16 + incl;
+    }
+    out
+}

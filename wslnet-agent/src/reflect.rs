@@ -1,0 +1,315 @@
+//! Rescue for packets the clamp cannot shape: the ICMP errors a router on the path would have
+//! sent.
+//!
+//! A connection that was running when its path shrank, or a UDP sender with DF, keeps sending
+//! packets the path drops, and the "fragmentation needed" / "packet too big" that would lower
+//! its path MTU never comes back. The datapath drops such a packet on egress when its
+//! destination has a clamp entry (`oversize` in `wslnet-ebpf`) and hands its first bytes to the
+//! agent through the `WSLNET_REFLECT` ring; [`Reflector`] answers with the error a router would
+//! have sent, naming the entry's MTU and quoting the packet, and delivers it to the local stack
+//! (a raw socket to the packet's source, which is local): `tcp_v4_err` / `tcp_v6_err` find the
+//! socket by the quoted header (its sequence number is in flight, so the window check passes),
+//! lower the path MTU and retransmit smaller; UDP senders get `EMSGSIZE`. A packet forwarded for
+//! a container behind the VM's own NAT left with the VM's address as its source: the error is
+//! addressed to that, and conntrack recognises it as related to the masqueraded connection and
+//! translates it back to the container, as it does for errors arriving from the network.
+//!
+//! Errors are rate-limited per destination of the dropped packet
+//! ([`crate::config::Config::reflect_per_sec`]); one error per destination is enough to lower its
+//! path MTU for every socket, so the limit costs nothing but repeated answers.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::{Interest, unix::AsyncFd};
+use wslnet_common::{FAMILY_V4, FAMILY_V6, ReflectEvent, map_names};
+
+use crate::{config::Config, metrics::Metrics, service::Shared};
+
+/// Who an ICMP error goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The local stack, for a packet the datapath dropped.
+    Local,
+}
+
+impl ErrorKind {
+    /// Every kind, for metrics that list them all from the start.
+    pub const ALL: [ErrorKind; 1] = [ErrorKind::Local];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Local => "local",
+        }
+    }
+}
+
+/// ICMP type "destination unreachable" (RFC 792).
+const ICMP_DEST_UNREACH: u8 = 3;
+/// Its code "fragmentation needed and DF set".
+const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMPv6 type "packet too big" (RFC 4443).
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// IP protocol numbers.
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// Bytes of transport header an IPv4 error quotes after the IP header (RFC 792): the ports and
+/// the sequence number, all a stack needs to find the socket.
+const V4_QUOTED_TRANSPORT: usize = 8;
+/// Hop limit / TTL of the errors: they only travel from the agent to its own stack (or to a
+/// container behind it).
+const TTL: u8 = 64;
+/// DSCP CS6 (network control), as routers mark their ICMP errors.
+const TOS_NETWORK_CONTROL: u8 = 0xc0;
+
+/// An ICMP error ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpError {
+    /// Where it goes: the dropped packet's source.
+    pub to: IpAddr,
+    /// The dropped packet's destination, whose path it is about.
+    pub about: IpAddr,
+    /// The whole IP packet (header included).
+    pub packet: Vec<u8>,
+}
+
+/// The error a router with next-hop MTU `mtu` sends for the packet whose first bytes are
+/// `quote` (from its IP header on, `quote_len` of them real): IPv4 "fragmentation needed" quoting
+/// the IP header and 8 bytes, IPv6 "packet too big" quoting all of `quote`. Its source is the
+/// dropped packet's destination; `None` when `quote` is not a whole IP header of `family`.
+pub fn icmp_error(family: u32, quote: &[u8], mtu: u16) -> Option<IcmpError> {
+    match family {
+        FAMILY_V4 => {
+            let ihl = usize::from(*quote.first()? & 0x0f) * 4;
+            if quote[0] >> 4 != 4 || ihl < 20 {
+                return None;
+            }
+            let quoted = quote.get(..ihl + V4_QUOTED_TRANSPORT)?;
+            let src = Ipv4Addr::from(<[u8; 4]>::try_from(&quote[12..16]).ok()?);
+            let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&quote[16..20]).ok()?);
+            let mut icmp = vec![ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0];
+            icmp.extend_from_slice(&mtu.to_be_bytes());
+            icmp.extend_from_slice(quoted);
+            let sum = checksum(0, &icmp);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            let total = (20 + icmp.len()) as u16;
+            let mut ip = vec![0x45, TOS_NETWORK_CONTROL];
+            ip.extend_from_slice(&total.to_be_bytes());
+            ip.extend_from_slice(&[0, 0, 0, 0, TTL, IPPROTO_ICMP, 0, 0]);
+            ip.extend_from_slice(&dst.octets());
+            ip.extend_from_slice(&src.octets());
+            let sum = checksum(0, &ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            ip.extend_from_slice(&icmp);
+            Some(IcmpError {
+                to: src.into(),
+                about: dst.into(),
+                packet: ip,
+            })
+        }
+        FAMILY_V6 => {
+            if quote.len() < 40 || quote[0] >> 4 != 6 {
+                return None;
+            }
+            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&quote[8..24]).ok()?);
+            let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&quote[24..40]).ok()?);
+            let mut icmp = vec![ICMPV6_PKT_TOOBIG, 0, 0, 0];
+            icmp.extend_from_slice(&u32::from(mtu).to_be_bytes());
+            icmp.extend_from_slice(quote);
+            // Pseudo-header (RFC 8200 8.1): source, destination, length, next header.
+            let mut pseudo = Vec::with_capacity(40);
+            pseudo.extend_from_slice(&dst.octets());
+            pseudo.extend_from_slice(&src.octets());
+            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+            let sum = checksum(sum_words(sum_words(0, &pseudo), &icmp), &[]);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            ip.extend_from_slice(&[IPPROTO_ICMPV6, TTL]);
+            ip.extend_from_slice(&dst.octets());
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&icmp);
+            Some(IcmpError {
+                to: src.into(),
+                about: dst.into(),
+                packet: ip,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The one's-complement sum of `data` as big-endian 16-bit words, added to `acc` (unfolded).
+fn sum_words(acc: u32, data: &[u8]) -> u32 {
+    data.chunks(2).fold(acc, |a, c| {
+        a + u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+    })
+}
+
+/// The Internet checksum (RFC 1071) of `data`, starting from the partial sum `acc`.
+fn checksum(acc: u32, data: &[u8]) -> u16 {
+    let mut s = sum_words(acc, data);
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// A token bucket per destination: `per_sec` errors a second, as many at once.
+struct Limiter {
+    per_sec: u32,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+/// Destinations whose buckets are kept; beyond this, full buckets are forgotten.
+const MAX_BUCKETS: usize = 4096;
+
+impl Limiter {
+    fn allow(&mut self, about: IpAddr, now: Instant) -> bool {
+        let rate = f64::from(self.per_sec);
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&about) {
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < rate
+            });
+        }
+        let (tokens, at) = self.buckets.entry(about).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Reads the dropped packets and answers them.
+pub struct Reflector {
+    shared: Arc<Shared>,
+    limiter: Limiter,
+    v4: Socket,
+    v6: Socket,
+}
+
+impl Reflector {
+    /// Raw sockets that send whole IP packets (`IPPROTO_RAW`: the header is ours).
+    pub fn new(shared: Arc<Shared>, per_sec: u32) -> Result<Self> {
+        let raw = |domain| {
+            Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
+                .context("opening a raw socket for ICMP errors (needs CAP_NET_RAW)")
+        };
+        Ok(Self {
+            shared,
+            limiter: Limiter {
+                per_sec: per_sec.max(1),
+                buckets: HashMap::new(),
+            },
+            v4: raw(Domain::IPV4)?,
+            v6: raw(Domain::IPV6)?,
+        })
+    }
+
+    /// Answers one dropped packet (rate limit permitting).
+    pub fn answer(&mut self, ev: &ReflectEvent) {
+        let quote = &ev.quote[..(ev.quote_len as usize).min(ev.quote.len())];
+        let Some(err) = icmp_error(ev.family, quote, ev.mtu.min(u32::from(u16::MAX)) as u16) else {
+            return;
+        };
+        let family = Metrics::family_label(ev.family);
+        let m = &self.shared.metrics;
+        if !self.limiter.allow(err.about, Instant::now()) {
+            m.icmp_errors_limited.with_label_values(&[family]).inc();
+            return;
+        }
+        let sock = if err.to.is_ipv4() { &self.v4 } else { &self.v6 };
+        match sock.send_to(&err.packet, &SockAddr::from(SocketAddr::new(err.to, 0))) {
+            Ok(_) => {
+                let iface = self.shared.interface_name(ev.ifindex);
+                m.icmp_errors
+                    .with_label_values(&[iface.as_str(), family, ErrorKind::Local.label()])
+                    .inc();
+                tracing::debug!(to = %err.to, about = %err.about, mtu = ev.mtu, "ICMP error sent");
+            }
+            Err(e) => tracing::warn!(to = %err.to, error = %e, "sending an ICMP error"),
+        }
+    }
+}
+
+/// Starts answering the datapath's dropped packets; `None` (with a warning) when the ring or
+/// the raw sockets cannot be had: the drops then go unanswered.
+pub fn spawn(shared: Arc<Shared>, cfg: &Config) -> Option<tokio::task::JoinHandle<()>> {
+    let ring = crate::maps::open_ring(&cfg.pin_dir, map_names::REFLECT).and_then(|rb| {
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
+        // AsyncFd holds it.
+        unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the reflection ring: {e}"))
+    });
+    let reflector = Reflector::new(shared, cfg.reflect_per_sec);
+    match (ring, reflector) {
+        (Ok(ring), Ok(reflector)) => Some(tokio::spawn(run(ring, reflector))),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "oversize packets will not be answered");
+            None
+        }
+    }
+}
+
+async fn run(mut ring: AsyncFd<RingBuf<MapData>>, mut reflector: Reflector) {
+    loop {
+        let Ok(mut guard) = ring.readable_mut().await else {
+            return;
+        };
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<ReflectEvent>() {
+                // SAFETY: the datapath writes whole ReflectEvent values (plain old data, any bit
+                // pattern valid); the length was checked just above.
+                let ev: ReflectEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                drop(item);
+                reflector.answer(&ev);
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_allows_its_rate_per_destination() {
+        let mut l = Limiter {
+            per_sec: 10,
+            buckets: HashMap::new(),
+        };
+        let t = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!((0..100).filter(|_| l.allow(a, t)).count(), 10);
+        assert!(l.allow(b, t), "another destination has its own bucket");
+        let later = t + std::time::Duration::from_millis(500);
+        assert_eq!((0..100).filter(|_| l.allow(a, later)).count(), 5);
+    }
+
+    #[test]
+    fn a_quote_that_is_not_an_ip_header_is_refused() {
+        assert_eq!(icmp_error(FAMILY_V4, &[0x65; 40], 1372), None);
+        assert_eq!(
+            icmp_error(FAMILY_V4, &[0x45; 20], 1372),
+            None,
+            "no 8 transport bytes"
+        );
+        assert_eq!(icmp_error(FAMILY_V6, &[0x60; 39], 1372), None);
+        assert_eq!(icmp_error(7, &[0x45; 64], 1372), None);
+    }
+}
