@@ -206,6 +206,7 @@ fn worker(
         }
         let (frame, retval) = harness.run_raw(case.dir, &case.frame, case.gso_size)?;
         let reflected = harness.reflected();
+        let peer_isn = model.peer_isn.and_then(|(k, _)| harness.peer_isn(&k));
         let mut moved = BTreeMap::new();
         for (i, &row) in rows.iter().enumerate() {
             let family = if i == 0 { FAMILY_V4 } else { FAMILY_V6 };
@@ -220,6 +221,7 @@ fn worker(
             retval,
             moved,
             reflected,
+            peer_isn,
         };
         report.packets += 1;
         if let Some(m) = &model.counters {
@@ -317,6 +319,9 @@ pub struct Observed {
     pub moved: BTreeMap<u32, Counters>,
     /// What it handed to the agent's reflection ring.
     pub reflected: Vec<wslnet_common::ReflectEvent>,
+    /// The peer ISN it holds for the connection the model says it recorded (None when the
+    /// model recorded nothing).
+    pub peer_isn: Option<u32>,
 }
 
 /// `None` when the program did what the model says; else what differs.
@@ -359,6 +364,12 @@ pub fn compare(model: &Outcome, prog: &Observed) -> Option<String> {
                 .map(|(m, q)| (m, q.len()))
                 .collect::<Vec<_>>(),
             handed.iter().map(|(m, q)| (m, q.len())).collect::<Vec<_>>()
+        ));
+    }
+    if model.peer_isn.map(|(_, isn)| isn) != prog.peer_isn {
+        why.push(format!(
+            "peer ISN model {:?} program {:?}",
+            model.peer_isn, prog.peer_isn
         ));
     }
     let expected: BTreeMap<u32, Counters> =

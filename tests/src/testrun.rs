@@ -219,6 +219,11 @@ impl Harness {
         Ok(())
     }
 
+    /// The peer ISN the datapath recorded for `key`, if any.
+    pub fn peer_isn(&self, key: &wslnet_common::FlowKey) -> Option<u32> {
+        self.maps.peer_isns.get(key, 0).ok().map(|v| v.isn)
+    }
+
     /// The packets handed to the agent since the last call (oldest first), as the agent reads
     /// them from the reflection ring.
     pub fn reflected(&mut self) -> Vec<ReflectEvent> {

@@ -831,3 +831,22 @@ fn the_agents_probes_are_never_dropped() {
     let (_, retval) = h.run_raw_marked(Direction::Egress, &f, 0, 7).unwrap();
     assert_eq!(retval, wslnet_model::TC_ACT_SHOT);
 }
+
+/// An arriving SYN-ACK (or SYN) records the peer's initial sequence number by connection, for
+/// the agent to quote when it tells the peer its segments are too big; what leaves records
+/// nothing.
+#[test]
+fn an_arriving_handshake_records_the_peers_isn() {
+    let h = harness();
+    let synack = Tcp::new(flags::SYN | flags::ACK, opt::mss(1460));
+    let key = wslnet_agent::maps::flow_key(
+        std::net::SocketAddr::new(IpAddr::V4(addr::REMOTE4), synack.sport),
+        synack.dport,
+    );
+    let out = packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &synack);
+    run(&h, Direction::Egress, &out, FAMILY_V4);
+    assert_eq!(h.peer_isn(&key), None, "a leaving SYN-ACK records nothing");
+    let inbound = packets::tcp4_frame(addr::REMOTE4, addr::LOCAL4, &synack);
+    run(&h, Direction::Ingress, &inbound, FAMILY_V4);
+    assert_eq!(h.peer_isn(&key), Some(synack.seq));
+}

@@ -16,8 +16,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use wslnet_common::{
-    ABI_VERSION, COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
-    LearnedDest, LearnedKey, MAX_IFINDEX, PathMtu, ProbeKey, ProbeMark, counter_index,
+    ABI_VERSION, COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, FlowKey, Globals, IfaceConfig,
+    LearnedDest, LearnedKey, MAX_IFINDEX, PathMtu, PeerIsn, ProbeKey, ProbeMark, counter_index,
     global_flags, iface_flags, map_names,
 };
 
@@ -142,6 +142,8 @@ pub struct Maps {
     pub globals: Array<MapData, Globals>,
     /// The prober's TCP connections in flight, exempt from the ingress clamp.
     pub probes: HashMap<MapData, ProbeKey, ProbeMark>,
+    /// The initial sequence numbers of peers, by connection (LRU).
+    pub peer_isns: HashMap<MapData, FlowKey, PeerIsn>,
     /// Whether the datapath drops oversize packets for the agent to answer
     /// ([`global_flags::REFLECT`]); written into [`Globals`] by [`Maps::refresh_floor`].
     pub reflect: bool,
@@ -185,6 +187,8 @@ impl Maps {
         let learned = HashMap::try_from(Map::LruHashMap(open_pin(pin_dir, map_names::LEARNED)?))?;
         let globals = Array::try_from(Map::Array(open_pin(pin_dir, map_names::GLOBALS)?))?;
         let probes = HashMap::try_from(Map::HashMap(open_pin(pin_dir, map_names::PROBES)?))?;
+        let peer_isns =
+            HashMap::try_from(Map::LruHashMap(open_pin(pin_dir, map_names::PEER_ISN)?))?;
         Ok(Self {
             clamp_v4,
             clamp_v6,
@@ -193,6 +197,7 @@ impl Maps {
             learned,
             globals,
             probes,
+            peer_isns,
             reflect: false,
         })
     }
@@ -371,6 +376,15 @@ impl Maps {
             .with_context(|| format!("removing the TCP probe to {peer} from port {local_port}"))
     }
 
+    /// The initial sequence number of the peer `peer` of our connection from `local_port`, as
+    /// the datapath saw it in the peer's SYN or SYN-ACK.
+    pub fn peer_isn(&self, peer: std::net::SocketAddr, local_port: u16) -> Option<u32> {
+        self.peer_isns
+            .get(&flow_key(peer, local_port), 0)
+            .ok()
+            .map(|v| v.isn)
+    }
+
     /// The global settings.
     pub fn globals(&self) -> Result<Globals> {
         Ok(self.globals.get(&0, 0)?)
@@ -443,6 +457,17 @@ pub fn probe_key(peer: IpAddr, local_port: u16) -> ProbeKey {
         family,
         port_be: local_port.to_be(),
         reserved: 0,
+        addr,
+    }
+}
+
+/// The peer-ISN map key of our connection from `local_port` to `peer`.
+pub fn flow_key(peer: std::net::SocketAddr, local_port: u16) -> FlowKey {
+    let LearnedKey { family, addr } = learned_key(peer.ip());
+    FlowKey {
+        family,
+        peer_port_be: peer.port().to_be(),
+        local_port_be: local_port.to_be(),
         addr,
     }
 }

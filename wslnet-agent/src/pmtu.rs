@@ -99,6 +99,10 @@ struct Settings {
     /// How long a local connection may wait for an answer before it is a symptom; `None`:
     /// symptoms are not looked for.
     stall_after: Option<Duration>,
+    /// Tell peers of running connections when their segments are too big (`Config::reflect`).
+    reflect: bool,
+    /// Errors a second per destination (`Config::reflect_per_sec`).
+    reflect_per_sec: u32,
 }
 
 impl From<&Config> for Settings {
@@ -120,6 +124,8 @@ impl From<&Config> for Settings {
             static_nets: cfg.clamp.iter().map(|c| c.cidr.trunc()).collect(),
             first_contact_mtu: p.first_contact_mtu,
             stall_after: (p.stall_after_ms != 0).then(|| Duration::from_millis(p.stall_after_ms)),
+            reflect: cfg.reflect,
+            reflect_per_sec: cfg.reflect_per_sec,
         }
     }
 }
@@ -209,6 +215,9 @@ struct Manager {
     window: (Instant, u32),
     /// Finds stalled local connections; `None` while a scan runs or when symptoms are off.
     watcher: Option<Watcher>,
+    /// Sends the errors that tell peers their segments are too big; `None` when reflection is
+    /// off or raw sockets cannot be had.
+    peer_errors: Option<crate::reflect::Sender>,
 }
 
 impl Manager {
@@ -221,8 +230,10 @@ impl Manager {
             jobs: JoinSet::new(),
             window: (Instant::now(), 0),
             watcher: None,
+            peer_errors: None,
         };
         m.watcher = m.settings.stall_after.map(Watcher::new);
+        m.peer_errors = m.new_peer_errors();
         m.add_targets();
         m
     }
@@ -280,6 +291,7 @@ impl Manager {
                         self.add_targets();
                         self.update_first_contact();
                         self.watcher = self.settings.stall_after.map(Watcher::new);
+                        self.peer_errors = self.new_peer_errors();
                     }
                     Some(Cmd::Stop) | None => {
                         self.jobs.abort_all();
@@ -376,6 +388,17 @@ impl Manager {
         }
     }
 
+    /// The sender of peer errors the settings ask for.
+    fn new_peer_errors(&self) -> Option<crate::reflect::Sender> {
+        if !self.settings.reflect {
+            return None;
+        }
+        let kind = crate::reflect::ErrorKind::Peer;
+        crate::reflect::Sender::new(kind, self.shared.clone(), self.settings.reflect_per_sec)
+            .inspect_err(|e| tracing::warn!(error = %format!("{e:#}"), "peers will not be told"))
+            .ok()
+    }
+
     /// Looks for stalled local connections and makes their destinations due now.
     async fn scan_symptoms(&mut self) {
         let Some(mut watcher) = self.watcher.take() else {
@@ -394,10 +417,37 @@ impl Manager {
         match found {
             Ok(stalls) => {
                 for s in stalls {
-                    self.trigger(s.peer, Trigger::Stall(s.kind));
+                    let addr = s.flow.peer.ip();
+                    if s.kind.tells_the_peer()
+                        && let Some(mtu) = self.dests.get(&addr).and_then(|d| d.mtu)
+                    {
+                        self.tell_peer(&s.flow, mtu);
+                    }
+                    self.trigger(addr, Trigger::Stall(s.kind));
                 }
             }
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "symptom scan failed"),
+        }
+    }
+
+    /// Tells the peer of a local connection that the path to us carries `mtu`
+    /// ([`crate::reflect::peer_error`]), when reflection is on and the datapath saw the peer's
+    /// handshake (its initial sequence number).
+    fn tell_peer(&mut self, flow: &crate::symptoms::Flow, mtu: u16) {
+        let Some(sender) = self.peer_errors.as_mut() else {
+            return;
+        };
+        let Some(isn) = self.shared.maps().peer_isn(flow.peer, flow.local.port()) else {
+            return;
+        };
+        if let Some(err) = crate::reflect::peer_error(flow, isn, mtu) {
+            let ifindex = self
+                .dests
+                .get(&flow.peer.ip())
+                .and_then(|d| d.ifindex)
+                .unwrap_or(0);
+            tracing::info!(peer = %flow.peer, mtu, "telling the peer its segments are too big");
+            sender.send(&err, ifindex);
         }
     }
 
@@ -514,6 +564,13 @@ impl Manager {
         metrics.searches.with_label_values(&["found"]).inc();
         let changed = d.mtu != Some(mtu);
         let narrowed = d.mtu.is_some_and(|old| mtu < old);
+        // Connections to it may carry segments wider than `mtu` from the peer: those that
+        // started before this result, clamped to what was in force then (an older result, or
+        // the first-contact default).
+        let in_force = d.mtu.unwrap_or(match self.settings.first_contact_mtu {
+            0 => u16::MAX,
+            f => f,
+        });
         let ifindex = d.ifindex;
         d.mtu = Some(mtu);
         if d.configured {
@@ -532,6 +589,16 @@ impl Manager {
             }
         }
         self.update_first_contact();
+        if mtu < in_force {
+            match crate::symptoms::connections_to(addr) {
+                Ok(flows) => {
+                    for flow in flows {
+                        self.tell_peer(&flow, mtu);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "listing connections"),
+            }
+        }
         if narrowed {
             // The path shrank: the others measured through the same interface wider than this
             // likely shrank with it (one tunnel carries them all).

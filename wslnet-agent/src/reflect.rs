@@ -14,6 +14,11 @@
 //! addressed to that, and conntrack recognises it as related to the masqueraded connection and
 //! translates it back to the container, as it does for errors arriving from the network.
 //!
+//! A download running when the path shrank is the mirror image: the peer's segments are the
+//! ones lost. The path-MTU manager tells the peer ([`peer_error`], [`ErrorKind::Peer`]) when a
+//! re-measurement finds the path narrower, for every connection to that destination, and when a
+//! connection's request stays unanswered ([`crate::symptoms::Stall::Waiting`]).
+//!
 //! Errors are rate-limited per destination of the dropped packet
 //! ([`crate::config::Config::reflect_per_sec`]); one error per destination is enough to lower its
 //! path MTU for every socket, so the limit costs nothing but repeated answers.
@@ -38,16 +43,19 @@ use crate::{config::Config, metrics::Metrics, service::Shared};
 pub enum ErrorKind {
     /// The local stack, for a packet the datapath dropped.
     Local,
+    /// The peer of a local connection whose segments are too big for the path to us.
+    Peer,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics that list them all from the start.
-    pub const ALL: [ErrorKind; 1] = [ErrorKind::Local];
+    pub const ALL: [ErrorKind; 2] = [ErrorKind::Local, ErrorKind::Peer];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
             ErrorKind::Local => "local",
+            ErrorKind::Peer => "peer",
         }
     }
 }
@@ -61,6 +69,7 @@ const ICMPV6_PKT_TOOBIG: u8 = 2;
 /// IP protocol numbers.
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_TCP: u8 = 6;
 /// Bytes of transport header an IPv4 error quotes after the IP header (RFC 792): the ports and
 /// the sequence number, all a stack needs to find the socket.
 const V4_QUOTED_TRANSPORT: usize = 8;
@@ -148,6 +157,48 @@ pub fn icmp_error(family: u32, quote: &[u8], mtu: u16) -> Option<IcmpError> {
     }
 }
 
+/// The error telling `flow`'s peer that the path to us carries `mtu`, as a router between us
+/// would send it: quoting a segment of the peer's (source the peer, destination us, the two
+/// ports) whose sequence number is our acknowledgement, `isn + 1 + bytes_received`. That is the
+/// peer's `snd_una` once our latest ACK arrived, inside `snd_una..=snd_nxt` either way, so
+/// Linux's `tcp_v4_err` / `tcp_v6_err` accept it, lower the path MTU and retransmit smaller.
+/// `None` for an IPv6 MTU below 1280 (ignored by every stack) or a flow mixing families.
+pub fn peer_error(flow: &crate::symptoms::Flow, isn: u32, mtu: u16) -> Option<IcmpError> {
+    let seq = isn.wrapping_add(1).wrapping_add(flow.bytes_received as u32);
+    let mut tcp = Vec::with_capacity(8);
+    tcp.extend_from_slice(&flow.peer.port().to_be_bytes());
+    tcp.extend_from_slice(&flow.local.port().to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    // The quoted segment is one byte larger than the path: the size a router would have dropped.
+    let size = mtu.saturating_add(1);
+    let (family, mut quote) = match (flow.peer.ip(), flow.local.ip()) {
+        (IpAddr::V4(peer), IpAddr::V4(local)) => {
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&size.to_be_bytes());
+            ip.extend_from_slice(&[0, 0, 0x40, 0, TTL, IPPROTO_TCP, 0, 0]);
+            ip.extend_from_slice(&peer.octets());
+            ip.extend_from_slice(&local.octets());
+            let sum = checksum(0, &ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            (FAMILY_V4, ip)
+        }
+        (IpAddr::V6(peer), IpAddr::V6(local)) => {
+            if mtu < wslnet_common::REFLECT_MIN_MTU_V6 {
+                return None;
+            }
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&(size - 40).to_be_bytes());
+            ip.extend_from_slice(&[IPPROTO_TCP, TTL]);
+            ip.extend_from_slice(&peer.octets());
+            ip.extend_from_slice(&local.octets());
+            (FAMILY_V6, ip)
+        }
+        _ => return None,
+    };
+    quote.extend_from_slice(&tcp);
+    icmp_error(family, &quote, mtu)
+}
+
 /// The one's-complement sum of `data` as big-endian 16-bit words, added to `acc` (unfolded).
 fn sum_words(acc: u32, data: &[u8]) -> u32 {
     data.chunks(2).fold(acc, |a, c| {
@@ -193,22 +244,25 @@ impl Limiter {
     }
 }
 
-/// Reads the dropped packets and answers them.
-pub struct Reflector {
+/// Sends ICMP errors of one [`ErrorKind`], rate-limited per destination they are about.
+pub struct Sender {
+    kind: ErrorKind,
     shared: Arc<Shared>,
     limiter: Limiter,
     v4: Socket,
     v6: Socket,
 }
 
-impl Reflector {
-    /// Raw sockets that send whole IP packets (`IPPROTO_RAW`: the header is ours).
-    pub fn new(shared: Arc<Shared>, per_sec: u32) -> Result<Self> {
+impl Sender {
+    /// Raw sockets that send whole IP packets (`IPPROTO_RAW`: the header is ours), and a limit
+    /// of `per_sec` errors a second per destination.
+    pub fn new(kind: ErrorKind, shared: Arc<Shared>, per_sec: u32) -> Result<Self> {
         let raw = |domain| {
             Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
                 .context("opening a raw socket for ICMP errors (needs CAP_NET_RAW)")
         };
         Ok(Self {
+            kind,
             shared,
             limiter: Limiter {
                 per_sec: per_sec.max(1),
@@ -219,13 +273,13 @@ impl Reflector {
         })
     }
 
-    /// Answers one dropped packet (rate limit permitting).
-    pub fn answer(&mut self, ev: &ReflectEvent) {
-        let quote = &ev.quote[..(ev.quote_len as usize).min(ev.quote.len())];
-        let Some(err) = icmp_error(ev.family, quote, ev.mtu.min(u32::from(u16::MAX)) as u16) else {
-            return;
-        };
-        let family = Metrics::family_label(ev.family);
+    /// Sends `err` unless its destination's limit is spent; counts it under `ifindex`.
+    pub fn send(&mut self, err: &IcmpError, ifindex: u32) {
+        let family = Metrics::family_label(if err.to.is_ipv4() {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        });
         let m = &self.shared.metrics;
         if !self.limiter.allow(err.about, Instant::now()) {
             m.icmp_errors_limited.with_label_values(&[family]).inc();
@@ -234,13 +288,31 @@ impl Reflector {
         let sock = if err.to.is_ipv4() { &self.v4 } else { &self.v6 };
         match sock.send_to(&err.packet, &SockAddr::from(SocketAddr::new(err.to, 0))) {
             Ok(_) => {
-                let iface = self.shared.interface_name(ev.ifindex);
+                let iface = self.shared.interface_name(ifindex);
                 m.icmp_errors
-                    .with_label_values(&[iface.as_str(), family, ErrorKind::Local.label()])
+                    .with_label_values(&[iface.as_str(), family, self.kind.label()])
                     .inc();
-                tracing::debug!(to = %err.to, about = %err.about, mtu = ev.mtu, "ICMP error sent");
+                tracing::debug!(to = %err.to, about = %err.about, kind = self.kind.label(), "ICMP error sent");
             }
             Err(e) => tracing::warn!(to = %err.to, error = %e, "sending an ICMP error"),
+        }
+    }
+}
+
+/// Reads the dropped packets and answers them.
+pub struct Reflector(Sender);
+
+impl Reflector {
+    /// A reflector sending at most `per_sec` errors a second per destination.
+    pub fn new(shared: Arc<Shared>, per_sec: u32) -> Result<Self> {
+        Ok(Self(Sender::new(ErrorKind::Local, shared, per_sec)?))
+    }
+
+    /// Answers one dropped packet (rate limit permitting).
+    pub fn answer(&mut self, ev: &ReflectEvent) {
+        let quote = &ev.quote[..(ev.quote_len as usize).min(ev.quote.len())];
+        if let Some(err) = icmp_error(ev.family, quote, ev.mtu.min(u32::from(u16::MAX)) as u16) {
+            self.0.send(&err, ev.ifindex);
         }
     }
 }

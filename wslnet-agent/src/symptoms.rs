@@ -5,15 +5,16 @@
 //! sent its request and waits for an answer whose full-sized segments never arrive, or an upload
 //! retransmits segments that never get through. The kernel knows both for every socket
 //! (`tcp_info`), so the agent asks it, through `sock_diag`, every [`SCAN_INTERVAL`]: a socket
-//! that [`Stall::Waiting`] or [`Stall::Retransmitting`] names a destination to re-measure at once,
-//! instead of at its next periodic re-check.
+//! that [`Stall::Waiting`], [`Stall::Stopped`] or [`Stall::Retransmitting`] names a destination to
+//! re-measure at once, instead of at its next periodic re-check, and (for the first two, whose
+//! peer's segments are lost) a connection whose peer can be told so ([`crate::reflect`]).
 //!
 //! Only the agent's own network namespace is visible: connections forwarded for containers are
 //! covered by the first-contact clamp, not by this.
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr as IpSocketAddr},
     time::{Duration, Instant},
 };
 
@@ -38,6 +39,11 @@ pub enum Stall {
     /// has come back for longer than the threshold: the answer's full-sized segments are lost
     /// on the way to us.
     Waiting,
+    /// It was receiving and stopped in mid-stream: nothing for longer than the threshold, after
+    /// data that arrived within the last moment before it (a download running when the path
+    /// shrank). A connection that simply goes idle looks the same, once: this kind only
+    /// re-measures, it never tells the peer anything by itself.
+    Stopped,
     /// Its retransmission timer fired and nothing was acknowledged since: its own segments are
     /// lost on the way out.
     Retransmitting,
@@ -48,8 +54,15 @@ impl Stall {
     pub fn label(self) -> &'static str {
         match self {
             Stall::Waiting => "waiting",
+            Stall::Stopped => "stopped",
             Stall::Retransmitting => "retransmitting",
         }
+    }
+
+    /// True when the stall itself is reason to tell the peer its segments are too big (an
+    /// unanswered request); the others wait for a re-measurement to find the path narrower.
+    pub fn tells_the_peer(self) -> bool {
+        self == Stall::Waiting
     }
 }
 
@@ -65,8 +78,9 @@ pub enum Trigger {
 
 impl Trigger {
     /// Every trigger, for metrics that list them all from the start.
-    pub const ALL: [Trigger; 3] = [
+    pub const ALL: [Trigger; 4] = [
         Trigger::Stall(Stall::Waiting),
+        Trigger::Stall(Stall::Stopped),
         Trigger::Stall(Stall::Retransmitting),
         Trigger::Sibling,
     ];
@@ -80,31 +94,42 @@ impl Trigger {
     }
 }
 
+/// One established TCP connection of this network namespace, as the kernel describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Our end.
+    pub local: IpSocketAddr,
+    /// The peer's end.
+    pub peer: IpSocketAddr,
+    /// Bytes received in order (`tcpi_bytes_received`): with the peer's initial sequence number,
+    /// our acknowledgement.
+    pub bytes_received: u64,
+}
+
 /// One stalled connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stalled {
-    /// The peer.
-    pub peer: IpAddr,
+    /// The connection.
+    pub flow: Flow,
     /// How it stalls.
     pub kind: Stall,
 }
 
 /// What one socket looked like to `sock_diag`.
-struct Seen {
+struct Conn {
     inode: u32,
-    peer: IpAddr,
-    kind: Stall,
-    /// When its latest data left, as best known (now - `tcpi_last_data_sent`).
-    sent_at: Instant,
+    flow: Flow,
+    info: netlink_packet_sock_diag::inet::nlas::TcpInfo,
 }
 
-/// Finds stalled connections and reports each stall once (a socket that sends again and stalls
-/// again is a new stall).
+/// Finds stalled connections and reports each stall once (a socket that sends or receives
+/// again and stalls again is a new stall).
 pub struct Watcher {
     /// Milliseconds a connection may wait for an answer before it counts as stalled.
     stall_after_ms: u32,
-    /// Stalls already reported, by socket inode: when the data they wait on left.
-    reported: HashMap<u32, Instant>,
+    /// Stalls already reported, by socket inode: their kind and when the data they stalled
+    /// after left or arrived.
+    reported: HashMap<u32, (Stall, Instant)>,
 }
 
 /// Two stamps of one send, from two scans, differ by less than this (the kernel reports
@@ -124,28 +149,41 @@ impl Watcher {
     /// family) and returns the stalls not reported before.
     pub fn scan(&mut self) -> Result<Vec<Stalled>> {
         let now = Instant::now();
-        let mut seen = Vec::new();
-        for family in [AF_INET, AF_INET6] {
-            seen.extend(dump(family, self.stall_after_ms, now)?);
-        }
         let mut fresh = Vec::new();
         let mut still = HashMap::new();
-        for s in seen {
+        for c in established()? {
+            let Some(kind) = stall_of(&c.info, self.stall_after_ms) else {
+                continue;
+            };
+            let ago = if kind == Stall::Stopped {
+                c.info.last_data_recv
+            } else {
+                c.info.last_data_sent
+            };
+            let at = now
+                .checked_sub(Duration::from_millis(ago.into()))
+                .unwrap_or(now);
             let known = self
                 .reported
-                .get(&s.inode)
-                .is_some_and(|&at| at.max(s.sent_at) - at.min(s.sent_at) < SAME_SEND);
+                .get(&c.inode)
+                .is_some_and(|&(k, seen)| k == kind && seen.max(at) - seen.min(at) < SAME_SEND);
             if !known {
-                fresh.push(Stalled {
-                    peer: s.peer,
-                    kind: s.kind,
-                });
+                fresh.push(Stalled { flow: c.flow, kind });
             }
-            still.insert(s.inode, s.sent_at);
+            still.insert(c.inode, (kind, at));
         }
         self.reported = still;
         Ok(fresh)
     }
+}
+
+/// The established TCP connections of this network namespace to `peer` (blocking).
+pub fn connections_to(peer: IpAddr) -> Result<Vec<Flow>> {
+    Ok(established()?
+        .into_iter()
+        .filter(|c| c.flow.peer.ip() == peer)
+        .map(|c| c.flow)
+        .collect())
 }
 
 /// Bytes a connection may have received in small segments and still count as waiting for its
@@ -153,12 +191,28 @@ impl Watcher {
 /// that has been talking for a while does not.
 const WAITING_MAX_RECEIVED: u64 = 16 * 1024;
 
+/// How recently a connection must have been receiving, beyond the threshold, to count as
+/// [`Stall::Stopped`] (milliseconds): two scans, so that no stop is missed between them.
+const STOPPED_WITHIN_MS: u32 = 2 * SCAN_INTERVAL.as_millis() as u32;
+
+/// Most bytes of TCP options in a segment: a segment that much short of `advmss` is still
+/// full-sized.
+const TCP_MAX_OPTIONS: u32 = 40;
+
 /// `TCP_ESTABLISHED` (include/net/tcp_states.h).
 const TCP_ESTABLISHED: u8 = 1;
 
-/// Dumps the established TCP sockets of `family` with their `tcp_info` and returns the stalled
-/// ones.
-fn dump(family: u8, stall_after_ms: u32, now: Instant) -> Result<Vec<Seen>> {
+/// Every established TCP connection of this network namespace, both families (blocking).
+fn established() -> Result<Vec<Conn>> {
+    let mut all = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        all.extend(dump(family)?);
+    }
+    Ok(all)
+}
+
+/// Dumps the established TCP sockets of `family` with their `tcp_info`.
+fn dump(family: u8) -> Result<Vec<Conn>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
     socket
@@ -200,27 +254,26 @@ fn dump(family: u8, stall_after_ms: u32, now: Instant) -> Result<Vec<Seen>> {
             let len = msg.header.length as usize;
             match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    if r.header.state != TCP_ESTABLISHED {
-                        // Listed anyway by some kernels; only established connections stall.
-                    } else if let Some(kind) = r.nlas.iter().find_map(|nla| match nla {
-                        Nla::TcpInfo(i) => stall_of(i, stall_after_ms),
+                    // Only established connections are asked for; some kernels list more.
+                    let info = r.nlas.iter().find_map(|nla| match nla {
+                        Nla::TcpInfo(i) => Some(i.clone()),
                         _ => None,
-                    }) {
-                        let sent_ms = r
-                            .nlas
-                            .iter()
-                            .find_map(|nla| match nla {
-                                Nla::TcpInfo(i) => Some(i.last_data_sent),
-                                _ => None,
-                            })
-                            .unwrap_or(0);
-                        out.push(Seen {
+                    });
+                    if r.header.state == TCP_ESTABLISHED
+                        && let Some(info) = info
+                    {
+                        let id = &r.header.socket_id;
+                        out.push(Conn {
                             inode: r.header.inode,
-                            peer: r.header.socket_id.destination_address,
-                            kind,
-                            sent_at: now
-                                .checked_sub(Duration::from_millis(sent_ms.into()))
-                                .unwrap_or(now),
+                            flow: Flow {
+                                local: IpSocketAddr::new(id.source_address, id.source_port),
+                                peer: IpSocketAddr::new(
+                                    id.destination_address,
+                                    id.destination_port,
+                                ),
+                                bytes_received: info.bytes_received,
+                            },
+                            info,
                         });
                     }
                 }
@@ -250,14 +303,24 @@ fn stall_of(
     //   key exchange). The stamps count jiffies, so a request sent in the tick the handshake
     //   completed has the handshake's stamp; it is then unanswered if nothing came at all;
     // - or the answer began with small segments (an HTTP header) and no full-sized segment ever
-    //   arrived (`rcv_mss`, the largest segment seen, below `advmss`, what we allow), with
-    //   little received: the full-sized ones are lost on the way.
+    //   arrived (`rcv_mss`, the largest segment seen, short of `advmss`, what we allow, by more
+    //   than TCP options can take), with little received: the full-sized ones are lost on the
+    //   way.
     let silent = i.bytes_acked > 1
         && i.unacked == 0
         && i.last_data_sent.min(i.last_data_recv) >= stall_after_ms;
     let unanswered = i.last_data_sent < i.last_data_recv
         || (i.last_data_sent == i.last_data_recv && i.bytes_received == 0);
-    let no_full_segment = i.rcv_mss < i.advmss && i.bytes_received < WAITING_MAX_RECEIVED;
-    let waiting = silent && (unanswered || no_full_segment);
-    waiting.then_some(Stall::Waiting)
+    let no_full_segment =
+        i.rcv_mss + TCP_MAX_OPTIONS < i.advmss && i.bytes_received < WAITING_MAX_RECEIVED;
+    if silent && (unanswered || no_full_segment) {
+        return Some(Stall::Waiting);
+    }
+    // Receiving, then nothing: data was arriving until just before the threshold, and we sent
+    // nothing since. (An idle connection looks the same once; it costs one re-check.)
+    let stopped = i.bytes_received > 0
+        && i.last_data_recv >= stall_after_ms
+        && i.last_data_recv < stall_after_ms + STOPPED_WITHIN_MS
+        && i.last_data_sent > i.last_data_recv;
+    stopped.then_some(Stall::Stopped)
 }

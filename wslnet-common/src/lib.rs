@@ -41,9 +41,14 @@ pub mod map_names {
     /// because its destination has a measured path MTU, for the agent to answer its sender
     /// with an ICMP error.
     pub const REFLECT: &str = "WSLNET_REFLECT";
+    /// LRU hash, key [`super::FlowKey`], value [`super::PeerIsn`]: the initial sequence number
+    /// of each peer that sent us a SYN or SYN-ACK, so that the agent can quote a sequence number
+    /// the peer's stack accepts when it tells the peer its segments are too big.
+    pub const PEER_ISN: &str = "WSLNET_PEER_ISN";
     /// Every pinned map, in a fixed order (for pinning, adoption and `detach`).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CLAMP_V4, CLAMP_V6, IFACES, COUNTERS, LEARNED, GLOBALS, NEW_DESTS, PROBES, REFLECT,
+        PEER_ISN,
     ];
 }
 
@@ -60,6 +65,9 @@ pub mod program_names {
 pub const MAX_CLAMP_ENTRIES: u32 = 16_384;
 /// Entries in the learned-destination LRU map; the oldest are evicted beyond this.
 pub const MAX_LEARNED: u32 = 16_384;
+/// Entries in the peer-ISN LRU map: TCP connections whose peer can be told its segments are too
+/// big; the oldest handshakes are forgotten first.
+pub const MAX_PEER_ISNS: u32 = 16_384;
 /// Entries in the probe-connection map: TCP probe connections in flight at once, all searches
 /// together (the agent runs at most 4 searches of 16 sizes x 2 copies).
 pub const MAX_PROBES: u32 = 1024;
@@ -369,6 +377,29 @@ pub struct ProbeKey {
     pub addr: [u8; 16],
 }
 
+/// Key of the peer-ISN map ([`map_names::PEER_ISN`]): one TCP connection as an arriving packet
+/// names it.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+    /// The peer's TCP port, network byte order (the packet's bytes read as a native `u16`).
+    pub peer_port_be: u16,
+    /// Our TCP port, network byte order.
+    pub local_port_be: u16,
+    /// The peer's address, network byte order; IPv4 uses the first 4 bytes, the rest are 0.
+    pub addr: [u8; 16],
+}
+
+/// Value of the peer-ISN map.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct PeerIsn {
+    /// The sequence number of the peer's SYN (host byte order): its first data byte is this + 1.
+    pub isn: u32,
+}
+
 /// Value of the probe-connection map: presence is what counts.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
@@ -455,6 +486,10 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeMark {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ReflectEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerIsn {}
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
@@ -468,6 +503,8 @@ const _: () = assert!(core::mem::size_of::<ReflectEvent>() == 16 + REFLECT_QUOTE
 const _: () = assert!(core::mem::size_of::<LearnCacheEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<ProbeKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeMark>() == 4);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+const _: () = assert!(core::mem::size_of::<PeerIsn>() == 4);
 
 #[cfg(test)]
 mod tests {

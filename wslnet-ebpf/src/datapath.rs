@@ -10,12 +10,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use wslnet_common::{
-    COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, Globals, IfaceConfig,
-    L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest, LearnedKey,
-    MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PROBES, NEW_DESTS_BYTES, PEER_CACHE_SLOTS,
-    PROBE_MARK, PathMtu, ProbeKey, ProbeMark, REFLECT_BYTES, REFLECT_MIN_MTU_V4,
-    REFLECT_MIN_MTU_V6, REFLECT_QUOTE, ReflectEvent, counter_index, global_flags, mss_for_mtu,
-    peer_bytes, peer_cache_slot,
+    COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, Globals,
+    IfaceConfig, L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest,
+    LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PEER_ISNS, MAX_PROBES,
+    NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PROBE_MARK, PathMtu, PeerIsn, ProbeKey, ProbeMark,
+    REFLECT_BYTES, REFLECT_MIN_MTU_V4, REFLECT_MIN_MTU_V6, REFLECT_QUOTE, ReflectEvent,
+    counter_index, global_flags, mss_for_mtu, peer_bytes, peer_cache_slot,
 };
 
 use crate::{
@@ -51,6 +51,11 @@ static WSLNET_NEW_DESTS: RingBuf = RingBuf::pinned(NEW_DESTS_BYTES, 0);
 /// keep the peer's MSS (see [`is_probe`]). Written by the agent.
 #[map(name = "WSLNET_PROBES")]
 static WSLNET_PROBES: HashMap<ProbeKey, ProbeMark> = HashMap::pinned(MAX_PROBES, 0);
+
+/// The initial sequence number of every peer that sent us a SYN or SYN-ACK (see
+/// `record_peer_isn`); least recently written forgotten first.
+#[map(name = "WSLNET_PEER_ISN")]
+static WSLNET_PEER_ISN: LruHashMap<FlowKey, PeerIsn> = LruHashMap::pinned(MAX_PEER_ISNS, 0);
 
 /// Oversize packets dropped for the agent to answer with an ICMP error (see `reflect`).
 #[map(name = "WSLNET_REFLECT")]
@@ -190,6 +195,8 @@ fn handle_ip<const F: u32>(
     let peer = packet::peer(&ip);
     if egress && flags & TCP_FLAG_ACK == 0 {
         learn(&ip, &peer, ifindex);
+    } else if !egress {
+        record_peer_isn(ctx, &ip, &peer);
     }
     match mss::find(ctx, ip.l4, ip.end, doff) {
         MssOption::Malformed => bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1),
@@ -215,6 +222,30 @@ fn handle_ip<const F: u32>(
         }
     }
     TC_ACT_UNSPEC
+}
+
+/// Records the initial sequence number of an arriving SYN or SYN-ACK by connection: when the
+/// path shrinks under a running download, the agent tells the peer with an ICMP error that must
+/// quote a sequence number inside the peer's window, and the peer's ISN plus what we received
+/// (`tcpi_bytes_received`) is exactly our acknowledgement. Only handshakes pay for it.
+#[inline(always)]
+fn record_peer_isn(ctx: &TcContext, ip: &Ip, peer: &Peer) {
+    let (Some(ports), Some(seq)) = (
+        packet::read::<[u16; 2]>(ctx, ip.l4),
+        packet::read::<u32>(ctx, ip.l4 + mss::TCP_SEQ_OFFSET),
+    ) else {
+        return;
+    };
+    let key = FlowKey {
+        family: ip.family,
+        peer_port_be: ports[0],
+        local_port_be: ports[1],
+        addr: peer_bytes(peer),
+    };
+    let value = PeerIsn {
+        isn: u32::from_be(seq),
+    };
+    let _ = WSLNET_PEER_ISN.insert(&key, &value, 0);
 }
 
 /// True when an arriving SYN-ACK answers one of the agent's TCP probes (its source and

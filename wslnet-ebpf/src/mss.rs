@@ -12,6 +12,8 @@ use crate::packet;
 pub const TCP_HDR_LEN: usize = 20;
 /// Most bytes of TCP options (data offset 15).
 pub const MAX_OPTION_BYTES: usize = 40;
+/// Offset of the sequence number inside the TCP header.
+pub const TCP_SEQ_OFFSET: usize = 4;
 /// Offset of the destination port inside the TCP header.
 pub const TCP_DPORT_OFFSET: usize = 2;
 /// Offset of the checksum inside the TCP header.

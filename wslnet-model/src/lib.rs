@@ -20,9 +20,11 @@
 //!    `oversize_df`. When that path MTU comes from a clamp entry (not the interface default), is
 //!    at least 552 (IPv4) / 1280 (IPv6), and [`Globals::flags`] has `REFLECT`, the packet is also
 //!    `reflected`: dropped (`TC_ACT_SHOT`) and handed to the agent with its first 128 bytes from
-//!    the IP header on (when it has that many); nothing else happens to it.
+//!    the IP header on (when it has that many); nothing else happens to it. The agent's own probes
+//!    (`PROBE_MARK`) are never dropped; the model's inputs carry no mark.
 //! 4. TCP: a header shorter than 20 bytes inside the packet is `unparseable`. SYN set, RST
-//!    clear: `syn` (pure egress SYNs are learned). Data offset below 5, the header past the packet
+//!    clear: `syn` (pure egress SYNs are learned; an arriving SYN or SYN-ACK records the peer's
+//!    initial sequence number for its connection). Data offset below 5, the header past the packet
 //!    or a malformed option list (length below 2, past the header, MSS length not 4) is
 //!    `unparseable`; no MSS option before EOL / the header end is `no_mss`; otherwise the first MSS
 //!    option is compared with path MTU - 40 (IPv4) / - 60 (IPv6) for the peer (destination on
@@ -36,7 +38,7 @@
 
 use std::net::IpAddr;
 
-pub use wslnet_common::{Counters, Globals, IfaceConfig, LearnedKey};
+pub use wslnet_common::{Counters, FlowKey, Globals, IfaceConfig, LearnedKey};
 use wslnet_common::{FAMILY_V4, FAMILY_V6, REFLECT_QUOTE, global_flags};
 
 /// The tc verdict of every packet but a reflected one: `TC_ACT_UNSPEC`.
@@ -204,6 +206,9 @@ pub struct Outcome {
     pub rewrite: Option<(u16, u16)>,
     /// A dropped oversize packet handed to the agent: the MTU to name and the quoted bytes.
     pub reflect: Option<Reflect>,
+    /// The peer's initial sequence number recorded for its connection (arriving SYNs and
+    /// SYN-ACKs).
+    pub peer_isn: Option<(FlowKey, u32)>,
 }
 
 /// What the datapath tells the agent of a reflected packet.
@@ -432,6 +437,7 @@ pub fn run(tables: &Tables, input: Input<'_>) -> Outcome {
         learned: None,
         rewrite: None,
         reflect: None,
+        peer_isn: None,
     };
     let mut delta = Counters::default();
     let family = match network_layer(input.frame, cfg.l3_offset, input.dir) {
@@ -522,6 +528,27 @@ fn transport(
             family: ip.family,
             addr,
         });
+    } else if input.dir == Direction::Ingress {
+        let mut addr = [0u8; 16];
+        match ip.peer {
+            IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
+        }
+        let port = |at: usize| u16::from_ne_bytes([frame[at], frame[at + 1]]);
+        out.peer_isn = Some((
+            FlowKey {
+                family: ip.family,
+                peer_port_be: port(ip.l4),
+                local_port_be: port(ip.l4 + 2),
+                addr,
+            },
+            u32::from_be_bytes([
+                frame[ip.l4 + 4],
+                frame[ip.l4 + 5],
+                frame[ip.l4 + 6],
+                frame[ip.l4 + 7],
+            ]),
+        ));
     }
     let hdr_len = usize::from(frame[ip.l4 + 12] >> 4) * 4;
     if hdr_len < TCP_MIN_HLEN || ip.l4 + hdr_len > ip.end {
