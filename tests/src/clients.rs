@@ -14,6 +14,52 @@ use crate::{
     netns::Netns,
 };
 
+/// The rate [`paced_download`] reads at, bytes a second.
+pub const PACED_RATE: u32 = 150_000;
+
+/// Downloads the lab's HTTP file from `host` (one of `srv`'s addresses) in namespace `from`,
+/// through a 16 KB receive buffer read at [`PACED_RATE`]: the server can only send as fast as it
+/// is read, so the transfer runs for seconds (about 2.7 s for the 400 KB file) and a path that
+/// changes meanwhile changes under it. Returns whether the whole body arrived within `limit`,
+/// and how long it took.
+pub fn paced_download(
+    from: &Netns,
+    http: &HttpServer,
+    host: IpAddr,
+    limit: Duration,
+) -> (bool, Duration) {
+    let family = if host.is_ipv4() {
+        "AF_INET"
+    } else {
+        "AF_INET6"
+    };
+    let script = format!(
+        "timeout {limit} python3 -c '
+import socket, time
+s = socket.socket(socket.{family}, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+s.connect((\"{host}\", {port}))
+s.sendall(b\"GET {path} HTTP/1.0\\r\\nHost: srv\\r\\n\\r\\n\")
+data, start = b\"\", time.time()
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+    time.sleep(max(0.0, start + len(data) / {PACED_RATE} - time.time()))
+print(\"done\", len(data.split(b\"\\r\\n\\r\\n\", 1)[1]))
+'",
+        limit = limit.as_secs().max(1),
+        port = http.port,
+        path = http.path,
+    );
+    let start = Instant::now();
+    let out = from.sh_output(&script);
+    let done = out
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == format!("done {}", http.size));
+    (done, start.elapsed())
+}
+
 /// The servers of a lab started for the clients.
 pub struct Servers {
     /// HTTP on port 8080 serving a 400 KB file.

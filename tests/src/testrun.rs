@@ -297,6 +297,42 @@ impl Harness {
         self.run_raw_marked(dir, frame, gso_size, 0)
     }
 
+    /// The program of a hook, with its name.
+    fn program(&self, dir: Direction) -> Result<(&'static str, &SchedClassifier)> {
+        let name = match dir {
+            Direction::Ingress => program_names::INGRESS,
+            Direction::Egress => program_names::EGRESS,
+        };
+        let prog = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        Ok((name, prog))
+    }
+
+    /// Runs the program of `dir` on `frame` `repeat` times in the kernel and returns the
+    /// verdict and the kernel's mean time per run (the skb is built once: repetitions after the
+    /// first see the frame as the previous one left it).
+    pub fn time_run(
+        &self,
+        dir: Direction,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration)> {
+        let (name, prog) = self.program(dir)?;
+        let mut out = vec![0u8; frame.len() + 512];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}, repeat {repeat}"))?;
+        Ok((res.return_value as i32, res.duration))
+    }
+
     /// [`Harness::run_raw`] with `skb->mark` set to `mark`.
     pub fn run_raw_marked(
         &self,
@@ -308,15 +344,7 @@ impl Harness {
         if frame.len() < 14 {
             bail!("BPF_PROG_TEST_RUN needs at least an Ethernet header (14 bytes)");
         }
-        let name = match dir {
-            Direction::Ingress => program_names::INGRESS,
-            Direction::Egress => program_names::EGRESS,
-        };
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .with_context(|| format!("program {name} missing"))?
-            .try_into()?;
+        let (name, prog) = self.program(dir)?;
         let mut ctx = [0u8; SKB_CTX_LEN];
         ctx[SKB_CTX_GSO_SIZE..SKB_CTX_GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
         ctx[SKB_CTX_MARK..SKB_CTX_MARK + 4].copy_from_slice(&mark.to_ne_bytes());

@@ -8,10 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use wslnet_agent::reflect::ErrorKind;
 use wslnet_tests::{
     agent::{Agent, sample},
     clients::{self, Client, Servers},
-    lab::{HttpServer, Lab, LabConfig},
+    lab::{Lab, LabConfig},
     netns::{Bpffs, Netns, require_root},
     packets,
 };
@@ -38,36 +39,6 @@ s.shutdown(socket.SHUT_WR)
 assert s.recv(1) == b\"\"
 print(\"done\", sent)
 '"
-    )
-}
-
-/// Downloads the lab's HTTP file from `host` through a 16 KB receive buffer, reading at about
-/// 150 KB/s; prints `done BYTES` (the body's size) at the end of the response. Killed by
-/// `timeout` after `limit` seconds.
-fn download_script(host: IpAddr, http: &HttpServer, limit: u32) -> String {
-    let family = if host.is_ipv4() {
-        "AF_INET"
-    } else {
-        "AF_INET6"
-    };
-    format!(
-        "timeout {limit} python3 -c '
-import socket, time
-s = socket.socket(socket.{family}, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-s.connect((\"{host}\", {port}))
-s.sendall(b\"GET {path} HTTP/1.0\\r\\nHost: srv\\r\\n\\r\\n\")
-data, start = b\"\", time.time()
-while True:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    data += chunk
-    time.sleep(max(0.0, start + len(data) / 150000 - time.time()))
-print(\"done\", len(data.split(b\"\\r\\n\\r\\n\", 1)[1]))
-'",
-        port = http.port,
-        path = http.path,
     )
 }
 
@@ -117,11 +88,37 @@ fn cached_mtu(ns: &Netns, host: IpAddr) -> Option<u16> {
 /// completes. With `--no-reflect` the same upload stalls until its time limit.
 #[test]
 fn an_upload_running_when_the_path_shrinks_completes() {
+    across_a_shrink(
+        "upload",
+        ErrorKind::Local,
+        |lab| lab.start_tcp_sink(SINK_PORT),
+        |lab, host, limit| {
+            let started = Instant::now();
+            let out = lab
+                .wsl
+                .sh_output(&upload_script(host, 3 << 20, 3.0, limit.as_secs() as u32));
+            let done = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("done"));
+            (done, started.elapsed())
+        },
+    );
+}
+
+/// For IPv4 and IPv6, with reflection and without: the lab at 1500 with what `serve` starts in
+/// `srv`, the agent measuring `srv` first (so that the connection starts at full size),
+/// `transfer` started and the path shrunk to 1372 under it 0.8 s later. The transfer must
+/// complete exactly when reflection is on, and errors of `kind` be sent exactly then.
+fn across_a_shrink(
+    what: &str,
+    kind: ErrorKind,
+    serve: impl Fn(&Lab) -> anyhow::Result<()>,
+    transfer: impl Fn(&Lab, IpAddr, Duration) -> (bool, Duration) + Sync,
+) {
     require_root();
+    let limit = Duration::from_secs(15);
     for v6 in [false, true] {
         for reflect in [true, false] {
             let lab = Lab::new(1500).unwrap();
-            lab.start_tcp_sink(SINK_PORT).unwrap();
+            serve(&lab).unwrap();
             let fs = Bpffs::new().unwrap();
             let host = lab.srv_addr(v6);
             let target = host.to_string();
@@ -130,46 +127,38 @@ fn an_upload_running_when_the_path_shrinks_completes() {
                 args.push("--no-reflect");
             }
             let agent = Agent::start(&lab.wsl, &fs, &args).unwrap();
-            // Measured first, so that the upload's SYN carries the full MSS (1460 / 1440).
             agent
                 .wait_for_clamp(host, 1500, Duration::from_secs(30))
                 .unwrap();
-            let limit = 15;
-            let started = Instant::now();
-            let (done, shrunk_at) = std::thread::scope(|s| {
-                let upload =
-                    s.spawn(|| lab.wsl.sh_output(&upload_script(host, 3 << 20, 3.0, limit)));
+            let ((done, took), shrunk_at) = std::thread::scope(|s| {
+                let started = Instant::now();
+                let run = s.spawn(|| transfer(&lab, host, limit));
                 std::thread::sleep(Duration::from_millis(800));
                 lab.set_bottleneck(1372).unwrap();
                 let shrunk_at = started.elapsed();
-                let out = upload.join().unwrap().unwrap();
-                (
-                    String::from_utf8_lossy(&out.stdout).contains("done"),
-                    shrunk_at,
-                )
+                (run.join().unwrap(), shrunk_at)
             });
-            let m = agent.metrics().unwrap();
             let family = if v6 { "ipv6" } else { "ipv4" };
             let sent = sample(
-                &m,
+                &agent.metrics().unwrap(),
                 "wslnet_icmp_errors_sent_total",
-                &[("family", family), ("kind", "local")],
+                &[("family", family), ("kind", kind.label())],
             )
             .unwrap();
             eprintln!(
-                "{host} reflect={reflect}: upload done={done} after {:?} (shrunk at {shrunk_at:?}), \
-                 {sent} ICMP errors sent",
-                started.elapsed()
+                "{host} reflect={reflect}: {what} done={done} in {took:?} (shrunk at \
+                 {shrunk_at:?}), {sent} errors of kind {}",
+                kind.label()
             );
             if reflect {
                 assert!(
                     done,
-                    "the upload should complete; log:\n{}",
+                    "the {what} should complete; log:\n{}",
                     agent.daemon.log()
                 );
                 assert!(sent >= 1.0);
             } else {
-                assert!(!done, "without reflection the upload should stall");
+                assert!(!done, "without reflection the {what} should stall");
                 assert_eq!(sent, 0.0);
             }
         }
@@ -410,64 +399,19 @@ fn icmp_frames(pcap: &[u8]) -> Vec<Vec<u8>> {
 /// until its time limit.
 #[test]
 fn a_download_running_when_the_path_shrinks_completes() {
-    require_root();
-    for v6 in [false, true] {
-        for reflect in [true, false] {
-            let lab = Lab::new(1500).unwrap();
-            let http = lab.start_http(8080).unwrap();
-            let fs = Bpffs::new().unwrap();
-            let host = lab.srv_addr(v6);
-            let target = host.to_string();
-            let mut args = vec!["--iface", "eth0", "--target", &target];
-            if !reflect {
-                args.push("--no-reflect");
-            }
-            let agent = Agent::start(&lab.wsl, &fs, &args).unwrap();
-            agent
-                .wait_for_clamp(host, 1500, Duration::from_secs(30))
-                .unwrap();
-            let limit = 15;
-            let started = Instant::now();
-            let (got, shrunk_at) = std::thread::scope(|s| {
-                // 400 KB read at 150 KB/s through a 16 KB receive buffer: the server can only
-                // send as fast as it is read, so the transfer runs for about 2.7 s.
-                let download = s.spawn(|| lab.wsl.sh_output(&download_script(host, &http, limit)));
-                std::thread::sleep(Duration::from_millis(800));
-                lab.set_bottleneck(1372).unwrap();
-                let shrunk_at = started.elapsed();
-                let out = download.join().unwrap().unwrap();
-                (
-                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
-                    shrunk_at,
-                )
-            });
-            let done = got == format!("done {}", http.size);
-            let m = agent.metrics().unwrap();
-            let family = if v6 { "ipv6" } else { "ipv4" };
-            let told = sample(
-                &m,
-                "wslnet_icmp_errors_sent_total",
-                &[("family", family), ("kind", "peer")],
-            )
-            .unwrap();
-            eprintln!(
-                "{host} reflect={reflect}: download {got:?}, done={done} after {:?} \
-                 (shrunk at {shrunk_at:?}), the server told {told} times",
-                started.elapsed()
-            );
-            if reflect {
-                assert!(
-                    done,
-                    "the download should complete; log:\n{}",
-                    agent.daemon.log()
-                );
-                assert!(told >= 1.0);
-            } else {
-                assert!(!done, "without reflection the download should stall");
-                assert_eq!(told, 0.0);
-            }
-        }
-    }
+    // Every lab's server has the same port, path and size: the first one's description serves.
+    let http = std::sync::OnceLock::new();
+    across_a_shrink(
+        "download",
+        ErrorKind::Peer,
+        |lab| {
+            let _ = http.set(lab.start_http(8080)?);
+            Ok(())
+        },
+        |lab, host, limit| {
+            clients::paced_download(&lab.wsl, http.get().expect("served"), host, limit)
+        },
+    );
 }
 
 /// A ZeroTier user's report: `zt*` at MTU 2800 over a 1000-byte path, the agent with its

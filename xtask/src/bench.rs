@@ -9,6 +9,8 @@
 //! - [`convergence`]: the prober's time and probes to the exact MTU in the black-hole lab, and
 //!   Linux's `tcp_mtu_probing=1` on a 256 KB download through the same black hole.
 //! - [`footprint`]: agent RSS and CPU idle and with 10000 learned destinations.
+//! - [`rescue`]: what a reflected oversize packet costs the datapath; first SYN to measured
+//!   clamp; a path that shrinks unseen to its first symptom and new clamp, a download across it.
 //!
 //! Nothing here asserts on timing: figures are reported, with the targets they are compared
 //! to. Everything runs in namespaces and a private bpffs created (and removed) by the bench.
@@ -23,6 +25,7 @@ mod convergence;
 mod footprint;
 mod perpacket;
 mod report;
+mod rescue;
 mod stats;
 mod throughput;
 
@@ -32,7 +35,8 @@ pub struct BenchArgs {
     /// Fewer rounds and shorter runs (about 3 minutes instead of about 10).
     #[arg(long)]
     pub quick: bool,
-    /// Run only these sections (repeatable): per-packet, throughput, convergence, footprint.
+    /// Run only these sections (repeatable): per-packet, throughput, convergence, footprint,
+    /// rescue.
     #[arg(long = "only", value_name = "SECTION")]
     pub only: Vec<String>,
     /// Directory for results.json and RESULTS.md [default: bench/ in the workspace].
@@ -51,6 +55,15 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The sections, in the order they run.
+const SECTIONS: [&str; 5] = [
+    "per-packet",
+    "throughput",
+    "convergence",
+    "footprint",
+    "rescue",
+];
+
 fn wants(args: &BenchArgs, section: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|s| s == section)
 }
@@ -62,8 +75,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("the benchmarks load BPF programs and create network namespaces: run them as root");
     }
     for s in &args.only {
-        if !["per-packet", "throughput", "convergence", "footprint"].contains(&s.as_str()) {
-            bail!("unknown section {s:?} (per-packet, throughput, convergence, footprint)");
+        if !SECTIONS.contains(&s.as_str()) {
+            bail!("unknown section {s:?} ({})", SECTIONS.join(", "));
         }
     }
     let root = workspace_root();
@@ -135,6 +148,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             footprint::Settings::quick()
         } else {
             footprint::Settings::full()
+        })?;
+    }
+    if wants(&args, "rescue") {
+        step("reaction and rescue (reflection cost, first contact, a shrink under a download)");
+        results["rescue"] = rescue::run(if args.quick {
+            rescue::Settings::quick()
+        } else {
+            rescue::Settings::full()
         })?;
     }
     results["load_average"] = json!({"before": load_before, "after": sh_out("cat /proc/loadavg")});

@@ -4,8 +4,9 @@
 //! shows an HTTP download, a TLS handshake and an SSH key exchange from `wsl` stalling, starts
 //! `wslnet-agent` in `wsl` as it runs at boot (no target, no configuration), shows the three
 //! clients passing on their first contact with the server, then the path MTUs the agent
-//! measured from their SYNs, prints an excerpt of `/metrics`, and removes everything. Ctrl-C
-//! at any point removes everything too.
+//! measured from their SYNs, then a download that survives the tunnel narrowing under it (no
+//! event inside `wsl`), prints an excerpt of `/metrics`, and removes everything. Ctrl-C at any
+//! point removes everything too.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -23,7 +24,7 @@ use wslnet_tests::{
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Steps the demo shows.
-const STEPS: u32 = 6;
+const STEPS: u32 = 7;
 
 /// `demo` arguments.
 #[derive(clap::Args, Debug)]
@@ -175,11 +176,43 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
         check_interrupt()?;
     }
 
-    step(6, "an excerpt of wslnet-agent's /metrics");
+    step(
+        6,
+        "the VPN narrows again (1372 -> 1300) while a download runs, nothing visible in wsl",
+    );
+    let host = lab.srv_addr(false);
+    let ((done, took), narrowed) = std::thread::scope(|s| {
+        let download = s.spawn(|| {
+            clients::paced_download(&lab.wsl, &servers.http, host, Duration::from_secs(30))
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let narrowed = lab.set_bottleneck(1300);
+        (download.join().expect("download thread"), narrowed)
+    });
+    narrowed?;
+    if done {
+        println!(
+            "      {:<46} IPv4  \x1b[32mcompleted\x1b[0m in {:.2} s: the stall re-measured the path and \
+             the server was told 1300",
+            "download running at the change (400 KB, paced)",
+            took.as_secs_f64()
+        );
+    } else {
+        println!(
+            "      {:<46} IPv4  \x1b[31mstalled\x1b[0m ({:.1} s)",
+            "download running at the change (400 KB, paced)",
+            took.as_secs_f64()
+        );
+    }
+    check_interrupt()?;
+
+    step(7, "an excerpt of wslnet-agent's /metrics");
     let metrics = agent.metrics()?;
     for line in metrics.lines().filter(|l| {
         !l.starts_with('#')
             && (l.starts_with("wslnet_probe_searches_total")
+                || l.starts_with("wslnet_symptom_rechecks_total")
+                || l.starts_with("wslnet_icmp_errors_sent_total")
                 || l.starts_with("wslnet_interface_attached")
                 || ((l.starts_with("wslnet_mss_clamped_total")
                     || l.starts_with("wslnet_tcp_syn_packets_total"))
@@ -192,7 +225,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     drop(lab);
     println!("\nlab removed; nothing outside its namespaces was touched.");
     let stalled = without.iter().all(|o| !o.ok && o.timed_out);
-    let fixed = with.iter().all(|o| o.ok);
+    let fixed = with.iter().all(|o| o.ok) && done;
     match (stalled, fixed) {
         (true, true) => {
             println!(

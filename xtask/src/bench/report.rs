@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-fn num(v: &Value, digits: usize) -> String {
+pub fn num(v: &Value, digits: usize) -> String {
     match v.as_f64() {
         Some(x) if x.is_finite() => format!("{x:.digits$}"),
         _ => "-".into(),
@@ -86,6 +86,7 @@ pub fn markdown(r: &Value) -> String {
     throughput(&mut md, &r["throughput"]);
     convergence(&mut md, &r["convergence"]);
     footprint(&mut md, &r["footprint"]);
+    super::rescue::markdown(&mut md, &r["rescue"]);
     let _ = writeln!(md, "## Method\n");
     for line in METHOD {
         let _ = writeln!(md, "- {line}");

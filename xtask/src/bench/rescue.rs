@@ -1,0 +1,298 @@
+//! Reaction and rescue: what answering an oversize packet costs the datapath, and how long the
+//! agent takes, in the black-hole lab, from a destination's first SYN to its measured clamp and
+//! from a path that shrinks unseen to its new clamp (and to the first symptom it reacted to),
+//! with the download running across the shrink.
+//!
+//! Figures are reported, never asserted; the tests assert the behaviour.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::{Value, json};
+use wslnet_common::{FAMILY_V4, IfaceConfig, global_flags};
+use wslnet_model::{Clamp, Direction, Tables};
+use wslnet_tests::{
+    agent::{Agent, sample},
+    clients::{self, Client, Servers},
+    lab::Lab,
+    netns::{Bpffs, wait_until},
+    packets as p,
+    testrun::{Harness, TEST_IFINDEX},
+};
+
+use super::stats::Summary;
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Interleaved rounds of the reflection cost (reflection off, then on).
+    pub rounds: usize,
+    /// Runs per `BPF_PROG_TEST_RUN` call: below the reflection ring's capacity, which is
+    /// drained after every call, so that every run pays for a record.
+    pub repeat: u32,
+    /// Labs built for the shrink figures (one shrink each).
+    pub shrinks: usize,
+}
+
+impl Settings {
+    /// About 30 s.
+    pub fn quick() -> Self {
+        Self {
+            rounds: 5,
+            repeat: 1000,
+            shrinks: 1,
+        }
+    }
+
+    /// About 90 s.
+    pub fn full() -> Self {
+        Self {
+            rounds: 31,
+            repeat: 1000,
+            shrinks: 5,
+        }
+    }
+}
+
+/// Measures everything; returns the JSON section `rescue`.
+pub fn run(s: Settings) -> Result<Value> {
+    Ok(json!({
+        "reflect_cost": reflect_cost(s)?,
+        "first_contact": first_contact()?,
+        "shrink": shrinks(s)?,
+    }))
+}
+
+/// Mean ns per run of a 1500-byte TCP segment over a 1372 clamp entry, egress: counted only
+/// (reflection off), and dropped with a record for the agent (reflection on), round by round.
+fn reflect_cost(s: Settings) -> Result<Value> {
+    let mut h = Harness::new().context("loading the datapath")?;
+    let mut tables = Tables {
+        ifaces: vec![(
+            TEST_IFINDEX,
+            IfaceConfig {
+                slot: 1,
+                l3_offset: 14,
+                ..IfaceConfig::default()
+            },
+        )],
+        clamps: vec![Clamp {
+            addr: p::addr::REMOTE4.into(),
+            prefix_len: 16,
+            mtu: 1372,
+        }],
+        ..Tables::default()
+    };
+    let mut seg = p::Tcp::new(p::flags::ACK, vec![]);
+    seg.payload = vec![0xab; 1500 - 40];
+    let frame = p::tcp4_frame(p::addr::LOCAL4, p::addr::REMOTE4, &seg);
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..s.rounds {
+        for reflect in [false, true] {
+            tables.globals.flags = if reflect { global_flags::REFLECT } else { 0 };
+            h.set_tables(&tables)?;
+            let (verdict, per_run) = h.time_run(Direction::Egress, &frame, s.repeat)?;
+            let records = h.reflected().len();
+            ensure!(
+                verdict
+                    == if reflect {
+                        wslnet_model::TC_ACT_SHOT
+                    } else {
+                        -1
+                    },
+                "reflect={reflect}: verdict {verdict}"
+            );
+            ensure!(
+                records == if reflect { s.repeat as usize } else { 0 },
+                "reflect={reflect}: {records} records for {} runs",
+                s.repeat
+            );
+            let ns = per_run.as_nanos() as f64;
+            if reflect { on.push(ns) } else { off.push(ns) }
+        }
+    }
+    let added: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a - b).collect();
+    Ok(json!({
+        "counted_only_ns": Summary::of(&off).json(1),
+        "dropped_and_recorded_ns": Summary::of(&on).json(1),
+        "added_ns": Summary::of(&added).json(1),
+        "family": FAMILY_V4,
+    }))
+}
+
+/// Polls `f` every 10 ms for up to 30 s; the time it first held.
+fn time_until(from: Instant, what: &str, mut f: impl FnMut() -> bool) -> Result<Duration> {
+    wait_until(Duration::from_secs(30), what, || {
+        std::thread::sleep(Duration::from_millis(10));
+        f().then(|| from.elapsed())
+    })
+}
+
+/// The probed clamp `agent` holds for `host` alone, if any.
+fn clamp_of(agent: &Agent, host: std::net::IpAddr) -> Option<u64> {
+    let net = format!("{host}/{}", if host.is_ipv4() { 32 } else { 128 });
+    agent.status().ok()?["clamps"]
+        .as_array()?
+        .iter()
+        .find(|c| c["net"] == net.as_str())
+        .and_then(|c| c["mtu"].as_u64())
+}
+
+/// From a new destination's first SYN (a connection started by a client) to its measured clamp,
+/// for the six addresses of the lab behind a 1372 tunnel, the agent as run at boot.
+fn first_contact() -> Result<Value> {
+    let lab = Lab::new(1372)?;
+    let servers = Servers::start(&lab)?;
+    let fs = Bpffs::new()?;
+    let agent = Agent::start(&lab.wsl, &fs, &[])?;
+    let mut ms = Vec::new();
+    for host in lab.srv_addrs(false).into_iter().chain(lab.srv_addrs(true)) {
+        let t = Instant::now();
+        std::thread::scope(|s| -> Result<()> {
+            let client = s.spawn(|| {
+                clients::run_from(
+                    &lab.wsl,
+                    &servers,
+                    Client::Http,
+                    host,
+                    Duration::from_secs(20),
+                )
+            });
+            let took = time_until(t, "a measured clamp", || {
+                clamp_of(&agent, host) == Some(1372)
+            })?;
+            ms.push(took.as_secs_f64() * 1000.0);
+            let o = client.join().expect("client thread");
+            ensure!(o.ok, "first contact with {host} failed: {}", o.detail);
+            Ok(())
+        })?;
+    }
+    Ok(json!({ "ms": Summary::of(&ms).json(0) }))
+}
+
+/// A path that shrinks from 1500 to 1372 under a running download, nothing visible in the VM:
+/// time to the first symptom the agent acted on, from it to the new clamp, and whether (and
+/// when) the download completed.
+fn shrinks(s: Settings) -> Result<Value> {
+    let (mut to_symptom, mut symptom_to_clamp, mut to_clamp, mut download) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut completed = 0;
+    for _ in 0..s.shrinks {
+        let lab = Lab::new(1500)?;
+        let http = lab.start_http(8080)?;
+        let fs = Bpffs::new()?;
+        let host = lab.srv_addr(false);
+        let target = host.to_string();
+        let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0", "--target", &target])?;
+        time_until(Instant::now(), "the first measurement", || {
+            clamp_of(&agent, host) == Some(1500)
+        })?;
+        let symptoms = || {
+            let m = agent.metrics().unwrap_or_default();
+            ["waiting", "stopped", "retransmitting"]
+                .iter()
+                .filter_map(|k| sample(&m, "wslnet_symptom_rechecks_total", &[("kind", k)]))
+                .sum::<f64>()
+        };
+        let ((done, took), shrink) = std::thread::scope(|sc| -> Result<_> {
+            let run = sc
+                .spawn(|| clients::paced_download(&lab.wsl, &http, host, Duration::from_secs(20)));
+            std::thread::sleep(Duration::from_millis(800));
+            lab.set_bottleneck(1372)?;
+            let shrunk = Instant::now();
+            let symptom = time_until(shrunk, "a symptom", || symptoms() >= 1.0)?;
+            let clamped = time_until(shrunk, "the new clamp", || {
+                clamp_of(&agent, host) == Some(1372)
+            })?;
+            Ok((run.join().expect("download thread"), (symptom, clamped)))
+        })?;
+        to_symptom.push(shrink.0.as_secs_f64() * 1000.0);
+        to_clamp.push(shrink.1.as_secs_f64() * 1000.0);
+        symptom_to_clamp.push((shrink.1.as_secs_f64() - shrink.0.as_secs_f64()) * 1000.0);
+        if done {
+            completed += 1;
+            download.push(took.as_secs_f64());
+        }
+    }
+    Ok(json!({
+        "shrink_to_symptom_ms": Summary::of(&to_symptom).json(0),
+        "symptom_to_clamp_ms": Summary::of(&symptom_to_clamp).json(0),
+        "shrink_to_clamp_ms": Summary::of(&to_clamp).json(0),
+        "downloads_completed": completed,
+        "downloads": s.shrinks,
+        "download_s": Summary::of(&download).json(2),
+        "nominal_download_s": super::stats::round(
+            400.0 * 1024.0 / f64::from(clients::PACED_RATE),
+            2
+        ),
+    }))
+}
+
+/// The RESULTS.md section of [`run`]'s JSON.
+pub fn markdown(md: &mut String, r: &Value) {
+    use std::fmt::Write as _;
+    if r.is_null() {
+        return;
+    }
+    let med = |v: &Value| super::report::num(&v["median"], 1);
+    let range = |v: &Value| {
+        format!(
+            "{}-{}",
+            super::report::num(&v["min"], 1),
+            super::report::num(&v["max"], 1)
+        )
+    };
+    let c = &r["reflect_cost"];
+    let f = &r["first_contact"]["ms"];
+    let sh = &r["shrink"];
+    let _ = writeln!(md, "## Reaction and rescue\n");
+    let _ = writeln!(md, "| figure | median | range | n |\n|---|---|---|---|");
+    for (label, v) in [
+        (
+            "1500 B over a 1372 entry, counted only (reflection off), ns/run",
+            &c["counted_only_ns"],
+        ),
+        (
+            "the same, dropped with a record for the agent (reflection on), ns/run",
+            &c["dropped_and_recorded_ns"],
+        ),
+        (
+            "what a reflected packet adds, ns (paired rounds)",
+            &c["added_ns"],
+        ),
+        (
+            "first SYN to measured clamp, ms (1372 tunnel, 6 new addresses)",
+            f,
+        ),
+        (
+            "path shrinks unseen -> first symptom acted on, ms",
+            &sh["shrink_to_symptom_ms"],
+        ),
+        ("first symptom -> new clamp, ms", &sh["symptom_to_clamp_ms"]),
+        (
+            "path shrinks unseen -> new clamp, ms",
+            &sh["shrink_to_clamp_ms"],
+        ),
+        (
+            "paced download running across the shrink, s to complete",
+            &sh["download_s"],
+        ),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} |",
+            med(v),
+            range(v),
+            super::report::num(&v["n"], 0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nDownloads completed across the shrink: {} of {} (nominal length {} s at the paced \
+         rate). The agent's ICMP error itself is sent from user space (a raw socket), outside \
+         these figures.\n",
+        sh["downloads_completed"],
+        sh["downloads"],
+        super::report::num(&sh["nominal_download_s"], 2)
+    );
+}
