@@ -206,7 +206,10 @@ fn worker(
         }
         let (frame, retval) = harness.run_raw(case.dir, &case.frame, case.gso_size)?;
         let reflected = harness.reflected();
-        let peer_isn = model.peer_isn.and_then(|(k, _)| harness.peer_isn(&k));
+        let peer_isns = model
+            .peer_isn
+            .map(|(k, _)| harness.peer_isns(&k))
+            .unwrap_or_default();
         let mut moved = BTreeMap::new();
         for (i, &row) in rows.iter().enumerate() {
             let family = if i == 0 { FAMILY_V4 } else { FAMILY_V6 };
@@ -221,7 +224,7 @@ fn worker(
             retval,
             moved,
             reflected,
-            peer_isn,
+            peer_isns,
         };
         report.packets += 1;
         if let Some(m) = &model.counters {
@@ -319,9 +322,9 @@ pub struct Observed {
     pub moved: BTreeMap<u32, Counters>,
     /// What it handed to the agent's reflection ring.
     pub reflected: Vec<wslnet_common::ReflectEvent>,
-    /// The peer ISN it holds for the connection the model says it recorded (None when the
-    /// model recorded nothing).
-    pub peer_isn: Option<u32>,
+    /// The peer ISNs its CPUs hold for the connection the model says it recorded (empty when
+    /// the model recorded nothing).
+    pub peer_isns: Vec<u32>,
 }
 
 /// `None` when the program did what the model says; else what differs.
@@ -366,10 +369,12 @@ pub fn compare(model: &Outcome, prog: &Observed) -> Option<String> {
             handed.iter().map(|(m, q)| (m, q.len())).collect::<Vec<_>>()
         ));
     }
-    if model.peer_isn.map(|(_, isn)| isn) != prog.peer_isn {
+    if let Some((_, isn)) = model.peer_isn
+        && !prog.peer_isns.contains(&isn)
+    {
         why.push(format!(
-            "peer ISN model {:?} program {:?}",
-            model.peer_isn, prog.peer_isn
+            "peer ISN model {isn} program {:?}",
+            prog.peer_isns
         ));
     }
     let expected: BTreeMap<u32, Counters> =

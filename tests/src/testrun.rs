@@ -221,7 +221,21 @@ impl Harness {
 
     /// The peer ISN the datapath recorded for `key`, if any.
     pub fn peer_isn(&self, key: &wslnet_common::FlowKey) -> Option<u32> {
-        self.maps.peer_isns.get(key, 0).ok().map(|v| v.isn)
+        self.maps.isn_of(key)
+    }
+
+    /// Every ISN any CPU holds for `key` (a test thread may have run on several).
+    pub fn peer_isns(&self, key: &wslnet_common::FlowKey) -> Vec<u32> {
+        let slot = wslnet_common::isn_slot(
+            &wslnet_common::peer_words(&key.addr),
+            key.peer_port_be,
+            key.local_port_be,
+        );
+        self.maps
+            .peer_isns
+            .get(&slot, 0)
+            .map(|v| v.iter().filter(|e| e.key == *key).map(|e| e.isn).collect())
+            .unwrap_or_default()
     }
 
     /// The packets handed to the agent since the last call (oldest first), as the agent reads

@@ -142,8 +142,8 @@ pub struct Maps {
     pub globals: Array<MapData, Globals>,
     /// The prober's TCP connections in flight, exempt from the ingress clamp.
     pub probes: HashMap<MapData, ProbeKey, ProbeMark>,
-    /// The initial sequence numbers of peers, by connection (LRU).
-    pub peer_isns: HashMap<MapData, FlowKey, PeerIsn>,
+    /// The initial sequence numbers of peers, per CPU, by [`wslnet_common::isn_slot`].
+    pub peer_isns: PerCpuArray<MapData, PeerIsn>,
     /// Whether the datapath drops oversize packets for the agent to answer
     /// ([`global_flags::REFLECT`]); written into [`Globals`] by [`Maps::refresh_floor`].
     pub reflect: bool,
@@ -188,7 +188,7 @@ impl Maps {
         let globals = Array::try_from(Map::Array(open_pin(pin_dir, map_names::GLOBALS)?))?;
         let probes = HashMap::try_from(Map::HashMap(open_pin(pin_dir, map_names::PROBES)?))?;
         let peer_isns =
-            HashMap::try_from(Map::LruHashMap(open_pin(pin_dir, map_names::PEER_ISN)?))?;
+            PerCpuArray::try_from(Map::PerCpuArray(open_pin(pin_dir, map_names::PEER_ISN)?))?;
         Ok(Self {
             clamp_v4,
             clamp_v6,
@@ -379,10 +379,18 @@ impl Maps {
     /// The initial sequence number of the peer `peer` of our connection from `local_port`, as
     /// the datapath saw it in the peer's SYN or SYN-ACK.
     pub fn peer_isn(&self, peer: std::net::SocketAddr, local_port: u16) -> Option<u32> {
-        self.peer_isns
-            .get(&flow_key(peer, local_port), 0)
-            .ok()
-            .map(|v| v.isn)
+        self.isn_of(&flow_key(peer, local_port))
+    }
+
+    /// The ISN recorded for `key` on any CPU, if its slot still holds it.
+    pub fn isn_of(&self, key: &FlowKey) -> Option<u32> {
+        let slot = wslnet_common::isn_slot(
+            &wslnet_common::peer_words(&key.addr),
+            key.peer_port_be,
+            key.local_port_be,
+        );
+        let per_cpu = self.peer_isns.get(&slot, 0).ok()?;
+        per_cpu.iter().find(|e| e.key == *key).map(|e| e.isn)
     }
 
     /// The global settings.

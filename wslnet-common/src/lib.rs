@@ -41,9 +41,12 @@ pub mod map_names {
     /// because its destination has a measured path MTU, for the agent to answer its sender
     /// with an ICMP error.
     pub const REFLECT: &str = "WSLNET_REFLECT";
-    /// LRU hash, key [`super::FlowKey`], value [`super::PeerIsn`]: the initial sequence number
-    /// of each peer that sent us a SYN or SYN-ACK, so that the agent can quote a sequence number
-    /// the peer's stack accepts when it tells the peer its segments are too big.
+    /// Per-CPU array of [`super::ISN_SLOTS`] [`super::PeerIsn`], indexed by
+    /// [`super::isn_slot`]: the initial sequence number of each peer that sent us a SYN or
+    /// SYN-ACK, so that the agent can quote a sequence number the peer's stack accepts when it
+    /// tells the peer its segments are too big. Direct-mapped: a later handshake on the same CPU
+    /// and slot replaces an older one (an array write costs the handshake a few ns, where a hash
+    /// insert cost it 150).
     pub const PEER_ISN: &str = "WSLNET_PEER_ISN";
     /// Every pinned map, in a fixed order (for pinning, adoption and `detach`).
     pub const ALL: [&str; 10] = [
@@ -65,9 +68,19 @@ pub mod program_names {
 pub const MAX_CLAMP_ENTRIES: u32 = 16_384;
 /// Entries in the learned-destination LRU map; the oldest are evicted beyond this.
 pub const MAX_LEARNED: u32 = 16_384;
-/// Entries in the peer-ISN LRU map: TCP connections whose peer can be told its segments are too
-/// big; the oldest handshakes are forgotten first.
-pub const MAX_PEER_ISNS: u32 = 16_384;
+/// Slots of the per-CPU peer-ISN array (a power of two): about this many recent handshakes per
+/// CPU can be rescued.
+pub const ISN_SLOTS: u32 = 1024;
+
+/// The slot of a connection in the peer-ISN array: its peer and its two ports (network byte
+/// order, as the packet carries them).
+#[inline(always)]
+pub const fn isn_slot(peer: &Peer, peer_port_be: u16, local_port_be: u16) -> u32 {
+    let ports = (peer_port_be as u64) | ((local_port_be as u64) << 16);
+    let x = peer[0] ^ peer[1] ^ (ports << 32) ^ ports;
+    let hash = ((x ^ (x >> 32)) as u32).wrapping_mul(0x9e37_79b1);
+    (hash >> 16) & (ISN_SLOTS - 1)
+}
 /// Entries in the probe-connection map: TCP probe connections in flight at once, all searches
 /// together (the agent runs at most 4 searches of 16 sizes x 2 copies).
 pub const MAX_PROBES: u32 = 1024;
@@ -377,8 +390,8 @@ pub struct ProbeKey {
     pub addr: [u8; 16],
 }
 
-/// Key of the peer-ISN map ([`map_names::PEER_ISN`]): one TCP connection as an arriving packet
-/// names it.
+/// One TCP connection as an arriving packet names it (the peer-ISN array's
+/// [`PeerIsn::key`]).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -392,12 +405,16 @@ pub struct FlowKey {
     pub addr: [u8; 16],
 }
 
-/// Value of the peer-ISN map.
+/// One slot of the peer-ISN array.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct PeerIsn {
+    /// The connection; all zero for an empty slot.
+    pub key: FlowKey,
     /// The sequence number of the peer's SYN (host byte order): its first data byte is this + 1.
     pub isn: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
 }
 
 /// Value of the probe-connection map: presence is what counts.
@@ -504,7 +521,7 @@ const _: () = assert!(core::mem::size_of::<LearnCacheEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<ProbeKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeMark>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
-const _: () = assert!(core::mem::size_of::<PeerIsn>() == 4);
+const _: () = assert!(core::mem::size_of::<PeerIsn>() == 32);
 
 #[cfg(test)]
 mod tests {

@@ -12,10 +12,10 @@ use aya_log_ebpf::debug;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, Globals,
     IfaceConfig, L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest,
-    LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PEER_ISNS, MAX_PROBES,
+    LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, ISN_SLOTS, MAX_PROBES,
     NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PROBE_MARK, PathMtu, PeerIsn, ProbeKey, ProbeMark,
     REFLECT_BYTES, REFLECT_MIN_MTU_V4, REFLECT_MIN_MTU_V6, REFLECT_QUOTE, ReflectEvent,
-    counter_index, global_flags, mss_for_mtu, peer_bytes, peer_cache_slot,
+    counter_index, global_flags, isn_slot, mss_for_mtu, peer_bytes, peer_cache_slot,
 };
 
 use crate::{
@@ -53,9 +53,9 @@ static WSLNET_NEW_DESTS: RingBuf = RingBuf::pinned(NEW_DESTS_BYTES, 0);
 static WSLNET_PROBES: HashMap<ProbeKey, ProbeMark> = HashMap::pinned(MAX_PROBES, 0);
 
 /// The initial sequence number of every peer that sent us a SYN or SYN-ACK (see
-/// `record_peer_isn`); least recently written forgotten first.
+/// `record_peer_isn`), per CPU, direct-mapped by `isn_slot`.
 #[map(name = "WSLNET_PEER_ISN")]
-static WSLNET_PEER_ISN: LruHashMap<FlowKey, PeerIsn> = LruHashMap::pinned(MAX_PEER_ISNS, 0);
+static WSLNET_PEER_ISN: PerCpuArray<PeerIsn> = PerCpuArray::pinned(ISN_SLOTS, 0);
 
 /// Oversize packets dropped for the agent to answer with an ICMP error (see `reflect`).
 #[map(name = "WSLNET_REFLECT")]
@@ -236,16 +236,22 @@ fn record_peer_isn(ctx: &TcContext, ip: &Ip, peer: &Peer) {
     ) else {
         return;
     };
-    let key = FlowKey {
-        family: ip.family,
-        peer_port_be: ports[0],
-        local_port_be: ports[1],
-        addr: peer_bytes(peer),
+    let Some(slot) = WSLNET_PEER_ISN.get_ptr_mut(isn_slot(peer, ports[0], ports[1])) else {
+        return;
     };
-    let value = PeerIsn {
-        isn: u32::from_be(seq),
+    // SAFETY: this CPU's slot, valid for the program's run; see `lpm_mtu`.
+    unsafe {
+        *slot = PeerIsn {
+            key: FlowKey {
+                family: ip.family,
+                peer_port_be: ports[0],
+                local_port_be: ports[1],
+                addr: peer_bytes(peer),
+            },
+            isn: u32::from_be(seq),
+            reserved: 0,
+        }
     };
-    let _ = WSLNET_PEER_ISN.insert(&key, &value, 0);
 }
 
 /// True when an arriving SYN-ACK answers one of the agent's TCP probes (its source and
