@@ -372,10 +372,7 @@ pub fn compare(model: &Outcome, prog: &Observed) -> Option<String> {
     if let Some((_, isn)) = model.peer_isn
         && !prog.peer_isns.contains(&isn)
     {
-        why.push(format!(
-            "peer ISN model {isn} program {:?}",
-            prog.peer_isns
-        ));
+        why.push(format!("peer ISN model {isn} program {:?}", prog.peer_isns));
     }
     let expected: BTreeMap<u32, Counters> =
         model.counters.iter().map(|m| (m.family, m.delta)).collect();

@@ -11,8 +11,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, Globals,
-    IfaceConfig, L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry, LearnedDest,
-    LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, ISN_SLOTS, MAX_PROBES,
+    ISN_SLOTS, IfaceConfig, L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry,
+    LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PROBES,
     NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PROBE_MARK, PathMtu, PeerIsn, ProbeKey, ProbeMark,
     REFLECT_BYTES, REFLECT_MIN_MTU_V4, REFLECT_MIN_MTU_V6, REFLECT_QUOTE, ReflectEvent,
     counter_index, global_flags, isn_slot, mss_for_mtu, peer_bytes, peer_cache_slot,
