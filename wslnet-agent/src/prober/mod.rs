@@ -100,8 +100,8 @@ pub struct SearchOptions {
     /// TCP port of the target for the fallback probe when ICMP echo gets no answer at all;
     /// `None` disables the fallback.
     pub tcp_port: Option<u16>,
-    /// Longest wait for the answers of one round (a round usually ends much earlier, at three
-    /// observed round trips after its last probe).
+    /// Longest wait for the answers of one round (a round usually ends much earlier: twice the
+    /// observed round trip, plus 15 ms, after its last probe).
     pub round_timeout: Duration,
     /// Extra copies of every probe in a round (against plain loss), and how many times a round
     /// that got no answer at all is repeated before the method gives up.
