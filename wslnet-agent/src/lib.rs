@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: packets -> datapath (`wslnet-ebpf`) -> maps ([`maps`]) -> agent ->
 //! metrics ([`metrics`]). The modules:
+//! - [`checksum`]: the Internet checksum of the ICMP packets the agent builds;
 //! - [`cli`]: the command line (`run`, `probe`, `status`, `check`, `detach`);
 //! - [`config`]: the TOML config file merged with CLI flags, validated;
 //! - [`maps`]: loading the datapath object and typed access to its maps and pins;
@@ -16,6 +17,7 @@
 //! - [`status`], [`check`]: the inspection commands.
 pub mod attach;
 pub mod check;
+pub mod checksum;
 pub mod cli;
 pub mod config;
 pub mod ifaces;

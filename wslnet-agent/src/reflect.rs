@@ -107,7 +107,7 @@ pub fn icmp_error(family: u32, quote: &[u8], mtu: u16) -> Option<IcmpError> {
             let mut icmp = vec![ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0];
             icmp.extend_from_slice(&mtu.to_be_bytes());
             icmp.extend_from_slice(quoted);
-            let sum = checksum(0, &icmp);
+            let sum = crate::checksum::internet(&icmp);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
             let total = (20 + icmp.len()) as u16;
             let mut ip = vec![0x45, TOS_NETWORK_CONTROL];
@@ -115,7 +115,7 @@ pub fn icmp_error(family: u32, quote: &[u8], mtu: u16) -> Option<IcmpError> {
             ip.extend_from_slice(&[0, 0, 0, 0, TTL, IPPROTO_ICMP, 0, 0]);
             ip.extend_from_slice(&dst.octets());
             ip.extend_from_slice(&src.octets());
-            let sum = checksum(0, &ip);
+            let sum = crate::checksum::internet(&ip);
             ip[10..12].copy_from_slice(&sum.to_be_bytes());
             ip.extend_from_slice(&icmp);
             Some(IcmpError {
@@ -133,13 +133,15 @@ pub fn icmp_error(family: u32, quote: &[u8], mtu: u16) -> Option<IcmpError> {
             let mut icmp = vec![ICMPV6_PKT_TOOBIG, 0, 0, 0];
             icmp.extend_from_slice(&u32::from(mtu).to_be_bytes());
             icmp.extend_from_slice(quote);
-            // Pseudo-header (RFC 8200 8.1): source, destination, length, next header.
-            let mut pseudo = Vec::with_capacity(40);
-            pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&src.octets());
-            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
-            let sum = checksum(sum_words(sum_words(0, &pseudo), &icmp), &[]);
+            // Summed over the pseudo-header (RFC 8200 8.1: source, destination, length, next
+            // header) and the message.
+            let mut summed = Vec::with_capacity(40 + icmp.len());
+            summed.extend_from_slice(&dst.octets());
+            summed.extend_from_slice(&src.octets());
+            summed.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            summed.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+            summed.extend_from_slice(&icmp);
+            let sum = crate::checksum::internet(&summed);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
             let mut ip = vec![0x60, 0, 0, 0];
             ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
@@ -178,7 +180,7 @@ pub fn peer_error(flow: &crate::symptoms::Flow, isn: u32, mtu: u16) -> Option<Ic
             ip.extend_from_slice(&[0, 0, 0x40, 0, TTL, IPPROTO_TCP, 0, 0]);
             ip.extend_from_slice(&peer.octets());
             ip.extend_from_slice(&local.octets());
-            let sum = checksum(0, &ip);
+            let sum = crate::checksum::internet(&ip);
             ip[10..12].copy_from_slice(&sum.to_be_bytes());
             (FAMILY_V4, ip)
         }
@@ -197,22 +199,6 @@ pub fn peer_error(flow: &crate::symptoms::Flow, isn: u32, mtu: u16) -> Option<Ic
     };
     quote.extend_from_slice(&tcp);
     icmp_error(family, &quote, mtu)
-}
-
-/// The one's-complement sum of `data` as big-endian 16-bit words, added to `acc` (unfolded).
-fn sum_words(acc: u32, data: &[u8]) -> u32 {
-    data.chunks(2).fold(acc, |a, c| {
-        a + u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
-    })
-}
-
-/// The Internet checksum (RFC 1071) of `data`, starting from the partial sum `acc`.
-fn checksum(acc: u32, data: &[u8]) -> u16 {
-    let mut s = sum_words(acc, data);
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
 }
 
 /// A token bucket per destination: `per_sec` errors a second, as many at once.

@@ -164,7 +164,7 @@ impl IcmpProber {
         }
         // Datagram sockets and ICMPv6 raw sockets get their checksum from the kernel.
         if self.raw && !self.v6() {
-            let c = checksum(&b);
+            let c = crate::checksum::internet(&b);
             b[2..4].copy_from_slice(&c.to_be_bytes());
         }
         b
@@ -387,34 +387,4 @@ fn sockaddr_ip(s: &SockaddrStorage) -> Option<IpAddr> {
         return Some(IpAddr::V4(a.ip()));
     }
     s.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
-}
-
-/// RFC 1071 Internet checksum.
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let (pairs, rest) = data.as_chunks::<2>();
-    for c in pairs {
-        sum += u32::from(u16::from_be_bytes(*c));
-    }
-    if let [b] = rest {
-        sum += u32::from(*b) << 8;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::checksum;
-
-    #[test]
-    fn checksum_of_a_known_echo_request() {
-        // type 8, code 0, id 0x1234, seq 1, payload "abcd"
-        let mut p = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, b'a', b'b', b'c', b'd'];
-        let c = checksum(&p);
-        p[2..4].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(checksum(&p), 0);
-    }
 }
