@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 /// which every IPv6 path carries and the tunnels WSL users meet (1280-1420) carry too. What a
 /// first connection pays over IPv4 (MSS 1240 instead of 1460): 18% more segments for the same
 /// data, and 99.5% of the payload per byte on the wire (1240/1280 against 1460/1500).
-pub const DEFAULT_FIRST_CONTACT_MTU: u16 = 1280;
+pub const DEFAULT_FIRST_CONTACT_MTU: u16 = MIN_MTU_V6;
 
 /// [`ProbeConfig::stall_after_ms`]'s default: a second without an answer is several round trips
 /// on any path a WSL user meets (a black hole never answers), yet short enough that the next
@@ -49,11 +49,10 @@ pub const DEFAULT_REFLECT_PER_SEC: u32 = 10;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wslnet/wslnet.toml";
 /// Default Prometheus endpoint: loopback only.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9786";
-/// Smallest IPv4 path MTU accepted in a clamp or found by a probe, bytes (RFC 879's 576 less
-/// the 24 bytes some tunnels take; the same floor as Linux's `min_pmtu` of 552).
-pub const MIN_MTU_V4: u16 = 552;
-/// Smallest IPv6 path MTU, bytes (RFC 8200).
-pub const MIN_MTU_V6: u16 = 1280;
+/// Smallest IPv4 path MTU accepted in a clamp or found by a probe, bytes.
+pub const MIN_MTU_V4: u16 = wslnet_common::MIN_PATH_MTU_V4;
+/// Smallest IPv6 path MTU, bytes.
+pub const MIN_MTU_V6: u16 = wslnet_common::MIN_PATH_MTU_V6;
 /// Largest path MTU accepted, bytes.
 pub const MAX_MTU: u16 = 65_535;
 

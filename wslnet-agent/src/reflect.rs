@@ -185,7 +185,7 @@ pub fn peer_error(flow: &crate::symptoms::Flow, isn: u32, mtu: u16) -> Option<Ic
             (FAMILY_V4, ip)
         }
         (IpAddr::V6(peer), IpAddr::V6(local)) => {
-            if mtu < wslnet_common::REFLECT_MIN_MTU_V6 {
+            if mtu < wslnet_common::MIN_PATH_MTU_V6 {
                 return None;
             }
             let mut ip = vec![0x60, 0, 0, 0];

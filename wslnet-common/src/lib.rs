@@ -452,11 +452,13 @@ pub mod global_flags {
     pub const REFLECT: u32 = 1 << 0;
 }
 
-/// Smallest path MTU an ICMP error may name for IPv4 (Linux's `min_pmtu`, RFC 1191's 576 less
-/// the usual margin): a smaller clamp entry is not reflected.
-pub const REFLECT_MIN_MTU_V4: u16 = 552;
-/// Smallest path MTU for IPv6 (RFC 8200): a smaller one in a packet-too-big is ignored.
-pub const REFLECT_MIN_MTU_V6: u16 = 1280;
+/// Smallest IPv4 path MTU wslnet believes, bytes: RFC 879's 576 less the 24 bytes some tunnels
+/// take, Linux's `min_pmtu`. The smallest a clamp may be set to, a search may find, and an ICMP
+/// error may name.
+pub const MIN_PATH_MTU_V4: u16 = 552;
+/// Smallest IPv6 path MTU, bytes: the IPv6 minimum link MTU (RFC 8200). Stacks ignore a
+/// packet-too-big naming less.
+pub const MIN_PATH_MTU_V6: u16 = 1280;
 
 /// The socket mark (`SO_MARK`, `skb->mark`) of the agent's own probe packets: never dropped for
 /// reflection, since a probe larger than the path MTU in force is how the agent finds out that

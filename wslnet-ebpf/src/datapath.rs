@@ -13,9 +13,9 @@ use wslnet_common::{
     COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, Globals,
     ISN_SLOTS, IfaceConfig, L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry,
     LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PROBES,
-    NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PROBE_MARK, PathMtu, PeerIsn, ProbeKey, ProbeMark,
-    REFLECT_BYTES, REFLECT_MIN_MTU_V4, REFLECT_MIN_MTU_V6, REFLECT_QUOTE, ReflectEvent,
-    counter_index, global_flags, isn_slot, mss_for_mtu, peer_bytes, peer_cache_slot,
+    MIN_PATH_MTU_V4, MIN_PATH_MTU_V6, NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PROBE_MARK, PathMtu,
+    PeerIsn, ProbeKey, ProbeMark, REFLECT_BYTES, REFLECT_QUOTE, ReflectEvent, counter_index,
+    global_flags, isn_slot, mss_for_mtu, peer_bytes, peer_cache_slot,
 };
 
 use crate::{
@@ -393,9 +393,9 @@ fn oversize(
     // per-CPU cache hit) on this rare path rather than threaded through the common one, whose
     // shape the verifier has accepted.
     let least = if ip.family == FAMILY_V4 {
-        REFLECT_MIN_MTU_V4
+        MIN_PATH_MTU_V4
     } else {
-        REFLECT_MIN_MTU_V6
+        MIN_PATH_MTU_V6
     };
     match lpm_mtu(ip.family, &peer, g.clamp_generation) {
         Some(entry) if entry >= least => {

@@ -46,11 +46,10 @@ use serde::Serialize;
 
 pub use cli::{ProbeArgs, run_cli};
 
-/// Default IPv4 floor (bytes): the smallest path MTU the prober considers (RFC 1191's 576
-/// minus the usual margin, as Linux's `min_pmtu`).
-pub const DEFAULT_MIN_MTU_V4: u16 = 552;
-/// IPv6 minimum link MTU (bytes, RFC 8200); the IPv6 lower bound.
-pub const MIN_MTU_V6: u16 = 1280;
+/// Default IPv4 floor (bytes): the smallest path MTU the prober considers.
+pub const DEFAULT_MIN_MTU_V4: u16 = wslnet_common::MIN_PATH_MTU_V4;
+/// IPv6 minimum link MTU (bytes); the IPv6 lower bound.
+pub const MIN_MTU_V6: u16 = wslnet_common::MIN_PATH_MTU_V6;
 /// Smallest IPv4 floor accepted (bytes, RFC 791).
 pub const MIN_MTU_V4_ABSOLUTE: u16 = 68;
 /// Sizes probed per round (the control size included).
