@@ -52,7 +52,8 @@ pub struct Metrics {
     dropped: IntCounterVec,
     /// `wslnet_icmp_errors_sent_total{interface,family,kind}`: ICMP "fragmentation needed" /
     /// "packet too big" the agent sent, messages; kind = local (to the local stack, for a
-    /// packet the datapath dropped).
+    /// packet the datapath dropped), peer (to the peer of a local connection whose segments are
+    /// too big for the path to us).
     pub icmp_errors: IntCounterVec,
     /// `wslnet_icmp_errors_limited_total{family}`: errors not sent because their destination's
     /// rate limit (`reflect_per_sec`) was spent, messages.
@@ -72,8 +73,8 @@ pub struct Metrics {
     /// `wslnet_probe_packets_total`: probe packets sent (searches and re-checks).
     pub probe_packets: IntCounter,
     /// `wslnet_symptom_rechecks_total{kind}`: re-measurements started at once by a stalled
-    /// local connection (kind = waiting, retransmitting), or by another destination of the
-    /// same interface found narrower (kind = sibling).
+    /// local connection (kind = waiting, stopped, retransmitting), or by another destination of
+    /// the same interface found narrower (kind = sibling).
     pub symptom_rechecks: IntCounterVec,
     /// `wslnet_clamp_entries{origin}`: entries in the clamp table; origin = static, probed.
     pub clamp_entries: IntGaugeVec,
@@ -147,7 +148,8 @@ impl Metrics {
                 &r,
                 "wslnet_icmp_errors_sent_total",
                 "ICMP fragmentation-needed / packet-too-big messages the agent sent, by kind \
-                 (local: to the local stack, for a packet the datapath dropped).",
+                 (local: to the local stack, for a packet the datapath dropped; peer: to the \
+                 peer of a connection whose segments are too big for the path).",
                 &["interface", "family", "kind"],
             )?,
             icmp_errors_limited: counter_vec(
@@ -204,7 +206,7 @@ impl Metrics {
                 &r,
                 "wslnet_symptom_rechecks_total",
                 "Path re-measurements started at once by a black-hole symptom, by kind \
-                 (waiting, retransmitting: a stalled local connection; sibling: another \
+                 (waiting, stopped, retransmitting: a stalled local connection; sibling: another \
                  destination on the same interface was found narrower).",
                 &["kind"],
             )?,
