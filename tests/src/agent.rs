@@ -70,16 +70,29 @@ impl Agent {
     /// Waits until `status` shows a clamp entry of `mtu` for `host` alone (its /32 or /128);
     /// fails after `within`, with the agent's log.
     pub fn wait_for_clamp(&self, host: IpAddr, mtu: u64, within: Duration) -> Result<()> {
-        let net = format!("{host}/{}", if host.is_ipv4() { 32 } else { 128 });
-        wait_until(within, &format!("a clamp of {mtu} for {net}"), || {
-            self.status().ok()?["clamps"]
-                .as_array()?
-                .iter()
-                .any(|c| c["net"] == net.as_str() && c["mtu"] == mtu)
+        wait_until(within, &format!("a clamp of {mtu} for {host}"), || {
+            self.clamp(host)
+                .is_some_and(|c| c["mtu"] == mtu)
                 .then_some(())
         })
         .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.daemon.log()))
     }
+
+    /// The clamp entry `status` shows for `host` alone, if any (see [`host_clamp`]).
+    pub fn clamp(&self, host: IpAddr) -> Option<serde_json::Value> {
+        host_clamp(&self.status().ok()?, host)
+    }
+}
+
+/// The entry of a `status --json` clamp table for `host` alone: its /32 (IPv4) or /128 (IPv6),
+/// as a measurement writes it.
+pub fn host_clamp(status: &serde_json::Value, host: IpAddr) -> Option<serde_json::Value> {
+    let net = format!("{host}/{}", if host.is_ipv4() { 32 } else { 128 });
+    status["clamps"]
+        .as_array()?
+        .iter()
+        .find(|c| c["net"] == net.as_str())
+        .cloned()
 }
 
 /// `wslnet-agent status --json --pin-dir DIR` in namespace `ns`, parsed.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use wslnet_agent::maps::Maps;
 use wslnet_tests::{
-    agent::{Agent, sample},
+    agent::{Agent, host_clamp, sample},
     clients::{self, Client, Servers},
     lab::{Lab, LabConfig, SRV_V4, SRV_V6, WSL_V4, WSL_V6, ZT_IFACE},
     netns::{Bpffs, require_root, wait_until},
@@ -294,12 +294,7 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
     );
     eprintln!("VPN down: clamp back at 1500 after {:?}", start.elapsed());
     let st = agent.status().unwrap();
-    let entry = st["clamps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["net"] == format!("{target}/32"))
-        .cloned();
+    let entry = host_clamp(&st, SRV_V4.into());
     assert_eq!(
         entry.map(|e| e["mtu"].clone()),
         Some(serde_json::json!(1500)),
@@ -323,11 +318,7 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
             .as_array()?
             .iter()
             .any(|l| l["addr"] == SRV_V4.to_string());
-        let clamp = st["clamps"]
-            .as_array()?
-            .iter()
-            .find(|c| c["net"] == format!("{SRV_V4}/32"))?
-            .clone();
+        let clamp = host_clamp(&st, SRV_V4.into())?;
         learned.then_some(clamp)
     })
     .unwrap();
@@ -464,17 +455,10 @@ fn first_contact_with_three_new_addresses_behind_one_tunnel_passes_on_the_first_
         assert_all(&first, true);
     }
     for host in v4.iter().chain(&v6) {
-        let prefix = if host.is_ipv4() { 32 } else { 128 };
         let entry = wait_until(
             Duration::from_secs(30),
             &format!("a clamp for {host}"),
-            || {
-                agent.status().ok()?["clamps"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["net"] == format!("{host}/{prefix}"))
-                    .cloned()
-            },
+            || agent.clamp(*host),
         )
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
         assert_eq!(entry["mtu"], 1372, "{entry}");
@@ -621,14 +605,7 @@ fn a_lossy_path_never_yields_a_clamp_below_its_real_mtu() {
         let o = clients::run_from(&lab.wsl, &servers, Client::Http, host, PASS_TIMEOUT);
         assert!(o.ok, "a download over a merely lossy path: {o:?}");
         let st = agent.status().unwrap();
-        clamps.extend(
-            st["clamps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|c| c["net"] == format!("{host}/32"))
-                .filter_map(|c| c["mtu"].as_u64()),
-        );
+        clamps.extend(host_clamp(&st, host).and_then(|c| c["mtu"].as_u64()));
     }
     lab.set_loss(0.0).unwrap();
     let sent = probes() - before;

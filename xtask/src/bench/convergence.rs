@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 use wslnet_tests::{
-    agent::{Agent, status_json},
+    agent::Agent,
     lab::{Lab, LabConfig, SRV_V4},
     netns::{Bpffs, agent_bin, wait_until},
 };
@@ -222,14 +222,8 @@ pub fn run(s: Settings) -> Result<Value> {
             "--no-learn",
         ],
     )?;
-    let want = format!("{SRV_V4}/32");
     let clamped = wait_until(Duration::from_secs(30), "the agent's clamp for srv", || {
-        let st = status_json(lab.wsl.name(), &agent.pin_dir).ok()?;
-        st["clamps"]
-            .as_array()?
-            .iter()
-            .find(|c| c["net"] == want.as_str())
-            .and_then(|c| c["mtu"].as_u64())
+        agent.clamp(SRV_V4.into())?["mtu"].as_u64()
     });
     let to_clamp_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let r = download(&lab, t)?;

@@ -128,16 +128,6 @@ fn time_until(from: Instant, what: &str, mut f: impl FnMut() -> bool) -> Result<
     })
 }
 
-/// The probed clamp `agent` holds for `host` alone, if any.
-fn clamp_of(agent: &Agent, host: std::net::IpAddr) -> Option<u64> {
-    let net = format!("{host}/{}", if host.is_ipv4() { 32 } else { 128 });
-    agent.status().ok()?["clamps"]
-        .as_array()?
-        .iter()
-        .find(|c| c["net"] == net.as_str())
-        .and_then(|c| c["mtu"].as_u64())
-}
-
 /// From a new destination's first SYN (a connection started by a client) to its measured clamp,
 /// for the six addresses of the lab behind a 1372 tunnel, the agent as run at boot.
 fn first_contact() -> Result<Value> {
@@ -159,7 +149,7 @@ fn first_contact() -> Result<Value> {
                 )
             });
             let took = time_until(t, "a measured clamp", || {
-                clamp_of(&agent, host) == Some(1372)
+                agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(1372)
             })?;
             ms.push(took.as_secs_f64() * 1000.0);
             let o = client.join().expect("client thread");
@@ -185,7 +175,7 @@ fn shrinks(s: Settings) -> Result<Value> {
         let target = host.to_string();
         let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0", "--target", &target])?;
         time_until(Instant::now(), "the first measurement", || {
-            clamp_of(&agent, host) == Some(1500)
+            agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(1500)
         })?;
         let symptoms = || {
             let m = agent.metrics().unwrap_or_default();
@@ -202,7 +192,7 @@ fn shrinks(s: Settings) -> Result<Value> {
             let shrunk = Instant::now();
             let symptom = time_until(shrunk, "a symptom", || symptoms() >= 1.0)?;
             let clamped = time_until(shrunk, "the new clamp", || {
-                clamp_of(&agent, host) == Some(1372)
+                agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(1372)
             })?;
             Ok((run.join().expect("download thread"), (symptom, clamped)))
         })?;
