@@ -28,7 +28,12 @@ impl Agent {
         let mut all = vec!["run", "--pin-dir", &pin_dir];
         all.extend_from_slice(args);
         let mut cmd = ns.command(agent_bin());
-        cmd.args(&all).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        cmd.args(&all)
+            .env(
+                "RUST_LOG",
+                std::env::var("WSLNET_TEST_LOG").unwrap_or("info".into()),
+            )
+            .env("NO_COLOR", "1");
         let mut daemon = Daemon::start(cmd)?;
         daemon.wait_for_log(Duration::from_secs(20), |l| {
             l.contains("wslnet agent running")

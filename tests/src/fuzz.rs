@@ -172,7 +172,8 @@ fn worker(
     // Model totals per counter index, and the program's counters at the start.
     let base = harness.all_counters()?;
     let mut totals: BTreeMap<u32, Counters> = BTreeMap::new();
-    let mut learned: BTreeMap<(u32, [u8; 16]), u64> = BTreeMap::new();
+    // key -> (SYNs, the port of the first SYN since the map was emptied)
+    let mut learned = crate::testrun::LearnedMap::new();
     let mut shadow: BTreeMap<u32, Counters> = BTreeMap::new();
     let save = |case: &Case, model: &Outcome, prog: &Observed, why: &str| {
         let mut s = saved.lock().unwrap();
@@ -235,8 +236,11 @@ fn worker(
             report.syns += m.delta.syn;
             report.reflected += m.delta.reflected;
         }
-        if let Some(k) = model.learned {
-            *learned.entry((k.family, k.addr)).or_default() += 1;
+        if let Some(l) = model.learned {
+            learned
+                .entry((l.key.family, l.key.addr))
+                .or_insert((0, l.port_be))
+                .0 += 1;
         }
         let diverged = compare(&model, &observed);
         if observed.frame != case.frame {

@@ -8,7 +8,8 @@
 //! Both routers drop the ICMP frag-needed / packet-too-big they would send (nftables, output
 //! hook), so path-MTU discovery cannot work: a black hole. Knobs: [`Lab::set_bottleneck`],
 //! [`Lab::set_delay`], [`Lab::set_loss`],
-//! [`Lab::drop_icmp_echo`], [`Lab::drop_icmp_errors`]. Servers in `srv`:
+//! [`Lab::drop_icmp_echo`], [`Lab::drop_icmp_errors`], [`Lab::limit_tcp`] (TCP and ICMP see
+//! different paths), [`Lab::set_return_path`] (an asymmetric route). Servers in `srv`:
 //! [`Lab::start_http`], [`Lab::start_tls`], [`Lab::start_sshd`], [`Lab::start_tcp_sink`].
 //!
 //! The bottleneck link is a pair of TAP devices (`wan0` in `win` and in `vpn`) joined by a
@@ -64,6 +65,8 @@ pub const ZT_IFACE: &str = "zt7b2e4a1c";
 pub const ZT_MTU: u16 = 2800;
 /// Name of the bottleneck link's interface in both routers.
 pub const WAN_IFACE: &str = "wan0";
+/// Name of the return link's interface in both routers ([`Lab::set_return_path`]).
+pub const RETURN_IFACE: &str = "ret0";
 
 /// How to build a [`Lab`].
 #[derive(Debug, Clone)]
@@ -334,6 +337,70 @@ impl Lab {
                  }",
             ),
         )
+    }
+
+    /// Whether `vpn` silently drops forwarded TCP packets larger than `v4` (IPv4) / `v6` (IPv6)
+    /// bytes (IP header included), both directions, while ICMP of any size up to the link MTU
+    /// crosses: a path that treats TCP unlike echo (a user's report: ping passed 1372, TLS needed
+    /// 1257). `None` removes it.
+    pub fn limit_tcp(&self, limits: Option<(u16, u16)>) -> Result<()> {
+        let body = limits.map(|(v4, v6)| {
+            format!(
+                "chain tcp_fwd {{ type filter hook forward priority 0; policy accept;
+                   meta nfproto ipv4 meta l4proto tcp ip length > {v4} counter drop
+                   meta nfproto ipv6 meta l4proto tcp ip6 length > {} counter drop
+                 }}",
+                v6.saturating_sub(40)
+            )
+        });
+        // A middlebox judges packets as they cross the wire. `srv`'s stack hands `vpn` whole
+        // TSO bursts over the veth (one 64 KiB packet, segmented only where it leaves `vpn`),
+        // which the rule would drop as one oversize packet: make `srv` send wire-sized
+        // segments.
+        let offload = if limits.is_some() { "off" } else { "on" };
+        self.srv
+            .sh(&format!("ethtool -K eth0 tso {offload} gso {offload}"))?;
+        nft_table(&self.vpn, "wslnet_lab_tcp", body.as_deref())
+    }
+
+    /// Sends `srv`'s IPv4 packets to `wsl` back over a second link between the routers
+    /// ([`RETURN_IFACE`], a kernel veth) of MTU `mtu` bytes, while `wsl`'s packets to `srv` keep
+    /// crossing the bottleneck: an asymmetric route. `vpn` fragments what it may there (no DF:
+    /// Linux's echo replies) and drops what it may not (DF: TCP segments) with its frag-needed
+    /// dropped too ([`Lab::drop_icmp_errors`]), so only the return direction is a black hole.
+    /// IPv4 only: IPv6 routers never fragment, so an echo reply that comes back whole proves
+    /// the IPv6 return path. `None` sends everything back over the bottleneck again.
+    pub fn set_return_path(&self, mtu: Option<u16>) -> Result<()> {
+        let exists = self.vpn.sh(&format!("ip link show {RETURN_IFACE}")).is_ok();
+        match mtu {
+            Some(mtu) => {
+                if !exists {
+                    veth(&self.win, RETURN_IFACE, &self.vpn, RETURN_IFACE)?;
+                    self.win.sh(&format!(
+                        "ip addr add 10.77.4.1/24 dev {RETURN_IFACE}
+                         sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{RETURN_IFACE}.rp_filter=0"
+                    ))?;
+                    self.vpn
+                        .sh(&format!("ip addr add 10.77.4.2/24 dev {RETURN_IFACE}"))?;
+                }
+                for ns in [&self.win, &self.vpn] {
+                    ns.ip(&["link", "set", RETURN_IFACE, "mtu", &mtu.to_string()])?;
+                }
+                self.vpn.sh(&format!(
+                    "ip route replace 10.77.1.0/24 via 10.77.4.1 dev {RETURN_IFACE}"
+                ))?;
+                Ok(())
+            }
+            None => {
+                self.vpn.sh(&format!(
+                    "ip route replace 10.77.1.0/24 via 10.77.2.1 dev {WAN_IFACE}"
+                ))?;
+                if exists {
+                    self.vpn.ip(&["link", "del", RETURN_IFACE])?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Adds `rtt_ms` of round-trip time on the bottleneck link (half each way); 0 removes it.

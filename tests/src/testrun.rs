@@ -47,6 +47,10 @@ pub struct RunResult {
     pub counters: BTreeMap<(u32, u32, u32), Counters>,
 }
 
+/// Learned destinations as [`Harness::learned`] returns them: (family, address bytes) ->
+/// (SYNs, the port the entry keeps, network byte order).
+pub type LearnedMap = BTreeMap<(u32, [u8; 16]), (u64, u16)>;
+
 /// The datapath loaded for test runs. Dropping it unloads the programs and unmounts the bpffs.
 pub struct Harness {
     maps: Maps,
@@ -169,16 +173,17 @@ impl Harness {
         Ok(out)
     }
 
-    /// Learned destinations: key -> SYN count, the SYNs still held back in the datapath's
-    /// per-CPU learn cache included (so every SYN counts at once, as in the model). What the
-    /// agent sees, without the held-back SYNs, is `maps().learned()`.
-    pub fn learned(&self) -> Result<BTreeMap<(u32, [u8; 16]), u64>> {
+    /// Learned destinations: key -> (SYN count, the port kept, network byte order), the SYNs
+    /// still held back in the datapath's per-CPU learn cache included (so every SYN counts at
+    /// once, as in the model). What the agent sees, without the held-back SYNs, is
+    /// `maps().learned()`.
+    pub fn learned(&self) -> Result<LearnedMap> {
         let mut out: BTreeMap<_, _> = self
             .maps
             .learned
             .iter()
             .flatten()
-            .map(|(k, v): (LearnedKey, _)| ((k.family, k.addr), v.syns))
+            .map(|(k, v): (LearnedKey, _)| ((k.family, k.addr), (v.syns, v.port_be)))
             .collect();
         let cache = self.learn_cache()?;
         for slot in 0..PEER_CACHE_SLOTS {
@@ -188,7 +193,7 @@ impl Harness {
                 .iter()
             {
                 if e.written != 0 && e.pending != 0 {
-                    *out.entry((e.family, peer_bytes(&e.peer))).or_default() +=
+                    out.entry((e.family, peer_bytes(&e.peer))).or_default().0 +=
                         u64::from(e.pending);
                 }
             }

@@ -621,3 +621,88 @@ fn a_lossy_path_never_yields_a_clamp_below_its_real_mtu() {
     assert!(!clamps.is_empty());
     assert!(clamps.iter().all(|&m| m == 1500), "{clamps:?}");
 }
+
+/// ICMP passes 1372, TCP only 1257 (a user's report: ping worked at 1372, TLS needed 1257; here
+/// IPv6's TCP stops at 1320, IPv6 allowing no path below 1280). An echo search alone says 1372,
+/// and every connection after it stalls. The agent, run as at boot, checks the echo result with
+/// TCP at the port of each destination's first connection and clamps to what TCP carries:
+/// every client passes to each of three new addresses per family, first contact included (the
+/// IPv4 first contact at 1280 is above 1257: it is rescued once the TCP result is in), and
+/// again once every address is measured.
+#[test]
+fn a_path_that_carries_less_tcp_than_icmp_is_clamped_to_what_tcp_carries() {
+    require_root();
+    const TCP_V4: u64 = 1257;
+    const TCP_V6: u64 = 1320;
+    let lab = Lab::new(1372).unwrap();
+    lab.limit_tcp(Some((TCP_V4 as u16, TCP_V6 as u16))).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
+    for pair in v4.iter().zip(&v6) {
+        let first = clients::run_all_from(&lab.wsl, &servers, &[*pair.0, *pair.1], PASS_TIMEOUT);
+        assert_all(&first, true);
+    }
+    for host in v4.iter().chain(&v6) {
+        let want = if host.is_ipv4() { TCP_V4 } else { TCP_V6 };
+        agent
+            .wait_for_clamp(*host, want, Duration::from_secs(30))
+            .unwrap();
+    }
+    // At least the first address of each family was set by TCP carrying less than echo (later
+    // ones may be set by echo replies that `srv` fragments once told of the path).
+    let metrics = agent.metrics().unwrap();
+    let below = sample(
+        &metrics,
+        "wslnet_probe_search_methods_total",
+        &[("method", "tcp-below-icmp")],
+    );
+    assert!(below.is_some_and(|n| n >= 2.0), "{metrics}");
+    let again = clients::run_all_from(
+        &lab.wsl,
+        &servers,
+        &[v4.as_slice(), v6.as_slice()].concat(),
+        PASS_TIMEOUT,
+    );
+    assert_all(&again, true);
+}
+
+/// Only the return path is narrow: `srv`'s packets to `wsl` come back over a second link of
+/// 1372 that fragments what it may and silently drops DF packets, while the forward path
+/// carries 1500. Echo requests of 1500 pass and their replies come back fragmented, so an echo
+/// search alone says 1500 and the server's full-size segments vanish. The agent, run as at
+/// boot, takes the largest fragment of those replies (1372) as the return path's MTU: every
+/// client passes to each of three new addresses, first contact included, and again once every
+/// address is measured. IPv4 only ([`Lab::set_return_path`]). Without the agent the same
+/// download stalls.
+#[test]
+fn a_narrow_return_path_is_measured_from_fragmented_echo_replies() {
+    require_root();
+    let lab = Lab::new(1500).unwrap();
+    lab.set_return_path(Some(1372)).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    let hosts = lab.srv_addrs(false);
+    let without = clients::run_from(&lab.wsl, &servers, Client::Http, hosts[0], STALL_TIMEOUT);
+    assert_all(&[without], false);
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    for host in &hosts {
+        let first = clients::run_all_from(&lab.wsl, &servers, &[*host], PASS_TIMEOUT);
+        assert_all(&first, true);
+    }
+    for host in &hosts {
+        agent
+            .wait_for_clamp(*host, 1372, Duration::from_secs(30))
+            .unwrap();
+    }
+    let metrics = agent.metrics().unwrap();
+    let fragments = sample(
+        &metrics,
+        "wslnet_probe_search_methods_total",
+        &[("method", "return-fragments")],
+    );
+    assert_eq!(fragments, Some(3.0), "{metrics}");
+    let again = clients::run_all_from(&lab.wsl, &servers, &hosts, PASS_TIMEOUT);
+    assert_all(&again, true);
+}

@@ -544,12 +544,16 @@ fn egress_pure_syns_are_learned_syn_acks_are_not() {
     assert_eq!(learned.len(), 1, "{learned:?}");
     assert_eq!(learned[0].addr, IpAddr::V4(addr::REMOTE4));
     assert_eq!(learned[0].ifindex, TEST_IFINDEX);
+    // The port of the SYN that created the entry: where the agent checks with TCP.
+    assert_eq!(learned[0].port, Some(443));
     // Both SYNs count; the second may still be held back by its CPU (see the next test).
     let mut remote = [0u8; 16];
     remote[..4].copy_from_slice(&addr::REMOTE4.octets());
     assert_eq!(
         h.learned().unwrap(),
-        [((FAMILY_V4, remote), 2)].into_iter().collect()
+        [((FAMILY_V4, remote), (2, 443u16.to_be()))]
+            .into_iter()
+            .collect()
     );
 }
 

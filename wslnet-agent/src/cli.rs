@@ -85,9 +85,15 @@ pub struct RunArgs {
     /// Seconds between re-checks of measured path MTUs [default: 30].
     #[arg(long, value_name = "SECS")]
     pub recheck_interval: Option<u64>,
-    /// TCP port to probe targets that drop ICMP echo (e.g. 443).
+    /// TCP port to probe every destination with (e.g. 443): for those that drop ICMP echo, and
+    /// to check what echo measured. Without it each learned destination is checked at the port
+    /// of its first connection.
     #[arg(long, value_name = "PORT")]
     pub probe_tcp_port: Option<u16>,
+    /// Trust ICMP echo alone: do not check its result with TCP segments to the destination's
+    /// port (paths that carry echo of a size TCP does not get through then stall).
+    #[arg(long)]
+    pub no_tcp_check: bool,
     /// Safe first contact: path MTU that destinations not yet measured are clamped to from
     /// their first SYN, until measured; the smallest path measured through an interface is used
     /// there when lower. 0 turns it off (a first connection may then stall) [default: 1280].
@@ -142,6 +148,9 @@ impl RunArgs {
         }
         if let Some(p) = self.probe_tcp_port {
             cfg.probe.tcp_port = Some(p);
+        }
+        if self.no_tcp_check {
+            cfg.probe.tcp_check = false;
         }
         if let Some(b) = self.first_contact_mtu {
             cfg.probe.first_contact_mtu = b;

@@ -122,9 +122,17 @@ pub struct ProbeConfig {
     pub searches_per_minute: u32,
     /// Most probe packets sent per second, all searches together.
     pub max_probes_per_sec: u32,
-    /// TCP port of targets to probe with TCP segments when they do not answer ICMP echo
-    /// (none: ICMP only).
+    /// TCP port to probe every destination with: when it does not answer ICMP echo, and (with
+    /// `tcp_check`) to check what echo measured. None: each learned destination is probed at
+    /// the destination port of its first SYN; configured targets use ICMP only.
     pub tcp_port: Option<u16>,
+    /// Check every ICMP echo result with TCP segments of that size to the destination's port
+    /// (`tcp_port`, or the port its first SYN went to): some paths (VPNs, middleboxes) carry
+    /// echo of a size that TCP does not get through, and a clamp resting on echo alone would
+    /// stall there. Costs each search 4 short connections to that port (spaces sent, then a
+    /// reset), more when TCP carries less; re-checks use TCP only after a symptom or when TCP
+    /// set the result.
+    pub tcp_check: bool,
     /// Smallest IPv4 path MTU a search may report, bytes (at least 552).
     pub min_mtu_v4: u16,
     /// Safe first contact: the path MTU, bytes, that a destination not yet measured is clamped
@@ -150,6 +158,7 @@ impl Default for ProbeConfig {
             searches_per_minute: 60,
             max_probes_per_sec: 200,
             tcp_port: None,
+            tcp_check: true,
             min_mtu_v4: MIN_MTU_V4,
             first_contact_mtu: DEFAULT_FIRST_CONTACT_MTU,
             stall_after_ms: DEFAULT_STALL_AFTER_MS,

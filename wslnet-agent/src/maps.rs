@@ -111,6 +111,9 @@ pub struct Learned {
     pub syns: u64,
     /// Interface of the latest SYN.
     pub ifindex: u32,
+    /// Destination port of its first SYN (a service it runs); `None` if the datapath could not
+    /// read it.
+    pub port: Option<u16>,
 }
 
 impl Learned {
@@ -122,6 +125,7 @@ impl Learned {
             last_seen_jiffies: v.last_seen_jiffies,
             syns: v.syns,
             ifindex: v.ifindex,
+            port: Some(u16::from_be(v.port_be)).filter(|&p| p != 0),
         }
     }
 }

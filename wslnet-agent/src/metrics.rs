@@ -68,6 +68,9 @@ pub struct Metrics {
     /// `wslnet_probe_searches_total{outcome}`: path-MTU searches finished; outcome = found,
     /// unreachable, error.
     pub searches: IntCounterVec,
+    /// `wslnet_probe_search_methods_total{method}`: path MTUs found, by the evidence that set
+    /// them (icmp, icmp-error, tcp, tcp-below-icmp, return-fragments; see `prober::Method`).
+    pub search_methods: IntCounterVec,
     /// `wslnet_probe_search_duration_seconds`: time a full search took, seconds.
     pub search_duration: Histogram,
     /// `wslnet_probe_packets_total`: probe packets sent (searches and re-checks).
@@ -183,6 +186,14 @@ impl Metrics {
                 "Path-MTU searches finished, by outcome (found, unreachable, error).",
                 &["outcome"],
             )?,
+            search_methods: counter_vec(
+                &r,
+                "wslnet_probe_search_methods_total",
+                "Path MTUs found, by the evidence that set them (icmp: echo; icmp-error: an ICMP \
+                 error, confirmed; tcp: TCP alone; tcp-below-icmp: TCP carried less than echo; \
+                 return-fragments: echo replies came back fragmented).",
+                &["method"],
+            )?,
             search_duration: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(
@@ -241,6 +252,9 @@ impl Metrics {
         }
         for outcome in ["found", "unreachable", "error"] {
             m.searches.with_label_values(&[outcome]);
+        }
+        for m2 in crate::prober::Method::ALL {
+            m.search_methods.with_label_values(&[m2.label()]);
         }
         for origin in ["static", "probed"] {
             m.clamp_entries.with_label_values(&[origin]);

@@ -10,6 +10,10 @@
 //! - Symptoms start a re-check at once ([`Manager::trigger`]): a local connection to the
 //!   destination that stalls ([`crate::symptoms`]), or another destination of the same
 //!   interface found narrower than before.
+//! - Evidence beyond ICMP echo: every search checks its result with TCP segments to the
+//!   destination's service port (the port of its first SYN, from the learned map, or of a
+//!   stalled connection), and echo replies that came back fragmented cap it at the return path
+//!   ([`crate::prober`]); a destination TCP measured below echo is re-checked with TCP too.
 //! - Static clamps win: a destination inside a static prefix is measured (and exported for
 //!   configured targets) but its result is not written.
 //! - Safe first contact: a destination not yet measured is clamped by its interface's default
@@ -93,6 +97,8 @@ struct Settings {
     max_destinations: usize,
     searches_per_minute: u32,
     options: SearchOptions,
+    /// The configured `probe.tcp_port`: every destination is probed at this port.
+    tcp_port: Option<u16>,
     min_mtu_v4: u16,
     static_nets: Vec<IpNet>,
     first_contact_mtu: u16,
@@ -110,6 +116,7 @@ impl From<&Config> for Settings {
         let p = &cfg.probe;
         let options = SearchOptions {
             tcp_port: p.tcp_port,
+            tcp_check: p.tcp_check,
             max_probes_per_sec: (p.max_probes_per_sec / MAX_CONCURRENT as u32).max(1),
             ..SearchOptions::default()
         };
@@ -120,6 +127,7 @@ impl From<&Config> for Settings {
             max_destinations: p.max_destinations,
             searches_per_minute: p.searches_per_minute,
             options,
+            tcp_port: p.tcp_port,
             min_mtu_v4: p.min_mtu_v4,
             static_nets: cfg.clamp.iter().map(|c| c.cidr.trunc()).collect(),
             first_contact_mtu: p.first_contact_mtu,
@@ -131,11 +139,17 @@ impl From<&Config> for Settings {
 }
 
 impl Settings {
-    fn options_for(&self, addr: IpAddr) -> SearchOptions {
+    /// Options of a job for `addr`; `d` gives the port to probe with TCP (unless configured)
+    /// and whether a re-check must check with TCP.
+    fn options_for(&self, addr: IpAddr, d: &Dest) -> SearchOptions {
         let mut o = self.options.clone();
         if addr.is_ipv4() {
             o.min_mtu = Some(self.min_mtu_v4);
         }
+        o.tcp_port = self.tcp_port.or(d.tcp_port);
+        // A full search always checks with TCP; a re-check only where echo is known to
+        // mislead (TCP set the result) or a connection just stalled.
+        o.tcp_check &= d.search || d.tcp_limited || d.symptom;
         o
     }
 
@@ -159,6 +173,36 @@ struct Dest {
     last_syn_jiffies: u64,
     /// When a symptom last made it due early ([`SYMPTOM_COOLDOWN`]).
     triggered_at: Option<Instant>,
+    /// A service port of the destination to probe with TCP: its first SYN's destination port
+    /// (learned map), or the port of a stalled connection to it.
+    tcp_port: Option<u16>,
+    /// Its MTU came from TCP carrying less than ICMP echo: re-checks must check with TCP.
+    tcp_limited: bool,
+    /// The next job was made due by a symptom: a re-check checks with TCP too.
+    symptom: bool,
+}
+
+impl Dest {
+    /// A destination not measured yet, due now.
+    fn new(
+        configured: bool,
+        ifindex: Option<u32>,
+        last_syn_jiffies: u64,
+        port: Option<u16>,
+    ) -> Self {
+        Self {
+            configured,
+            mtu: None,
+            due: Some(Instant::now()),
+            search: true,
+            ifindex,
+            last_syn_jiffies,
+            triggered_at: None,
+            tcp_port: port,
+            tcp_limited: false,
+            symptom: false,
+        }
+    }
 }
 
 /// What a job found.
@@ -240,15 +284,10 @@ impl Manager {
 
     fn add_targets(&mut self) {
         for &t in &self.settings.targets {
-            let d = self.dests.entry(t).or_insert(Dest {
-                configured: true,
-                mtu: None,
-                due: Some(Instant::now()),
-                search: true,
-                ifindex: None,
-                last_syn_jiffies: 0,
-                triggered_at: None,
-            });
+            let d = self
+                .dests
+                .entry(t)
+                .or_insert_with(|| Dest::new(true, None, 0, None));
             d.configured = true;
             self.shared
                 .metrics
@@ -336,6 +375,7 @@ impl Manager {
         if let Some(d) = self.dests.get_mut(&l.addr) {
             d.ifindex = Some(l.ifindex);
             d.last_syn_jiffies = l.last_seen_jiffies;
+            d.tcp_port = d.tcp_port.or(l.port);
             return;
         }
         if !probe_worthy(l.addr) {
@@ -352,15 +392,7 @@ impl Manager {
         self.window.1 += 1;
         self.dests.insert(
             l.addr,
-            Dest {
-                configured: false,
-                mtu: None,
-                due: Some(now),
-                search: true,
-                ifindex: Some(l.ifindex),
-                last_syn_jiffies: l.last_seen_jiffies,
-                triggered_at: None,
-            },
+            Dest::new(false, Some(l.ifindex), l.last_seen_jiffies, l.port),
         );
     }
 
@@ -418,6 +450,9 @@ impl Manager {
             Ok(stalls) => {
                 for s in stalls {
                     let addr = s.flow.peer.ip();
+                    if let Some(d) = self.dests.get_mut(&addr) {
+                        d.tcp_port = d.tcp_port.or(Some(s.flow.peer.port()));
+                    }
                     if s.kind.tells_the_peer()
                         && let Some(mtu) = self.dests.get(&addr).and_then(|d| d.mtu)
                     {
@@ -438,6 +473,7 @@ impl Manager {
             return;
         };
         let Some(isn) = self.shared.maps().peer_isn(flow.peer, flow.local.port()) else {
+            tracing::debug!(peer = %flow.peer, local = %flow.local, "the peer's handshake was not seen; it cannot be told");
             return;
         };
         if let Some(err) = crate::reflect::peer_error(flow, isn, mtu) {
@@ -468,6 +504,7 @@ impl Manager {
         }
         d.triggered_at = Some(now);
         d.due = Some(now);
+        d.symptom = true;
         self.shared
             .metrics
             .symptom_rechecks
@@ -492,8 +529,9 @@ impl Manager {
             d.due = None;
             let opts = SearchOptions {
                 tcp_hook: Some(self.tcp_hook.clone()),
-                ..self.settings.options_for(addr)
+                ..self.settings.options_for(addr, d)
             };
+            d.symptom = false;
             match (d.search, d.mtu) {
                 (false, Some(mtu)) => {
                     self.jobs.spawn(async move {
@@ -545,6 +583,10 @@ impl Manager {
                 metrics
                     .search_duration
                     .observe(report.elapsed.as_secs_f64());
+                d.tcp_limited = report.method == Some(prober::Method::TcpBelowIcmp);
+                if let Some(m) = report.method {
+                    metrics.search_methods.with_label_values(&[m.label()]).inc();
+                }
                 report.mtu
             }
         };
@@ -592,6 +634,7 @@ impl Manager {
         if mtu < in_force {
             match crate::symptoms::connections_to(addr) {
                 Ok(flows) => {
+                    tracing::debug!(%addr, connections = flows.len(), "narrower than in force");
                     for flow in flows {
                         self.tell_peer(&flow, mtu);
                     }

@@ -149,10 +149,11 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
     println!("\nLEARNED DESTINATIONS ({})", s.learned.len());
     for l in s.learned.iter().take(50) {
         println!(
-            "  {:<40} syns {:>6}  ifindex {}",
+            "  {:<40} syns {:>6}  ifindex {}  port {}",
             l.addr.to_string(),
             l.syns,
-            l.ifindex
+            l.ifindex,
+            l.port.map_or_else(|| "-".to_string(), |p| p.to_string())
         );
     }
     if s.learned.len() > 50 {

@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Map names as they appear in the eBPF object and as files under the pin directory.
 pub mod map_names {
@@ -73,13 +73,15 @@ pub const MAX_LEARNED: u32 = 16_384;
 pub const ISN_SLOTS: u32 = 1024;
 
 /// The slot of a connection in the peer-ISN array: its peer and its two ports (network byte
-/// order, as the packet carries them).
+/// order, as the packet carries them). The ports enter the fold once (a copy in each half
+/// would cancel out, and every connection to one peer would share a slot), and the slot is
+/// the top bits of the multiplicative hash, the well-mixed ones.
 #[inline(always)]
 pub const fn isn_slot(peer: &Peer, peer_port_be: u16, local_port_be: u16) -> u32 {
     let ports = (peer_port_be as u64) | ((local_port_be as u64) << 16);
-    let x = peer[0] ^ peer[1] ^ (ports << 32) ^ ports;
+    let x = peer[0] ^ peer[1] ^ (ports << 32);
     let hash = ((x ^ (x >> 32)) as u32).wrapping_mul(0x9e37_79b1);
-    (hash >> 16) & (ISN_SLOTS - 1)
+    hash >> (32 - ISN_SLOTS.trailing_zeros())
 }
 /// Entries in the probe-connection map: TCP probe connections in flight at once, all searches
 /// together (the agent runs at most 4 searches of 16 sizes x 2 copies).
@@ -354,8 +356,11 @@ pub struct LearnedDest {
     pub syns: u64,
     /// Interface of the latest SYN, up to [`LEARN_REFRESH_JIFFIES`] late.
     pub ifindex: u32,
+    /// Destination port of the SYN that created the entry, network byte order: a service the
+    /// destination runs, where the agent checks with TCP what ICMP echo measured.
+    pub port_be: u16,
     /// Reserved, 0.
-    pub reserved: u32,
+    pub reserved: u16,
 }
 
 /// One slot of the datapath's per-CPU learn cache ([`map_names::LEARN_CACHE`]): what this CPU
@@ -542,5 +547,25 @@ mod tests {
         assert_eq!(peer_bytes(&peer_words(&v6)), v6);
         assert_ne!(peer_words(&v6)[0], peer_words(&v6)[1]);
         assert!(peer_cache_slot(&peer) < PEER_CACHE_SLOTS);
+    }
+
+    /// Connections to one peer spread over the peer-ISN array: a download's handshake is not
+    /// overwritten by the next connection to the same server (the agent's TCP probes, a
+    /// browser's second connection).
+    #[test]
+    fn connections_to_one_peer_spread_over_the_isn_slots() {
+        let peer = peer_v4(u32::from_ne_bytes([10, 77, 3, 2]));
+        let mut used = [false; ISN_SLOTS as usize];
+        for local in 40_000u16..41_024 {
+            let slot = isn_slot(&peer, 8080u16.to_be(), local.to_be());
+            assert!(slot < ISN_SLOTS);
+            used[slot as usize] = true;
+        }
+        let distinct = used.iter().filter(|&&u| u).count();
+        // 1024 random draws into 1024 slots hit about 647 distinct ones.
+        assert!(
+            distinct > 550,
+            "{distinct} distinct slots for 1024 local ports"
+        );
     }
 }

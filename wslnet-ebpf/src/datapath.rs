@@ -194,7 +194,7 @@ fn handle_ip<const F: u32>(
     bump(cfg.slot, dir, ip.family, |c| c.syn += 1);
     let peer = packet::peer(&ip);
     if egress && flags & TCP_FLAG_ACK == 0 {
-        learn(&ip, &peer, ifindex);
+        learn(ctx, &ip, &peer, ifindex);
     } else if !egress {
         record_peer_isn(ctx, &ip, &peer);
     }
@@ -442,11 +442,11 @@ fn reflect(ctx: &TcContext, ip: &Ip, ifindex: u32, mtu: u16) {
 /// Records the destination of an egress SYN for the prober: in `WSLNET_LEARNED` at once when the
 /// destination is new to this CPU, else at most once per [`LEARN_REFRESH_JIFFIES`].
 #[inline(always)]
-fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
+fn learn(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32) {
     // SAFETY: bpf_jiffies64 has no preconditions.
     let now = unsafe { bpf_jiffies64() };
     let Some(slot) = WSLNET_LEARN_CACHE.get_ptr_mut(peer_cache_slot(peer)) else {
-        write_learned(ip.family, peer, ifindex, 1, now);
+        write_learned(ctx, ip, peer, ifindex, 1, now);
         return;
     };
     // SAFETY: this CPU's slot, valid for the program's run; see `lpm_mtu`.
@@ -456,12 +456,12 @@ fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
             slot.pending += 1;
             return;
         }
-        write_learned(ip.family, peer, ifindex, slot.pending + 1, now);
+        write_learned(ctx, ip, peer, ifindex, slot.pending + 1, now);
     } else {
         if slot.written != 0 && slot.pending != 0 {
             flush_learned(slot);
         }
-        write_learned(ip.family, peer, ifindex, 1, now);
+        write_learned(ctx, ip, peer, ifindex, 1, now);
         slot.peer = *peer;
         slot.family = ip.family;
     }
@@ -470,10 +470,11 @@ fn learn(ip: &Ip, peer: &Peer, ifindex: u32) {
 }
 
 /// Adds `syns` SYNs, the latest at `now` (jiffies), to a destination's entry in
-/// `WSLNET_LEARNED`, creating it (and announcing it to the agent) when it is new.
+/// `WSLNET_LEARNED`, creating it (and announcing it to the agent) when it is new. A new entry
+/// keeps the SYN's destination port: the agent checks its measurement with TCP there.
 #[inline(always)]
-fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32, now: u64) {
-    let key = learned_key(family, peer);
+fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32, now: u64) {
+    let key = learned_key(ip.family, peer);
     match WSLNET_LEARNED.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: a pointer from a successful lookup is valid for the program's run; racing
@@ -490,6 +491,7 @@ fn write_learned(family: u32, peer: &Peer, ifindex: u32, syns: u32, now: u64) {
                 last_seen_jiffies: now,
                 syns: syns as u64,
                 ifindex,
+                port_be: packet::read::<u16>(ctx, ip.l4 + mss::TCP_DPORT_OFFSET).unwrap_or(0),
                 reserved: 0,
             };
             if WSLNET_LEARNED.insert(&key, &entry, 0).is_ok() {

@@ -191,6 +191,16 @@ pub struct CounterMove {
     pub delta: Counters,
 }
 
+/// A destination the datapath records for the prober from an egress SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Learned {
+    /// The learned-map key.
+    pub key: LearnedKey,
+    /// The SYN's destination port as the packet carries it (network byte order); a new entry
+    /// keeps it (`LearnedDest::port_be`).
+    pub port_be: u16,
+}
+
 /// What the datapath does to a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -201,7 +211,7 @@ pub struct Outcome {
     /// The counters that moved (None: nothing counted).
     pub counters: Option<CounterMove>,
     /// The destination recorded for the prober (egress pure SYNs).
-    pub learned: Option<LearnedKey>,
+    pub learned: Option<Learned>,
     /// The MSS rewrite done: (old, new).
     pub rewrite: Option<(u16, u16)>,
     /// A dropped oversize packet handed to the agent: the MTU to name and the quoted bytes.
@@ -524,9 +534,12 @@ fn transport(
             IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
             IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
         }
-        out.learned = Some(LearnedKey {
-            family: ip.family,
-            addr,
+        out.learned = Some(Learned {
+            key: LearnedKey {
+                family: ip.family,
+                addr,
+            },
+            port_be: u16::from_be_bytes([frame[ip.l4 + 2], frame[ip.l4 + 3]]).to_be(),
         });
     } else if input.dir == Direction::Ingress {
         let mut addr = [0u8; 16];

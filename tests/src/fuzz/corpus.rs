@@ -130,11 +130,16 @@ fn family_name(f: u32) -> &'static str {
     if f == FAMILY_V6 { "v6" } else { "v4" }
 }
 
-fn learned_name(k: &wslnet_common::LearnedKey) -> String {
+/// A learned destination as a case file names it: `address:port` (`[address]:port`).
+fn learned_name(k: &wslnet_common::LearnedKey, port_be: u16) -> String {
+    let port = u16::from_be(port_be);
     if k.family == FAMILY_V4 {
-        Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]).to_string()
+        format!(
+            "{}:{port}",
+            Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3])
+        )
     } else {
-        Ipv6Addr::from(k.addr).to_string()
+        format!("[{}]:{port}", Ipv6Addr::from(k.addr))
     }
 }
 
@@ -147,7 +152,7 @@ fn expected_from(model: &Outcome) -> ExpectedJson {
             .counters
             .map(|m| counter_names(&m.delta))
             .unwrap_or_default(),
-        learned: model.learned.as_ref().map(learned_name),
+        learned: model.learned.map(|l| learned_name(&l.key, l.port_be)),
     }
 }
 
@@ -377,11 +382,14 @@ pub fn replay(h: &mut Harness, file: &CaseFile) -> Result<std::result::Result<()
     let grew: Vec<String> = after_learned
         .iter()
         .filter(|(k, v)| before_learned.get(*k) != Some(*v))
-        .map(|((family, addr), _)| {
-            learned_name(&wslnet_common::LearnedKey {
-                family: *family,
-                addr: *addr,
-            })
+        .map(|((family, addr), (_, port_be))| {
+            learned_name(
+                &wslnet_common::LearnedKey {
+                    family: *family,
+                    addr: *addr,
+                },
+                *port_be,
+            )
         })
         .collect();
     let exp_learned: Vec<String> = exp.learned.iter().cloned().collect();

@@ -20,7 +20,10 @@ pub struct ProbeArgs {
     /// Upper bound in bytes (default and maximum: the egress interface's MTU).
     #[arg(long, value_name = "N")]
     pub max_mtu: Option<u16>,
-    /// TCP port of the target to probe with when it does not answer ICMP echo.
+    /// TCP port of the target (a service it runs: 443, 22, ...). What ICMP echo finds is checked
+    /// with TCP segments to it (some paths carry echo of a size TCP does not get through), and
+    /// it measures alone when the target does not answer ICMP echo. Each probe is a short
+    /// connection that sends spaces and is then reset.
     #[arg(long, value_name = "PORT")]
     pub tcp_port: Option<u16>,
     /// Longest wait for the answers of one round, in milliseconds.
@@ -36,8 +39,10 @@ pub struct ProbeArgs {
     /// bound, N, N+1 and the upper bound; prints whether N and something larger still pass.
     #[arg(long, value_name = "N")]
     pub recheck: Option<u16>,
-    /// Print the report as JSON: target, mtu (null when unreachable), method, rounds,
-    /// probes_sent, elapsed_ms, upper_bound, lower_bound, interface (with --recheck: target,
+    /// Print the report as JSON: target, mtu (null when unreachable), method (icmp, icmp-error,
+    /// tcp, tcp-below-icmp, return-fragments), tcp_checked, return_fragments (largest fragment
+    /// of an echo reply that came back fragmented, or null), rounds, probes_sent, elapsed_ms,
+    /// upper_bound, lower_bound, interface (with --recheck: target,
     /// mtu, current_ok, larger_ok, probes_sent).
     #[arg(long)]
     pub json: bool,
@@ -52,6 +57,7 @@ pub async fn run_cli(args: ProbeArgs) -> Result<()> {
         min_mtu: args.min_mtu,
         max_mtu: args.max_mtu,
         tcp_port: args.tcp_port,
+        tcp_check: args.tcp_port.is_some(),
         round_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         retries: args.retries,
         max_probes_per_sec: args.rate,
@@ -102,7 +108,14 @@ pub async fn run_cli(args: ProbeArgs) -> Result<()> {
                 let method = match method {
                     Some(Method::Tcp) => "TCP",
                     Some(Method::IcmpError) => "ICMP error, confirmed",
-                    _ => "ICMP echo",
+                    Some(Method::TcpBelowIcmp) => "TCP (ICMP echo passes more)",
+                    Some(Method::ReturnFragments) => "echo replies fragmented on the way back",
+                    Some(Method::Icmp) | None => "ICMP echo",
+                };
+                let method = if report.tcp_checked && report.method != Some(Method::Tcp) {
+                    format!("{method}, TCP agrees")
+                } else {
+                    method.to_string()
                 };
                 let mss = mtu.saturating_sub(if target.is_ipv6() { 60 } else { 40 });
                 println!("path MTU to {target}: {mtu} bytes (TCP MSS {mss}) by {method}; {how}");

@@ -5,7 +5,8 @@
 //! exactly `size` bytes: ICMP header, an 8-byte random token of this prober, the size, filler.
 //! Replies are matched by identifier (raw sockets see every echo reply of the namespace),
 //! sequence number and token. `IP_RECVERR` / `IPV6_RECVERR` delivers frag-needed / packet-too-big
-//! about our probes with the MTU they name.
+//! about our probes with the MTU they name; `IP_RECVFRAGSIZE` / `IPV6_RECVFRAGSIZE` the size of
+//! the largest fragment of a reply that arrived fragmented (the return path's MTU).
 use std::{
     collections::{BTreeSet, HashMap},
     io::IoSliceMut,
@@ -54,6 +55,10 @@ pub(crate) struct IcmpProber {
     round: u32,
     /// seq -> (size in bytes, sent at, round)
     inflight: HashMap<u16, (u16, Instant, u32)>,
+    /// Smallest "largest fragment" (bytes) of our replies that arrived fragmented.
+    return_fragments: Option<u16>,
+    /// Sizes (bytes) whose replies arrived whole: the return path carries them.
+    whole: BTreeSet<u16>,
 }
 
 impl IcmpProber {
@@ -101,6 +106,8 @@ impl IcmpProber {
                 .context("setting IPV6_DONTFRAG")?;
             sys::setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1i32)
                 .context("setting IPV6_RECVERR")?;
+            sys::setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_RECVFRAGSIZE, 1i32)
+                .context("setting IPV6_RECVFRAGSIZE")?;
             if raw {
                 // Linux semantics: a set bit blocks that type. Pass echo replies only.
                 let mut filter = [u32::MAX; 8];
@@ -118,6 +125,8 @@ impl IcmpProber {
             .context("setting IP_MTU_DISCOVER=PROBE")?;
             sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_RECVERR, 1i32)
                 .context("setting IP_RECVERR")?;
+            sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1i32)
+                .context("setting IP_RECVFRAGSIZE")?;
             if raw {
                 let filter: u32 = !(1u32 << ICMP_ECHO_REPLY);
                 sys::setsockopt(&sock, SOL_RAW, ICMP_FILTER, filter)
@@ -142,7 +151,23 @@ impl IcmpProber {
             next_seq: 0,
             round: 0,
             inflight: HashMap::new(),
+            return_fragments: None,
+            whole: BTreeSet::new(),
         })
+    }
+
+    /// The smallest "largest fragment" (bytes, IP header included) of the replies to this
+    /// prober's probes that arrived fragmented; `None` when every reply arrived whole.
+    pub fn return_fragments(&self) -> Option<u16> {
+        self.return_fragments
+    }
+
+    /// What the replies say of the return path's MTU (bytes), when one arrived fragmented:
+    /// fragments carry payload in multiples of 8 bytes, so a largest fragment `F` means a
+    /// return MTU from `F` to `F + 7`, and a reply of that range that arrived whole proves its
+    /// size. `None` when every reply arrived whole (the return path carried them all).
+    pub fn return_mtu(&self) -> Option<u16> {
+        return_mtu(self.return_fragments?, &self.whole)
     }
 
     fn v6(&self) -> bool {
@@ -233,24 +258,48 @@ impl IcmpProber {
         let fd = self.fd.get_ref().as_raw_fd();
         let mut buf = [0u8; 65_536];
         for _ in 0..4096 {
-            match nix::sys::socket::recvfrom::<SockaddrStorage>(fd, &mut buf) {
-                Ok((n, from)) => {
-                    if let Some(from) = from.as_ref().and_then(sockaddr_ip)
-                        && from != self.target
-                    {
+            let (n, from, fragment) = {
+                let mut cmsg = nix::cmsg_space!(libc::c_int);
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                match recvmsg::<SockaddrStorage>(
+                    fd,
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_DONTWAIT,
+                ) {
+                    Ok(msg) => (msg.bytes, msg.address, largest_fragment(&msg)),
+                    Err(Errno::EAGAIN) => break,
+                    // A pending error (reported via the error queue too): keep reading.
+                    Err(e) => {
+                        tracing::trace!(error = %e, "ICMP recv");
                         continue;
                     }
-                    if let Some(seq) = self.parse_reply(&buf[..n]) {
-                        let (size, sent, round) = self.inflight[&seq];
-                        r.answered.insert(size);
-                        if round == self.round && rtt.is_none() {
-                            rtt = Some(sent.elapsed());
-                        }
+                }
+            };
+            if let Some(from) = from.as_ref().and_then(sockaddr_ip)
+                && from != self.target
+            {
+                continue;
+            }
+            if let Some(seq) = self.parse_reply(&buf[..n]) {
+                let (size, sent, round) = self.inflight[&seq];
+                r.answered.insert(size);
+                match fragment.filter(|&f| f < size) {
+                    Some(f) => {
+                        tracing::debug!(
+                            size,
+                            largest_fragment = f,
+                            "an echo reply came back fragmented"
+                        );
+                        self.return_fragments = Some(self.return_fragments.map_or(f, |m| m.min(f)));
+                    }
+                    None => {
+                        self.whole.insert(size);
                     }
                 }
-                Err(Errno::EAGAIN) => break,
-                // A pending error (reported via the error queue too): keep reading.
-                Err(e) => tracing::trace!(error = %e, "ICMP recv"),
+                if round == self.round && rtt.is_none() {
+                    rtt = Some(sent.elapsed());
+                }
             }
         }
         for _ in 0..4096 {
@@ -382,9 +431,54 @@ impl Prober for IcmpProber {
     }
 }
 
+/// The return path's MTU (bytes) that a largest fragment `f` and the sizes of the replies that
+/// arrived `whole` tell (see [`IcmpProber::return_mtu`]).
+fn return_mtu(f: u16, whole: &BTreeSet<u16>) -> Option<u16> {
+    let w = whole.range(f..=f.saturating_add(7)).next_back();
+    Some(w.map_or(f, |&w| w.max(f)))
+}
+
+/// The size of the largest fragment (bytes) of a datagram that arrived fragmented, from its
+/// `IP_RECVFRAGSIZE` / `IPV6_RECVFRAGSIZE` control message (none: it arrived whole).
+fn largest_fragment<S>(msg: &nix::sys::socket::RecvMsg<'_, '_, S>) -> Option<u16> {
+    msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::Unknown(u)
+            if (u.cmsg_header.cmsg_level == libc::IPPROTO_IP
+                && u.cmsg_header.cmsg_type == libc::IP_RECVFRAGSIZE)
+                || (u.cmsg_header.cmsg_level == libc::IPPROTO_IPV6
+                    && u.cmsg_header.cmsg_type == libc::IPV6_RECVFRAGSIZE) =>
+        {
+            let v = i32::from_ne_bytes(u.data_bytes.get(..4)?.try_into().ok()?);
+            u16::try_from(v).ok().filter(|&v| v > 0)
+        }
+        _ => None,
+    })
+}
+
 fn sockaddr_ip(s: &SockaddrStorage) -> Option<IpAddr> {
     if let Some(a) = s.as_sockaddr_in() {
         return Some(IpAddr::V4(a.ip()));
     }
     s.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_and_whole_replies_tell_the_return_mtu_to_the_byte() {
+        let whole = |v: &[u16]| v.iter().copied().collect::<BTreeSet<u16>>();
+        // A 1372 link: fragments of 1372 (1352 bytes of payload, a multiple of 8).
+        assert_eq!(return_mtu(1372, &whole(&[552, 1000, 1372])), Some(1372));
+        // A 1400 link fragments at 1396; replies of 1397..=1400 arriving whole prove 1400.
+        assert_eq!(
+            return_mtu(1396, &whole(&[1000, 1396, 1397, 1398, 1399, 1400])),
+            Some(1400)
+        );
+        // Without whole replies above the fragment, only the fragment is proven.
+        assert_eq!(return_mtu(1396, &whole(&[1000])), Some(1396));
+        // A whole reply far above the fragment is not of this path (it changed): ignored.
+        assert_eq!(return_mtu(1252, &whole(&[1500])), Some(1252));
+    }
 }

@@ -5,9 +5,16 @@
 //! - **ICMP echo** with DF set that ignores the kernel's cached path MTU (`IP_PMTUDISC_PROBE`;
 //!   IPv6 `IPV6_PMTUDISC_PROBE` + `IPV6_DONTFRAG`), on a datagram ICMP socket where
 //!   `net.ipv4.ping_group_range` allows it, else on a raw socket (`icmp.rs`).
-//! - **TCP fallback** for targets that drop echo: one connection per probe to a configured port,
-//!   with `TCP_MAXSEG` chosen so that one full segment is exactly the probed size; the size passes
-//!   when that segment's data is acknowledged (`tcp.rs`).
+//! - **TCP** to a port of the target (`tcp.rs`): one connection per probe, with `TCP_MAXSEG`
+//!   chosen so that one full segment is exactly the probed size; the size passes when that
+//!   segment's data is acknowledged. It checks what ICMP found ([`SearchOptions::tcp_check`]:
+//!   some paths carry echo requests of a size that TCP segments do not get through) and
+//!   measures alone for targets that drop echo.
+//! - **The return path** (IPv4): an echo reply that comes back fragmented crossed a link
+//!   narrower than itself on the way back (Linux sends echo replies without DF, so routers
+//!   fragment them where they would drop a TCP segment). `IP_RECVFRAGSIZE` gives the largest
+//!   fragment, and the result is never above it. IPv6 routers never fragment: an echo reply that
+//!   comes back whole crossed the return path at its size.
 //! - **Bounds**: upper = MTU of the egress device for the route to the target (`route.rs`),
 //!   optionally lowered by [`SearchOptions::max_mtu`]; lower = 1280 for IPv6, a configurable floor
 //!   (default [`DEFAULT_MIN_MTU_V4`] = 552) for IPv4. No size below the lower bound is ever
@@ -52,8 +59,11 @@ pub const DEFAULT_MIN_MTU_V4: u16 = wslnet_common::MIN_PATH_MTU_V4;
 pub const MIN_MTU_V6: u16 = wslnet_common::MIN_PATH_MTU_V6;
 /// Smallest IPv4 floor accepted (bytes, RFC 791).
 pub const MIN_MTU_V4_ABSOLUTE: u16 = 68;
-/// Sizes probed per round (the control size included).
+/// Sizes probed per ICMP round (the control size included).
 pub const SIZES_PER_ROUND: usize = 16;
+/// Sizes probed per TCP round: each copy of each size is a connection to the target's service,
+/// and a listener with a short accept queue must not be flooded into failing sizes that pass.
+pub const TCP_SIZES_PER_ROUND: usize = 4;
 
 /// Told of each TCP probe connection before its SYN leaves and when it ends. `run` passes one
 /// that exempts the connection from wslnet's own clamp: the datapath would otherwise lower the
@@ -96,9 +106,14 @@ pub struct SearchOptions {
     pub min_mtu: Option<u16>,
     /// Upper bound in bytes (IP packet size); never above the egress device's MTU.
     pub max_mtu: Option<u16>,
-    /// TCP port of the target for the fallback probe when ICMP echo gets no answer at all;
-    /// `None` disables the fallback.
+    /// TCP port of the target: for the fallback probe when ICMP echo gets no answer at all, and
+    /// for checking an ICMP result ([`SearchOptions::tcp_check`]); `None`: ICMP only.
     pub tcp_port: Option<u16>,
+    /// Check what ICMP echo found with TCP segments to `tcp_port` (an echo that passes is no
+    /// proof for TCP): a search lowers its result to what TCP carries, a re-check fails when
+    /// TCP no longer carries the known MTU. Costs a search 2 connections (one control size,
+    /// the result; 2 copies each), more only when TCP carries less.
+    pub tcp_check: bool,
     /// Longest wait for the answers of one round (a round usually ends much earlier: twice the
     /// observed round trip, plus 15 ms, after its last probe).
     pub round_timeout: Duration,
@@ -113,13 +128,14 @@ pub struct SearchOptions {
 }
 
 impl Default for SearchOptions {
-    /// No interface, default bounds, no TCP fallback, 1 s round timeout, 1 retry, 200 probes/s.
+    /// No interface, default bounds, no TCP, 1 s round timeout, 1 retry, 200 probes/s.
     fn default() -> Self {
         Self {
             iface: None,
             min_mtu: None,
             max_mtu: None,
             tcp_port: None,
+            tcp_check: false,
             round_timeout: Duration::from_secs(1),
             retries: 1,
             max_probes_per_sec: 200,
@@ -138,6 +154,32 @@ pub enum Method {
     Tcp,
     /// A frag-needed / packet-too-big message named this MTU and a probe of that size passed.
     IcmpError,
+    /// ICMP echo passed larger sizes, TCP segments only this one ([`SearchOptions::tcp_check`]).
+    TcpBelowIcmp,
+    /// Echo replies came back fragmented: the largest fragment, the return path's MTU.
+    ReturnFragments,
+}
+
+impl Method {
+    /// Every method, in declaration order.
+    pub const ALL: [Method; 5] = [
+        Method::Icmp,
+        Method::Tcp,
+        Method::IcmpError,
+        Method::TcpBelowIcmp,
+        Method::ReturnFragments,
+    ];
+
+    /// The name in JSON and in metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Icmp => "icmp",
+            Method::Tcp => "tcp",
+            Method::IcmpError => "icmp-error",
+            Method::TcpBelowIcmp => "tcp-below-icmp",
+            Method::ReturnFragments => "return-fragments",
+        }
+    }
 }
 
 /// Result of [`search`].
@@ -150,6 +192,13 @@ pub struct SearchReport {
     pub mtu: Option<u16>,
     /// How `mtu` was established; `None` when unreachable.
     pub method: Option<Method>,
+    /// TCP segments of `mtu` bytes were acknowledged ([`SearchOptions::tcp_check`], or the TCP
+    /// fallback measured it).
+    pub tcp_checked: bool,
+    /// The return path's MTU (bytes) as echo replies that came back fragmented tell it (their
+    /// largest fragment, refined by the replies that came back whole); the result is never
+    /// above it. `None`: every reply that was no larger than the result came back whole.
+    pub return_fragments: Option<u16>,
     /// Rounds of probes sent (all methods together).
     pub rounds: u32,
     /// Probe packets sent (ICMP echoes plus TCP connections).
@@ -189,20 +238,33 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
     let bounds = route::bounds(target, opts).await?;
     let mut st = Stats::default();
     let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
-
+    let mut return_fragments = None;
     let mut found = match icmp::IcmpProber::open(target, opts.iface.as_deref()) {
-        Ok(mut p) => run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
-            .await?
-            .map(|(mtu, hinted)| {
-                (
-                    mtu,
-                    if hinted {
-                        Method::IcmpError
-                    } else {
-                        Method::Icmp
-                    },
-                )
-            }),
+        Ok(mut p) => {
+            let mut found = run_search(&mut p, &bounds, opts, &mut limiter, &mut st).await?;
+            if let (Some((mtu, _)), Some(f)) = (found, p.return_fragments())
+                && f < mtu
+            {
+                // Replies came back fragmented: the sizes just above the largest fragment
+                // tell the return path's MTU to the byte (see `IcmpProber::return_mtu`).
+                let sizes: Vec<u16> = (f + 1..=mtu.min(f.saturating_add(7))).collect();
+                p.round(&sizes, opts, &mut limiter, &mut st).await?;
+                if let Some(ret) = p.return_mtu().filter(|&r| r < mtu) {
+                    found = Some((ret.max(bounds.lower), false));
+                    return_fragments = Some(ret);
+                }
+            }
+            found.map(|(mtu, hinted)| {
+                let method = if return_fragments.is_some() {
+                    Method::ReturnFragments
+                } else if hinted {
+                    Method::IcmpError
+                } else {
+                    Method::Icmp
+                };
+                (mtu, method)
+            })
+        }
         // Without ICMP sockets the TCP probe can still measure, when configured.
         Err(e) if opts.tcp_port.is_some() => {
             tracing::warn!(error = %format!("{e:#}"), "no ICMP probes; using TCP only");
@@ -210,28 +272,47 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
         }
         Err(e) => return Err(e),
     };
-    if found.is_none()
-        && let Some(port) = opts.tcp_port
-    {
-        tracing::debug!(%target, port, "no ICMP echo answered; trying TCP");
+    let mut tcp_checked = false;
+    if let Some(port) = opts.tcp_port {
         let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
-        found = run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
-            .await?
-            .map(|(mtu, hinted)| {
-                (
-                    mtu,
-                    if hinted {
-                        Method::IcmpError
-                    } else {
-                        Method::Tcp
-                    },
-                )
-            });
+        match found {
+            None => {
+                tracing::debug!(%target, port, "no ICMP echo answered; trying TCP");
+                found = run_search(&mut p, &bounds, opts, &mut limiter, &mut st)
+                    .await?
+                    .map(|(mtu, hinted)| {
+                        tcp_checked = !hinted;
+                        let method = if hinted {
+                            Method::IcmpError
+                        } else {
+                            Method::Tcp
+                        };
+                        (mtu, method)
+                    });
+            }
+            Some((mtu, method)) if opts.tcp_check => {
+                match check_with_tcp(&mut p, mtu, &bounds, opts, &mut limiter, &mut st).await? {
+                    TcpCheck::Carries => tcp_checked = true,
+                    TcpCheck::CarriesOnly(tcp) => {
+                        tracing::info!(%target, port, icmp = mtu, tcp, "TCP carries less than ICMP echo");
+                        tcp_checked = true;
+                        found = Some((tcp, Method::TcpBelowIcmp));
+                    }
+                    TcpCheck::Untestable => {
+                        tracing::debug!(%target, port, "no TCP answer at any size; keeping the ICMP result");
+                        found = Some((mtu, method));
+                    }
+                }
+            }
+            Some(_) => {}
+        }
     }
     Ok(SearchReport {
         target,
         mtu: found.map(|f| f.0),
         method: found.map(|f| f.1),
+        tcp_checked,
+        return_fragments,
         rounds: st.rounds,
         probes_sent: st.probes_sent,
         elapsed: start.elapsed(),
@@ -241,10 +322,60 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
     })
 }
 
+/// What TCP said of a size ICMP echo passed.
+enum TcpCheck {
+    /// A full segment of that size was acknowledged.
+    Carries,
+    /// Only segments up to this size (bytes) were acknowledged.
+    CarriesOnly(u16),
+    /// No probe was acknowledged at any size, not even the lower bound (nothing listens on the
+    /// port, or TCP is filtered): TCP can tell nothing.
+    Untestable,
+}
+
+/// Checks `mtu` (bytes), which ICMP echo passed, with TCP: one round of the lower bound (the
+/// control) and `mtu`; when only the control passes, once more (a lost segment is not a
+/// narrower path), then a TCP search below `mtu`.
+async fn check_with_tcp<P: Prober>(
+    p: &mut P,
+    mtu: u16,
+    b: &Bounds,
+    opts: &SearchOptions,
+    limiter: &mut RateLimiter,
+    st: &mut Stats,
+) -> Result<TcpCheck> {
+    let sizes: Vec<u16> = if b.lower < mtu {
+        vec![b.lower, mtu]
+    } else {
+        vec![mtu]
+    };
+    let mut control = false;
+    for _ in 0..2 {
+        let r = p.round(&sizes, opts, limiter, st).await?;
+        if r.answered.contains(&mtu) {
+            return Ok(TcpCheck::Carries);
+        }
+        control |= !r.answered.is_empty();
+    }
+    if !control || mtu <= b.lower {
+        return Ok(TcpCheck::Untestable);
+    }
+    let below = Bounds {
+        upper: mtu - 1,
+        ..b.clone()
+    };
+    Ok(match run_search(p, &below, opts, limiter, st).await? {
+        Some((tcp, _)) => TcpCheck::CarriesOnly(tcp),
+        None => TcpCheck::Untestable,
+    })
+}
+
 /// Cheap re-check of a known path MTU `mtu` (bytes): one round of the lower bound (control),
 /// `mtu`, `mtu + 1` and the upper bound (ICMP, then TCP when configured and ICMP got no answer
 /// at all; a round where not even the control size is answered is repeated up to `retries`
-/// times). Both flags false with the control unanswered means the target went silent.
+/// times). Both flags false with the control unanswered means the target went silent. With
+/// [`SearchOptions::tcp_check`], TCP must carry `mtu` too (and `mtu + 1` for `larger_ok`) when
+/// it answers at all; an echo reply that came back fragmented counts for the forward path only.
 pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<Recheck> {
     let bounds = route::bounds(target, opts).await?;
     let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
@@ -261,6 +392,7 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
     }
     let mut st = Stats::default();
     let mut out = None;
+    let mut return_limit = u16::MAX;
     match icmp::IcmpProber::open(target, opts.iface.as_deref()) {
         Ok(mut p) => {
             for _ in 0..=opts.retries {
@@ -270,28 +402,50 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
                     break;
                 }
             }
+            return_limit = p.return_mtu().unwrap_or(u16::MAX);
         }
         Err(e) if opts.tcp_port.is_some() => {
             tracing::debug!(error = %format!("{e:#}"), "no ICMP probes; using TCP only");
         }
         Err(e) => return Err(e),
     }
-    if out.is_none()
-        && let Some(port) = opts.tcp_port
+    let mut tcp_round = None;
+    if let Some(port) = opts.tcp_port
+        && (out.is_none() || opts.tcp_check)
     {
+        let tcp_sizes: Vec<u16> = if out.is_none() {
+            sizes.clone()
+        } else {
+            // ICMP answered: TCP checks the known MTU and one above, with a control.
+            sizes
+                .iter()
+                .copied()
+                .filter(|&s| s <= mtu.saturating_add(1))
+                .collect()
+        };
         let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
         for _ in 0..=opts.retries {
-            let r = p.round(&sizes, opts, &mut limiter, &mut st).await?;
+            let r = p.round(&tcp_sizes, opts, &mut limiter, &mut st).await?;
             if !r.answered.is_empty() {
-                out = Some(r);
+                tcp_round = Some(r);
                 break;
             }
         }
     }
-    let answered = out.map(|r| r.answered).unwrap_or_default();
+    let passes = |s: u16| {
+        let icmp = match &out {
+            Some(r) => r.answered.contains(&s) && s <= return_limit,
+            None => true,
+        };
+        let tcp = match &tcp_round {
+            Some(r) => r.answered.contains(&s),
+            None => out.is_some(),
+        };
+        icmp && tcp
+    };
     Ok(Recheck {
-        current_ok: answered.iter().any(|&s| s >= mtu),
-        larger_ok: answered.iter().any(|&s| s > mtu),
+        current_ok: sizes.iter().any(|&s| s >= mtu && passes(s)),
+        larger_ok: sizes.iter().any(|&s| s > mtu && passes(s)),
         probes_sent: st.probes_sent,
     })
 }
@@ -324,6 +478,11 @@ pub(crate) struct RoundResult {
 
 /// A probe transport: sends one round of sizes and reports what passed.
 pub(crate) trait Prober {
+    /// Sizes a search round plans (the control size included).
+    fn sizes_per_round(&self) -> usize {
+        SIZES_PER_ROUND
+    }
+
     /// Sends every size in `sizes` `1 + opts.retries` times and collects answers until all are
     /// in or the round ends (see the module docs).
     async fn round(
@@ -356,7 +515,7 @@ pub(crate) async fn run_search<P: Prober>(
             return Ok(Some((g, hint == Some(g))));
         }
         let control = good.unwrap_or(b.lower);
-        let sizes = plan_round(control, bad, SIZES_PER_ROUND);
+        let sizes = plan_round(control, bad, p.sizes_per_round());
         let r = p.round(&sizes, opts, limiter, st).await?;
         if let Some(h) = r.mtu_hint
             && h >= b.lower
@@ -602,6 +761,61 @@ mod tests {
         let (r, st) = run(&mut sim(1372, vec![], true), 552, 1500, 1);
         assert_eq!(r, Some((1372, true)));
         assert!(st.rounds <= 2);
+    }
+
+    fn check(p: &mut Sim, mtu: u16, lower: u16) -> TcpCheck {
+        let b = Bounds {
+            lower,
+            upper: 1500,
+            iface: "eth0".into(),
+        };
+        let opts = SearchOptions::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut lim = RateLimiter::new(1_000_000);
+        rt.block_on(check_with_tcp(
+            p,
+            mtu,
+            &b,
+            &opts,
+            &mut lim,
+            &mut Stats::default(),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn tcp_checks_an_icmp_result_and_finds_what_tcp_carries_below_it() {
+        assert!(matches!(
+            check(&mut sim(1500, vec![], false), 1372, 552),
+            TcpCheck::Carries
+        ));
+        assert!(matches!(
+            check(&mut sim(1372, vec![], false), 1372, 552),
+            TcpCheck::Carries
+        ));
+        for tcp in [552, 1000, 1257, 1371] {
+            assert!(
+                matches!(check(&mut sim(tcp, vec![], false), 1372, 552), TcpCheck::CarriesOnly(t) if t == tcp),
+                "tcp {tcp}"
+            );
+        }
+        let mut dead = sim(1257, vec![], false);
+        dead.dead = true;
+        assert!(matches!(check(&mut dead, 1372, 552), TcpCheck::Untestable));
+        // Below the floor TCP tells nothing the clamp could use.
+        assert!(matches!(
+            check(&mut sim(500, vec![], false), 1372, 552),
+            TcpCheck::Untestable
+        ));
+        // Both copies of the checked size lost in the first round (2 sizes x 2 copies): loss,
+        // not a narrower path.
+        assert!(matches!(
+            check(&mut sim(1500, vec![2, 4], false), 1372, 552),
+            TcpCheck::Carries
+        ));
     }
 
     #[test]

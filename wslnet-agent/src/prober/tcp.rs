@@ -192,6 +192,10 @@ impl TcpProber {
 }
 
 impl Prober for TcpProber {
+    fn sizes_per_round(&self) -> usize {
+        super::TCP_SIZES_PER_ROUND
+    }
+
     async fn round(
         &mut self,
         sizes: &[u16],

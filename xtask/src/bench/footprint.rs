@@ -146,6 +146,7 @@ pub fn run(s: Settings) -> Result<Value> {
             last_seen_jiffies: now,
             syns: 1,
             ifindex,
+            port_be: 443u16.to_be(),
             reserved: 0,
         };
         maps.learned

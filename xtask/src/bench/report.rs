@@ -237,6 +237,15 @@ fn targets(md: &mut String, r: &Value) {
             interval_verdict(&ratios, 1.0, true)
         );
     }
+    let fc = &tp["first_contact_cost"];
+    if fc.is_object() {
+        let _ = writeln!(
+            md,
+            "| What safe first contact costs a destination on a wide path until measured (clamp 1280, MSS 1240, against 1500) | throughput a->b {}, b->a {} of the measured clamp's | info |",
+            pct_ci(&fc["ratio_a_to_b"]),
+            pct_ci(&fc["ratio_b_to_a"]),
+        );
+    }
     let cv = &r["convergence"];
     if let Some(s) = cv["searches"].as_array() {
         let exact = s.iter().all(|x| x["exact"] == true);

@@ -1,6 +1,6 @@
 //! Throughput (iperf3, both directions) and short-connection rate over veth pairs between
 //! namespaces, for five configurations of the client side `a`, interleaved round by round in
-//! one run:
+//! one run (six configurations with `wslnet_1280`):
 //!
 //! - `none`: no program, no rule;
 //! - `wslnet_1500`: the real agent (`run --iface eth0 --clamp 10.99.0.0/24=1500 --no-learn`),
@@ -9,6 +9,9 @@
 //!   MSS stays 1460, so the figure is the datapath's own cost;
 //! - `wslnet`: the same with `--clamp 10.99.0.0/24=1372`: MSS clamped to 1332 both ways (fewer
 //!   bytes per segment: compare it with `nft_1332`, which clamps the same);
+//! - `wslnet_1280`: the same with `--clamp 10.99.0.0/24=1280`: what a destination on a wide path
+//!   carries until its search finishes (safe first contact: MSS 1240); compared with
+//!   `wslnet_1500`, the cost of first contact;
 //! - `nft_rt_mtu`: nftables `tcp flags syn tcp option maxseg size set rt mtu` in the output hook
 //!   (the kernel refuses `rt mtu` in the input hook); the veth MTU is 1500, so nothing is
 //!   lowered: this is the cost of the rule itself;
@@ -105,15 +108,18 @@ enum Config {
     None,
     Wslnet1500,
     Wslnet,
+    /// Clamp 1280: the first-contact default.
+    Wslnet1280,
     NftRtMtu,
     Nft1332,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::None,
         Config::Wslnet1500,
         Config::Wslnet,
+        Config::Wslnet1280,
         Config::NftRtMtu,
         Config::Nft1332,
     ];
@@ -123,6 +129,7 @@ impl Config {
             Config::None => "none",
             Config::Wslnet1500 => "wslnet_1500",
             Config::Wslnet => "wslnet",
+            Config::Wslnet1280 => "wslnet_1280",
             Config::NftRtMtu => "nft_rt_mtu",
             Config::Nft1332 => "nft_1332",
         }
@@ -133,6 +140,7 @@ impl Config {
             Config::None => "no program",
             Config::Wslnet1500 => "wslnet (ingress + egress, clamp entry 1500: MSS unchanged)",
             Config::Wslnet => "wslnet (ingress + egress, clamp 1372)",
+            Config::Wslnet1280 => "wslnet (clamp 1280: first contact, MSS 1240)",
             Config::NftRtMtu => "nft maxseg size set rt mtu (output)",
             Config::Nft1332 => "nft maxseg size set 1332 (output + input)",
         }
@@ -161,12 +169,12 @@ impl Installed {
         };
         match cfg {
             Config::None => Ok(Installed::Nothing),
-            Config::Wslnet1500 | Config::Wslnet => {
+            Config::Wslnet1500 | Config::Wslnet | Config::Wslnet1280 => {
                 let fs = Bpffs::new()?;
-                let clamp = if cfg == Config::Wslnet {
-                    "10.99.0.0/24=1372"
-                } else {
-                    "10.99.0.0/24=1500"
+                let clamp = match cfg {
+                    Config::Wslnet => "10.99.0.0/24=1372",
+                    Config::Wslnet1280 => "10.99.0.0/24=1280",
+                    _ => "10.99.0.0/24=1500",
                 };
                 let agent = Agent::start(
                     &pair.a,
@@ -542,6 +550,10 @@ enum Measure {
 /// (wslnet 1500 vs `rt mtu` on a 1500-byte link), and the same MSS lowered (1372 vs 1332).
 const AGAINST_NFT: [(&str, &str); 2] = [("wslnet_1500", "nft_rt_mtu"), ("wslnet", "nft_1332")];
 
+/// What safe first contact costs a destination on a wide path until its search finishes: the
+/// first-contact clamp (1280) against the measured one (1500), paired per round.
+const FIRST_CONTACT: (&str, &str) = ("wslnet_1280", "wslnet_1500");
+
 /// Measures everything; returns the JSON section `throughput`.
 pub fn run(s: Settings) -> Result<Value> {
     let started = Instant::now();
@@ -625,6 +637,15 @@ pub fn run(s: Settings) -> Result<Value> {
             })
         })
         .collect();
+    let first_contact = {
+        let (fc, measured) = (of(FIRST_CONTACT.0), of(FIRST_CONTACT.1));
+        json!({
+            "first_contact": FIRST_CONTACT.0,
+            "measured": FIRST_CONTACT.1,
+            "ratio_a_to_b": ratio(&fc.fwd, &measured.fwd).json(3),
+            "ratio_b_to_a": ratio(&fc.rev, &measured.rev).json(3),
+        })
+    };
     drop(beds);
     Ok(json!({
         "method": "one veth pair between two namespaces per configuration, all set up once; per round iperf3 -t N -J a->b for every configuration, then with -R (b->a), then the connection rate (client threads in a, connect + SO_LINGER 0 reset, accept-and-drop server thread in b); order rotated per round; all traffic pinned to one CPU; ratios paired per round, median with a distribution-free 95% CI",
@@ -635,6 +656,7 @@ pub fn run(s: Settings) -> Result<Value> {
         "cpu": cpu,
         "configs": configs,
         "against_nft": against_nft,
+        "first_contact_cost": first_contact,
         "datapath_cost": datapath_cost,
         "seconds": round(started.elapsed().as_secs_f64(), 1),
     }))
