@@ -390,16 +390,22 @@ pub fn compare(model: &Outcome, prog: &Observed) -> Option<String> {
     (!why.is_empty()).then(|| why.join("; "))
 }
 
-/// Checks a rewritten frame independently of the model and the program: only the MSS value and
-/// the TCP checksum may have changed, and the checksum must still be right (the same residual as
-/// the input's: valid stays valid, an already broken checksum stays exactly as broken).
+/// Checks a rewritten frame independently of the model and the program: only the DS field
+/// (egress, to the interface's DSCP, ECN kept) with the IPv4 header checksum, and the MSS value
+/// with the TCP checksum, may have changed, and each checksum must still be right (the same
+/// residual as the input's: valid stays valid, an already broken checksum stays exactly as
+/// broken).
 pub fn check_rewrite(case: &Case, out: &[u8]) -> std::result::Result<(), String> {
     let l3_offset = usize::from(case.iface().l3_offset != 0) * 14;
-    let loc = packets::locate_tcp(&case.frame, l3_offset)
-        .ok_or("a frame without a locatable TCP segment was changed")?;
     if out.len() != case.frame.len() {
         return Err("rewritten frame changed length".into());
     }
+    let out = &check_ds_rewrite(case, out, l3_offset)?;
+    if out == &case.frame {
+        return Ok(());
+    }
+    let loc = packets::locate_tcp(&case.frame, l3_offset)
+        .ok_or("a frame without a locatable TCP segment was changed")?;
     let changed: Vec<usize> = (0..out.len())
         .filter(|&i| out[i] != case.frame[i])
         .collect();
@@ -420,6 +426,57 @@ pub fn check_rewrite(case: &Case, out: &[u8]) -> std::result::Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// Checks the DS part of a rewrite (see [`check_rewrite`]) and returns `out` with the DS field
+/// and the IPv4 header checksum put back as they came in, for the TCP checks.
+fn check_ds_rewrite(
+    case: &Case,
+    out: &[u8],
+    l3_offset: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let l3 = if l3_offset == 0 {
+        0
+    } else if case.frame.get(12..14) == Some(&[0x81, 0x00]) {
+        18
+    } else {
+        14
+    };
+    let mut undone = out.to_vec();
+    let (Some(ip_in), Some(ip_out)) = (case.frame.get(l3..), out.get(l3..)) else {
+        return Ok(undone);
+    };
+    let (Some(ds_in), Some(ds_out)) = (packets::ds_of(ip_in), packets::ds_of(ip_out)) else {
+        return Ok(undone);
+    };
+    if ds_in == ds_out {
+        return Ok(undone);
+    }
+    let cfg = case.iface();
+    if case.dir != Direction::Egress || cfg.dscp & wslnet_common::DSCP_SET == 0 {
+        return Err(format!(
+            "DS field changed ({ds_in:#04x} -> {ds_out:#04x}) without a DSCP setting on egress"
+        ));
+    }
+    if ds_out >> 2 != cfg.dscp & wslnet_common::MAX_DSCP || ds_out & 0b11 != ds_in & 0b11 {
+        return Err(format!(
+            "DS field {ds_in:#04x} -> {ds_out:#04x}, the interface's DSCP {} with ECN kept wanted",
+            cfg.dscp & wslnet_common::MAX_DSCP
+        ));
+    }
+    if ip_in[0] >> 4 == 4 {
+        let ihl = (usize::from(ip_in[0] & 0x0f) * 4).min(ip_in.len());
+        let residual = |h: &[u8]| packets::internet_checksum(&h[..ihl]);
+        let norm = |r: u16| if r == 0 { 0xffff } else { r };
+        if norm(residual(ip_in)) != norm(residual(ip_out)) {
+            return Err("IPv4 header checksum broken by the DSCP rewrite".into());
+        }
+        undone[l3 + 1] = ip_in[1];
+        undone[l3 + 10..l3 + 12].copy_from_slice(&ip_in[10..12]);
+    } else {
+        undone[l3..l3 + 2].copy_from_slice(&ip_in[..2]);
+    }
+    Ok(undone)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,6 +523,13 @@ pub fn random_tables(rng: &mut StdRng) -> Tables {
                 l3_offset: if rng.gen_bool(0.8) { 14 } else { 0 },
                 default_mtu_v4: if rng.gen_bool(0.5) { pick_mtu(rng) } else { 0 },
                 default_mtu_v6: if rng.gen_bool(0.5) { pick_mtu(rng) } else { 0 },
+                // Any value, bit 6 too (the datapath must ignore it); 0 and 8 (cs1) often.
+                dscp: match rng.gen_range(0..10) {
+                    0..=4 => 0,
+                    5 => wslnet_common::DSCP_SET,
+                    6 => wslnet_common::DSCP_SET | 8,
+                    _ => wslnet_common::DSCP_SET | rng.gen_range(0..0x80),
+                },
                 ..IfaceConfig::default()
             },
         ));
@@ -717,6 +781,11 @@ fn random_frame(rng: &mut StdRng, l3_offset: u16) -> Vec<u8> {
         }
         ip.packet(&payload)
     };
+    let mut l3 = l3;
+    if rng.gen_bool(0.5) {
+        // A DS field to normalise: any DSCP, any ECN.
+        packets::set_ds(&mut l3, rng.r#gen());
+    }
     let mut frame = if eth {
         let vlan = rng.gen_bool(0.15).then(|| rng.gen_range(1..4095));
         packets::ethernet(

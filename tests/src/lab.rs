@@ -339,6 +339,25 @@ impl Lab {
         )
     }
 
+    /// Makes `win` (the Windows host's NAT) silently drop the packets from `wsl` marked with one
+    /// of the DSCPs named (nftables names: `cs1`, `af21`, ...), as VMware's NAT and some VPN
+    /// clients do with OpenSSH's default `IPQoS af21 cs1`; packets to `wsl` pass whatever their
+    /// marks. An empty list removes the rule.
+    pub fn drop_marked(&self, dscps: &[&str]) -> Result<()> {
+        let set = dscps.join(", ");
+        let body = format!(
+            "chain marks_fwd {{ type filter hook forward priority 0; policy accept;
+               iifname \"lan0\" ip dscp {{ {set} }} counter drop
+               iifname \"lan0\" ip6 dscp {{ {set} }} counter drop
+             }}"
+        );
+        nft_table(
+            &self.win,
+            "wslnet_lab_dscp",
+            (!dscps.is_empty()).then_some(body.as_str()),
+        )
+    }
+
     /// Whether `vpn` silently drops forwarded TCP packets larger than `v4` (IPv4) / `v6` (IPv6)
     /// bytes (IP header included), both directions, while ICMP of any size up to the link MTU
     /// crosses: a path that treats TCP unlike echo (a user's report: ping passed 1372, TLS needed

@@ -385,6 +385,51 @@ impl Ipv4 {
     }
 }
 
+/// Sets the DS field (DSCP << 2 | ECN) of the IP packet `ip` starting at byte 0: the IPv4 TOS
+/// byte, with the header checksum recomputed, or the IPv6 traffic class. Other versions and
+/// packets too short are left alone.
+pub fn set_ds(ip: &mut [u8], ds: u8) {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) if ip.len() >= 20 => {
+            let ihl = (usize::from(ip[0] & 0x0f) * 4).clamp(20, ip.len());
+            ip[1] = ds;
+            ip[10..12].fill(0);
+            let c = internet_checksum(&ip[..ihl]);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        Some(6) if ip.len() >= 2 => {
+            ip[0] = (ip[0] & 0xf0) | (ds >> 4);
+            ip[1] = (ds << 4) | (ip[1] & 0x0f);
+        }
+        _ => {}
+    }
+}
+
+/// The DS field (DSCP << 2 | ECN) of the IP packet starting at byte 0 (IPv4 or IPv6).
+pub fn ds_of(ip: &[u8]) -> Option<u8> {
+    match ip.first()? >> 4 {
+        4 => ip.get(1).copied(),
+        6 => Some((ip[0] << 4) | (ip.get(1)? >> 4)),
+        _ => None,
+    }
+}
+
+/// The IPv4 packets (from the IP header on) of a pcap file with Ethernet framing (a capture on
+/// `lo` or a veth).
+pub fn pcap_ipv4(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 24; // global header
+    while at + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + incl).min(pcap.len())];
+        if frame.len() > 14 && frame[12..14] == [0x08, 0x00] {
+            out.push(frame[14..].to_vec());
+        }
+        at += 16 + incl;
+    }
+    out
+}
+
 /// An IPv6 extension header.
 #[derive(Clone, Debug)]
 pub enum Ext {

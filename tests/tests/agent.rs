@@ -317,6 +317,7 @@ fn bad_config_exits_2_naming_the_field() {
             "[probe]\nrecheck_interval_secs = 0\n",
             "probe.recheck_interval_secs",
         ),
+        ("set_dscp = 64\n", "set_dscp"),
     ] {
         let out = run_with_config(toml);
         let err = String::from_utf8_lossy(&out.stderr);

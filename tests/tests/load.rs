@@ -14,6 +14,15 @@ fn datapath_verifies_and_pins_its_maps() {
         let prog: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         prog.load()
             .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        // How much of the verifier's budget (1,000,000 instructions) the program takes: the
+        // headroom left for the next feature (Linux >= 5.16 reports it).
+        if let Some(n) = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count())
+        {
+            eprintln!("{name}: the verifier processed {n} instructions");
+        }
     }
     let pins = fs.list();
     for map in wslnet_common::map_names::ALL {

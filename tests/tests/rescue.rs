@@ -337,7 +337,7 @@ for n in range(500):
     assert!(sent >= 5.0 && sent <= allowed, "{sent} > {allowed}");
     assert_eq!(limited + sent, dropped, "each drop answered or held back");
 
-    let errors = icmp_frames(&std::fs::read(&pcap).unwrap());
+    let errors = packets::pcap_ipv4(&std::fs::read(&pcap).unwrap());
     assert_eq!(
         errors.len() as f64,
         sent,
@@ -374,21 +374,6 @@ fn lab_octets(a: IpAddr) -> Vec<u8> {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
     }
-}
-
-/// The IPv4 packets (from the IP header on) of a pcap file captured on `lo` (Ethernet framing).
-fn icmp_frames(pcap: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = 24; // global header
-    while at + 16 <= pcap.len() {
-        let incl = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[at + 16..(at + 16 + incl).min(pcap.len())];
-        if frame.len() > 14 && frame[12..14] == [0x08, 0x00] {
-            out.push(frame[14..].to_vec());
-        }
-        at += 16 + incl;
-    }
-    out
 }
 
 /// A download runs at full size when a VPN connects and the path shrinks to 1372 with nothing

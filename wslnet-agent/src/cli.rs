@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// error that makes their sender send smaller.
     #[arg(long)]
     pub no_reflect: bool,
+    /// Every egress packet on the managed interfaces leaves with this DSCP (0-63, ECN kept):
+    /// for NATs and VPN clients that drop marked packets, such as OpenSSH's default IPQoS
+    /// af21 cs1 behind VMware's NAT [default: marks left alone].
+    #[arg(long, value_name = "0-63")]
+    pub set_dscp: Option<u8>,
     /// Most ICMP errors a second about one destination [default: 10].
     #[arg(long, value_name = "N")]
     pub reflect_per_sec: Option<u32>,
@@ -160,6 +165,9 @@ impl RunArgs {
         }
         if self.no_reflect {
             cfg.reflect = false;
+        }
+        if let Some(d) = self.set_dscp {
+            cfg.set_dscp = Some(d);
         }
         if let Some(n) = self.reflect_per_sec {
             cfg.reflect_per_sec = n;

@@ -199,6 +199,11 @@ pub struct Config {
     /// Most ICMP errors a second sent about one destination (errors; a burst of as many is
     /// allowed). One is enough to lower its path MTU for every socket.
     pub reflect_per_sec: u32,
+    /// Normalise marks: every egress IPv4 and IPv6 packet on the managed interfaces leaves with
+    /// this DSCP (0-63; the two ECN bits are kept), for NATs and VPN clients that drop marked
+    /// packets (OpenSSH's default `IPQoS af21 cs1` behind VMware's NAT). None: marks are left
+    /// alone.
+    pub set_dscp: Option<u8>,
 }
 
 impl Default for Config {
@@ -215,6 +220,7 @@ impl Default for Config {
             probe: ProbeConfig::default(),
             reflect: true,
             reflect_per_sec: DEFAULT_REFLECT_PER_SEC,
+            set_dscp: None,
         }
     }
 }
@@ -315,6 +321,14 @@ impl Config {
         if p.tcp_port == Some(0) {
             return err("probe.tcp_port: 0 is not a port; remove it or use e.g. 443".into());
         }
+        if let Some(d) = self.set_dscp
+            && d > wslnet_common::MAX_DSCP
+        {
+            return err(format!(
+                "set_dscp: {d} is out of range: a DSCP is 0..={} (0 clears every mark)",
+                wslnet_common::MAX_DSCP
+            ));
+        }
         if datapath_log_level(&self.datapath_log).is_none() {
             return err(format!(
                 "datapath_log: `{}` is not one of off, error, warn, info, debug, trace",
@@ -322,6 +336,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// [`IfaceConfig::dscp`](wslnet_common::IfaceConfig::dscp) for `set_dscp`.
+    pub fn dscp_setting(&self) -> u8 {
+        self.set_dscp.map_or(0, |d| wslnet_common::DSCP_SET | d)
     }
 
     /// True when `name` matches one of the interface globs.
@@ -435,6 +454,17 @@ mod tests {
         assert!(e.0.contains("clamp[0].mtu"), "{e}");
         let e = Config::parse("[[clamp]]\ncidr = \"10.0.0.0/8\"\nmtu = 70000").unwrap_err();
         assert!(e.0.contains("mtu"), "{e}");
+    }
+
+    #[test]
+    fn set_dscp_is_range_checked_and_becomes_the_interface_setting() {
+        let e = Config::parse("set_dscp = 64").unwrap_err();
+        assert!(format!("{e:#}").contains("set_dscp: 64"), "{e:#}");
+        let c = Config::parse("set_dscp = 0").unwrap();
+        assert_eq!(c.dscp_setting(), wslnet_common::DSCP_SET);
+        let c = Config::parse("set_dscp = 46").unwrap();
+        assert_eq!(c.dscp_setting(), wslnet_common::DSCP_SET | 46);
+        assert_eq!(Config::default().dscp_setting(), 0);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Metrics {
     /// dropped to answer their sender with an ICMP error (their destination has a clamp entry
     /// and reflection is on), packets.
     dropped: IntCounterVec,
+    /// `wslnet_dscp_rewritten_total{interface,family}`: egress packets whose DSCP the datapath
+    /// set to the configured `set_dscp`, packets.
+    dscp_rewritten: IntCounterVec,
     /// `wslnet_icmp_errors_sent_total{interface,family,kind}`: ICMP "fragmentation needed" /
     /// "packet too big" the agent sent, messages; kind = local (to the local stack, for a
     /// packet the datapath dropped), peer (to the peer of a local connection whose segments are
@@ -145,6 +148,13 @@ impl Metrics {
                 "wslnet_oversize_dropped_packets_total",
                 "Egress oversize DF packets the datapath dropped to answer their sender with an \
                  ICMP error (their destination has a clamp entry, reflection is on).",
+                &["interface", "family"],
+            )?,
+            dscp_rewritten: counter_vec(
+                &r,
+                "wslnet_dscp_rewritten_total",
+                "Egress packets whose DSCP the datapath set to the configured set_dscp (packets \
+                 already carrying it are not counted).",
                 &["interface", "family"],
             )?,
             icmp_errors: counter_vec(
@@ -282,6 +292,8 @@ impl Metrics {
         for (_, fam) in FAMILIES {
             self.oversize.with_label_values(&[iface.name.as_str(), fam]);
             self.dropped.with_label_values(&[iface.name.as_str(), fam]);
+            self.dscp_rewritten
+                .with_label_values(&[iface.name.as_str(), fam]);
             for kind in crate::reflect::ErrorKind::ALL {
                 self.icmp_errors
                     .with_label_values(&[iface.name.as_str(), fam, kind.label()]);
@@ -342,6 +354,9 @@ impl Metrics {
                         self.dropped
                             .with_label_values(&[iface.name.as_str(), fam_name])
                             .inc_by(d(now.reflected, prev.reflected));
+                        self.dscp_rewritten
+                            .with_label_values(&[iface.name.as_str(), fam_name])
+                            .inc_by(d(now.dscp_rewritten, prev.dscp_rewritten));
                     }
                 }
             }

@@ -345,6 +345,8 @@ impl Service {
             default_mtu_v4: first_contact,
             default_mtu_v6: first_contact,
             flags: previous.map(|p| p.flags).unwrap_or(0),
+            dscp: self.cfg.dscp_setting(),
+            reserved: [0; 3],
         };
         self.shared.maps().set_iface(link.ifindex, cfg)?;
         let flags = attach::attach(
@@ -440,6 +442,12 @@ impl Service {
             let mut maps = self.shared.maps();
             maps.reflect = self.cfg.reflect;
             maps.refresh_floor()?;
+            let dscp = self.cfg.dscp_setting();
+            for (ifindex, c) in maps.ifaces() {
+                if c.dscp != dscp {
+                    maps.set_iface(ifindex, IfaceConfig { dscp, ..c })?;
+                }
+            }
         }
         self.apply_static_clamps()?;
         self.sync_interfaces().await?;

@@ -28,6 +28,8 @@ pub struct IfaceStatus {
     pub default_mtu_v4: u16,
     /// Default path MTUs for unmeasured IPv6 peers, bytes (0 = none).
     pub default_mtu_v6: u16,
+    /// The DSCP every egress packet leaves with (`set_dscp`); None: marks left alone.
+    pub set_dscp: Option<u8>,
     /// wslnet programs attached at each hook ("ingress", "egress") as the kernel reports them
     /// (TCX mode; absent for clsact). More than 1 would mean a double attachment.
     pub tcx_programs: Option<std::collections::BTreeMap<&'static str, usize>>,
@@ -74,6 +76,8 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
             l3_offset: cfg.l3_offset,
             default_mtu_v4: cfg.default_mtu_v4,
             default_mtu_v6: cfg.default_mtu_v6,
+            set_dscp: (cfg.dscp & wslnet_common::DSCP_SET != 0)
+                .then_some(cfg.dscp & wslnet_common::MAX_DSCP),
             tcx_programs: (cfg.flags & wslnet_common::iface_flags::TCX != 0)
                 .then(|| tcx_programs(ifindex)),
             counters,
@@ -119,7 +123,7 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
     }
     println!("pins: {}", s.pin_dir);
     println!(
-        "\nINTERFACE        MODE    L3  DEFAULT-MTU(v4/v6)  SYN(in/out)  CLAMPED(in/out)  OVERSIZE-DF"
+        "\nINTERFACE        MODE    L3  DEFAULT-MTU(v4/v6)  SYN(in/out)  CLAMPED(in/out)  OVERSIZE-DF  DSCP"
     );
     for i in &s.interfaces {
         let sum = |dir: &str, f: fn(&Counters) -> u64| -> u64 {
@@ -129,7 +133,7 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
                 .sum()
         };
         println!(
-            "{:<16} {:<7} {:<3} {:>8}/{:<10} {:>5}/{:<6} {:>7}/{:<8} {}",
+            "{:<16} {:<7} {:<3} {:>8}/{:<10} {:>5}/{:<6} {:>7}/{:<8} {:<12} {}",
             i.name,
             i.mode,
             i.l3_offset,
@@ -140,6 +144,13 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
             sum("ingress", |c| c.mss_clamped),
             sum("egress", |c| c.mss_clamped),
             sum("egress", |c| c.oversize_df),
+            i.set_dscp.map_or_else(
+                || "as sent".to_string(),
+                |d| format!(
+                    "set {d} ({} rewritten)",
+                    sum("egress", |c| c.dscp_rewritten)
+                )
+            ),
         );
     }
     println!("\nCLAMP TABLE ({} entries)", s.clamps.len());

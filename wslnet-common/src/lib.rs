@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Map names as they appear in the eBPF object and as files under the pin directory.
 pub mod map_names {
@@ -227,11 +227,14 @@ pub struct Counters {
     /// measurement or the user's) and reflection is on ([`Globals::flags`]); each was handed to
     /// the agent ([`map_names::REFLECT`]) to answer its sender with an ICMP error.
     pub reflected: u64,
+    /// Egress only: packets whose DSCP was rewritten to the interface's
+    /// [`IfaceConfig::dscp`] (packets already carrying it cost no write and are not counted).
+    pub dscp_rewritten: u64,
 }
 
 impl Counters {
     /// Every counter with its field name, in declaration order.
-    pub fn named(&self) -> [(&'static str, u64); 8] {
+    pub fn named(&self) -> [(&'static str, u64); 9] {
         [
             ("syn", self.syn),
             ("mss_clamped", self.mss_clamped),
@@ -241,6 +244,7 @@ impl Counters {
             ("unparseable", self.unparseable),
             ("oversize_df", self.oversize_df),
             ("reflected", self.reflected),
+            ("dscp_rewritten", self.dscp_rewritten),
         ]
     }
 
@@ -255,6 +259,7 @@ impl Counters {
             unparseable: self.unparseable.wrapping_sub(earlier.unparseable),
             oversize_df: self.oversize_df.wrapping_sub(earlier.oversize_df),
             reflected: self.reflected.wrapping_sub(earlier.reflected),
+            dscp_rewritten: self.dscp_rewritten.wrapping_sub(earlier.dscp_rewritten),
         }
     }
 }
@@ -270,6 +275,7 @@ impl core::ops::AddAssign for Counters {
         self.unparseable += o.unparseable;
         self.oversize_df += o.oversize_df;
         self.reflected += o.reflected;
+        self.dscp_rewritten += o.dscp_rewritten;
     }
 }
 
@@ -288,7 +294,17 @@ pub struct IfaceConfig {
     /// [`iface_flags`]: [`iface_flags::PRESENT`] for the datapath, the rest is the agent's
     /// bookkeeping (how the interface is attached).
     pub flags: u16,
+    /// DSCP to write into every egress IPv4 and IPv6 packet: [`DSCP_SET`] plus the value
+    /// (0-63, low six bits); 0 = leave marks alone. The two ECN bits are never touched.
+    pub dscp: u8,
+    /// Reserved, 0.
+    pub reserved: [u8; 3],
 }
+
+/// Bit of [`IfaceConfig::dscp`]: rewrite the DSCP of egress packets to the low six bits.
+pub const DSCP_SET: u8 = 0x80;
+/// Largest DSCP value (six bits).
+pub const MAX_DSCP: u8 = 63;
 
 /// Bits of [`IfaceConfig::flags`]: how the agent attached an interface, kept in the pinned
 /// map so that a restarted agent or `detach` knows what to undo.
@@ -517,8 +533,8 @@ mod pod {
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
-const _: () = assert!(core::mem::size_of::<Counters>() == 64);
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 12);
+const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<PathMtu>() == 4);
 const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
 const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);

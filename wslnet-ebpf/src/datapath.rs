@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use wslnet_common::{
-    COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, FlowKey, Globals,
-    ISN_SLOTS, IfaceConfig, L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry,
-    LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_IFINDEX, MAX_LEARNED, MAX_PROBES,
+    COUNTER_ENTRIES, Counters, DIR_EGRESS, DIR_INGRESS, DSCP_SET, FAMILY_V4, FAMILY_V6, FlowKey,
+    Globals, ISN_SLOTS, IfaceConfig, L3_OFFSET_ETHERNET, LEARN_REFRESH_JIFFIES, LearnCacheEntry,
+    LearnedDest, LearnedKey, MAX_CLAMP_ENTRIES, MAX_DSCP, MAX_IFINDEX, MAX_LEARNED, MAX_PROBES,
     MIN_PATH_MTU_V4, MIN_PATH_MTU_V6, NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PROBE_MARK, PathMtu,
     PeerIsn, ProbeKey, ProbeMark, REFLECT_BYTES, REFLECT_QUOTE, ReflectEvent, counter_index,
     global_flags, isn_slot, mss_for_mtu, peer_bytes, peer_cache_slot,
@@ -106,7 +106,14 @@ const UNCONFIGURED: IfaceConfig = IfaceConfig {
     default_mtu_v4: 0,
     default_mtu_v6: 0,
     flags: 0,
+    dscp: 0,
+    reserved: [0; 3],
 };
+
+/// The ECN bits of the DS field (RFC 3168), never touched by the DSCP rewrite.
+const ECN_MASK: u8 = 0b11;
+/// Offset of the header checksum inside the IPv4 header.
+const IPV4_CSUM_OFFSET: usize = 10;
 
 /// Ingress hook: clamps the MSS of arriving SYN / SYN-ACKs to the path MTU of their source,
 /// which caps what our stack will send to that peer.
@@ -138,6 +145,11 @@ fn handle(ctx: &TcContext, dir: u32) -> i32 {
         _ => UNCONFIGURED,
     };
     let egress = dir == DIR_EGRESS;
+    // First, before any packet pointer exists (a store invalidates them all), so that both
+    // outcomes meet the rest of the program in the same state and the verifier walks it once.
+    if egress && cfg.dscp & DSCP_SET != 0 {
+        set_dscp(ctx, &cfg);
+    }
     let mut buf = packet::HeaderBuf::uninit();
     let ip = match packet::parse(ctx, cfg.l3_offset, egress, &mut buf) {
         Parsed::Ip(ip) => ip,
@@ -151,6 +163,62 @@ fn handle(ctx: &TcContext, dir: u32) -> i32 {
         handle_ip::<FAMILY_V4>(ctx, dir, ifindex, &cfg, ip)
     } else {
         handle_ip::<FAMILY_V6>(ctx, dir, ifindex, &cfg, ip)
+    }
+}
+
+/// Writes the interface's DSCP ([`IfaceConfig::dscp`]) into the DS field of an egress IPv4 or
+/// IPv6 packet (a whole IPv4 header or the fixed IPv6 header in the frame), keeping the ECN bits,
+/// for NATs and VPN clients that drop packets with some marks (OpenSSH's default
+/// `IPQoS af21 cs1`). IPv4's header checksum is updated incrementally; IPv6 has none, and no
+/// transport checksum covers the field. A packet that already carries the value costs no
+/// write.
+#[inline(always)]
+fn set_dscp(ctx: &TcContext, cfg: &IfaceConfig) {
+    let Some((family, l3)) = packet::ip_start(ctx, cfg.l3_offset) else {
+        return;
+    };
+    let Some(old) = packet::read::<[u8; 2]>(ctx, l3) else {
+        return;
+    };
+    let len = ctx.len() as usize;
+    let v4 = family == FAMILY_V4;
+    let whole_header = if v4 {
+        let ihl = ((old[0] & 0x0f) as usize) * 4;
+        old[0] >> 4 == 4 && ihl >= packet::IPV4_HDR_LEN && l3 + ihl <= len
+    } else {
+        old[0] >> 4 == 6 && l3 + packet::IPV6_HDR_LEN <= len
+    };
+    if !whole_header {
+        return;
+    }
+    // The IPv4 TOS byte; the IPv6 traffic class straddles bytes 0 and 1 after the version.
+    let ds = if v4 {
+        old[1]
+    } else {
+        (old[0] << 4) | (old[1] >> 4)
+    };
+    let new = ((cfg.dscp & MAX_DSCP) << 2) | (ds & ECN_MASK);
+    if new == ds {
+        return;
+    }
+    let written = if v4 {
+        // Bytes 0-1 (version and IHL, DS) are one 16-bit word of the header checksum.
+        let word = [old[0], new];
+        ctx.store(l3 + 1, &new, 0).is_ok()
+            && ctx
+                .l3_csum_replace(
+                    l3 + IPV4_CSUM_OFFSET,
+                    u16::from_ne_bytes(old) as u64,
+                    u16::from_ne_bytes(word) as u64,
+                    2,
+                )
+                .is_ok()
+    } else {
+        let bytes = [(old[0] & 0xf0) | (new >> 4), (new << 4) | (old[1] & 0x0f)];
+        ctx.store(l3, &bytes, 0).is_ok()
+    };
+    if written {
+        bump(cfg.slot, DIR_EGRESS, family, |c| c.dscp_rewritten += 1);
     }
 }
 

@@ -233,32 +233,8 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool, buf: &mut HeaderBuf)
             return ipv6(ctx, h, EthHdr::LEN, len, egress);
         }
     }
-    let (family, l3) = if l3_offset == L3_OFFSET_NONE {
-        match read::<u8>(ctx, 0) {
-            Some(b) if b >> 4 == 4 => (FAMILY_V4, 0),
-            Some(b) if b >> 4 == 6 => (FAMILY_V6, 0),
-            _ => return Parsed::Other,
-        }
-    } else {
-        let Some(mut ether_type) = be16(ctx, 12) else {
-            return Parsed::Other;
-        };
-        let mut l3 = EthHdr::LEN;
-        if ether_type == ETH_P_8021Q {
-            // One 802.1Q tag: TCI, then the real EtherType.
-            let Some(inner) = be16(ctx, EthHdr::LEN + 2) else {
-                return Parsed::Other;
-            };
-            ether_type = inner;
-            l3 += 4;
-        }
-        if ether_type == ETH_P_IP {
-            (FAMILY_V4, l3)
-        } else if ether_type == ETH_P_IPV6 {
-            (FAMILY_V6, l3)
-        } else {
-            return Parsed::Other;
-        }
+    let Some((family, l3)) = ip_start(ctx, l3_offset) else {
+        return Parsed::Other;
     };
     if family == FAMILY_V4 {
         parse_ipv4(ctx, l3, len, egress, buf)
@@ -266,6 +242,39 @@ pub fn parse(ctx: &TcContext, l3_offset: u16, egress: bool, buf: &mut HeaderBuf)
         parse_ipv6(ctx, l3, len, egress, buf)
     }
 }
+
+/// The family and offset of the IP header of the frame in `ctx`, from its link layer: the
+/// version nibble on an L3 device, the EtherType (after at most one 802.1Q tag) on Ethernet.
+/// `None` for anything but IPv4 and IPv6, or a frame too short to tell.
+#[inline(always)]
+pub fn ip_start(ctx: &TcContext, l3_offset: u16) -> Option<(u32, usize)> {
+    if l3_offset == L3_OFFSET_NONE {
+        return match read::<u8>(ctx, 0) {
+            Some(b) if b >> 4 == 4 => Some((FAMILY_V4, 0)),
+            Some(b) if b >> 4 == 6 => Some((FAMILY_V6, 0)),
+            _ => None,
+        };
+    }
+    let mut ether_type = be16(ctx, 12)?;
+    let mut l3 = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q {
+        // One 802.1Q tag: TCI, then the real EtherType.
+        ether_type = be16(ctx, EthHdr::LEN + 2)?;
+        l3 += 4;
+    }
+    if ether_type == ETH_P_IP {
+        Some((FAMILY_V4, l3))
+    } else if ether_type == ETH_P_IPV6 {
+        Some((FAMILY_V6, l3))
+    } else {
+        None
+    }
+}
+
+/// Length of an IPv4 header without options, bytes.
+pub const IPV4_HDR_LEN: usize = Ipv4Hdr::LEN;
+/// Length of the fixed IPv6 header, bytes.
+pub const IPV6_HDR_LEN: usize = Ipv6Hdr::LEN;
 
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut HeaderBuf) -> Parsed {

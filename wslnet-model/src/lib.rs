@@ -34,12 +34,20 @@
 //!    agent's TCP probes (its source and destination port are in [`Tables::probes`]): it is left
 //!    as it is and counted `no_clamp`, so that the probe can test sizes above the clamp.
 //!
+//! 0. Egress, the interface's DSCP set ([`IfaceConfig::dscp`] has `DSCP_SET`), before everything
+//!    else: an IPv4 packet (rule 1) whose header is whole (version 4, IHL at least 5, inside the
+//!    frame) or an IPv6 packet whose fixed header is (version 6) gets that DSCP in its DS field
+//!    (IPv4 TOS, IPv6 traffic class), its two ECN bits kept, and IPv4 its header checksum
+//!    updated the same incremental way as in rule 4; a packet already carrying the value is not
+//!    written. Counted `dscp_rewritten` in the family's row. The rules below see the packet as
+//!    rewritten.
+//!
 //! The verdict is `TC_ACT_UNSPEC` (-1) for every other packet.
 
 use std::net::IpAddr;
 
 pub use wslnet_common::{Counters, FlowKey, Globals, IfaceConfig, LearnedKey};
-use wslnet_common::{FAMILY_V4, FAMILY_V6, REFLECT_QUOTE, global_flags};
+use wslnet_common::{DSCP_SET, FAMILY_V4, FAMILY_V6, MAX_DSCP, REFLECT_QUOTE, global_flags};
 
 /// The tc verdict of every packet but a reflected one: `TC_ACT_UNSPEC`.
 pub const TC_ACT_UNSPEC: i32 = -1;
@@ -403,14 +411,51 @@ fn ones_sum(words: impl IntoIterator<Item = u16>) -> u16 {
     s as u16
 }
 
-/// Replaces bytes `at..at+new.len()` (inside the TCP segment starting at `l4`) and updates the
-/// TCP checksum at `l4 + 16` incrementally over the 16-bit words that changed, like the kernel's
-/// `csum_replace4`: check' = ~(~check + ~old + new), where a zero sum is 0xffff (the kernel's
-/// arithmetic always carries a one's-complement "negative zero" term), so check' is never 0xffff.
-fn replace_with_checksum(frame: &mut [u8], l4: usize, at: usize, new: &[u8]) {
-    let first = l4 + ((at - l4) & !1);
+/// Rule 0: writes the interface's DSCP into the DS field of an IP packet with a whole header,
+/// keeping ECN.
+fn set_dscp(cfg: &IfaceConfig, frame: &mut [u8], delta: &mut Counters) {
+    let Some((family, l3)) = link_layer(frame, cfg.l3_offset) else {
+        return;
+    };
+    let v4 = family == FAMILY_V4;
+    let whole = match frame.get(l3) {
+        Some(b) if v4 => {
+            let ihl = usize::from(b & 0xf) * 4;
+            b >> 4 == 4 && ihl >= IPV4_MIN_HLEN && l3 + ihl <= frame.len()
+        }
+        Some(b) => b >> 4 == 6 && l3 + IPV6_HLEN <= frame.len(),
+        None => false,
+    };
+    if !whole {
+        return;
+    }
+    let ds = if v4 {
+        frame[l3 + 1]
+    } else {
+        (frame[l3] << 4) | (frame[l3 + 1] >> 4)
+    };
+    let new = ((cfg.dscp & MAX_DSCP) << 2) | (ds & 0b11);
+    if new == ds {
+        return;
+    }
+    if v4 {
+        replace_with_checksum(frame, l3, l3 + 1, &[new], l3 + 10);
+    } else {
+        frame[l3] = (frame[l3] & 0xf0) | (new >> 4);
+        frame[l3 + 1] = (new << 4) | (frame[l3 + 1] & 0x0f);
+    }
+    delta.dscp_rewritten += 1;
+}
+
+/// Replaces bytes `at..at+new.len()` (inside the header starting at `start`, whose 16-bit words
+/// are counted from there) and updates the checksum at `check_at` incrementally over the words
+/// that changed, like the kernel's `csum_replace4`: check' = ~(~check + ~old + new), where a zero
+/// sum is 0xffff (the kernel's arithmetic always carries a one's-complement "negative zero"
+/// term), so check' is never 0xffff.
+fn replace_with_checksum(frame: &mut [u8], start: usize, at: usize, new: &[u8], check_at: usize) {
+    let first = start + ((at - start) & !1);
     let last = at + new.len();
-    let last = l4 + (last - l4).div_ceil(2) * 2;
+    let last = start + (last - start).div_ceil(2) * 2;
     let words = |f: &[u8]| -> Vec<u16> {
         (first..last)
             .step_by(2)
@@ -420,7 +465,7 @@ fn replace_with_checksum(frame: &mut [u8], l4: usize, at: usize, new: &[u8]) {
     let old = words(frame);
     frame[at..at + new.len()].copy_from_slice(new);
     let updated = words(frame);
-    let check = u16::from_be_bytes([frame[l4 + 16], frame[l4 + 17]]);
+    let check = u16::from_be_bytes([frame[check_at], frame[check_at + 1]]);
     let terms = std::iter::once(!check)
         .chain(old.into_iter().map(|w| !w))
         .chain(updated);
@@ -428,7 +473,7 @@ fn replace_with_checksum(frame: &mut [u8], l4: usize, at: usize, new: &[u8]) {
     if sum == 0 {
         sum = 0xffff;
     }
-    frame[l4 + 16..l4 + 18].copy_from_slice(&(!sum).to_be_bytes());
+    frame[check_at..check_at + 2].copy_from_slice(&(!sum).to_be_bytes());
 }
 
 /// The MSS that fits a path MTU, if the MTU is believable.
@@ -450,6 +495,14 @@ pub fn run(tables: &Tables, input: Input<'_>) -> Outcome {
         peer_isn: None,
     };
     let mut delta = Counters::default();
+    if input.dir == Direction::Egress && cfg.dscp & DSCP_SET != 0 {
+        set_dscp(&cfg, &mut out.frame, &mut delta);
+    }
+    let rewritten = out.frame.clone();
+    let input = Input {
+        frame: &rewritten,
+        ..input
+    };
     let family = match network_layer(input.frame, cfg.l3_offset, input.dir) {
         L3::NotIp => return out,
         L3::Broken(family) => {
@@ -584,7 +637,13 @@ fn transport(
                     delta.no_clamp += 1
                 }
                 Some(limit) => {
-                    replace_with_checksum(&mut out.frame, ip.l4, value_at, &limit.to_be_bytes());
+                    replace_with_checksum(
+                        &mut out.frame,
+                        ip.l4,
+                        value_at,
+                        &limit.to_be_bytes(),
+                        ip.l4 + 16,
+                    );
                     out.rewrite = Some((mss, limit));
                     delta.mss_clamped += 1;
                 }
@@ -613,7 +672,7 @@ mod tests {
         fix(&mut seg);
         for at in [20usize, 21] {
             let mut s = seg.clone();
-            replace_with_checksum(&mut s, 0, at, &[0x05, 0x34]);
+            replace_with_checksum(&mut s, 0, at, &[0x05, 0x34], 16);
             assert_eq!(&s[at..at + 2], &[0x05, 0x34]);
             let total = ones_sum(s.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])));
             assert_eq!(total, 0xffff, "at {at}");

@@ -27,7 +27,8 @@ enum Task {
     /// Build the agent (with its datapath), debug and release.
     Build,
     /// The whole test suite: fmt, clippy, unit tests, BPF_PROG_TEST_RUN and namespace
-    /// integration tests, and a 100000-packet differential fuzz run. Needs root.
+    /// integration tests, a 100000-packet differential fuzz run, the Debian package (built and
+    /// checked as `package` does) and the Linux 6.1 VM run. Needs root.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -116,6 +117,10 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
             packets: 100_000,
             seed: None,
         })?;
+    }
+    if filter.is_none() {
+        step("the Debian package: cargo-deb, lintian, contents, dpkg -i in a throwaway root");
+        package::run()?;
     }
     if filter.is_none() && !no_vm {
         step("the datapath and agent tests on Debian's Linux 6.1 in a VM (clsact path)");

@@ -33,6 +33,14 @@ pub struct IfaceJson {
     pub default_mtu_v4: u16,
     /// Default IPv6 path MTU (0 = none).
     pub default_mtu_v6: u16,
+    /// `IfaceConfig::dscp`: 0 = marks left alone, else `DSCP_SET` plus the DSCP (files written
+    /// before it existed have none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dscp: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// The expected behaviour in a case file.
@@ -183,6 +191,7 @@ impl CaseFile {
                 l3_offset: c.l3_offset,
                 default_mtu_v4: c.default_mtu_v4,
                 default_mtu_v6: c.default_mtu_v6,
+                dscp: c.dscp,
             });
         Self {
             name: name.into(),
@@ -226,6 +235,7 @@ impl CaseFile {
                     l3_offset: i.l3_offset,
                     default_mtu_v4: i.default_mtu_v4,
                     default_mtu_v6: i.default_mtu_v6,
+                    dscp: i.dscp,
                     ..IfaceConfig::default()
                 },
             ));
@@ -425,6 +435,7 @@ fn counters_from_names(m: &BTreeMap<String, u64>) -> Result<Counters> {
             "unparseable" => &mut c.unparseable,
             "oversize_df" => &mut c.oversize_df,
             "reflected" => &mut c.reflected,
+            "dscp_rewritten" => &mut c.dscp_rewritten,
             other => bail!("unknown counter {other}"),
         };
         *slot = *v;
@@ -446,6 +457,9 @@ pub struct Expect {
     pub rewrite: Option<(u16, u16)>,
     /// The verdict: `TC_ACT_UNSPEC`, or `TC_ACT_SHOT` for a packet dropped to be answered.
     pub verdict: i32,
+    /// The DS field rewritten, (before, after), in an Ethernet frame's IP header; IPv4's header
+    /// checksum must then be valid (checked by a full recomputation); None: left alone.
+    pub ds: Option<(u8, u8)>,
 }
 
 /// A named corpus case with its hand-written expectation.
@@ -469,6 +483,14 @@ impl Expect {
         out: &[u8],
         moved: &BTreeMap<u32, Counters>,
     ) -> std::result::Result<(), String> {
+        let undone;
+        let out = match self.ds {
+            None => out,
+            Some(ds) => {
+                undone = check_ds(input, out, ds)?;
+                &undone[..]
+            }
+        };
         let want: BTreeMap<String, u64> =
             self.counters.iter().map(|c| (c.to_string(), 1)).collect();
         let got: BTreeMap<String, u64> = moved
@@ -589,7 +611,38 @@ fn e(counters: &'static [&'static str], family: u32, rewrite: Option<(u16, u16)>
         family,
         rewrite,
         verdict: wslnet_model::TC_ACT_UNSPEC,
+        ds: None,
     }
+}
+
+/// Checks a DS rewrite `(before, after)` of an Ethernet frame (see [`Expect::ds`]) and returns
+/// `out` with the IP header's first two bytes and IPv4 checksum as they came in.
+fn check_ds(
+    input: &[u8],
+    out: &[u8],
+    (before, after): (u8, u8),
+) -> std::result::Result<Vec<u8>, String> {
+    const L3: usize = 14;
+    let (ip_in, ip_out) = (&input[L3..], &out[L3..]);
+    if packets::ds_of(ip_in) != Some(before) || packets::ds_of(ip_out) != Some(after) {
+        return Err(format!(
+            "DS field {:?} -> {:?}, expected {before:#04x} -> {after:#04x}",
+            packets::ds_of(ip_in),
+            packets::ds_of(ip_out)
+        ));
+    }
+    let mut undone = out.to_vec();
+    if ip_in[0] >> 4 == 4 {
+        let ihl = usize::from(ip_in[0] & 0x0f) * 4;
+        if packets::internet_checksum(&ip_out[..ihl]) != 0 {
+            return Err("IPv4 header checksum wrong after the DSCP rewrite".into());
+        }
+        undone[L3 + 1] = input[L3 + 1];
+        undone[L3 + 10..L3 + 12].copy_from_slice(&input[L3 + 10..L3 + 12]);
+    } else {
+        undone[L3..L3 + 2].copy_from_slice(&input[L3..L3 + 2]);
+    }
+    Ok(undone)
 }
 
 /// A packet dropped and handed to the agent (counted oversize and reflected), unchanged.
@@ -1345,6 +1398,7 @@ pub fn named_cases() -> Vec<Named> {
         ))),
         e(NOTHING, V4, None),
     );
+    dscp_cases(&mut add);
     let mut unconf = egress(syn4(opt::mss(1460)));
     unconf.tables.ifaces.clear();
     add(
@@ -1354,6 +1408,119 @@ pub fn named_cases() -> Vec<Named> {
         e(CLAMPED, V4, Some((1460, 1332))),
     );
     v
+}
+
+/// DSCP normalisation (`set_dscp`): OpenSSH's af21 and cs1 marks, with every ECN codepoint, over
+/// IPv4 with and without options and IPv6 with extension headers.
+fn dscp_cases(add: &mut impl FnMut(&'static str, &'static str, Case, Expect)) {
+    const AF21: u8 = 18 << 2;
+    const CS1: u8 = 8 << 2;
+    const ECT0: u8 = 0b10;
+    const ECT1: u8 = 0b01;
+    const CE: u8 = 0b11;
+    let setting = |mut c: Case, dscp: u8| {
+        c.tables.ifaces[0].1.dscp = wslnet_common::DSCP_SET | dscp;
+        c
+    };
+    let marked = |mut frame: Vec<u8>, ds: u8| {
+        packets::set_ds(&mut frame[14..], ds);
+        frame
+    };
+    let ack4 = Tcp::new(flags::ACK, Vec::new());
+    let rewritten = |family, before, after| Expect {
+        ds: Some((before, after)),
+        ..e(&["dscp_rewritten"], family, None)
+    };
+    add(
+        "v4-dscp-af21-rewritten-ecn-kept",
+        "set_dscp 0: an af21 packet with ECT(0) leaves with DSCP 0 and ECT(0), its header \
+         checksum updated",
+        setting(
+            egress(marked(
+                packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &ack4),
+                AF21 | ECT0,
+            )),
+            0,
+        ),
+        rewritten(V4, AF21 | ECT0, ECT0),
+    );
+    let mut with_options = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::PROTO_TCP);
+    with_options.options = vec![0x94, 0x04, 0x00, 0x00]; // Router Alert
+    add(
+        "v4-options-dscp-cs1-rewritten-ce-kept",
+        "IPv4 with options (IHL 6): cs1 with CE becomes DSCP 0 with CE; the checksum covers the \
+         options",
+        setting(
+            egress(marked(
+                packets::tcp4_frame_with(&with_options, None, &ack4),
+                CS1 | CE,
+            )),
+            0,
+        ),
+        rewritten(V4, CS1 | CE, CE),
+    );
+    add(
+        "v6-ext-dscp-af21-rewritten",
+        "IPv6 behind a hop-by-hop header: the traffic class across bytes 0-1 becomes DSCP 0, \
+         ECT(1) and the flow label bits kept",
+        setting(
+            egress(marked(
+                packets::tcp6_frame(addr::LOCAL6, addr::REMOTE6, &[Ext::HopByHop(0)], &ack4),
+                AF21 | ECT1,
+            )),
+            0,
+        ),
+        rewritten(V6, AF21 | ECT1, ECT1),
+    );
+    add(
+        "v4-dscp-to-a-nonzero-value",
+        "set_dscp 46 (EF) on a cs1 packet: DSCP 46, ECN 0",
+        setting(
+            egress(marked(
+                packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &ack4),
+                CS1,
+            )),
+            46,
+        ),
+        rewritten(V4, CS1, 46 << 2),
+    );
+    add(
+        "v4-dscp-already-set-costs-no-write",
+        "A packet that already carries the DSCP (0, with ECT(1)) is neither written nor counted",
+        setting(
+            egress(marked(
+                packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &ack4),
+                ECT1,
+            )),
+            0,
+        ),
+        e(NOTHING, V4, None),
+    );
+    add(
+        "v4-dscp-ingress-untouched",
+        "Marks are normalised on what leaves: an arriving af21 packet keeps them",
+        setting(
+            ingress(marked(
+                packets::tcp4_frame(addr::REMOTE4, addr::LOCAL4, &ack4),
+                AF21,
+            )),
+            0,
+        ),
+        e(NOTHING, V4, None),
+    );
+    add(
+        "v4-syn-clamped-and-dscp-rewritten",
+        "A marked SYN gets both: its MSS clamped and its DSCP set",
+        setting(egress(marked(syn4(opt::mss(1460)), AF21)), 0),
+        Expect {
+            ds: Some((AF21, 0)),
+            ..e(
+                &["syn", "mss_clamped", "dscp_rewritten"],
+                V4,
+                Some((1460, 1332)),
+            )
+        },
+    );
 }
 
 /// The directory of the corpus in the source tree.

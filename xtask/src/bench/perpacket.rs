@@ -270,6 +270,58 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// What DSCP normalisation (`set_dscp`) costs an egress packet: a 1400-byte UDP datagram marked
+/// af21 with ECT(0), through the datapath with the setting off and on (repeat method; on, the
+/// first run rewrites it and the rest find DSCP 0 already: the check alone), interleaved with
+/// the empty program; and the rewrite itself, single runs of the marked datagram alternating
+/// with its rewritten twin (paired, cold: each run pays the syscall's cache misses).
+fn dscp_cost(s: Settings, empty: &std::os::fd::OwnedFd, off: &Datapath) -> Result<Value> {
+    let on = Datapath::load_with_dscp(wslnet_common::DSCP_SET)?;
+    let mut marked = p::Ipv4::new(p::addr::LOCAL4, p::addr::REMOTE4, p::PROTO_UDP)
+        .packet(&p::udp(40000, 443, &[0; 1372]));
+    p::set_ds(&mut marked, (18 << 2) | 0b10);
+    let marked = p::ethernet(p::ETH_P_IP, None, &marked);
+    let first = bpf::test_run(on.prog(false)?, &marked, 0, 1)?;
+    let twin = first.frame;
+    ensure!(
+        first.retval == -1 && p::ds_of(&twin[14..]) == Some(0b10),
+        "dscp: the marked datagram was not rewritten to DSCP 0 with ECT(0)"
+    );
+    let (mut floors, mut off_over, mut on_over) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..s.rounds {
+        let floor = bpf::test_run(empty.as_fd(), &marked, 0, s.repeat)?.ns as f64;
+        let (a, b) = if r % 2 == 0 {
+            let a = bpf::test_run(off.prog(false)?, &marked, 0, s.repeat)?.ns as f64;
+            (
+                a,
+                bpf::test_run(on.prog(false)?, &marked, 0, s.repeat)?.ns as f64,
+            )
+        } else {
+            let b = bpf::test_run(on.prog(false)?, &marked, 0, s.repeat)?.ns as f64;
+            (
+                bpf::test_run(off.prog(false)?, &marked, 0, s.repeat)?.ns as f64,
+                b,
+            )
+        };
+        floors.push(floor);
+        off_over.push(a - floor);
+        on_over.push(b - floor);
+    }
+    let mut extra = Vec::new();
+    for _ in 0..s.single_samples {
+        let rw = bpf::test_run(on.prog(false)?, &marked, 0, 1)?.ns as f64;
+        let fits = bpf::test_run(on.prog(false)?, &twin, 0, 1)?.ns as f64;
+        extra.push(rw - fits);
+    }
+    Ok(json!({
+        "label": "UDP 1400 B, IPv4, DF, marked af21 + ECT(0) (egress)",
+        "floor_ns": Summary::of(&floors).json(1),
+        "off_over_floor_ns": Summary::of(&off_over).json(1),
+        "on_no_write_over_floor_ns": Summary::of(&on_over).json(1),
+        "cold_rewrite_extra_ns": Summary::of(&extra).json(1),
+    }))
+}
+
 /// The MSS option value of a frame built by [`cases`] (first option of a SYN).
 fn mss_of(frame: &[u8]) -> Option<u16> {
     let loc = p::locate_tcp(frame, 14)?;
@@ -297,6 +349,11 @@ struct Datapath {
 
 impl Datapath {
     fn load() -> Result<Self> {
+        Self::load_with_dscp(0)
+    }
+
+    /// Loads with the interface's `IfaceConfig::dscp` set to `dscp`.
+    fn load_with_dscp(dscp: u8) -> Result<Self> {
         let fs = Bpffs::new().context("mounting a private bpffs")?;
         let mut ebpf = wslnet_agent::maps::load(fs.path(), 0)?;
         wslnet_agent::attach::load_programs(&mut ebpf)?;
@@ -309,6 +366,8 @@ impl Datapath {
                 default_mtu_v4: 0,
                 default_mtu_v6: 0,
                 flags: 0,
+                dscp,
+                ..IfaceConfig::default()
             },
         )?;
         for net in ["10.9.0.0/16", "fd00:9::/32"] {
@@ -660,6 +719,7 @@ fn measure(s: Settings, cpu: usize) -> Result<Value> {
     if floor.median <= 0.0 {
         bail!("the empty program measured {} ns: no timing", floor.median);
     }
+    let dscp = dscp_cost(s, &empty, &dp)?;
     Ok(json!({
         "method": "BPF_PROG_TEST_RUN via raw bpf(2) for both programs; sched_cls, __sk_buff ctx, skb on the loopback of the bench's namespace",
         "cpu": cpu,
@@ -669,6 +729,7 @@ fn measure(s: Settings, cpu: usize) -> Result<Value> {
         "clamp_mtu": CLAMP_MTU,
         "floor_ns": floor.json(1),
         "cases": out_cases,
+        "dscp": dscp,
         "seconds": round(started.elapsed().as_secs_f64(), 1),
     }))
 }

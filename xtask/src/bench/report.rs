@@ -185,6 +185,17 @@ fn targets(md: &mut String, r: &Value) {
             fastest.iter().copied().fold(f64::NAN, f64::max),
             interval_verdict(&fast.iter().map(over).collect::<Vec<_>>(), 15.0, false)
         );
+        let dscp = &pp["dscp"];
+        if dscp.is_object() {
+            let _ = writeln!(
+                md,
+                "| DSCP normalisation (`set_dscp`), {}: per packet with it off / on (nothing to write) / the rewrite itself | {:+.1} / {:+.1} ns over the floor; rewrite +{:.1} ns (cold single runs, paired) | info |",
+                dscp["label"].as_str().unwrap_or("?"),
+                med(&dscp["off_over_floor_ns"]),
+                med(&dscp["on_no_write_over_floor_ns"]),
+                med(&dscp["cold_rewrite_extra_ns"]),
+            );
+        }
         let syn_rows = [
             (
                 "SYN rewrite under 150 ns",
