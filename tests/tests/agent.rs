@@ -685,3 +685,46 @@ fn sigterm_during_startup_stops_cleanly() {
     assert_eq!(tc_state(&pair.a), clean, "log:\n{}", daemon.log());
     assert_eq!(fs.list(), Vec::<String>::new());
 }
+
+/// `check --kernel-config` judges a kernel config alone, for a custom WSL kernel before it is
+/// built: Microsoft's WSL 5.15 config (`tests/data/config-wsl-5.15`, a copy) and the project's
+/// fragment (`packaging/wsl-kernel/wslnet.config`) are ready; the same WSL config without
+/// `CONFIG_NET_CLS_BPF` is not, and the report names the line to add.
+#[test]
+fn check_judges_a_kernel_config_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let check = |path: &std::path::Path| {
+        let out = std::process::Command::new(agent_bin())
+            .arg("check")
+            .arg("--kernel-config")
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let wsl = root.join("tests/data/config-wsl-5.15");
+    for ready in [&wsl, &root.join("packaging/wsl-kernel/wslnet.config")] {
+        let (code, text) = check(ready);
+        assert_eq!(code, Some(0), "{}: {text}", ready.display());
+        assert!(text.contains("ready for wslnet"), "{text}");
+    }
+    let lacking = std::env::temp_dir().join(format!("wslnet-config-{}", std::process::id()));
+    let text = std::fs::read_to_string(&wsl)
+        .unwrap()
+        .replace("CONFIG_NET_CLS_BPF=y", "# CONFIG_NET_CLS_BPF is not set");
+    std::fs::write(&lacking, text).unwrap();
+    let (code, text) = check(&lacking);
+    let _ = std::fs::remove_file(&lacking);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("[FAIL] CONFIG_NET_CLS_BPF is not set"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not ready for wslnet; add:\nCONFIG_NET_CLS_BPF=y"),
+        "{text}"
+    );
+}

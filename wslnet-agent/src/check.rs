@@ -4,16 +4,130 @@
 use std::{collections::HashMap, io::Read as _, path::Path, process::ExitCode};
 
 /// Kernel config a custom WSL kernel needs (append to the config, rebuild, point .wslconfig's
-/// `kernel=` at the result).
-pub const WSL_KERNEL_FRAGMENT: &str = "\
-CONFIG_BPF=y
-CONFIG_BPF_SYSCALL=y
-CONFIG_BPF_JIT=y
-CONFIG_NET_CLS_ACT=y
-CONFIG_NET_SCH_INGRESS=y
-CONFIG_NET_CLS_BPF=y
-CONFIG_DEBUG_INFO_BTF=y
-";
+/// `kernel=` at the result): `packaging/wsl-kernel/wslnet.config`, with its comments.
+pub const WSL_KERNEL_FRAGMENT: &str = include_str!("../../packaging/wsl-kernel/wslnet.config");
+
+/// What a kernel needs for wslnet, by config option: what it gives, and whether wslnet cannot
+/// run without it (the rest makes it faster or easier to debug).
+const KERNEL_OPTIONS: [(&str, &str, bool); 7] = [
+    ("CONFIG_BPF", "BPF", true),
+    (
+        "CONFIG_BPF_SYSCALL",
+        "the bpf() syscall, maps and programs",
+        true,
+    ),
+    (
+        "CONFIG_BPF_JIT",
+        "compiled programs (interpreted ones are slower)",
+        false,
+    ),
+    (
+        "CONFIG_NET_SCH_INGRESS",
+        "the clsact qdisc (attach mode below Linux 6.6)",
+        true,
+    ),
+    ("CONFIG_NET_CLS_BPF", "BPF classifiers on clsact", true),
+    (
+        "CONFIG_NET_CLS_ACT",
+        "tc actions (the classifiers' verdicts)",
+        true,
+    ),
+    (
+        "CONFIG_DEBUG_INFO_BTF",
+        "type information (bpftool, debugging)",
+        false,
+    ),
+];
+
+/// `check --kernel-config FILE`: judges that config alone. Exit 0 when it has every required
+/// option built in, 1 when one is missing (named, with the line to add), 2 when it cannot be
+/// read.
+pub fn run_kernel_config(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wslnet-agent: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let config = parse_config(&text);
+    let verdicts = judge_config(&config);
+    let mut missing = Vec::new();
+    for v in &verdicts {
+        let mark = match v.state {
+            OptionState::BuiltIn => "ok  ",
+            OptionState::Module => "warn",
+            OptionState::Missing if v.required => "FAIL",
+            OptionState::Missing => "warn",
+        };
+        let state = match v.state {
+            OptionState::BuiltIn => "=y".to_string(),
+            OptionState::Module => "=m (loads only with WSL's modules VHD; =y is safer)".into(),
+            OptionState::Missing => " is not set".into(),
+        };
+        println!("[{mark}] {}{state}: {}", v.name, v.what);
+        if v.state == OptionState::Missing && v.required {
+            missing.push(v.name);
+        }
+    }
+    if missing.is_empty() {
+        println!(
+            "\n{}: ready for wslnet (attach mode clsact below Linux 6.6, TCX from 6.6 on).",
+            path.display()
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!("\n{}: not ready for wslnet; add:", path.display());
+        for name in &missing {
+            println!("{name}=y");
+        }
+        println!("(packaging/wsl-kernel/wslnet.config has every option wslnet uses)");
+        ExitCode::from(1)
+    }
+}
+
+/// How a kernel config sets an option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptionState {
+    BuiltIn,
+    Module,
+    Missing,
+}
+
+/// One option of [`KERNEL_OPTIONS`] judged.
+#[derive(Debug)]
+struct OptionVerdict {
+    name: &'static str,
+    what: &'static str,
+    required: bool,
+    state: OptionState,
+}
+
+fn judge_config(config: &HashMap<String, String>) -> Vec<OptionVerdict> {
+    KERNEL_OPTIONS
+        .iter()
+        .map(|&(name, what, required)| OptionVerdict {
+            name,
+            what,
+            required,
+            state: match config.get(name).map(String::as_str) {
+                Some("y") => OptionState::BuiltIn,
+                Some("m") => OptionState::Module,
+                _ => OptionState::Missing,
+            },
+        })
+        .collect()
+}
+
+/// A kernel config as NAME -> value (`# CONFIG_X is not set` lines and comments are skipped).
+fn parse_config(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
 
 struct Finding {
     what: &'static str,
@@ -126,12 +240,15 @@ fn checks() -> Vec<Finding> {
     });
     let _ = version;
 
-    for (name, what, required) in [
-        ("CONFIG_NET_SCH_INGRESS", "sch_ingress/clsact", !tcx),
-        ("CONFIG_NET_CLS_BPF", "cls_bpf", !tcx),
-        ("CONFIG_NET_CLS_ACT", "tc actions", !tcx),
-        ("CONFIG_BPF_JIT", "BPF JIT", false),
-    ] {
+    // The bpf() syscall and BTF are checked by trying them (above and below); with TCX the tc
+    // options are not needed.
+    for (name, what, required) in KERNEL_OPTIONS.into_iter().filter(|(n, _, _)| {
+        !matches!(
+            *n,
+            "CONFIG_BPF" | "CONFIG_BPF_SYSCALL" | "CONFIG_DEBUG_INFO_BTF"
+        )
+    }) {
+        let required = required && !tcx;
         match opt(name) {
             Some(ok) => out.push(Finding {
                 what,
@@ -203,12 +320,7 @@ fn kernel_config(release: &str) -> Option<HashMap<String, String>> {
             Some(s)
         })
         .or_else(|| std::fs::read_to_string(format!("/boot/config-{release}")).ok())?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    )
+    Some(parse_config(&text))
 }
 
 /// The effective capability set of this process.
@@ -234,4 +346,17 @@ fn which_tc() -> bool {
     ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc"]
         .iter()
         .any(|p| Path::new(p).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fragment_has_every_option_built_in() {
+        let verdicts = judge_config(&parse_config(WSL_KERNEL_FRAGMENT));
+        for v in verdicts {
+            assert_eq!(v.state, OptionState::BuiltIn, "{}", v.name);
+        }
+    }
 }

@@ -43,8 +43,9 @@ pub enum Command {
     /// works while `run` runs and after it stopped with --keep-attached).
     Status(StatusArgs),
     /// Check that the kernel and permissions allow wslnet to run, and say how to fix what is
-    /// missing (including the config for a custom WSL kernel).
-    Check,
+    /// missing (including the config for a custom WSL kernel). With --kernel-config FILE, judge
+    /// that kernel config alone (a custom WSL kernel's .config, before you build it).
+    Check(CheckArgs),
     /// Remove every attachment and pin left by `run` (TCX links, clsact filters and the qdiscs
     /// wslnet created, pinned maps).
     Detach(DetachArgs),
@@ -189,6 +190,16 @@ pub struct StatusArgs {
     pub pin_dir: PathBuf,
 }
 
+/// `check` flags.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Judge this kernel config file (a `.config`, or Microsoft's config-wsl) instead of the
+    /// running system: whether it has everything the datapath needs built in. Exit 0 when it
+    /// does, 1 when something is missing (named, with the line to add).
+    #[arg(long, value_name = "FILE")]
+    pub kernel_config: Option<PathBuf>,
+}
+
 /// `detach` flags.
 #[derive(Args, Debug)]
 pub struct DetachArgs {
@@ -201,7 +212,7 @@ pub struct DetachArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let needs_root = !matches!(cli.command, Command::Check);
+    let needs_root = !matches!(cli.command, Command::Check(_));
     if needs_root && !nix::unistd::geteuid().is_root() {
         eprintln!(
             "wslnet-agent: must run as root (BPF and network administration); try: sudo wslnet-agent ..."
@@ -250,7 +261,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Probe(args) => crate::prober::run_cli(args).await?,
         Command::Status(args) => crate::status::run(&args.pin_dir, args.json)?,
-        Command::Check => return Ok(crate::check::run()),
+        Command::Check(args) => {
+            return Ok(match args.kernel_config {
+                Some(path) => crate::check::run_kernel_config(&path),
+                None => crate::check::run(),
+            });
+        }
         Command::Detach(args) => crate::status::detach_all(&args.pin_dir).await?,
     }
     Ok(ExitCode::SUCCESS)

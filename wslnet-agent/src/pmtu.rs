@@ -96,9 +96,9 @@ struct Settings {
     recheck: Duration,
     max_destinations: usize,
     searches_per_minute: u32,
+    /// Options of every job; `tcp_port` is the configured `probe.tcp_port`, which wins over a
+    /// destination's own port.
     options: SearchOptions,
-    /// The configured `probe.tcp_port`: every destination is probed at this port.
-    tcp_port: Option<u16>,
     min_mtu_v4: u16,
     static_nets: Vec<IpNet>,
     first_contact_mtu: u16,
@@ -127,7 +127,6 @@ impl From<&Config> for Settings {
             max_destinations: p.max_destinations,
             searches_per_minute: p.searches_per_minute,
             options,
-            tcp_port: p.tcp_port,
             min_mtu_v4: p.min_mtu_v4,
             static_nets: cfg.clamp.iter().map(|c| c.cidr.trunc()).collect(),
             first_contact_mtu: p.first_contact_mtu,
@@ -146,7 +145,7 @@ impl Settings {
         if addr.is_ipv4() {
             o.min_mtu = Some(self.min_mtu_v4);
         }
-        o.tcp_port = self.tcp_port.or(d.tcp_port);
+        o.tcp_port = o.tcp_port.or(d.tcp_port);
         // A full search always checks with TCP; a re-check only where echo is known to
         // mislead (TCP set the result) or a connection just stalled.
         o.tcp_check &= d.search || d.tcp_limited || d.symptom;

@@ -167,7 +167,7 @@ impl IcmpProber {
     /// return MTU from `F` to `F + 7`, and a reply of that range that arrived whole proves its
     /// size. `None` when every reply arrived whole (the return path carried them all).
     pub fn return_mtu(&self) -> Option<u16> {
-        return_mtu(self.return_fragments?, &self.whole)
+        Some(return_mtu(self.return_fragments?, &self.whole))
     }
 
     fn v6(&self) -> bool {
@@ -433,9 +433,9 @@ impl Prober for IcmpProber {
 
 /// The return path's MTU (bytes) that a largest fragment `f` and the sizes of the replies that
 /// arrived `whole` tell (see [`IcmpProber::return_mtu`]).
-fn return_mtu(f: u16, whole: &BTreeSet<u16>) -> Option<u16> {
+fn return_mtu(f: u16, whole: &BTreeSet<u16>) -> u16 {
     let w = whole.range(f..=f.saturating_add(7)).next_back();
-    Some(w.map_or(f, |&w| w.max(f)))
+    w.map_or(f, |&w| w.max(f))
 }
 
 /// The size of the largest fragment (bytes) of a datagram that arrived fragmented, from its
@@ -470,15 +470,15 @@ mod tests {
     fn fragments_and_whole_replies_tell_the_return_mtu_to_the_byte() {
         let whole = |v: &[u16]| v.iter().copied().collect::<BTreeSet<u16>>();
         // A 1372 link: fragments of 1372 (1352 bytes of payload, a multiple of 8).
-        assert_eq!(return_mtu(1372, &whole(&[552, 1000, 1372])), Some(1372));
+        assert_eq!(return_mtu(1372, &whole(&[552, 1000, 1372])), 1372);
         // A 1400 link fragments at 1396; replies of 1397..=1400 arriving whole prove 1400.
         assert_eq!(
             return_mtu(1396, &whole(&[1000, 1396, 1397, 1398, 1399, 1400])),
-            Some(1400)
+            1400
         );
         // Without whole replies above the fragment, only the fragment is proven.
-        assert_eq!(return_mtu(1396, &whole(&[1000])), Some(1396));
+        assert_eq!(return_mtu(1396, &whole(&[1000])), 1396);
         // A whole reply far above the fragment is not of this path (it changed): ignored.
-        assert_eq!(return_mtu(1252, &whole(&[1500])), Some(1252));
+        assert_eq!(return_mtu(1252, &whole(&[1500])), 1252);
     }
 }

@@ -111,8 +111,8 @@ pub struct SearchOptions {
     pub tcp_port: Option<u16>,
     /// Check what ICMP echo found with TCP segments to `tcp_port` (an echo that passes is no
     /// proof for TCP): a search lowers its result to what TCP carries, a re-check fails when
-    /// TCP no longer carries the known MTU. Costs a search 2 connections (one control size,
-    /// the result; 2 copies each), more only when TCP carries less.
+    /// TCP no longer carries the known MTU. Costs a search 4 connections (the lower bound as a
+    /// control and the result, 2 copies each), more only when TCP carries less.
     pub tcp_check: bool,
     /// Longest wait for the answers of one round (a round usually ends much earlier: twice the
     /// observed round trip, plus 15 ms, after its last probe).
@@ -290,7 +290,7 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
                         (mtu, method)
                     });
             }
-            Some((mtu, method)) if opts.tcp_check => {
+            Some((mtu, _)) if opts.tcp_check => {
                 match check_with_tcp(&mut p, mtu, &bounds, opts, &mut limiter, &mut st).await? {
                     TcpCheck::Carries => tcp_checked = true,
                     TcpCheck::CarriesOnly(tcp) => {
@@ -300,7 +300,6 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
                     }
                     TcpCheck::Untestable => {
                         tracing::debug!(%target, port, "no TCP answer at any size; keeping the ICMP result");
-                        found = Some((mtu, method));
                     }
                 }
             }
