@@ -151,6 +151,34 @@ impl Netns {
             .with_context(|| format!("running in {}: {script}", self.name))
     }
 
+    /// Starts `tcpdump` on `iface` inside the namespace, writing whole packets matching `filter`
+    /// (a pcap filter expression, as words; none: everything) to `pcap` as they arrive, and
+    /// waits until it listens. Stop it with `signal_and_wait(SIGINT, ..)` before reading the
+    /// file.
+    pub fn capture(&self, iface: &str, pcap: &std::path::Path, filter: &[&str]) -> Result<Daemon> {
+        let pcap = pcap.to_str().context("a pcap path that is UTF-8")?;
+        let mut args = vec![
+            "-i",
+            iface,
+            "-Z",
+            "root",
+            // Each packet to the file at once, and from the kernel at once (not a ring block
+            // at a time, which a stop would lose).
+            "-U",
+            "--immediate-mode",
+            "-s",
+            "0",
+            "-w",
+            pcap,
+        ];
+        args.extend_from_slice(filter);
+        let mut d = self.spawn("tcpdump", args)?;
+        d.wait_for_log(std::time::Duration::from_secs(10), |l| {
+            l.contains("listening on")
+        })?;
+        Ok(d)
+    }
+
     /// Starts a long-running process inside the namespace; killed on drop.
     pub fn spawn<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Result<Daemon>
     where

@@ -95,25 +95,7 @@ fn ssh_through_a_nat_that_drops_marked_packets_passes_with_set_dscp_0() {
     let fs = Bpffs::new().unwrap();
     let agent = Agent::start(&lab.wsl, &fs, &["--set-dscp", "0"]).unwrap();
     let pcap = lab.tmp_dir().join("dscp.pcap");
-    let mut capture = lab
-        .srv
-        .spawn(
-            "tcpdump",
-            [
-                "-i",
-                "eth0",
-                "-Z",
-                "root",
-                "-U",
-                "--immediate-mode",
-                "-s",
-                "128",
-                "-w",
-                pcap.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut capture = lab.srv.capture("eth0", &pcap, &[]).unwrap();
     let with = ssh_marked(&lab, &sshd);
     capture
         .signal_and_wait(libc::SIGINT, Duration::from_secs(5))

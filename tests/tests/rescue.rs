@@ -259,25 +259,7 @@ fn a_flood_of_oversize_packets_yields_rate_limited_well_formed_errors() {
         .wait_for_clamp(host, 1372, Duration::from_secs(30))
         .unwrap();
     let pcap = lab.tmp_dir().join("lo.pcap");
-    let mut capture = lab
-        .wsl
-        .spawn(
-            "tcpdump",
-            [
-                "-i",
-                "lo",
-                "-Z",
-                "root",
-                "-U",
-                "-s",
-                "0",
-                "-w",
-                pcap.to_str().unwrap(),
-                "icmp",
-            ],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut capture = lab.wsl.capture("lo", &pcap, &["icmp"]).unwrap();
     // IP_PMTUDISC_PROBE (3): DF set, the cached path MTU ignored: every datagram leaves at
     // 1400 bytes, however many errors come back. 500 of them in about a second.
     let started = Instant::now();
