@@ -59,6 +59,20 @@ pub fn require_root() {
     }
 }
 
+/// The line a test prints when it skips itself, followed by the reason; the VM runner reports
+/// such a test as skipped (`scripts/vm/guest.sh`).
+pub const SKIP_MARKER: &str = "WSLNET-SKIP:";
+
+/// Skips the calling test (it should return at once when this is true) on kernels without TCX
+/// (Linux < 6.6), printing why: tests that force `--attach-mode tcx` cannot run there.
+pub fn skip_without_tcx() -> bool {
+    if wslnet_agent::attach::kernel_has_tcx() {
+        return false;
+    }
+    println!("{SKIP_MARKER} forces --attach-mode tcx; this kernel has no TCX (Linux < 6.6)");
+    true
+}
+
 /// Runs a command, failing with its stderr when it exits non-zero.
 pub fn run<I, S>(program: &str, args: I) -> Result<Output>
 where

@@ -221,6 +221,9 @@ fn tc_state(ns: &Netns) -> String {
 
 #[test]
 fn detach_leaves_nothing_behind_tcx() {
+    if wslnet_tests::netns::skip_without_tcx() {
+        return;
+    }
     detach_leaves_nothing_behind("tcx");
 }
 

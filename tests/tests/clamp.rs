@@ -227,6 +227,9 @@ fn clamp_in_both_directions(mode: &str) {
 
 #[test]
 fn tcx_clamps_both_directions_ipv4_and_ipv6() {
+    if wslnet_tests::netns::skip_without_tcx() {
+        return;
+    }
     clamp_in_both_directions("tcx");
 }
 
