@@ -435,17 +435,11 @@ fn check_ds_rewrite(
     out: &[u8],
     l3_offset: usize,
 ) -> std::result::Result<Vec<u8>, String> {
-    let l3 = if l3_offset == 0 {
-        0
-    } else if case.frame.get(12..14) == Some(&[0x81, 0x00]) {
-        18
-    } else {
-        14
-    };
     let mut undone = out.to_vec();
-    let (Some(ip_in), Some(ip_out)) = (case.frame.get(l3..), out.get(l3..)) else {
+    let Some((_, l3)) = packets::ip_start(&case.frame, l3_offset) else {
         return Ok(undone);
     };
+    let (ip_in, ip_out) = (&case.frame[l3..], &out[l3..]);
     let (Some(ds_in), Some(ds_out)) = (packets::ds_of(ip_in), packets::ds_of(ip_out)) else {
         return Ok(undone);
     };
@@ -471,11 +465,8 @@ fn check_ds_rewrite(
         if norm(residual(ip_in)) != norm(residual(ip_out)) {
             return Err("IPv4 header checksum broken by the DSCP rewrite".into());
         }
-        undone[l3 + 1] = ip_in[1];
-        undone[l3 + 10..l3 + 12].copy_from_slice(&ip_in[10..12]);
-    } else {
-        undone[l3..l3 + 2].copy_from_slice(&ip_in[..2]);
     }
+    packets::restore_ds(&mut undone, &case.frame, l3);
     Ok(undone)
 }
 

@@ -113,6 +113,38 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     !fold(sum_words(0, data))
 }
 
+/// Where a frame's IP header starts, as a plain parser sees it: (IP version, offset). On an L3
+/// device (`l3_offset` 0) the version nibble of the first byte; on Ethernet the EtherType after
+/// at most one 802.1Q tag (4 for IPv4, 6 for IPv6). `None` for anything else.
+pub fn ip_start(frame: &[u8], l3_offset: usize) -> Option<(u8, usize)> {
+    if l3_offset == 0 {
+        return Some((frame.first()? >> 4, 0));
+    }
+    let mut et = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let mut l3 = 14;
+    if et == ETH_P_8021Q {
+        et = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
+        l3 = 18;
+    }
+    match et {
+        ETH_P_IP => Some((4, l3)),
+        ETH_P_IPV6 => Some((6, l3)),
+        _ => None,
+    }
+}
+
+/// Puts the DS field of `input` back into `out` (both frames with their IP header at `l3`),
+/// with the IPv4 header checksum: undoes a DSCP rewrite, so that the rest of the frames can be
+/// compared.
+pub fn restore_ds(out: &mut [u8], input: &[u8], l3: usize) {
+    if input[l3] >> 4 == 4 {
+        out[l3 + 1] = input[l3 + 1];
+        out[l3 + 10..l3 + 12].copy_from_slice(&input[l3 + 10..l3 + 12]);
+    } else {
+        out[l3..l3 + 2].copy_from_slice(&input[l3..l3 + 2]);
+    }
+}
+
 /// Where the TCP segment of a frame is, as seen by a plain, permissive parser (not the model's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpLocation {
@@ -129,21 +161,7 @@ pub struct TcpLocation {
 /// Finds the TCP segment in a frame (link header of `l3_offset` bytes: 14 = Ethernet with an
 /// optional 802.1Q tag, 0 = none); `None` for non-TCP, fragments and anything unparsable.
 pub fn locate_tcp(frame: &[u8], l3_offset: usize) -> Option<TcpLocation> {
-    let (version, l3) = if l3_offset == 0 {
-        (frame.first()? >> 4, 0)
-    } else {
-        let mut et = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-        let mut l3 = 14;
-        if et == ETH_P_8021Q {
-            et = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
-            l3 = 18;
-        }
-        match et {
-            ETH_P_IP => (4, l3),
-            ETH_P_IPV6 => (6, l3),
-            _ => return None,
-        }
-    };
+    let (version, l3) = ip_start(frame, l3_offset)?;
     match version {
         4 => {
             let h = frame.get(l3..l3 + 20)?;

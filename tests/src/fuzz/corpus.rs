@@ -631,17 +631,14 @@ fn check_ds(
             packets::ds_of(ip_out)
         ));
     }
-    let mut undone = out.to_vec();
     if ip_in[0] >> 4 == 4 {
         let ihl = usize::from(ip_in[0] & 0x0f) * 4;
         if packets::internet_checksum(&ip_out[..ihl]) != 0 {
             return Err("IPv4 header checksum wrong after the DSCP rewrite".into());
         }
-        undone[L3 + 1] = input[L3 + 1];
-        undone[L3 + 10..L3 + 12].copy_from_slice(&input[L3 + 10..L3 + 12]);
-    } else {
-        undone[L3..L3 + 2].copy_from_slice(&input[L3..L3 + 2]);
     }
+    let mut undone = out.to_vec();
+    packets::restore_ds(&mut undone, input, L3);
     Ok(undone)
 }
 
