@@ -449,11 +449,14 @@ impl Manager {
             Ok(stalls) => {
                 for s in stalls {
                     let addr = s.flow.peer.ip();
-                    if let Some(d) = self.dests.get_mut(&addr) {
+                    // The stalled connection's port is a service of the destination, for its
+                    // TCP check when no SYN told one.
+                    let mtu = self.dests.get_mut(&addr).and_then(|d| {
                         d.tcp_port = d.tcp_port.or(Some(s.flow.peer.port()));
-                    }
+                        d.mtu
+                    });
                     if s.kind.tells_the_peer()
-                        && let Some(mtu) = self.dests.get(&addr).and_then(|d| d.mtu)
+                        && let Some(mtu) = mtu
                     {
                         self.tell_peer(&s.flow, mtu);
                     }

@@ -394,13 +394,7 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
     let mut return_limit = u16::MAX;
     match icmp::IcmpProber::open(target, opts.iface.as_deref()) {
         Ok(mut p) => {
-            for _ in 0..=opts.retries {
-                let r = p.round(&sizes, opts, &mut limiter, &mut st).await?;
-                if !r.answered.is_empty() {
-                    out = Some(r);
-                    break;
-                }
-            }
+            out = answered_round(&mut p, &sizes, opts, &mut limiter, &mut st).await?;
             return_limit = p.return_mtu().unwrap_or(u16::MAX);
         }
         Err(e) if opts.tcp_port.is_some() => {
@@ -423,13 +417,7 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
                 .collect()
         };
         let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
-        for _ in 0..=opts.retries {
-            let r = p.round(&tcp_sizes, opts, &mut limiter, &mut st).await?;
-            if !r.answered.is_empty() {
-                tcp_round = Some(r);
-                break;
-            }
-        }
+        tcp_round = answered_round(&mut p, &tcp_sizes, opts, &mut limiter, &mut st).await?;
     }
     let passes = |s: u16| {
         let icmp = match &out {
@@ -447,6 +435,24 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
         larger_ok: sizes.iter().any(|&s| s > mtu && passes(s)),
         probes_sent: st.probes_sent,
     })
+}
+
+/// One round of `sizes`, repeated up to `opts.retries` times while nothing at all is answered;
+/// `None` when no round got an answer.
+async fn answered_round<P: Prober>(
+    p: &mut P,
+    sizes: &[u16],
+    opts: &SearchOptions,
+    limiter: &mut RateLimiter,
+    st: &mut Stats,
+) -> Result<Option<RoundResult>> {
+    for _ in 0..=opts.retries {
+        let r = p.round(sizes, opts, limiter, st).await?;
+        if !r.answered.is_empty() {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
 }
 
 /// Bounds of one search (bytes) and the egress interface.
