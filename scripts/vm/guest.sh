@@ -1,38 +1,19 @@
 #!/bin/bash
-# Guest side of `cargo xtask vm-test` (xtask/src/vm.rs), started by scripts/vm/init.sh as the
+# Guest side of `cargo xtask vm-test` (xtask/src/vm/), started by scripts/vm/init.sh as the
 # VM's first process on the host's root file system (read-only 9p under a tmpfs overlay).
-# Prepares /run, /tmp, bpffs and the 6.1 kernel's module tree, runs each test of the plan the
+# Prepares /run, /tmp, bpffs and the booted kernel's module tree, runs each test of the plan the
 # host wrote (one test per process, with a time limit), prints one `WSLNET-VM: RESULT` line per
 # test and `WSLNET-VM: EXIT <rc>`, then powers the VM off. Nothing here touches the host: the VM
 # has no network device, and writes go to the overlay's tmpfs.
 set -u
 
-run_dir=""
-for arg in $(</proc/cmdline); do
-    case "$arg" in
-    wslnet.run=*) run_dir="${arg#wslnet.run=}" ;;
-    esac
-done
-
-finish() {
-    echo "WSLNET-VM: EXIT $1"
-    sync
-    echo o >/proc/sysrq-trigger
-    exec sleep 10 2>/dev/null
-}
-
-if [ -z "$run_dir" ] || [ ! -f "$run_dir/env.sh" ]; then
-    echo "WSLNET-VM: INIT-FAILED no run directory (wslnet.run=) with env.sh"
-    finish 3
-fi
-# PATH, HOME, WSLNET_REPO, WSLNET_KERNEL_ROOT, WSLNET_MODULES, WSLNET_TEST_TIMEOUT, WSLNET_AGENT_BIN.
-# shellcheck disable=SC1091
-source "$run_dir/env.sh"
+# shellcheck source=scripts/vm/run-env.sh
+source "$(dirname "$0")/run-env.sh"
 
 mount -t tmpfs -o mode=755 tmpfs /run
 # /tmp stays the host's, seen through the overlay (writes land in the tmpfs upper layer): a
 # checkout under /tmp, such as a CI clone, must stay visible.
-mount -t bpf bpf /sys/fs/bpf
+mount -t bpf -o mode=0700 bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
@@ -43,7 +24,7 @@ mount -t tmpfs tmpfs /dev/shm 2>/dev/null
 hostname wslnet-vm
 ip link set lo up
 
-# The 6.1 module tree (extracted and depmod-ed by the host) where modprobe looks for it, so the
+# The kernel's module tree (extracted and depmod-ed by the host) where modprobe looks for it, so the
 # kernel's own module requests (rtnl-link-veth, sch_clsact, nft_*, ...) load too.
 kver=$(uname -r)
 mkdir -p /usr/lib/modules
@@ -67,8 +48,9 @@ failed=0
 n=0
 cd "$WSLNET_REPO/tests" || finish 3
 
-# The agent, left to pick (--attach-mode auto), attaches through clsact on this kernel and says
-# so in `status --json` and in its metrics. Run as plan entry `builtin auto-mode`.
+# The agent, left to pick (--attach-mode auto), attaches as this kernel allows (tcx from 6.6,
+# clsact before: WSLNET_AUTO_ATTACH_MODE, from xtask's kernel table) and says so in
+# `status --json` and in its metrics. Run as plan entry `builtin auto-mode`.
 auto_mode_check() {
     set -x
     local pins=/run/wslnet-vm-bpffs a=wslvm-a b=wslvm-b
@@ -77,15 +59,15 @@ auto_mode_check() {
     ip link add eth0 netns $a type veth peer name eth0 netns $b || return 1
     ip -n $a addr add 10.231.0.1/24 dev eth0 && ip -n $a link set eth0 up
     ip -n $b addr add 10.231.0.2/24 dev eth0 && ip -n $b link set eth0 up
-    mkdir -p $pins && mount -t bpf bpf $pins || return 1
+    mkdir -p $pins && mount -t bpf -o mode=0700 bpf $pins || return 1
     ip netns exec $a "$WSLNET_AGENT_BIN" run --iface eth0 --attach-mode auto --no-learn \
         --clamp 10.231.0.2=1372 --pin-dir $pins/wslnet --metrics-addr 127.0.0.1:9786 &
-    local agent=$! ok=1 i st metrics
+    local agent=$! ok=1 i st metrics mode=$WSLNET_AUTO_ATTACH_MODE
     for i in $(seq 1 60); do
         st=$(ip netns exec $a "$WSLNET_AGENT_BIN" status --json --pin-dir $pins/wslnet 2>&1)
         metrics=$(ip netns exec $a curl -sf http://127.0.0.1:9786/metrics)
-        if grep -q '"mode": *"clsact"' <<<"$st" &&
-            grep -q '^wslnet_interface_attached{interface="eth0",mode="clsact"} 1' <<<"$metrics"; then
+        if grep -q "\"mode\": *\"$mode\"" <<<"$st" &&
+            grep -q "^wslnet_interface_attached{interface=\"eth0\",mode=\"$mode\"} 1" <<<"$metrics"; then
             ok=0
             break
         fi

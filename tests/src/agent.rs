@@ -24,6 +24,12 @@ impl Agent {
     /// Starts `wslnet-agent run --pin-dir <bpffs>/wslnet ARGS` in `ns` and waits until it
     /// reports that it runs.
     pub fn start(ns: &Netns, fs: &Bpffs, args: &[&str]) -> Result<Self> {
+        Self::start_within(ns, fs, args, crate::netns::PATIENCE)
+    }
+
+    /// [`Agent::start`], waiting up to `timeout` for it to run (for starts that attach to
+    /// hundreds of interfaces; an upper bound, not a timing claim).
+    pub fn start_within(ns: &Netns, fs: &Bpffs, args: &[&str], timeout: Duration) -> Result<Self> {
         let pin_dir = fs.path().join("wslnet").display().to_string();
         let mut all = vec!["run", "--pin-dir", &pin_dir];
         all.extend_from_slice(args);
@@ -35,9 +41,7 @@ impl Agent {
             )
             .env("NO_COLOR", "1");
         let mut daemon = Daemon::start(cmd)?;
-        daemon.wait_for_log(Duration::from_secs(20), |l| {
-            l.contains("wslnet agent running")
-        })?;
+        daemon.wait_for_log(timeout, |l| l.contains("wslnet agent running"))?;
         Ok(Self {
             daemon,
             pin_dir,

@@ -187,9 +187,7 @@ impl Netns {
         ];
         args.extend_from_slice(filter);
         let mut d = self.spawn("tcpdump", args)?;
-        d.wait_for_log(std::time::Duration::from_secs(10), |l| {
-            l.contains("listening on")
-        })?;
+        d.wait_for_log(PATIENCE, |l| l.contains("listening on"))?;
         Ok(d)
     }
 
@@ -350,11 +348,22 @@ pub struct Bpffs {
 }
 
 impl Bpffs {
-    /// Mounts a new bpffs.
+    /// Mounts a new bpffs, mode 0700 as systemd mounts /sys/fs/bpf (the agent refuses a pin
+    /// directory others may write, and the tests use the mount point itself as one).
     pub fn new() -> Result<Self> {
         let path = PathBuf::from("/run").join(unique("wslnet-test-bpffs"));
         std::fs::create_dir_all(&path)?;
-        run("mount", ["-t", "bpf", "bpf", path.to_str().unwrap()])?;
+        run(
+            "mount",
+            [
+                "-t",
+                "bpf",
+                "-o",
+                "mode=0700",
+                "bpf",
+                path.to_str().unwrap(),
+            ],
+        )?;
         Ok(Self { path })
     }
 
@@ -421,6 +430,12 @@ pub fn agent_bin() -> PathBuf {
             )
         })
 }
+
+/// How long a test waits for something that happens in well under a second on a normal
+/// machine (a server listening, an agent reacting to an event): generous, because the VM runs
+/// boot several kernels at once under software emulation. An upper bound, never a timing claim:
+/// [`wait_until`] returns as soon as the condition holds.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `f` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {

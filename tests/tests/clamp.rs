@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wslnet_tests::{
     agent::{Agent, Pair, sample, status_counter},
-    netns::{Bpffs, Daemon, require_root, wait_until},
+    netns::{Bpffs, Daemon, PATIENCE, require_root, wait_until},
 };
 
 /// Bytes of the file the HTTP server in `b` serves.
@@ -45,7 +45,7 @@ fn http_server(pair: &Pair) -> (Daemon, tempfile::TempDir) {
             ],
         )
         .unwrap();
-    wait_until(Duration::from_secs(10), "http server", || {
+    wait_until(PATIENCE, "http server", || {
         pair.b
             .sh_output("ss -ltn | grep -q ':8080 '")
             .ok()
@@ -287,7 +287,7 @@ fn oversize_df_packets_are_counted_exactly() {
     // A bulk TCP transfer whose MSS fits (clamped at ingress) is never oversize: with GSO
     // (64 KiB super-packets measured by gso_size) and without.
     let _iperf = pair.b.spawn("iperf3", ["-s"]).unwrap();
-    wait_until(Duration::from_secs(10), "iperf3 server", || {
+    wait_until(PATIENCE, "iperf3 server", || {
         pair.b
             .sh_output("ss -ltn | grep -q ':5201 '")
             .ok()

@@ -240,11 +240,7 @@ fn handle_ip<const F: u32>(
     let ip = Ip { family: F, ..ip };
     let egress = dir == DIR_EGRESS;
     // Bytes 12 (data offset) and 13 (flags) of a TCP header, read once for both uses below.
-    let tcp = if packet::is_tcp(&ip) {
-        packet::read::<[u8; 2]>(ctx, ip.l4 + 12)
-    } else {
-        None
-    };
+    let tcp = packet::TcpWord::read(ctx, &ip);
     if egress && ip.df && oversize(ctx, &ip, ifindex, cfg, tcp) {
         return TC_ACT_SHOT;
     }
@@ -257,10 +253,11 @@ fn handle_ip<const F: u32>(
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
         return TC_ACT_UNSPEC;
     }
-    let Some([doff, flags]) = tcp else {
+    if !tcp.present {
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
         return TC_ACT_UNSPEC;
-    };
+    }
+    let (doff, flags) = (tcp.doff, tcp.flags);
     if flags & (TCP_FLAG_SYN | TCP_FLAG_RST) != TCP_FLAG_SYN {
         return TC_ACT_UNSPEC;
     }
@@ -312,7 +309,7 @@ fn record_peer_isn(ctx: &TcContext, ip: &Ip, peer: &Peer) {
     let Some(slot) = WSLNET_PEER_ISN.get_ptr_mut(isn_slot(peer, ports[0], ports[1])) else {
         return;
     };
-    // SAFETY: this CPU's slot, valid for the program's run; see `lpm_mtu`.
+    // SAFETY: this CPU's slot, valid for the program's run; see `lpm_lookup`.
     unsafe {
         *slot = PeerIsn {
             key: FlowKey {
@@ -359,7 +356,12 @@ fn globals() -> Globals {
 /// interface default for the family; 0 when neither exists.
 #[inline(always)]
 fn path_mtu(ip: &Ip, peer: &Peer, cfg: &IfaceConfig, generation: u32) -> u16 {
-    lpm_mtu(ip.family, peer, generation).unwrap_or_else(|| default_mtu(ip.family, cfg))
+    let found = lpm_lookup(ip.family, peer, generation);
+    if found & CACHED_FOUND != 0 {
+        found as u16
+    } else {
+        default_mtu(ip.family, cfg)
+    }
 }
 
 /// The interface default path MTU for a family (the first-contact clamp); 0 = none.
@@ -372,11 +374,15 @@ fn default_mtu(family: u32, cfg: &IfaceConfig) -> u16 {
     }
 }
 
-/// The path MTU of the longest prefix matching `peer` in the family's clamp table (an entry
-/// may hold 0: no clamp for that prefix, whatever the interface default), through this CPU's
-/// cache when `generation` (the current `Globals::clamp_generation`) is not 0.
+/// The longest prefix matching `peer` in the family's clamp table, through this CPU's cache
+/// when `generation` (the current `Globals::clamp_generation`) is not 0: [`CACHED_FOUND`] | its
+/// path MTU (an entry may hold 0: no clamp for that prefix, whatever the interface default), or
+/// 0 when no entry matches.
+///
+/// A plain `u32` rather than an `Option<u16>`: LLVM spills the undefined payload of a `None`,
+/// and verifiers before Linux 5.12 reject that read of an uninitialised register.
 #[inline(always)]
-fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
+fn lpm_lookup(family: u32, peer: &Peer, generation: u32) -> u32 {
     let slot = peer_cache_slot(peer);
     let cached = if generation != 0 {
         WSLNET_PEER_CACHE.get_ptr_mut(slot)
@@ -389,16 +395,20 @@ fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
         // WSL does not use, would break this), so no other writer can tear the entry under us.
         let e = unsafe { &*e };
         if e.generation == generation && e.family == family && e.peer == *peer {
-            return (e.result & CACHED_FOUND != 0).then_some(e.result as u16);
+            return e.result;
         }
     }
     let found = if family == FAMILY_V4 {
         let [a, b, c, d, ..] = peer[0].to_ne_bytes();
         let key = Key::new(32, [a, b, c, d]);
-        WSLNET_CLAMP_V4.get(&key).map(|e| e.mtu)
+        WSLNET_CLAMP_V4
+            .get(&key)
+            .map_or(0, |e| CACHED_FOUND | e.mtu as u32)
     } else {
         let key = Key::new(128, peer_bytes(peer));
-        WSLNET_CLAMP_V6.get(&key).map(|e| e.mtu)
+        WSLNET_CLAMP_V6
+            .get(&key)
+            .map_or(0, |e| CACHED_FOUND | e.mtu as u32)
     };
     if let Some(e) = cached {
         // SAFETY: as above.
@@ -407,7 +417,7 @@ fn lpm_mtu(family: u32, peer: &Peer, generation: u32) -> Option<u16> {
                 peer: *peer,
                 generation,
                 family,
-                result: found.map_or(0, |mtu| CACHED_FOUND | mtu as u32),
+                result: found,
                 reserved: 0,
             }
         };
@@ -427,7 +437,7 @@ fn oversize(
     ip: &Ip,
     ifindex: u32,
     cfg: &IfaceConfig,
-    tcp: Option<[u8; 2]>,
+    tcp: packet::TcpWord,
 ) -> bool {
     // SAFETY: the context pointer is the kernel's __sk_buff for this run.
     let gso_size = unsafe { (*skb(ctx)).gso_size } as usize;
@@ -470,13 +480,14 @@ fn oversize(
     } else {
         MIN_PATH_MTU_V6
     };
-    match lpm_mtu(ip.family, &peer, g.clamp_generation) {
-        Some(entry) if entry >= least => {
-            c.reflected += 1;
-            reflect(ctx, ip, ifindex, entry);
-            true
-        }
-        _ => false,
+    let found = lpm_lookup(ip.family, &peer, g.clamp_generation);
+    let entry = found as u16;
+    if found & CACHED_FOUND != 0 && entry >= least {
+        c.reflected += 1;
+        reflect(ctx, ip, ifindex, entry);
+        true
+    } else {
+        false
     }
 }
 
@@ -522,7 +533,7 @@ fn learn(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32) {
         write_learned(ctx, ip, peer, ifindex, 1, now);
         return;
     };
-    // SAFETY: this CPU's slot, valid for the program's run; see `lpm_mtu`.
+    // SAFETY: this CPU's slot, valid for the program's run; see `lpm_lookup`.
     let slot = unsafe { &mut *slot };
     if slot.written != 0 && slot.family == ip.family && slot.peer == *peer {
         if now.wrapping_sub(slot.written) < LEARN_REFRESH_JIFFIES {

@@ -413,16 +413,62 @@ pub fn peer(ip: &Ip) -> Peer {
     }
 }
 
+/// Bytes 12 (data offset) and 13 (flags) of a TCP header, and whether they could be read.
+///
+/// Not an `Option<[u8; 2]>`: the bytes of a `None` are undefined, and LLVM may load them all
+/// the same (a select on the tag). That reads an uninitialised stack slot, which verifiers
+/// before Linux 5.12 (no `allow_uninit_stack`) reject. Every field here is always written.
+#[derive(Clone, Copy)]
+pub struct TcpWord {
+    /// The packet is TCP and both bytes were read.
+    pub present: bool,
+    /// Data offset (high nibble, in 32-bit words) and reserved bits; 0 when not present.
+    pub doff: u8,
+    /// The flags byte (CWR..FIN); 0 when not present.
+    pub flags: u8,
+}
+
+impl TcpWord {
+    /// Reads the two bytes when `ip` is TCP.
+    #[inline(always)]
+    pub fn read(ctx: &TcContext, ip: &Ip) -> Self {
+        let bytes = if is_tcp(ip) {
+            read::<[u8; 2]>(ctx, ip.l4 + 12)
+        } else {
+            None
+        };
+        match bytes {
+            Some([doff, flags]) => Self {
+                present: true,
+                doff,
+                flags,
+            },
+            None => Self {
+                present: false,
+                doff: 0,
+                flags: 0,
+            },
+        }
+    }
+}
+
 /// Bytes of the transport header for sizing GSO segments: the TCP data offset, 8 for UDP,
 /// 0 when unknown or unreadable. `tcp`: bytes 12-13 of the TCP header, when already read.
 #[inline(always)]
-pub fn transport_header_len(ctx: &TcContext, ip: &Ip, tcp: Option<[u8; 2]>) -> usize {
+pub fn transport_header_len(ctx: &TcContext, ip: &Ip, tcp: TcpWord) -> usize {
     match ip.proto {
         // The data offset alone, when the frame ends right after it.
-        IPPROTO_TCP => match tcp.map(|[b, _]| b).or_else(|| read::<u8>(ctx, ip.l4 + 12)) {
-            Some(b) => ((b >> 4) as usize) * 4,
-            None => 0,
-        },
+        IPPROTO_TCP => {
+            let doff = if tcp.present {
+                Some(tcp.doff)
+            } else {
+                read::<u8>(ctx, ip.l4 + 12)
+            };
+            match doff {
+                Some(b) => ((b >> 4) as usize) * 4,
+                None => 0,
+            }
+        }
         IPPROTO_UDP => 8,
         _ => 0,
     }

@@ -20,6 +20,8 @@ use std::{path::PathBuf, process::Command, time::Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
+use crate::support::{cargo, require_root, step, target_dir, workspace_root};
+
 mod bpf;
 mod convergence;
 mod footprint;
@@ -47,14 +49,6 @@ pub struct BenchArgs {
     pub report_only: bool,
 }
 
-/// The workspace root (xtask's parent directory).
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
 /// The sections, in the order they run.
 const SECTIONS: [&str; 5] = [
     "per-packet",
@@ -70,10 +64,7 @@ fn wants(args: &BenchArgs, section: &str) -> bool {
 
 /// Runs the benchmarks and writes the results.
 pub fn run(args: BenchArgs) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmarks load BPF programs and create network namespaces: run them as root");
-    }
+    require_root("the benchmarks load BPF programs and create network namespaces")?;
     for s in &args.only {
         if !SECTIONS.contains(&s.as_str()) {
             bail!("unknown section {s:?} ({})", SECTIONS.join(", "));
@@ -93,7 +84,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let agent = build_release_agent(&root)?;
+    let agent = build_release_agent()?;
     // SAFETY: no other thread exists yet; the test support crate reads this variable to find
     // the agent binary (the release build is the one measured).
     unsafe { std::env::set_var("WSLNET_AGENT_BIN", &agent) };
@@ -109,7 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     });
     let load_before = sh_out("cat /proc/loadavg");
     if wants(&args, "per-packet") {
-        step("per-packet cost (BPF_PROG_TEST_RUN)");
+        step("bench: per-packet cost (BPF_PROG_TEST_RUN)");
         results["per_packet"] = perpacket::run(if args.quick {
             perpacket::Settings {
                 repeat: 1_000_000,
@@ -127,7 +118,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })?;
     }
     if wants(&args, "throughput") {
-        step("throughput and connection rate over veth (iperf3, TCP connect loop)");
+        step("bench: throughput and connection rate over veth (iperf3, TCP connect loop)");
         results["throughput"] = throughput::run(if args.quick {
             throughput::Settings::quick()
         } else {
@@ -135,7 +126,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })?;
     }
     if wants(&args, "convergence") {
-        step("probe convergence in the black-hole lab");
+        step("bench: probe convergence in the black-hole lab");
         results["convergence"] = convergence::run(if args.quick {
             convergence::Settings::quick()
         } else {
@@ -143,7 +134,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })?;
     }
     if wants(&args, "footprint") {
-        step("agent footprint (RSS, CPU)");
+        step("bench: agent footprint (RSS, CPU)");
         results["footprint"] = footprint::run(if args.quick {
             footprint::Settings::quick()
         } else {
@@ -151,7 +142,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })?;
     }
     if wants(&args, "rescue") {
-        step("reaction and rescue (reflection cost, first contact, a shrink under a download)");
+        step(
+            "bench: reaction and rescue (reflection cost, first contact, a shrink under a download)",
+        );
         results["rescue"] = rescue::run(if args.quick {
             rescue::Settings::quick()
         } else {
@@ -172,26 +165,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn step(what: &str) {
-    eprintln!("\n\x1b[1m==> bench: {what}\x1b[0m");
-}
-
 /// Builds the release agent (the binary measured) and returns its path.
-fn build_release_agent(root: &std::path::Path) -> Result<PathBuf> {
-    step("cargo build --release -p wslnet-agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "wslnet-agent"])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building the release agent failed ({status})");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("wslnet-agent"))
+fn build_release_agent() -> Result<PathBuf> {
+    step("bench: cargo build --release -p wslnet-agent");
+    cargo(&["build", "--release", "-p", "wslnet-agent"])?;
+    Ok(target_dir().join("release").join("wslnet-agent"))
 }
 
 fn check_tools() -> Result<()> {

@@ -47,8 +47,9 @@ fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
-fn step(n: u32, what: &str) {
-    println!("\n\x1b[1m[{n}/{STEPS}] {what}\x1b[0m");
+/// Announces step `n` of the demo's `STEPS`.
+fn demo_step(n: u32, what: &str) {
+    crate::support::step(&format!("[{n}/{STEPS}] {what}"));
 }
 
 fn show(outcomes: &[Outcome]) {
@@ -98,7 +99,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
         "  Both routers drop the ICMP 'fragmentation needed' / 'packet too big' they would send."
     );
 
-    step(1, "building the lab and starting servers in srv");
+    demo_step(1, "building the lab and starting servers in srv");
     let t = Instant::now();
     let lab = Lab::with(LabConfig {
         bottleneck: args.mtu,
@@ -112,7 +113,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     );
     check_interrupt()?;
 
-    step(2, "without wslnet: what a WSL user sees");
+    demo_step(2, "without wslnet: what a WSL user sees");
     let ping = lab
         .wsl
         .sh_output(&format!("ping -c 1 -W 2 {SRV_V4}"))?
@@ -131,7 +132,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     show(&without);
     check_interrupt()?;
 
-    step(
+    demo_step(
         3,
         "starting wslnet-agent in wsl as at boot: no target, no configuration",
     );
@@ -147,7 +148,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     );
     check_interrupt()?;
 
-    step(
+    demo_step(
         4,
         "with wslnet: the same clients, first contact with the server",
     );
@@ -155,7 +156,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     show(&with);
     check_interrupt()?;
 
-    step(
+    demo_step(
         5,
         "what the agent learned from their SYNs and measured meanwhile",
     );
@@ -176,7 +177,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
         check_interrupt()?;
     }
 
-    step(
+    demo_step(
         6,
         "the VPN narrows again (1372 -> 1300) while a download runs, nothing visible in wsl",
     );
@@ -206,7 +207,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
     }
     check_interrupt()?;
 
-    step(7, "an excerpt of wslnet-agent's /metrics");
+    demo_step(7, "an excerpt of wslnet-agent's /metrics");
     let metrics = agent.metrics()?;
     for line in metrics.lines().filter(|l| {
         !l.starts_with('#')

@@ -3,13 +3,16 @@
 
 use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+use crate::support::{cargo, require_root, step, target_dir};
 
 mod bench;
 mod demo;
 mod fuzz;
 mod package;
+mod support;
 mod vm;
 
 /// wslnet's developer tasks.
@@ -28,12 +31,12 @@ enum Task {
     Build,
     /// The whole test suite: fmt, clippy, unit tests, BPF_PROG_TEST_RUN and namespace
     /// integration tests, a 100000-packet differential fuzz run, the Debian package (built and
-    /// checked as `package` does) and the Linux 6.1 VM run. Needs root.
+    /// checked as `package` does) and the VM runs on Linux 5.10, 6.1 and 6.12. Needs root.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Skip the Linux 6.1 VM run (`cargo xtask vm-test`).
+        /// Skip the VM runs (`cargo xtask vm-test`).
         #[arg(long)]
         no_vm: bool,
         /// Only run tests whose name contains this (passed to cargo test).
@@ -44,7 +47,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Differential fuzzing of the datapath against the reference model.
     Fuzz(fuzz::FuzzArgs),
-    /// The datapath and agent tests on Debian's Linux 6.1 (clsact path) in a qemu VM. Needs root.
+    /// The datapath and agent tests on Debian's Linux 5.10, 6.1 (clsact) and 6.12 (TCX), each in
+    /// a qemu VM. Needs root.
     VmTest(vm::VmTestArgs),
     /// Benchmarks: datapath ns/packet, throughput vs nftables, probe convergence, footprint.
     Bench(bench::BenchArgs),
@@ -65,7 +69,12 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(command: Task) -> Result<()> {
     match command {
-        Task::Setup => run(Command::new("bash").arg("scripts/bootstrap.sh")),
+        Task::Setup => support::run(
+            Command::new("bash")
+                .arg("scripts/bootstrap.sh")
+                .current_dir(support::workspace_root()),
+            "scripts/bootstrap.sh",
+        ),
         Task::Build => {
             cargo(&["build", "--workspace"])?;
             cargo(&["build", "--release", "-p", "wslnet-agent"])
@@ -76,7 +85,7 @@ fn run_task(command: Task) -> Result<()> {
             filter,
         } => test(no_lint, no_vm, filter),
         Task::Demo(args) => {
-            require_root()?;
+            require_root("the demo creates network namespaces and loads BPF programs")?;
             step("build the agent");
             cargo(&["build", "-p", "wslnet-agent"])?;
             demo::run(args, &target_dir().join("debug/wslnet-agent"))
@@ -89,7 +98,7 @@ fn run_task(command: Task) -> Result<()> {
 }
 
 fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
-    require_root()?;
+    require_root("the test suite loads BPF programs and creates network namespaces")?;
     if !no_lint {
         step("cargo fmt --check");
         cargo(&["fmt", "--all", "--check"])?;
@@ -123,52 +132,9 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
         package::run()?;
     }
     if filter.is_none() && !no_vm {
-        step("the datapath and agent tests on Debian's Linux 6.1 in a VM (clsact path)");
-        /// `vm-test` with its defaults.
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            args: vm::VmTestArgs,
-        }
-        vm::run(Defaults::parse_from(["vm-test"]).args)?;
+        step("the datapath and agent tests on Debian's Linux 5.10, 6.1 and 6.12, in VMs");
+        vm::run(vm::VmTestArgs::defaults())?;
     }
     step("all tests passed");
-    Ok(())
-}
-
-fn require_root() -> Result<()> {
-    let out = Command::new("id")
-        .arg("-u")
-        .output()
-        .context("running id -u")?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
-        bail!("the test suite loads BPF programs and creates network namespaces: run it as root");
-    }
-    Ok(())
-}
-
-/// The cargo target directory (CARGO_TARGET_DIR, else `target/` at the workspace root).
-fn target_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn step(what: &str) {
-    eprintln!("\n\x1b[1m==> {what}\x1b[0m");
-}
-
-fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(args);
-    run(&mut cmd)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
     Ok(())
 }

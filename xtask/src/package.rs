@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::{cargo, step};
+use crate::support::{self, cargo, step};
 
 /// The cargo-deb release this task installs when `cargo deb` is missing (pinned, as
 /// scripts/bootstrap.sh pins bpf-linker).
@@ -20,14 +20,12 @@ const PACKAGE: &str = "wslnet-agent";
 
 /// Builds `target/debian/wslnet-agent_<version>_<arch>.deb` and checks it.
 pub fn run() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = support::workspace_root();
     // xtask and wslnet-agent share the workspace version.
     let version = env!("CARGO_PKG_VERSION");
     check_changelog(&root.join("packaging/deb/changelog"), version)?;
 
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let has_cargo_deb = Command::new(&cargo_bin)
-        .args(["deb", "--version"])
+    let has_cargo_deb = support::cargo_command(&["deb", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_cargo_deb {
@@ -42,9 +40,7 @@ pub fn run() -> Result<()> {
     }
 
     step("cargo deb -p wslnet-agent (release build)");
-    let out = Command::new(&cargo_bin)
-        .args(["deb", "-p", PACKAGE])
-        .current_dir(&root)
+    let out = support::cargo_command(&["deb", "-p", PACKAGE])
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running cargo deb")?;
@@ -64,15 +60,19 @@ pub fn run() -> Result<()> {
     );
 
     step("lintian (errors fail the build)");
-    crate::run(
+    support::run(
         Command::new("lintian")
             .args(["--fail-on", "error"])
             .arg(&deb),
+        "lintian",
     )
     .context("lintian is part of scripts/bootstrap.sh's packages (apt-get install lintian)")?;
 
     step("contents");
-    crate::run(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
+    support::run(
+        Command::new("dpkg-deb").arg("--contents").arg(&deb),
+        "dpkg-deb --contents",
+    )?;
 
     step("unpacked: binary, unit and config where they are looked for");
     check_layout(&deb, version)?;
@@ -116,18 +116,18 @@ chroot "$dir/merged" sh -eu -c '
 /// `dpkg -i` of `deb` in a throwaway root ([`THROWAWAY_INSTALL`]); needs root.
 fn install_in_throwaway_root(deb: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "installing the package in a throwaway root needs root (mount namespaces, chroot); \
-         the package itself is built: {}",
+    support::require_root(&format!(
+        "installing the package in a throwaway root needs mount namespaces and chroot (the \
+         package itself is built: {})",
         deb.display()
-    );
+    ))?;
     let dir = tempfile_dir()?;
-    let result = crate::run(
+    let result = support::run(
         Command::new("unshare")
             .args(["-m", "-n", "sh", "-c", THROWAWAY_INSTALL, "sh"])
             .arg(&dir)
             .arg(deb),
+        "dpkg -i in a throwaway root",
     );
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -154,8 +154,14 @@ fn check_layout(deb: &Path, version: &str) -> Result<()> {
     let dir = tempfile_dir()?;
     let files = dir.join("root");
     let control = dir.join("DEBIAN");
-    crate::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&files))?;
-    crate::run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&control))?;
+    support::run(
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(&files),
+        "dpkg-deb -x",
+    )?;
+    support::run(
+        Command::new("dpkg-deb").arg("-e").arg(deb).arg(&control),
+        "dpkg-deb -e",
+    )?;
     let result = (|| {
         // The unit: in a directory systemd loads units from, starting the packaged binary.
         let unit_rel = "usr/lib/systemd/system/wslnet-agent.service";

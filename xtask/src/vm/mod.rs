@@ -1,0 +1,542 @@
+//! `cargo xtask vm-test`: the datapath and agent tests on Debian's Linux 5.10, 6.1 and 6.12,
+//! each in a VM.
+//!
+//! WSL has shipped 5.10, 5.15, 6.1 and 6.6 kernels. Below Linux 6.6 there is no TCX: the agent
+//! attaches through clsact and netlink, and the verifier is older. Each kernel is Debian's
+//! `linux-image-amd64` of its suite, booted under qemu (KVM when `/dev/kvm` works, software
+//! emulation otherwise) with a small initramfs of this task's own that mounts the host's root
+//! file system, shared read-only over virtio-9p, under a tmpfs overlay and runs
+//! `scripts/vm/guest.sh` on it: the tests one by one, then power-off. The VM has no network
+//! device at all.
+//!
+//! Everything downloaded or built lands in `target/vm/` (kernel packages are only unpacked
+//! there, never installed on the host; apt runs with a private configuration).
+//!
+//! # Layout
+//! - `mod.rs`: the command, the plan (which tests), one run per kernel, the verdict.
+//! - `kernel.rs`: which release comes from which Debian suite; download, unpack, depmod.
+//! - `initramfs.rs`: the VM's first root (busybox, `init.sh`, the modules that mount the host).
+//! - `guest.rs`: one boot under qemu, the console read into results.
+//! - `report.rs`: outcomes, verdicts, the table and the line per kernel.
+
+mod guest;
+mod initramfs;
+mod kernel;
+mod report;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::support::{self, require_root, step, which};
+pub use kernel::Release;
+use report::{KernelReport, Outcome, Verdict};
+
+/// Test executables (`tests/tests/<name>.rs`) run in the VM, in this order. A missing one is
+/// reported as failed.
+const TEST_BINARIES: &[&str] = &["load", "datapath_testrun", "corpus", "clamp", "agent"];
+
+/// The check `scripts/vm/guest.sh` runs itself (plan entry `builtin auto-mode`): the agent left
+/// to pick attaches as the kernel allows (TCX from 6.6, clsact before) and says so in `status`
+/// and its metrics.
+const BUILTIN_AUTO_MODE: &str = "vm::auto_mode_attaches_as_the_kernel_allows";
+
+/// The check `scripts/vm/systemd-guest.sh` runs in a second boot with systemd as PID 1: the
+/// packaged unit attaches, clamps under its own hardening, keeps clamping across stop, start
+/// (adopting the pins) and `kill -9` (Restart=always).
+const SYSTEMD_CHECK: &str = "vm::systemd_runs_the_packaged_unit";
+
+/// The kernel the systemd boot runs on: the line of WSL's 6.1 kernels, without TCX (the path
+/// most WSL users take). One kernel is enough: what it checks is the unit, not the datapath.
+const SYSTEMD_RELEASE: Release = Release::V6_1;
+
+/// How long a KVM boot may take to reach the initramfs before software emulation is tried.
+const KVM_BOOT_LIMIT: Duration = Duration::from_secs(20);
+
+/// `cargo xtask vm-test` flags.
+#[derive(clap::Args, Debug)]
+pub struct VmTestArgs {
+    /// Kernel line to boot; repeatable. Each gets its own run and report line.
+    #[arg(long = "kernel", value_enum, value_name = "RELEASE", default_values_t = Release::ALL)]
+    kernels: Vec<Release>,
+    /// Kill a VM and fail its kernel after this many seconds (counted from its boot, builds and
+    /// downloads not included). Generous: three VMs under software emulation on two CPUs take
+    /// about 13 minutes.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    timeout: u64,
+    /// Time limit of one test inside the VM.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    test_timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    memory: u32,
+    /// VMs booted side by side [default: the host's CPU count]. Under software emulation a VM
+    /// keeps about one host CPU busy, so more kernels than CPUs gain nothing.
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Use software emulation even when /dev/kvm is usable.
+    #[arg(long)]
+    no_kvm: bool,
+    /// Only run tests whose `binary::name` contains this; repeatable.
+    #[arg(long, value_name = "TEXT")]
+    filter: Vec<String>,
+    /// Keep the run directory (target/vm/run-PID: plans, initramfs, test executables).
+    #[arg(long)]
+    keep: bool,
+}
+
+impl VmTestArgs {
+    /// The flags' defaults: every kernel, every test (what `./x.sh test` runs).
+    pub fn defaults() -> Self {
+        /// The flags alone, to parse an empty command line.
+        #[derive(clap::Parser)]
+        struct Parse {
+            #[command(flatten)]
+            args: VmTestArgs,
+        }
+        <Parse as clap::Parser>::parse_from(["vm-test"]).args
+    }
+}
+
+/// The tests to run, the same on every kernel.
+struct Plan {
+    /// `label <TAB> executable <TAB> exact test name` lines, as guest.sh reads them.
+    tsv: String,
+    labels: Vec<String>,
+    /// Whether [`SYSTEMD_CHECK`] is selected (it runs on [`SYSTEMD_RELEASE`] only).
+    systemd: bool,
+}
+
+/// Runs the whole task: build, then per kernel fetch, boot, report; fails when any kernel does.
+pub fn run(args: VmTestArgs) -> Result<()> {
+    require_root("vm-test runs apt-get and the tests in the VM run as root")?;
+    let root = support::workspace_root();
+    if root.to_string_lossy().contains(char::is_whitespace) {
+        bail!(
+            "the workspace path {} contains whitespace, which the kernel command line cannot \
+             carry; move the checkout",
+            root.display()
+        );
+    }
+    let mut kernels = args.kernels.clone();
+    kernels.sort();
+    kernels.dedup();
+    let cache = support::target_dir().join("vm");
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+
+    step("vm-test: host tools (qemu-system-x86, kmod, xz-utils)");
+    ensure_host_tools()?;
+    let busybox = kernel::fetch_busybox(&cache)?;
+
+    step("vm-test: build the agent and the test executables");
+    support::cargo(&["build", "-p", "wslnet-agent"])?;
+    let exes = test_executables()?;
+    let run_dir = RunDir::create(&cache, args.keep)?;
+    let bin = run_dir.path.join("bin");
+    fs::create_dir_all(bin.join("deps"))?;
+    let agent = bin.join("wslnet-agent");
+    copy(&support::target_dir().join("debug/wslnet-agent"), &agent)?;
+    let plan = plan(&exes, &bin, &args.filter)?;
+
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, kernels.len());
+    let queue = Mutex::new(kernels.into_iter());
+    let reports = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    // Taken in its own statement: a guard in the `while let` would hold the
+                    // queue for the whole run and boot the kernels one after another.
+                    let next = queue.lock().expect("queue").next();
+                    let Some(release) = next else { break };
+                    let dir = run_dir.path.join(release.label());
+                    let report = fs::create_dir_all(&dir)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| {
+                            run_kernel(release, &args, &cache, &busybox, &dir, &agent, &plan)
+                        })
+                        .unwrap_or_else(|e| KernelReport {
+                            release: release.label(),
+                            version: "?".into(),
+                            accel: "-",
+                            outcomes: Vec::new(),
+                            secs: 0.0,
+                            error: Some(format!("{e:#}")),
+                        });
+                    reports.lock().expect("reports").push(report);
+                }
+            });
+        }
+    });
+    let mut reports = reports.into_inner().expect("reports");
+    reports.sort_by_key(|r| r.release);
+
+    for r in &reports {
+        step(&format!("vm-test: Linux {} ({})", r.version, r.release));
+        r.print_table();
+    }
+    step("vm-test summary");
+    for r in &reports {
+        println!("{} {}", if r.passed() { "ok  " } else { "FAIL" }, r.line());
+    }
+    println!(
+        "console logs: {}",
+        cache.join("console-<release>.log").display()
+    );
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.release)
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on Linux {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Every test of [`TEST_BINARIES`] matching the filters, plus [`BUILTIN_AUTO_MODE`]; the
+/// executables are copied under `bin/deps` so a rebuild during the run changes nothing.
+fn plan(exes: &BTreeMap<String, PathBuf>, bin: &Path, filter: &[String]) -> Result<Plan> {
+    let selected = |label: &str| filter.is_empty() || filter.iter().any(|f| label.contains(f));
+    let mut plan = Plan {
+        tsv: String::new(),
+        labels: Vec::new(),
+        systemd: selected(SYSTEMD_CHECK),
+    };
+    for &name in TEST_BINARIES {
+        let exe = exes
+            .get(name)
+            .with_context(|| format!("no test executable for tests/tests/{name}.rs"))?;
+        let snapshot = bin.join("deps").join(name);
+        copy(exe, &snapshot)?;
+        for test in list_tests(&snapshot)? {
+            let label = format!("{name}::{test}");
+            if selected(&label) {
+                plan.tsv
+                    .push_str(&format!("{label}\t{}\t{test}\n", snapshot.display()));
+                plan.labels.push(label);
+            }
+        }
+    }
+    if selected(BUILTIN_AUTO_MODE) {
+        plan.tsv
+            .push_str(&format!("{BUILTIN_AUTO_MODE}\tbuiltin\tauto-mode\n"));
+        plan.labels.push(BUILTIN_AUTO_MODE.to_string());
+    }
+    if plan.labels.is_empty() && !plan.systemd {
+        bail!("no test selected (filters: {filter:?})");
+    }
+    Ok(plan)
+}
+
+/// One kernel: fetch it, write its run directory (`plan.tsv`, `env.sh`, initramfs), boot
+/// (KVM first when usable), collect the outcomes.
+fn run_kernel(
+    release: Release,
+    args: &VmTestArgs,
+    cache: &Path,
+    busybox: &Path,
+    dir: &Path,
+    agent: &Path,
+    plan: &Plan,
+) -> Result<KernelReport> {
+    step(&format!("vm-test: kernel {} (Debian)", release.label()));
+    let kernel = kernel::fetch(cache, release)?;
+    println!("kernel {} at {}", kernel.version, kernel.root.display());
+    let root = support::workspace_root();
+    fs::write(dir.join("plan.tsv"), &plan.tsv)?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let env = [
+        // System directories first: the tests want Debian's tools, and shims such as pyenv's
+        // (a shell script that forks a dozen processes) are slow under software emulation.
+        (
+            "PATH",
+            format!("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{path}"),
+        ),
+        ("HOME", home),
+        ("RUST_BACKTRACE", "1".into()),
+        ("WSLNET_REPO", root.to_string_lossy().into_owned()),
+        (
+            "WSLNET_KERNEL_ROOT",
+            kernel.root.to_string_lossy().into_owned(),
+        ),
+        (
+            "WSLNET_MODULES",
+            kernel.modules_dir().to_string_lossy().into_owned(),
+        ),
+        ("WSLNET_TEST_TIMEOUT", args.test_timeout.to_string()),
+        ("WSLNET_AGENT_BIN", agent.to_string_lossy().into_owned()),
+        (
+            "WSLNET_AUTO_ATTACH_MODE",
+            release.auto_attach_mode().to_string(),
+        ),
+    ];
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", sh_quote(v)))
+        .collect();
+    fs::write(dir.join("env.sh"), env)?;
+    let initramfs = dir.join("initramfs.cpio");
+    initramfs::build(&root, &kernel, busybox, &initramfs)?;
+
+    let mut kvm = !args.no_kvm
+        && fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+    let console_log = cache.join(format!("console-{}.log", release.label()));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut guest = guest::Guest {
+        kernel: &kernel,
+        initramfs: &initramfs,
+        init: guest::Init::Tests(root.join("scripts/vm/guest.sh")),
+        run_dir: dir,
+        memory: args.memory,
+        kvm,
+        tag: format!("[{}] ", release.label()),
+    };
+    // Each boot with the labels it was to report and its console log.
+    let mut boots = Vec::new();
+    if !plan.labels.is_empty() {
+        let boot = boot_guest(&mut guest, deadline, &console_log, plan.labels.len())?;
+        boots.push((plan.labels.clone(), boot, console_log));
+    }
+    if release == SYSTEMD_RELEASE && plan.systemd {
+        guest.init = guest::Init::Systemd(root.join("scripts/vm/systemd-guest.sh"));
+        let log = cache.join(format!("console-{}-systemd.log", release.label()));
+        // A deadline of its own: the first boot may have used most of its time.
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        let boot = boot_guest(&mut guest, deadline, &log, 1)?;
+        boots.push((vec![SYSTEMD_CHECK.to_string()], boot, log));
+    }
+    kvm = guest.kvm;
+
+    let mut outcomes = Vec::new();
+    let mut errors = Vec::new();
+    for (labels, boot, log) in &boots {
+        for label in labels {
+            outcomes.push(match boot.results.iter().find(|o| &o.label == label) {
+                Some(o) => o.clone(),
+                None => Outcome {
+                    label: label.clone(),
+                    verdict: Verdict::Fail,
+                    secs: None,
+                    note: if boot.timed_out {
+                        format!("no result: the VM was killed after {} s", args.timeout)
+                    } else {
+                        "no result: the VM stopped before running it".into()
+                    },
+                },
+            });
+        }
+        let error = if let Some(why) = &boot.init_failure {
+            Some(format!("the guest could not start the tests: {why}"))
+        } else if boot.timed_out {
+            Some(format!(
+                "the VM did not finish within {} s and was killed (raise --timeout)",
+                args.timeout
+            ))
+        } else if boot.exit.is_none_or(|e| e != 0)
+            && boot.results.iter().all(|o| o.verdict != Verdict::Fail)
+        {
+            Some(format!(
+                "the guest reported exit {:?} although no test failed",
+                boot.exit
+            ))
+        } else {
+            None
+        };
+        errors.extend(error.map(|e| format!("{e}; see {}", log.display())));
+    }
+    let error = (!errors.is_empty()).then(|| errors.join("; "));
+    Ok(KernelReport {
+        release: release.label(),
+        version: kernel.version.clone(),
+        accel: if kvm { "KVM" } else { "TCG" },
+        outcomes,
+        secs: started.elapsed().as_secs_f64(),
+        error,
+    })
+}
+
+/// Boots `guest` until it ends or `deadline`, after a KVM try that stalls (then software
+/// emulation, and `guest.kvm` says so from then on).
+fn boot_guest(
+    guest: &mut guest::Guest<'_>,
+    deadline: Instant,
+    console_log: &Path,
+    tests: usize,
+) -> Result<guest::Boot> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        step(&format!(
+            "vm-test: boot Linux {} ({}, {}, {tests} tests, {} s left)",
+            guest.kernel.version,
+            guest.init.name(),
+            if guest.kvm {
+                "KVM"
+            } else {
+                "software emulation"
+            },
+            left.as_secs()
+        ));
+        // A working KVM reaches the initramfs in a few seconds. Nested KVM on some hosts hangs
+        // in the kernel's decompressor instead: then fall back to software emulation.
+        let stall = guest.kvm.then_some(KVM_BOOT_LIMIT);
+        let boot = guest.boot(left, stall, console_log)?;
+        if !boot.stalled {
+            return Ok(boot);
+        }
+        println!(
+            "vm-test: no sign of the guest after {} s under KVM (nested KVM not working on this \
+             host?); retrying with software emulation (--no-kvm skips this try)",
+            KVM_BOOT_LIMIT.as_secs()
+        );
+        guest.kvm = false;
+    }
+}
+
+/// `cargo test -p wslnet-tests --no-run`: test target name -> executable.
+fn test_executables() -> Result<BTreeMap<String, PathBuf>> {
+    let out = support::cargo_command(&[
+        "test",
+        "-p",
+        "wslnet-tests",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stderr(Stdio::inherit())
+    .output()
+    .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test executables failed (cargo test -p wslnet-tests --no-run)");
+    }
+    let mut exes = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if v["reason"] == "compiler-artifact"
+            && is_test
+            && let (Some(name), Some(exe)) =
+                (v["target"]["name"].as_str(), v["executable"].as_str())
+        {
+            exes.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    Ok(exes)
+}
+
+/// Names of the tests in a libtest executable (`--list --format terse`, run on the host).
+fn list_tests(exe: &Path) -> Result<Vec<String>> {
+    let out = Command::new(exe)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .with_context(|| format!("listing the tests of {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} --list failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `target/vm/run-PID`, removed on drop unless kept.
+struct RunDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl RunDir {
+    fn create(cache: &Path, keep: bool) -> Result<Self> {
+        let path = cache.join(format!("run-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep })
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.keep {
+            println!("kept {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to)
+        .map(|_| ())
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Installs qemu, kmod and xz-utils from Debian when they are missing.
+fn ensure_host_tools() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("depmod", "kmod"),
+        ("modprobe", "kmod"),
+        ("xz", "xz-utils"),
+    ]
+    .iter()
+    .filter(|(tool, _)| which(tool).is_none())
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
+        if which(tool).is_none() {
+            bail!("{tool} not found: vm-test needs a Debian (or derived) host with apt and dpkg");
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut pkgs = missing;
+    pkgs.sort();
+    pkgs.dedup();
+    println!("installing {}", pkgs.join(" "));
+    let install = |pkgs: &[&str]| {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !install(&pkgs) {
+        support::run(Command::new("apt-get").arg("update"), "apt-get update")?;
+        if !install(&pkgs) {
+            bail!(
+                "could not install {}: run `apt-get install qemu-system-x86 kmod xz-utils` by hand",
+                pkgs.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
