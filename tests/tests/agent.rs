@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use wslnet_tests::{
     agent::{Agent, Pair, sample, status_counter},
-    netns::{Bpffs, Daemon, Netns, agent_bin, require_root, veth, wait_until},
+    netns::{Bpffs, Daemon, Netns, PATIENCE, agent_bin, require_root, veth, wait_until},
 };
 
-/// How long a stopping agent may take to detach and exit: generous, because the Linux 6.1 VM
+/// How long a stopping agent may take to detach and exit: generous, because the VM
 /// runs under software emulation where netlink round trips are slow (an upper bound, not a
 /// timing assertion).
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,7 +46,7 @@ fn listener(ns: &Netns, port: u16) -> Daemon {
             ],
         )
         .unwrap();
-    wait_until(Duration::from_secs(10), "listener", || {
+    wait_until(PATIENCE, "listener", || {
         ns.sh_output(&format!("ss -ltn | grep -q ':{port} '"))
             .ok()
             .filter(|o| o.status.success())
@@ -106,7 +106,7 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
         pair.b
             .ip(&["addr", "add", "10.98.0.2/24", "dev", "ztpeer"])
             .unwrap();
-        wait_until(Duration::from_secs(5), "zt interface attached", || {
+        wait_until(PATIENCE, "zt interface attached", || {
             iface_names(&agent)
                 .contains(&"zt3f8a9c2e1b".to_string())
                 .then_some(())
@@ -122,7 +122,7 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
         assert!(status_counter(&st, "zt3f8a9c2e1b", "ingress/ipv4", "mss_clamped") >= 1);
 
         pair.a.ip(&["link", "del", "zt3f8a9c2e1b"]).unwrap();
-        wait_until(Duration::from_secs(5), "zt interface detached", || {
+        wait_until(PATIENCE, "zt interface detached", || {
             (!iface_names(&agent).contains(&"zt3f8a9c2e1b".to_string())).then_some(())
         })
         .unwrap();
@@ -450,7 +450,7 @@ fn sighup_reloads_the_config_file() {
     write(1300);
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(agent.daemon.pid() as i32, libc::SIGHUP) };
-    wait_until(Duration::from_secs(5), "reloaded clamp", || {
+    wait_until(PATIENCE, "reloaded clamp", || {
         (clamps(&agent)[0]["mtu"] == 1300).then_some(())
     })
     .unwrap();
@@ -730,4 +730,123 @@ fn check_judges_a_kernel_config_file() {
         text.contains("not ready for wslnet; add:\nCONFIG_NET_CLS_BPF=y"),
         "{text}"
     );
+}
+
+/// A pin directory another user could have prepared (on a bpffs every user may write to) is
+/// refused before anything is loaded or attached: a symbolic link, a directory owned by someone
+/// else, a `maps/` that others may write. Exit 2 (systemd does not restart into the same
+/// refusal), one line naming the directory and what is wrong, nothing attached; a directory the
+/// agent made itself works.
+#[test]
+fn a_pin_directory_another_user_could_have_prepared_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let clean = tc_state(&pair.a);
+    let root = fs.path();
+    std::fs::create_dir(root.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(root.join("elsewhere"), root.join("linked")).unwrap();
+    std::fs::create_dir(root.join("foreign")).unwrap();
+    std::os::unix::fs::chown(root.join("foreign"), Some(65534), Some(65534)).unwrap();
+    std::fs::create_dir_all(root.join("open/maps")).unwrap();
+    std::fs::set_permissions(
+        root.join("open/maps"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    for (dir, problem) in [
+        ("linked", "is a symbolic link"),
+        ("foreign", "is owned by uid 65534"),
+        ("open", "is writable by group or others (mode 777)"),
+    ] {
+        let pin_dir = root.join(dir);
+        let out = std::process::Command::new("timeout")
+            .args(["30", "ip", "netns", "exec", pair.a.name()])
+            .arg(agent_bin())
+            .args(["run", "--iface", "eth0", "--no-learn", "--pin-dir"])
+            .arg(&pin_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{dir}: {err}");
+        assert!(err.contains(problem), "{dir}: {err}");
+        assert!(err.contains("refusing pin directory"), "{dir}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{dir}: one clear line: {err}"
+        );
+        assert_eq!(tc_state(&pair.a), clean, "{dir}: something was attached");
+    }
+    assert!(
+        std::fs::read_dir(root.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "something was pinned through the symbolic link"
+    );
+    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--no-learn"]).unwrap();
+    let mode = std::fs::metadata(root.join("wslnet/maps"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "maps/ should be private to root: {mode:o}");
+    drop(agent);
+}
+
+/// Clients that connect to the metrics endpoint and never finish a request (any local user can)
+/// cost the agent a bounded number of file descriptors, not one each: 300 of them add at most
+/// the endpoint's connection cap (16) and a few more. Once they are gone, `/healthz` and
+/// `/metrics` answer again.
+#[test]
+fn clients_that_never_finish_a_request_cost_a_bounded_number_of_descriptors() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--no-learn"]).unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.daemon.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let held = 300;
+    let script = format!(
+        "import socket, time\n\
+         socks = []\n\
+         for _ in range({held}):\n\
+         \x20   s = socket.create_connection(('127.0.0.1', {}))\n\
+         \x20   s.send(b'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n')\n\
+         \x20   socks.append(s)\n\
+         print('open', flush=True)\n\
+         time.sleep(120)\n",
+        wslnet_tests::agent::METRICS_PORT
+    );
+    let mut slow = pair.a.spawn("python3", ["-c", &script]).unwrap();
+    slow.wait_for_log(Duration::from_secs(60), |l| l.contains("open"))
+        .unwrap();
+    // Let the agent accept whatever it is going to accept.
+    std::thread::sleep(Duration::from_secs(2));
+    let during = fds();
+    assert!(
+        during <= before + 16 + 4,
+        "{held} unfinished requests took the agent from {before} to {during} descriptors"
+    );
+    drop(slow);
+    wait_until(Duration::from_secs(60), "/healthz answers again", || {
+        let out = pair
+            .a
+            .command("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!(
+                "http://127.0.0.1:{}/healthz",
+                wslnet_tests::agent::METRICS_PORT
+            ))
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout).trim() == "ok").then_some(())
+    })
+    .unwrap();
+    assert!(agent.metrics().unwrap().contains("wslnet_build_info"));
 }

@@ -761,18 +761,9 @@ fn prom_query(ns: &Netns, query: &str) -> Option<Vec<serde_json::Value>> {
     v["data"]["result"].as_array().cloned()
 }
 
-/// The shipped `prometheus.yml` (scrape intervals shortened to 1 s) in a real Prometheus next to
-/// the agent: the target is up, every rule of `wslnet.rules.yml` evaluates without error and none
-/// is pending or firing for a healthy agent, and every panel of the dashboard gets data.
-#[test]
-fn shipped_prometheus_config_rules_and_dashboard_work_against_the_agent() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--target", Pair::B4]).unwrap();
-    send_syn(&pair.a, Pair::B4);
-
-    let dir = tempfile::tempdir().unwrap();
+/// The shipped `prometheus.yml` (scrape intervals shortened to 1 s) and `wslnet.rules.yml` in a
+/// real Prometheus in `ns`, listening on 127.0.0.1:9090, its files and data under `dir`.
+fn prometheus(ns: &Netns, dir: &Path) -> Daemon {
     let config = read("prometheus/prometheus.yml");
     let fast = config
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
@@ -785,27 +776,37 @@ fn shipped_prometheus_config_rules_and_dashboard_work_against_the_agent() {
         config.contains(&format!("127.0.0.1:{METRICS_PORT}")),
         "prometheus.yml does not scrape the agent's default address"
     );
-    std::fs::write(dir.path().join("prometheus.yml"), fast).unwrap();
+    std::fs::write(dir.join("prometheus.yml"), fast).unwrap();
     std::fs::copy(
         packaging("prometheus/wslnet.rules.yml"),
-        dir.path().join("wslnet.rules.yml"),
+        dir.join("wslnet.rules.yml"),
     )
     .unwrap();
     let _ = tool("prometheus", "prometheus", &["--version"]);
-    let _prom = pair
-        .a
-        .spawn(
-            "prometheus",
-            [
-                format!(
-                    "--config.file={}",
-                    dir.path().join("prometheus.yml").display()
-                ),
-                format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-                "--web.listen-address=127.0.0.1:9090".into(),
-            ],
-        )
-        .unwrap();
+    ns.spawn(
+        "prometheus",
+        [
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            "--web.listen-address=127.0.0.1:9090".into(),
+        ],
+    )
+    .unwrap()
+}
+
+/// The shipped `prometheus.yml` (scrape intervals shortened to 1 s) in a real Prometheus next to
+/// the agent: the target is up, every rule of `wslnet.rules.yml` evaluates without error and none
+/// is pending or firing for a healthy agent, and every panel of the dashboard gets data.
+#[test]
+fn shipped_prometheus_config_rules_and_dashboard_work_against_the_agent() {
+    require_root();
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let _agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--target", Pair::B4]).unwrap();
+    send_syn(&pair.a, Pair::B4);
+
+    let dir = tempfile::tempdir().unwrap();
+    let _prom = prometheus(&pair.a, dir.path());
 
     // Target up, and a few evaluations behind us.
     wait_until(Duration::from_secs(30), "the agent scraped", || {
@@ -908,4 +909,82 @@ fn packaged_config_and_its_examples_are_accepted_by_the_agent() {
             "{name}: eth0 not attached: {status}"
         );
     }
+}
+
+/// Every interface slot taken: the agent matches `MAX_IFACE_SLOTS` interfaces with `zt*` and
+/// can attach to one fewer (slot 0 is never used). The one it skips is matched and not attached
+/// in `/metrics`, and a real Prometheus with the shipped rules holds
+/// `WslnetInterfaceMatchedNotAttached` for exactly that interface (pending: `for: 5m`).
+#[test]
+fn an_interface_that_matches_but_cannot_be_attached_is_in_metrics_and_alerts() {
+    require_root();
+    let ns = Netns::new("wm").unwrap();
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    let pairs = wslnet_common::MAX_IFACE_SLOTS / 2;
+    let batch: String = (0..pairs)
+        .map(|i| format!("link add zta{i} type veth peer name ztb{i}\n"))
+        .collect();
+    let out = ns
+        .sh(&format!("ip -batch - <<'BATCH'\n{batch}BATCH"))
+        .unwrap();
+    assert!(out.trim().is_empty(), "{out}");
+    let fs = Bpffs::new().unwrap();
+    let agent = Agent::start_within(
+        &ns,
+        &fs,
+        &["--iface", "zt*", "--no-learn"],
+        Duration::from_secs(180),
+    )
+    .unwrap();
+
+    let names = |metrics: &str, metric: &str| -> BTreeSet<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")) && l.ends_with(" 1"))
+            .filter_map(|l| Some(l.split("interface=\"").nth(1)?.split('"').next()?.into()))
+            .collect()
+    };
+    let metrics = scrape(&ns).unwrap();
+    let matched = names(&metrics, "wslnet_interface_matched");
+    let attached = names(&metrics, "wslnet_interface_attached");
+    assert_eq!(matched.len(), 2 * pairs as usize, "{matched:?}");
+    assert_eq!(attached.len(), 2 * pairs as usize - 1);
+    let skipped: Vec<_> = matched.difference(&attached).cloned().collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    let skipped = &skipped[0];
+    let log = agent.daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("skipping interface") && l.contains(skipped.as_str())),
+        "the agent did not log why it skipped {skipped}:\n{log}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let _prom = prometheus(&ns, dir.path());
+    let alerts = wait_until(Duration::from_secs(60), "the alert pending", || {
+        let out = ns
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9090/api/v1/alerts",
+            ])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let alerts = v["data"]["alerts"].as_array()?.clone();
+        alerts
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "WslnetInterfaceMatchedNotAttached")
+            .then_some(alerts)
+    })
+    .unwrap();
+    let ours: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "WslnetInterfaceMatchedNotAttached")
+        .collect();
+    assert_eq!(ours.len(), 1, "{alerts:?}");
+    assert_eq!(ours[0]["labels"]["interface"], skipped.as_str(), "{ours:?}");
+    assert_eq!(ours[0]["state"], "pending", "{ours:?}");
 }

@@ -290,7 +290,7 @@ fn checks() -> Vec<Finding> {
         } else {
             "/sys/fs/bpf is not a bpffs (the agent mounts it at start)".into()
         },
-        fix: "mount -t bpf bpf /sys/fs/bpf".into(),
+        fix: "mount -t bpf -o mode=0700 bpf /sys/fs/bpf".into(),
     });
 
     let tc = which_tc();

@@ -30,6 +30,12 @@ use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+/// Largest [`ProbeConfig::recheck_interval_secs`], seconds: a week.
+pub const MAX_RECHECK_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+
+/// Largest [`ProbeConfig::stall_after_ms`], milliseconds: an hour.
+pub const MAX_STALL_AFTER_MS: u64 = 3600 * 1000;
+
 /// [`ProbeConfig::first_contact_mtu`]'s default, bytes: the IPv6 minimum link MTU (RFC 8200),
 /// which every IPv6 path carries and the tunnels WSL users meet (1280-1420) carry too. What a
 /// first connection pays over IPv4 (MSS 1240 instead of 1460): 18% more segments for the same
@@ -312,8 +318,21 @@ impl Config {
                     .into(),
             );
         }
-        if p.recheck_interval_secs == 0 {
-            return err("probe.recheck_interval_secs: must be at least 1".into());
+        // Upper bounds keep every deadline computed from these (now + interval) representable:
+        // near u64::MAX the addition overflows and the probe manager would panic.
+        if !(1..=MAX_RECHECK_INTERVAL_SECS).contains(&p.recheck_interval_secs) {
+            return err(format!(
+                "probe.recheck_interval_secs: {} is out of range 1..={MAX_RECHECK_INTERVAL_SECS} \
+                 (a week)",
+                p.recheck_interval_secs
+            ));
+        }
+        if p.stall_after_ms > MAX_STALL_AFTER_MS {
+            return err(format!(
+                "probe.stall_after_ms: {} is out of range 0..={MAX_STALL_AFTER_MS} (an hour; 0 \
+                 is off)",
+                p.stall_after_ms
+            ));
         }
         if p.max_probes_per_sec == 0 {
             return err("probe.max_probes_per_sec: must be at least 1".into());
@@ -454,6 +473,19 @@ mod tests {
         assert!(e.0.contains("clamp[0].mtu"), "{e}");
         let e = Config::parse("[[clamp]]\ncidr = \"10.0.0.0/8\"\nmtu = 70000").unwrap_err();
         assert!(e.0.contains("mtu"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_bounded_so_that_no_deadline_overflows() {
+        let e = Config::parse("[probe]\nrecheck_interval_secs = 9223372036854775807").unwrap_err();
+        assert!(
+            e.0.contains("probe.recheck_interval_secs: 9223372036854775807"),
+            "{e}"
+        );
+        let e = Config::parse("[probe]\nstall_after_ms = 9223372036854775807").unwrap_err();
+        assert!(e.0.contains("probe.stall_after_ms"), "{e}");
+        let week = format!("[probe]\nrecheck_interval_secs = {MAX_RECHECK_INTERVAL_SECS}");
+        assert!(Config::parse(&week).is_ok());
     }
 
     #[test]

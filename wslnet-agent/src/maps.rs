@@ -39,9 +39,8 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
 /// datapath's log calls (0 = off, 5 = trace).
 pub fn load(pin_dir: &Path, log_level: u8) -> Result<Ebpf> {
     ensure_bpffs(pin_dir)?;
+    secure_pin_dirs(pin_dir)?;
     let dir = maps_dir(pin_dir);
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating pin directory {}", dir.display()))?;
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&dir)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -53,7 +52,12 @@ pub fn load(pin_dir: &Path, log_level: u8) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Makes sure `path` is on a bpffs, mounting one at /sys/fs/bpf when the default is missing.
+/// Where the kernel's bpffs is mounted by convention (systemd mounts it there at boot).
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Makes sure `path` is on a bpffs, mounting one at /sys/fs/bpf (mode 0700: only root may
+/// create pins in it) when the default is missing. Never mounts over a bpffs already there:
+/// that would hide every other tool's pins.
 pub fn ensure_bpffs(path: &Path) -> Result<()> {
     let probe = path
         .ancestors()
@@ -62,22 +66,74 @@ pub fn ensure_bpffs(path: &Path) -> Result<()> {
     if is_bpffs(probe) {
         return Ok(());
     }
-    if path.starts_with("/sys/fs/bpf") {
-        std::fs::create_dir_all("/sys/fs/bpf").ok();
+    if path.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
+        std::fs::create_dir_all(BPFFS_ROOT).ok();
         nix::mount::mount(
             Some("bpf"),
-            "/sys/fs/bpf",
+            BPFFS_ROOT,
             Some("bpf"),
             nix::mount::MsFlags::empty(),
-            None::<&str>,
+            Some("mode=0700"),
         )
-        .context("mounting bpffs at /sys/fs/bpf (run: mount -t bpf bpf /sys/fs/bpf)")?;
+        .context(
+            "mounting bpffs at /sys/fs/bpf (run: mount -t bpf -o mode=0700 bpf /sys/fs/bpf)",
+        )?;
         return Ok(());
     }
     bail!(
-        "{} is not on a bpffs; mount one (mount -t bpf bpf DIR) or pick another --pin-dir",
+        "{} is not on a bpffs; mount one (mount -t bpf -o mode=0700 bpf DIR) or pick another \
+         --pin-dir",
         path.display()
     )
+}
+
+/// Creates the pin directory and its `maps/` and `links/` (mode 0700) where missing, and refuses
+/// any of them that another user could have prepared: a symbolic link anywhere on the path, a
+/// directory not owned by the agent's user, or one that group or others may write. A bpffs
+/// mounted without `mode=` is writable by everyone (1777), and whoever owns the pin directory
+/// can remove the link pins and switch clamping off under a running agent.
+pub fn secure_pin_dirs(pin_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let euid = nix::unistd::geteuid().as_raw();
+    for dir in [pin_dir.to_path_buf(), maps_dir(pin_dir), links_dir(pin_dir)] {
+        if std::fs::symlink_metadata(&dir).is_err() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&dir)
+                .with_context(|| format!("creating pin directory {}", dir.display()))?;
+        }
+        let meta = std::fs::symlink_metadata(&dir)
+            .with_context(|| format!("reading pin directory {}", dir.display()))?;
+        let canonical = dir.canonicalize().ok();
+        let absolute = std::path::absolute(&dir).ok();
+        let problem = if meta.file_type().is_symlink() {
+            Some("is a symbolic link".to_string())
+        } else if !meta.is_dir() {
+            Some("is not a directory".to_string())
+        } else if canonical.is_none() || canonical != absolute {
+            Some("has a symbolic link (or `..`) on its path".to_string())
+        } else if meta.uid() != euid {
+            Some(format!("is owned by uid {}, not {euid}", meta.uid()))
+        } else if meta.mode() & 0o022 != 0 {
+            Some(format!(
+                "is writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(crate::config::ConfigError(format!(
+                "refusing pin directory {}: it {problem}; another user may have made it to \
+                 switch clamping off. Remove it (`rm -r {}`) and start again",
+                dir.display(),
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// True when `path` is on a bpf filesystem.

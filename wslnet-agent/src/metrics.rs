@@ -17,6 +17,21 @@ use prometheus::{
 };
 use wslnet_common::{Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
 
+/// Most connections to the metrics endpoint served at once. Prometheus keeps one per target;
+/// the rest is people with curl. More wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 16;
+
+/// How long a client may take to send a request's headers before its connection is closed (a
+/// client that never finishes them would hold a slot for ever).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest life of one connection, keep-alive included; a scraper reconnects.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// First and longest pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An attached interface, for labelling.
 #[derive(Debug, Clone)]
 pub struct IfaceLabel {
@@ -66,6 +81,9 @@ pub struct Metrics {
     pub path_mtu: IntGaugeVec,
     /// `wslnet_interface_attached{interface,mode}`: 1 for each interface the datapath is on.
     attached: IntGaugeVec,
+    /// `wslnet_interface_matched{interface}`: 1 for each present interface whose name matches
+    /// the interface globs, attached or not (matched and not attached: attaching failed).
+    matched: IntGaugeVec,
     /// `wslnet_build_info{version,kernel}`: always 1.
     build_info: IntGaugeVec,
     /// `wslnet_probe_searches_total{outcome}`: path-MTU searches finished; outcome = found,
@@ -183,6 +201,13 @@ impl Metrics {
                 "wslnet_interface_attached",
                 "1 for each interface the datapath is attached to, by attach mode.",
                 &["interface", "mode"],
+            )?,
+            matched: gauge_vec(
+                &r,
+                "wslnet_interface_matched",
+                "1 for each present interface whose name matches the interface globs, attached \
+                 or not.",
+                &["interface"],
             )?,
             build_info: gauge_vec(
                 &r,
@@ -309,6 +334,15 @@ impl Metrics {
             .map_or("ipv4", |(_, name)| name)
     }
 
+    /// Sets (`true`) or removes an interface's `matched` series.
+    pub fn interface_matched(&self, name: &str, matched: bool) {
+        if matched {
+            self.matched.with_label_values(&[name]).set(1);
+        } else {
+            let _ = self.matched.remove_label_values(&[name]);
+        }
+    }
+
     /// Removes an interface's `attached` series.
     pub fn interface_detached(&self, name: &str, mode: &str) {
         let _ = self.attached.remove_label_values(&[name, mode]);
@@ -379,6 +413,11 @@ impl Metrics {
 
 /// Serves `/metrics` (calling `render` at each scrape) and `/healthz` on `addr` until the task
 /// is dropped. Binding happens before this returns, so a busy port is reported at start.
+///
+/// Any local user can connect, so no client may take the agent down: at most
+/// [`MAX_CONNECTIONS`] are served at once (the rest wait in the accept queue, costing no file
+/// descriptor), a client gets [`HEADER_READ_TIMEOUT`] to send its headers and
+/// [`CONNECTION_LIFETIME`] in all, and a failing `accept` is retried after a growing pause.
 pub async fn serve(
     addr: SocketAddr,
     render: Arc<dyn Fn() -> String + Send + Sync>,
@@ -387,10 +426,27 @@ pub async fn serve(
         format!("binding the metrics endpoint to {addr}; pick another with --metrics-addr")
     })?;
     tracing::info!(%addr, "serving metrics on /metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            // A slot first: while every slot is taken, further connections wait in the
+            // kernel's accept queue and cost this process no file descriptor.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    stream
+                }
+                Err(e) => {
+                    // Out of file descriptors (or memory): retrying at once would spin.
+                    tracing::warn!(error = %e, "accepting a metrics connection");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
             };
             let render = render.clone();
             tokio::spawn(async move {
@@ -398,9 +454,12 @@ pub async fn serve(
                     let render = render.clone();
                     async move { Ok::<_, Infallible>(respond(&req, &*render)) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                drop(slot);
             });
         }
     }))

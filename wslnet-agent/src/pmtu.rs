@@ -717,21 +717,65 @@ async fn new_destinations(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> Vec<I
     out
 }
 
-/// Addresses worth probing: not loopback, unspecified, multicast or link-local.
+/// Addresses worth probing: unicast destinations that can be beyond a router. Not loopback,
+/// unspecified ("this network", 0.0.0.0/8), multicast, link-local, broadcast or reserved
+/// (240.0.0.0/4), and not an IPv4 address in IPv6 clothing (v4-mapped `::ffff:a.b.c.d`, the
+/// deprecated v4-compatible `::a.b.c.d`), which no packet on the wire carries.
 fn probe_worthy(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => {
+            let first = a.octets()[0];
             !(a.is_loopback()
-                || a.is_unspecified()
+                || first == 0
+                || first >= 240
                 || a.is_multicast()
-                || a.is_link_local()
-                || a.is_broadcast())
+                || a.is_link_local())
         }
         IpAddr::V6(a) => {
+            let v4_compatible =
+                a.segments()[..6] == [0; 6] && !a.is_unspecified() && !a.is_loopback();
             !(a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
-                || a.is_unicast_link_local())
+                || a.is_unicast_link_local()
+                || a.to_ipv4_mapped().is_some()
+                || v4_compatible)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unicast_destinations_beyond_a_router_are_probe_worthy() {
+        for ok in [
+            "10.77.3.2",
+            "192.0.2.1",
+            "1.1.1.1",
+            "223.255.255.254",
+            "fd77:3::2",
+            "2001:db8::1",
+        ] {
+            assert!(probe_worthy(ok.parse().unwrap()), "{ok}");
+        }
+        for not in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "169.254.1.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::",
+            "::1",
+            "ff02::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+        ] {
+            assert!(!probe_worthy(not.parse().unwrap()), "{not}");
         }
     }
 }

@@ -119,6 +119,9 @@ struct Service {
     ebpf: Ebpf,
     shared: Arc<Shared>,
     pmtu: pmtu::Handle,
+    /// Present interfaces whose names match the globs, attached or not, by ifindex: the
+    /// `wslnet_interface_matched` series (an attach that fails shows as matched, not attached).
+    matched: BTreeMap<u32, String>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -168,6 +171,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         ebpf,
         shared,
         pmtu,
+        matched: BTreeMap::new(),
     };
     svc.apply_static_clamps()?;
     svc.sync_interfaces().await?;
@@ -299,9 +303,20 @@ impl Service {
                 self.shared.maps().remove_iface(ifindex)?;
             }
         }
+        let gone: Vec<u32> = self
+            .matched
+            .keys()
+            .copied()
+            .filter(|i| !links.iter().any(|l| l.ifindex == *i))
+            .collect();
+        for ifindex in gone {
+            if let Some(name) = self.matched.remove(&ifindex) {
+                self.shared.metrics.interface_matched(&name, false);
+            }
+        }
         for link in links {
             // One interface that cannot be attached must not keep the others unclamped.
-            let result = if self.cfg.matches_interface(&link.name) {
+            let result = if self.follow_match(&link) {
                 self.attach(&link)
             } else if self.shared.attached().contains_key(&link.ifindex) {
                 self.detach(link.ifindex).await
@@ -313,6 +328,25 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// Whether `link` matches the interface globs, kept in `matched` and its metric (a rename
+    /// moves the series).
+    fn follow_match(&mut self, link: &Link) -> bool {
+        let matches = self.cfg.matches_interface(&link.name);
+        let metrics = &self.shared.metrics;
+        match self.matched.get(&link.ifindex) {
+            Some(old) if matches && *old == link.name => return true,
+            Some(old) => metrics.interface_matched(old, false),
+            None => {}
+        }
+        if matches {
+            metrics.interface_matched(&link.name, true);
+            self.matched.insert(link.ifindex, link.name.clone());
+        } else {
+            self.matched.remove(&link.ifindex);
+        }
+        matches
     }
 
     fn attach(&mut self, link: &Link) -> Result<()> {
@@ -412,7 +446,7 @@ impl Service {
     async fn handle_event(&mut self, event: NetEvent) -> Result<()> {
         match event {
             NetEvent::LinkUp(link) => {
-                if self.cfg.matches_interface(&link.name) {
+                if self.follow_match(&link) {
                     self.attach(&link)?;
                 } else if self.shared.attached().contains_key(&link.ifindex) {
                     // Renamed to something we do not manage.
@@ -421,6 +455,9 @@ impl Service {
                 self.pmtu.network_changed();
             }
             NetEvent::LinkGone(ifindex) => {
+                if let Some(name) = self.matched.remove(&ifindex) {
+                    self.shared.metrics.interface_matched(&name, false);
+                }
                 self.detach(ifindex).await?;
                 self.pmtu.network_changed();
             }
