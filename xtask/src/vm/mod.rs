@@ -55,8 +55,12 @@ const SYSTEMD_CHECK: &str = "vm::systemd_runs_the_packaged_unit";
 /// most WSL users take). One kernel is enough: what it checks is the unit, not the datapath.
 const SYSTEMD_RELEASE: Release = Release::V6_1;
 
-/// How long a KVM boot may take to reach the initramfs before software emulation is tried.
-const KVM_BOOT_LIMIT: Duration = Duration::from_secs(20);
+/// How long a KVM boot may take to reach the initramfs before software emulation is tried (a
+/// working KVM gets there in 2-3 s).
+const KVM_BOOT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Set once a KVM boot stalled: the boots after it go straight to software emulation.
+static KVM_STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `cargo xtask vm-test` flags.
 #[derive(clap::Args, Debug)]
@@ -103,6 +107,24 @@ impl VmTestArgs {
     }
 }
 
+/// What one boot runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// The plan's tests, `scripts/vm/guest.sh` as PID 1.
+    Tests,
+    /// [`SYSTEMD_CHECK`], systemd as PID 1.
+    Systemd,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Tests => "tests",
+            Part::Systemd => "systemd",
+        }
+    }
+}
+
 /// The tests to run, the same on every kernel.
 struct Plan {
     /// `label <TAB> executable <TAB> exact test name` lines, as guest.sh reads them.
@@ -143,11 +165,24 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     copy(&support::target_dir().join("debug/wslnet-agent"), &agent)?;
     let plan = plan(&exes, &bin, &args.filter)?;
 
+    // Kernels first, one after another (apt and depmod on one tree must not race); the boots
+    // then find them unpacked.
+    for &release in &kernels {
+        step(&format!("vm-test: kernel {} (Debian)", release.label()));
+        let kernel = kernel::fetch(&cache, release)?;
+        println!("kernel {} at {}", kernel.version, kernel.root.display());
+    }
+    // One job per boot: the tests of each kernel, then the systemd boot, so that a worker that
+    // finishes early takes the short systemd boot instead of idling while another kernel runs.
+    let mut boots: Vec<(Release, Part)> = kernels.iter().map(|&r| (r, Part::Tests)).collect();
+    if plan.systemd && kernels.contains(&SYSTEMD_RELEASE) {
+        boots.push((SYSTEMD_RELEASE, Part::Systemd));
+    }
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .clamp(1, kernels.len());
-    let queue = Mutex::new(kernels.into_iter());
+        .clamp(1, boots.len());
+    let queue = Mutex::new(boots.into_iter());
     let reports = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
@@ -156,12 +191,14 @@ pub fn run(args: VmTestArgs) -> Result<()> {
                     // Taken in its own statement: a guard in the `while let` would hold the
                     // queue for the whole run and boot the kernels one after another.
                     let next = queue.lock().expect("queue").next();
-                    let Some(release) = next else { break };
-                    let dir = run_dir.path.join(release.label());
+                    let Some((release, part)) = next else { break };
+                    let dir = run_dir
+                        .path
+                        .join(format!("{}-{}", release.label(), part.name()));
                     let report = fs::create_dir_all(&dir)
                         .map_err(anyhow::Error::from)
                         .and_then(|()| {
-                            run_kernel(release, &args, &cache, &busybox, &dir, &agent, &plan)
+                            run_kernel(release, part, &args, &cache, &busybox, &dir, &agent, &plan)
                         })
                         .unwrap_or_else(|e| KernelReport {
                             release: release.label(),
@@ -176,7 +213,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             });
         }
     });
-    let mut reports = reports.into_inner().expect("reports");
+    let mut reports = KernelReport::merged(reports.into_inner().expect("reports"));
     reports.sort_by_key(|r| r.release);
 
     for r in &reports {
@@ -237,10 +274,12 @@ fn plan(exes: &BTreeMap<String, PathBuf>, bin: &Path, filter: &[String]) -> Resu
     Ok(plan)
 }
 
-/// One kernel: fetch it, write its run directory (`plan.tsv`, `env.sh`, initramfs), boot
-/// (KVM first when usable), collect the outcomes.
+/// One boot of a kernel (fetched already): write its run directory (`plan.tsv`, `env.sh`,
+/// initramfs), boot (KVM first when usable), collect the outcomes.
+#[allow(clippy::too_many_arguments)]
 fn run_kernel(
     release: Release,
+    part: Part,
     args: &VmTestArgs,
     cache: &Path,
     busybox: &Path,
@@ -248,9 +287,7 @@ fn run_kernel(
     agent: &Path,
     plan: &Plan,
 ) -> Result<KernelReport> {
-    step(&format!("vm-test: kernel {} (Debian)", release.label()));
     let kernel = kernel::fetch(cache, release)?;
-    println!("kernel {} at {}", kernel.version, kernel.root.display());
     let root = support::workspace_root();
     fs::write(dir.join("plan.tsv"), &plan.tsv)?;
     let path = std::env::var("PATH").unwrap_or_default();
@@ -289,6 +326,7 @@ fn run_kernel(
     initramfs::build(&root, &kernel, busybox, &initramfs)?;
 
     let mut kvm = !args.no_kvm
+        && !KVM_STALLED.load(std::sync::atomic::Ordering::Relaxed)
         && fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -306,19 +344,20 @@ fn run_kernel(
         kvm,
         tag: format!("[{}] ", release.label()),
     };
-    // Each boot with the labels it was to report and its console log.
+    // The boot with the labels it was to report and its console log.
     let mut boots = Vec::new();
-    if !plan.labels.is_empty() {
-        let boot = boot_guest(&mut guest, deadline, &console_log, plan.labels.len())?;
-        boots.push((plan.labels.clone(), boot, console_log));
-    }
-    if release == SYSTEMD_RELEASE && plan.systemd {
-        guest.init = guest::Init::Systemd(root.join("scripts/vm/systemd-guest.sh"));
-        let log = cache.join(format!("console-{}-systemd.log", release.label()));
-        // A deadline of its own: the first boot may have used most of its time.
-        let deadline = Instant::now() + Duration::from_secs(args.timeout);
-        let boot = boot_guest(&mut guest, deadline, &log, 1)?;
-        boots.push((vec![SYSTEMD_CHECK.to_string()], boot, log));
+    match part {
+        Part::Tests if !plan.labels.is_empty() => {
+            let boot = boot_guest(&mut guest, deadline, &console_log, plan.labels.len())?;
+            boots.push((plan.labels.clone(), boot, console_log));
+        }
+        Part::Tests => {}
+        Part::Systemd => {
+            guest.init = guest::Init::Systemd(root.join("scripts/vm/systemd-guest.sh"));
+            let log = cache.join(format!("console-{}-systemd.log", release.label()));
+            let boot = boot_guest(&mut guest, deadline, &log, 1)?;
+            boots.push((vec![SYSTEMD_CHECK.to_string()], boot, log));
+        }
     }
     kvm = guest.kvm;
 
@@ -404,6 +443,7 @@ fn boot_guest(
             KVM_BOOT_LIMIT.as_secs()
         );
         guest.kvm = false;
+        KVM_STALLED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

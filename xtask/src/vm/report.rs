@@ -64,6 +64,30 @@ pub struct KernelReport {
 }
 
 impl KernelReport {
+    /// One report per kernel from the reports of its boots: outcomes in boot order, seconds
+    /// added, errors joined.
+    pub fn merged(boots: Vec<KernelReport>) -> Vec<KernelReport> {
+        let mut out: Vec<KernelReport> = Vec::new();
+        for b in boots {
+            match out.iter_mut().find(|r| r.release == b.release) {
+                None => out.push(b),
+                Some(r) => {
+                    if r.version == "?" {
+                        r.version = b.version;
+                        r.accel = b.accel;
+                    }
+                    r.outcomes.extend(b.outcomes);
+                    r.secs += b.secs;
+                    r.error = match (r.error.take(), b.error) {
+                        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+        }
+        out
+    }
+
     pub fn count(&self, verdict: Verdict) -> usize {
         self.outcomes
             .iter()
