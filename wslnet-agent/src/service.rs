@@ -310,9 +310,7 @@ impl Service {
             .filter(|i| !links.iter().any(|l| l.ifindex == *i))
             .collect();
         for ifindex in gone {
-            if let Some(name) = self.matched.remove(&ifindex) {
-                self.shared.metrics.interface_matched(&name, false);
-            }
+            self.forget_match(ifindex);
         }
         for link in links {
             // One interface that cannot be attached must not keep the others unclamped.
@@ -347,6 +345,13 @@ impl Service {
             self.matched.remove(&link.ifindex);
         }
         matches
+    }
+
+    /// Drops a vanished interface from `matched` and its metric.
+    fn forget_match(&mut self, ifindex: u32) {
+        if let Some(name) = self.matched.remove(&ifindex) {
+            self.shared.metrics.interface_matched(&name, false);
+        }
     }
 
     fn attach(&mut self, link: &Link) -> Result<()> {
@@ -455,9 +460,7 @@ impl Service {
                 self.pmtu.network_changed();
             }
             NetEvent::LinkGone(ifindex) => {
-                if let Some(name) = self.matched.remove(&ifindex) {
-                    self.shared.metrics.interface_matched(&name, false);
-                }
+                self.forget_match(ifindex);
                 self.detach(ifindex).await?;
                 self.pmtu.network_changed();
             }

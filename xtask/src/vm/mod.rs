@@ -167,10 +167,12 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 
     // Kernels first, one after another (apt and depmod on one tree must not race); the boots
     // then find them unpacked.
+    let mut fetched = BTreeMap::new();
     for &release in &kernels {
         step(&format!("vm-test: kernel {} (Debian)", release.label()));
         let kernel = kernel::fetch(&cache, release)?;
         println!("kernel {} at {}", kernel.version, kernel.root.display());
+        fetched.insert(release, kernel);
     }
     // One job per boot: the tests of each kernel, then the systemd boot, so that a worker that
     // finishes early takes the short systemd boot instead of idling while another kernel runs.
@@ -198,7 +200,10 @@ pub fn run(args: VmTestArgs) -> Result<()> {
                     let report = fs::create_dir_all(&dir)
                         .map_err(anyhow::Error::from)
                         .and_then(|()| {
-                            run_kernel(release, part, &args, &cache, &busybox, &dir, &agent, &plan)
+                            let kernel = &fetched[&release];
+                            run_kernel(
+                                release, kernel, part, &args, &cache, &busybox, &dir, &agent, &plan,
+                            )
                         })
                         .unwrap_or_else(|e| KernelReport {
                             release: release.label(),
@@ -279,6 +284,7 @@ fn plan(exes: &BTreeMap<String, PathBuf>, bin: &Path, filter: &[String]) -> Resu
 #[allow(clippy::too_many_arguments)]
 fn run_kernel(
     release: Release,
+    kernel: &kernel::Kernel,
     part: Part,
     args: &VmTestArgs,
     cache: &Path,
@@ -287,7 +293,6 @@ fn run_kernel(
     agent: &Path,
     plan: &Plan,
 ) -> Result<KernelReport> {
-    let kernel = kernel::fetch(cache, release)?;
     let root = support::workspace_root();
     fs::write(dir.join("plan.tsv"), &plan.tsv)?;
     let path = std::env::var("PATH").unwrap_or_default();
@@ -323,7 +328,7 @@ fn run_kernel(
         .collect();
     fs::write(dir.join("env.sh"), env)?;
     let initramfs = dir.join("initramfs.cpio");
-    initramfs::build(&root, &kernel, busybox, &initramfs)?;
+    initramfs::build(&root, kernel, busybox, &initramfs)?;
 
     let mut kvm = !args.no_kvm
         && !KVM_STALLED.load(std::sync::atomic::Ordering::Relaxed)
@@ -336,7 +341,7 @@ fn run_kernel(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout);
     let mut guest = guest::Guest {
-        kernel: &kernel,
+        kernel,
         initramfs: &initramfs,
         init: guest::Init::Tests(root.join("scripts/vm/guest.sh")),
         run_dir: dir,
