@@ -42,14 +42,20 @@ fail() {
 
 # The MSS option of the next SYN leaving eth0 for the peer, as the peer's side sees it.
 syn_mss() {
-    local cap=/tmp/syn.txt
-    ip netns exec wslvm-peer timeout 20 tcpdump -l -n -c 1 -i eth0 \
+    local cap=/tmp/syn.txt port
+    # Every SYN for a few seconds, then the one of our own connection by its source port: the
+    # agent's TCP probes to the same port (a re-measurement after a restart) send SYNs too, with
+    # the MSS of the size they test.
+    ip netns exec wslvm-peer timeout 6 tcpdump -l -n -i eth0 \
         'tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn' >"$cap" 2>/dev/null &
     local dump=$!
     sleep 1
-    timeout 5 bash -c 'exec 3<>/dev/tcp/10.232.0.2/8080' 2>/dev/null
+    port=$(timeout 5 python3 -c '
+import socket
+s = socket.create_connection(("10.232.0.2", 8080), timeout=4)
+print(s.getsockname()[1])' 2>/dev/null)
     wait $dump
-    grep -o 'mss [0-9]*' "$cap" | head -1 | cut -d' ' -f2
+    grep -F "10.232.0.1.$port >" "$cap" | grep -o 'mss [0-9]*' | head -1 | cut -d' ' -f2
 }
 
 attached() {

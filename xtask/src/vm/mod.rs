@@ -55,6 +55,12 @@ const SYSTEMD_CHECK: &str = "vm::systemd_runs_the_packaged_unit";
 /// most WSL users take). One kernel is enough: what it checks is the unit, not the datapath.
 const SYSTEMD_RELEASE: Release = Release::V6_1;
 
+/// Boots each kernel's tests are split over. Under software emulation a VM keeps one host CPU
+/// busy; with one boot a kernel, the last kernel ran alone while the other CPUs idled. Split in
+/// two, the six test boots (and the systemd boot) keep every CPU busy to the end, for one more
+/// boot (about 25 s of CPU) a kernel.
+const TEST_SHARDS: usize = 2;
+
 /// How long a KVM boot may take to reach the initramfs before software emulation is tried (a
 /// working KVM gets there in 2-3 s).
 const KVM_BOOT_LIMIT: Duration = Duration::from_secs(10);
@@ -110,28 +116,43 @@ impl VmTestArgs {
 /// What one boot runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Part {
-    /// The plan's tests, `scripts/vm/guest.sh` as PID 1.
-    Tests,
+    /// Shard `.0` (of [`TEST_SHARDS`]) of the plan's tests, `scripts/vm/guest.sh` as PID 1.
+    Tests(usize),
     /// [`SYSTEMD_CHECK`], systemd as PID 1.
     Systemd,
 }
 
 impl Part {
-    fn name(self) -> &'static str {
+    /// Names the boot's run directory and console log.
+    fn name(self) -> String {
         match self {
-            Part::Tests => "tests",
-            Part::Systemd => "systemd",
+            Part::Tests(shard) => format!("tests{}", shard + 1),
+            Part::Systemd => "systemd".into(),
         }
     }
 }
 
+/// One test of the plan.
+struct Entry {
+    /// `binary::test`.
+    label: String,
+    /// `label <TAB> executable <TAB> exact test name`, as guest.sh reads it.
+    line: String,
+}
+
 /// The tests to run, the same on every kernel.
 struct Plan {
-    /// `label <TAB> executable <TAB> exact test name` lines, as guest.sh reads them.
-    tsv: String,
-    labels: Vec<String>,
+    entries: Vec<Entry>,
     /// Whether [`SYSTEMD_CHECK`] is selected (it runs on [`SYSTEMD_RELEASE`] only).
     systemd: bool,
+}
+
+impl Plan {
+    /// The entries of test boot `shard`: every [`TEST_SHARDS`]th, so each shard gets a share of
+    /// every test file (their tests differ in length file by file, little within one).
+    fn shard(&self, shard: usize) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().skip(shard).step_by(TEST_SHARDS)
+    }
 }
 
 /// Runs the whole task: build, then per kernel fetch, boot, report; fails when any kernel does.
@@ -174,9 +195,16 @@ pub fn run(args: VmTestArgs) -> Result<()> {
         println!("kernel {} at {}", kernel.version, kernel.root.display());
         fetched.insert(release, kernel);
     }
-    // One job per boot: the tests of each kernel, then the systemd boot, so that a worker that
-    // finishes early takes the short systemd boot instead of idling while another kernel runs.
-    let mut boots: Vec<(Release, Part)> = kernels.iter().map(|&r| (r, Part::Tests)).collect();
+    // One job per boot: the test shards of each kernel, then the systemd boot, so that a worker
+    // that finishes early takes the short systemd boot instead of idling while another runs.
+    let mut boots: Vec<(Release, Part)> = kernels
+        .iter()
+        .flat_map(|&r| (0..TEST_SHARDS).map(move |shard| (r, Part::Tests(shard))))
+        .filter(|(_, part)| match part {
+            Part::Tests(shard) => plan.shard(*shard).next().is_some(),
+            Part::Systemd => true,
+        })
+        .collect();
     if plan.systemd && kernels.contains(&SYSTEMD_RELEASE) {
         boots.push((SYSTEMD_RELEASE, Part::Systemd));
     }
@@ -231,7 +259,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     }
     println!(
         "console logs: {}",
-        cache.join("console-<release>.log").display()
+        cache.join("console-<release>-<boot>.log").display()
     );
     let failed: Vec<&str> = reports
         .iter()
@@ -249,8 +277,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 fn plan(exes: &BTreeMap<String, PathBuf>, bin: &Path, filter: &[String]) -> Result<Plan> {
     let selected = |label: &str| filter.is_empty() || filter.iter().any(|f| label.contains(f));
     let mut plan = Plan {
-        tsv: String::new(),
-        labels: Vec::new(),
+        entries: Vec::new(),
         systemd: selected(SYSTEMD_CHECK),
     };
     for &name in TEST_BINARIES {
@@ -262,18 +289,20 @@ fn plan(exes: &BTreeMap<String, PathBuf>, bin: &Path, filter: &[String]) -> Resu
         for test in list_tests(&snapshot)? {
             let label = format!("{name}::{test}");
             if selected(&label) {
-                plan.tsv
-                    .push_str(&format!("{label}\t{}\t{test}\n", snapshot.display()));
-                plan.labels.push(label);
+                plan.entries.push(Entry {
+                    line: format!("{label}\t{}\t{test}\n", snapshot.display()),
+                    label,
+                });
             }
         }
     }
     if selected(BUILTIN_AUTO_MODE) {
-        plan.tsv
-            .push_str(&format!("{BUILTIN_AUTO_MODE}\tbuiltin\tauto-mode\n"));
-        plan.labels.push(BUILTIN_AUTO_MODE.to_string());
+        plan.entries.push(Entry {
+            label: BUILTIN_AUTO_MODE.to_string(),
+            line: format!("{BUILTIN_AUTO_MODE}\tbuiltin\tauto-mode\n"),
+        });
     }
-    if plan.labels.is_empty() && !plan.systemd {
+    if plan.entries.is_empty() && !plan.systemd {
         bail!("no test selected (filters: {filter:?})");
     }
     Ok(plan)
@@ -294,7 +323,12 @@ fn run_kernel(
     plan: &Plan,
 ) -> Result<KernelReport> {
     let root = support::workspace_root();
-    fs::write(dir.join("plan.tsv"), &plan.tsv)?;
+    let entries: Vec<&Entry> = match part {
+        Part::Tests(shard) => plan.shard(shard).collect(),
+        Part::Systemd => Vec::new(),
+    };
+    let tsv: String = entries.iter().map(|e| e.line.as_str()).collect();
+    fs::write(dir.join("plan.tsv"), tsv)?;
     let path = std::env::var("PATH").unwrap_or_default();
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let env = [
@@ -337,7 +371,7 @@ fn run_kernel(
             .write(true)
             .open("/dev/kvm")
             .is_ok();
-    let console_log = cache.join(format!("console-{}.log", release.label()));
+    let console_log = cache.join(format!("console-{}-{}.log", release.label(), part.name()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout);
     let mut guest = guest::Guest {
@@ -347,21 +381,20 @@ fn run_kernel(
         run_dir: dir,
         memory: args.memory,
         kvm,
-        tag: format!("[{}] ", release.label()),
+        tag: format!("[{} {}] ", release.label(), part.name()),
     };
     // The boot with the labels it was to report and its console log.
     let mut boots = Vec::new();
     match part {
-        Part::Tests if !plan.labels.is_empty() => {
-            let boot = boot_guest(&mut guest, deadline, &console_log, plan.labels.len())?;
-            boots.push((plan.labels.clone(), boot, console_log));
+        Part::Tests(_) => {
+            let labels: Vec<String> = entries.iter().map(|e| e.label.clone()).collect();
+            let boot = boot_guest(&mut guest, deadline, &console_log, labels.len())?;
+            boots.push((labels, boot, console_log));
         }
-        Part::Tests => {}
         Part::Systemd => {
             guest.init = guest::Init::Systemd(root.join("scripts/vm/systemd-guest.sh"));
-            let log = cache.join(format!("console-{}-systemd.log", release.label()));
-            let boot = boot_guest(&mut guest, deadline, &log, 1)?;
-            boots.push((vec![SYSTEMD_CHECK.to_string()], boot, log));
+            let boot = boot_guest(&mut guest, deadline, &console_log, 1)?;
+            boots.push((vec![SYSTEMD_CHECK.to_string()], boot, console_log));
         }
     }
     kvm = guest.kvm;
