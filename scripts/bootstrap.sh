@@ -14,6 +14,8 @@ APT_PACKAGES=(
   # the lab and the tests: real components, as a user would have them
   iproute2 iputils-ping iperf3 nftables openssh-server openssh-client curl openssl
   prometheus tcpdump python3 ethtool
+  # doctor's tests: a real resolver (the binary only: dnsmasq-base starts no service)
+  dnsmasq-base
   # packaging tests: systemd-analyze (verify, security, syscall-filter), strace (the unit's
   # system-call filter against what the agent calls)
   systemd strace

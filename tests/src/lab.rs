@@ -110,6 +110,8 @@ pub struct Lab {
     /// The servers' namespace.
     pub srv: Netns,
     wsl_iface: String,
+    /// `/etc/netns/<wsl>/`, where `ip netns exec` finds `wsl`'s own `resolv.conf`.
+    wsl_etc: TempDir,
     tmp: TempDir,
 }
 
@@ -137,14 +139,17 @@ impl Lab {
         let tmp = TempDir(std::env::temp_dir().join(unique("wslnet-lab")));
         std::fs::create_dir_all(&tmp.0).context("creating the lab's temporary directory")?;
         let wsl_iface = if cfg.zerotier { ZT_IFACE } else { "eth0" }.to_string();
+        let wsl = Netns::new("wlw")?;
+        let wsl_etc = TempDir(PathBuf::from("/etc/netns").join(wsl.name()));
         let mut lab = Self {
             daemons: Mutex::new(Vec::new()),
             wire: None,
-            wsl: Netns::new("wlw")?,
+            wsl,
             win: Netns::new("wlr")?,
             vpn: Netns::new("wlv")?,
             srv: Netns::new("wls")?,
             wsl_iface,
+            wsl_etc,
             tmp,
         };
         lab.build(&cfg)
@@ -467,6 +472,50 @@ impl Lab {
         );
         if let Err(e) = listening {
             bail!("{e}; {what} log:\n{}", d.log());
+        }
+        self.keep(d);
+        Ok(())
+    }
+
+    /// Gives `wsl` its own `/etc/resolv.conf` with these nameservers: `ip netns exec` mounts
+    /// `/etc/netns/<name>/resolv.conf` over it for every command run in the namespace.
+    pub fn set_nameservers(&self, servers: &[IpAddr]) -> Result<()> {
+        std::fs::create_dir_all(&self.wsl_etc.0)
+            .with_context(|| format!("creating {}", self.wsl_etc.0.display()))?;
+        let conf: String = servers
+            .iter()
+            .map(|s| format!("nameserver {s}\n"))
+            .collect();
+        std::fs::write(self.wsl_etc.0.join("resolv.conf"), conf).context("writing resolv.conf")
+    }
+
+    /// Starts dnsmasq in `srv` on [`SRV_V4`] port 53 (UDP), answering `names` with their
+    /// addresses and NXDOMAIN for everything else (it forwards nothing), and waits until it
+    /// listens.
+    pub fn start_dns(&self, names: &[(&str, Ipv4Addr)]) -> Result<()> {
+        let mut args = vec![
+            "--keep-in-foreground".to_string(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={SRV_V4}"),
+            "--user=root".into(),
+            format!(
+                "--pid-file={}",
+                self.tmp.0.join("dnsmasq.pid").to_string_lossy()
+            ),
+            "--log-facility=-".into(),
+        ];
+        args.extend(names.iter().map(|(n, a)| format!("--address=/{n}/{a}")));
+        let d = self.srv.spawn("dnsmasq", &args)?;
+        let ns = &self.srv;
+        let listening = wait_until(Duration::from_secs(20), "dnsmasq on port 53", || {
+            let out = ns.sh_output("ss -Hlun 'sport = :53'").ok()?;
+            (!out.stdout.is_empty()).then_some(())
+        });
+        if let Err(e) = listening {
+            bail!("{e}; dnsmasq log:\n{}", d.log());
         }
         self.keep(d);
         Ok(())

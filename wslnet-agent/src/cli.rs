@@ -1,4 +1,4 @@
-//! The command line: `run`, `probe`, `status`, `check`, `detach`.
+//! The command line: `run`, `probe`, `status`, `check`, `doctor`, `detach`.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -20,7 +20,8 @@ use crate::{
         wslnet-agent check                          # is this kernel ready?\n  \
         wslnet-agent probe 10.8.0.1                 # what does the path carry?\n  \
         wslnet-agent run --target 10.8.0.1          # clamp eth0 and zt* to what paths carry\n  \
-        wslnet-agent status                         # what is attached, clamped and counted\n\n\
+        wslnet-agent status                         # what is attached, clamped and counted\n  \
+        wslnet-agent doctor                         # why does the network not work?\n\n\
         Logs: RUST_LOG=debug (tracing). Exit codes: 0 ok, 1 runtime error, 2 usage, \
         configuration or permission problem."
 )]
@@ -46,6 +47,11 @@ pub enum Command {
     /// missing (including the config for a custom WSL kernel). With --kernel-config FILE, judge
     /// that kernel config alone (a custom WSL kernel's .config, before you build it).
     Check(CheckArgs),
+    /// Walk the WSL network troubleshooting flow: environment, route, gateway, reach, DNS,
+    /// proxy, the largest packet that passes, wslnet's clamp; say what to do about each.
+    ///
+    /// Runs without root where it can (the agent check and raw ICMP sockets need it).
+    Doctor(crate::doctor::DoctorArgs),
     /// Remove every attachment and pin left by `run` (TCX links, clsact filters and the qdiscs
     /// wslnet created, pinned maps).
     Detach(DetachArgs),
@@ -212,7 +218,7 @@ pub struct DetachArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let needs_root = !matches!(cli.command, Command::Check(_));
+    let needs_root = !matches!(cli.command, Command::Check(_) | Command::Doctor(_));
     if needs_root && !nix::unistd::geteuid().is_root() {
         eprintln!(
             "wslnet-agent: must run as root (BPF and network administration); try: sudo wslnet-agent ..."
@@ -267,6 +273,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => crate::check::run(),
             });
         }
+        Command::Doctor(args) => return Ok(crate::doctor::run(args).await),
         Command::Detach(args) => crate::status::detach_all(&args.pin_dir).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 //! Data flows one way: packets -> datapath (`wslnet-ebpf`) -> maps ([`maps`]) -> agent ->
 //! metrics ([`metrics`]). The modules:
 //! - [`checksum`]: the Internet checksum of the ICMP packets the agent builds;
-//! - [`cli`]: the command line (`run`, `probe`, `status`, `check`, `detach`);
+//! - [`cli`]: the command line (`run`, `probe`, `status`, `check`, `doctor`, `detach`);
 //! - [`config`]: the TOML config file merged with CLI flags, validated;
 //! - [`maps`]: loading the datapath object and typed access to its maps and pins;
 //! - [`attach`]: attaching the programs to interfaces (TCX or clsact) and pinning the links;
@@ -14,12 +14,14 @@
 //! - [`symptoms`]: stalled local connections (sock_diag), which make `run` re-measure at once;
 //! - [`reflect`]: the ICMP errors for oversize packets the datapath dropped (rescue);
 //! - [`service`]: `run`, which ties them together;
-//! - [`status`], [`check`]: the inspection commands.
+//! - [`status`], [`check`]: the inspection commands;
+//! - [`doctor`]: the WSL troubleshooting flow (route, DNS, proxy, path MTU, the agent).
 pub mod attach;
 pub mod check;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod ifaces;
 pub mod maps;
 pub mod metrics;

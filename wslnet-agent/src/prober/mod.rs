@@ -52,6 +52,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 pub use cli::{ProbeArgs, run_cli};
+pub(crate) use sys::random_bytes;
 
 /// Default IPv4 floor (bytes): the smallest path MTU the prober considers.
 pub const DEFAULT_MIN_MTU_V4: u16 = wslnet_common::MIN_PATH_MTU_V4;
@@ -227,6 +228,48 @@ pub struct Recheck {
     pub larger_ok: bool,
     /// Probe packets sent.
     pub probes_sent: u32,
+}
+
+/// Size (bytes) of the IP packet [`echo`] sends: `ping`'s default (56 bytes of data).
+pub const ECHO_SIZE_V4: u16 = 84;
+/// Size (bytes) of the IPv6 packet [`echo`] sends.
+pub const ECHO_SIZE_V6: u16 = 104;
+
+/// Result of [`echo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Echo {
+    /// An echo reply came back.
+    pub answered: bool,
+    /// Echo requests sent.
+    pub probes_sent: u32,
+}
+
+/// Whether `target` answers ICMP echo of `ping`'s size: `1 + retries` requests, one wait of
+/// `timeout` for the reply. Errors only on local problems (no ICMP socket allowed).
+pub async fn echo(target: IpAddr, retries: u32, timeout: Duration) -> Result<Echo> {
+    let mut p = icmp::IcmpProber::open(target, None)?;
+    let opts = SearchOptions {
+        retries,
+        round_timeout: timeout,
+        ..SearchOptions::default()
+    };
+    let size = if target.is_ipv6() {
+        ECHO_SIZE_V6
+    } else {
+        ECHO_SIZE_V4
+    };
+    let mut st = Stats::default();
+    let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
+    let r = p.round(&[size], &opts, &mut limiter, &mut st).await?;
+    Ok(Echo {
+        answered: r.answered.contains(&size),
+        probes_sent: st.probes_sent,
+    })
+}
+
+/// The egress interface (name, MTU in bytes) of the route to `target`, like `ip route get`.
+pub async fn egress(target: IpAddr) -> Result<(String, u32)> {
+    route::egress(target, None).await
 }
 
 /// One-shot search for the path MTU (bytes) to `target`; see the module docs for the method.

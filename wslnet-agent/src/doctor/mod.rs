@@ -1,0 +1,313 @@
+//! `wslnet-agent doctor`: the WSL network troubleshooting flow as one command.
+//!
+//! People who meet these problems walk a decision tree by hand: is this WSL, and in which
+//! networking mode; is there a route and does the gateway answer; do the targets answer by IP;
+//! does DNS answer, and is it the resolver or the name that is dead; do the proxy variables point
+//! at something; what is the largest packet that passes; is wslnet clamping. `doctor` walks it
+//! and says, for every check, what it saw and what to do.
+//!
+//! # Layout
+//! - `mod.rs`: the flags, the findings ([`Check`], [`Status`], [`Finding`]), the order the checks
+//!   run in and what depends on what, the text and JSON output, the exit status.
+//! - `environment.rs`: WSL or not, NAT or mirrored, systemd, `/etc/wsl.conf`.
+//! - `network.rs`: `route` (default route), `gateway` and `reach` (ICMP echo).
+//! - `dns.rs`: `dns` (a query to every configured nameserver for every name; a second resolver
+//!   tells a dead resolver from a dead name).
+//! - `proxy.rs`: `proxy` (the proxy variables and whether their host accepts a connection).
+//! - `path.rs`: `pmtu` (the prober's search against the interface MTU) and `agent` (wslnet's
+//!   pins: attached, and each target clamped to what was measured).
+//!
+//! Every packet it sends is counted ([`Report::packets_sent`]): a fixed number per check and
+//! target, never a flood.
+
+mod dns;
+mod environment;
+mod network;
+mod path;
+mod proxy;
+
+use std::{
+    io::IsTerminal as _,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::maps::DEFAULT_PIN_DIR;
+
+/// Targets probed when the user names none: a well-known anycast address that answers echo.
+pub const DEFAULT_TARGETS: &[IpAddr] = &[IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1))];
+/// Names resolved when the user names none.
+pub const DEFAULT_NAMES: &[&str] = &["github.com"];
+/// The second resolver asked when the user names no target or name of their own: tells a
+/// dead configured resolver from a dead name.
+pub const DEFAULT_SECOND_RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1));
+
+/// `doctor` flags.
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Checks, in this order: environment, route, gateway, reach, dns, proxy, \
+    pmtu, agent. Each is ok, warn, fail or skip (a check whose precondition failed, or that \
+    needs root). Exit status: 0 when nothing fails, 1 when something does, 2 for bad usage.\n\n\
+    Without --target and --name it uses the default gateway, 1.1.1.1 and github.com (and \
+    1.1.1.1 as the second resolver); with either, only what you name.\n\n\
+    Examples:\n  \
+    wslnet-agent doctor\n  \
+    wslnet-agent doctor --target 10.8.0.1 --name intranet.corp.example --json"
+)]
+pub struct DoctorArgs {
+    /// Address to check: answers by IP, largest packet that passes, clamped by wslnet;
+    /// repeatable [default: 1.1.1.1 unless --name is given].
+    #[arg(long = "target", value_name = "ADDR")]
+    pub targets: Vec<IpAddr>,
+    /// Host name every configured nameserver must resolve; repeatable [default: github.com
+    /// unless --target is given].
+    #[arg(long = "name", value_name = "HOSTNAME")]
+    pub names: Vec<String>,
+    /// Second resolver, asked when a configured nameserver fails, to tell a dead resolver from
+    /// a dead name [default: 1.1.1.1 when neither --target nor --name is given, else none].
+    #[arg(long, value_name = "ADDR")]
+    pub resolver: Option<IpAddr>,
+    /// Print `{"findings":[...]}` instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// bpffs directory of wslnet's pins (the `agent` check).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+/// The checks, in the order they run and are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// WSL or not, NAT or mirrored, systemd, `/etc/wsl.conf`.
+    Environment,
+    /// A default route and its interface.
+    Route,
+    /// The default gateway answers ICMP echo.
+    Gateway,
+    /// Each target answers ICMP echo.
+    Reach,
+    /// Each configured nameserver answers a query for each name.
+    Dns,
+    /// The proxy variables point at a host that accepts connections.
+    Proxy,
+    /// The largest packet that passes to each target, against the interface MTU.
+    Pmtu,
+    /// wslnet attached, each target clamped to what was measured.
+    Agent,
+}
+
+impl Check {
+    /// The name in text and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Environment => "environment",
+            Check::Route => "route",
+            Check::Gateway => "gateway",
+            Check::Reach => "reach",
+            Check::Dns => "dns",
+            Check::Proxy => "proxy",
+            Check::Pmtu => "pmtu",
+            Check::Agent => "agent",
+        }
+    }
+}
+
+impl Serialize for Check {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Not run: a check it depends on failed, or it needs root.
+    Skip,
+    /// Works.
+    Ok,
+    /// Works, with something to know or to improve.
+    Warn,
+    /// Broken: the fix says what to do.
+    Fail,
+}
+
+impl Status {
+    /// The name in text and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Skip => "skip",
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+
+    /// ANSI colour of the label on a terminal.
+    fn colour(self) -> &'static str {
+        match self {
+            Status::Skip => "\x1b[2m",
+            Status::Ok => "\x1b[32m",
+            Status::Warn => "\x1b[33m",
+            Status::Fail => "\x1b[31m",
+        }
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Which check.
+    pub check: Check,
+    /// Its outcome.
+    pub status: Status,
+    /// One line: what was seen.
+    pub summary: String,
+    /// What to do (a command or a config line); `None` when there is nothing to do.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn new(check: Check, status: Status, summary: impl Into<String>) -> Self {
+        Self {
+            check,
+            status,
+            summary: summary.into(),
+            fix: None,
+        }
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+/// Everything `doctor` found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// One finding per check, in [`Check`] order.
+    pub findings: Vec<Finding>,
+    /// Packets the checks sent (echo requests, DNS queries, TCP SYNs, probes).
+    pub packets_sent: u32,
+    /// Wall-clock time of the whole run, milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl Report {
+    /// True when any check failed.
+    pub fn failed(&self) -> bool {
+        self.findings.iter().any(|f| f.status == Status::Fail)
+    }
+}
+
+/// Packets sent so far, shared by the checks.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    pub sent: u32,
+}
+
+/// How long one answer (echo reply, DNS answer, TCP handshake) is waited for.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `doctor`: runs the checks, prints them, 0 when nothing failed, 1 otherwise.
+pub async fn run(args: DoctorArgs) -> ExitCode {
+    let report = diagnose(&args).await;
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("wslnet-agent: serialising the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print_text(&report, std::io::stdout().is_terminal());
+    }
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs every check in order; later checks see what earlier ones found.
+pub async fn diagnose(args: &DoctorArgs) -> Report {
+    let started = Instant::now();
+    let own_choice = !args.targets.is_empty() || !args.names.is_empty();
+    let mut targets = args.targets.clone();
+    let mut names = args.names.clone();
+    if !own_choice {
+        targets = DEFAULT_TARGETS.to_vec();
+        names = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
+    }
+    let second_resolver = args
+        .resolver
+        .or((!own_choice).then_some(DEFAULT_SECOND_RESOLVER));
+    let root = nix::unistd::geteuid().is_root();
+    let mut budget = Budget::default();
+    let mut findings = Vec::new();
+
+    let env = environment::inspect();
+    findings.push(env.finding());
+
+    let routes = network::routes(&targets).await;
+    findings.push(routes.finding());
+    findings.push(network::gateway(&routes, &mut budget).await);
+    let reach = network::reach(&targets, &routes, &mut budget).await;
+    findings.push(reach.finding());
+    findings.push(dns::check(&names, second_resolver, &env, &mut budget).await);
+    findings.push(proxy::check(&env, &mut budget).await);
+
+    let agent = path::AgentView::read(&args.pin_dir, root);
+    let measured = path::measure(&reach.answered, &mut budget).await;
+    findings.push(path::pmtu_finding(&targets, &measured, &agent));
+    findings.push(path::agent_finding(&measured, &agent));
+
+    Report {
+        findings,
+        packets_sent: budget.sent,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// One line a check, colour on a terminal only, the fixes at the end.
+fn print_text(report: &Report, colour: bool) {
+    let name_width = 12;
+    for f in &report.findings {
+        let check = f.check.name();
+        let label = format!("{:<5}", f.status.name());
+        let label = if colour {
+            format!("{}{label}\x1b[0m", f.status.colour())
+        } else {
+            label
+        };
+        println!("{label} {check:<name_width$}{}", f.summary);
+    }
+    let fixes: Vec<&Finding> = report.findings.iter().filter(|f| f.fix.is_some()).collect();
+    if !fixes.is_empty() {
+        println!("\nTo fix:");
+        for f in fixes {
+            println!(
+                "  {}: {}",
+                f.check.name(),
+                f.fix.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    println!(
+        "\n{} packets sent, {:.1} s",
+        report.packets_sent,
+        report.elapsed_ms as f64 / 1000.0
+    );
+}
