@@ -46,14 +46,21 @@ syn_mss() {
     # Every SYN for a few seconds, then the one of our own connection by its source port: the
     # agent's TCP probes to the same port (a re-measurement after a restart) send SYNs too, with
     # the MSS of the size they test.
-    ip netns exec wslvm-peer timeout 6 tcpdump -l -n -i eth0 \
+    # The port is printed before the connect, which may be refused (only the SYN matters).
+    ip netns exec wslvm-peer timeout 8 tcpdump -l -n -i eth0 \
         'tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn' >"$cap" 2>/dev/null &
     local dump=$!
     sleep 1
     port=$(timeout 5 python3 -c '
 import socket
-s = socket.create_connection(("10.232.0.2", 8080), timeout=4)
-print(s.getsockname()[1])' 2>/dev/null)
+s = socket.socket()
+s.bind(("10.232.0.1", 0))
+print(s.getsockname()[1], flush=True)
+s.settimeout(3)
+try:
+    s.connect(("10.232.0.2", 8080))
+except OSError:
+    pass' 2>/dev/null)
     wait $dump
     grep -F "10.232.0.1.$port >" "$cap" | grep -o 'mss [0-9]*' | head -1 | cut -d' ' -f2
 }

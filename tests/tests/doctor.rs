@@ -49,14 +49,7 @@ fn doctor(ns: &Netns, args: &[&str], env: &[(&str, String)]) -> Run {
     let before = tx_packets(ns);
     let mut cmd = ns.command(agent_bin());
     cmd.arg("doctor").arg("--json").args(args);
-    for v in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
+    for v in wslnet_agent::doctor::PROXY_VARIABLES {
         cmd.env_remove(v);
     }
     for (k, v) in env {

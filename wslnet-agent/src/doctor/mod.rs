@@ -26,6 +26,8 @@ mod network;
 mod path;
 mod proxy;
 
+pub use proxy::VARIABLES as PROXY_VARIABLES;
+
 use std::{
     io::IsTerminal as _,
     net::{IpAddr, Ipv4Addr},

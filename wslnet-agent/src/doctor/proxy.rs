@@ -11,7 +11,7 @@ use super::{
 };
 
 /// The variables read, in the order they are reported.
-const VARIABLES: &[&str] = &[
+pub const VARIABLES: &[&str] = &[
     "http_proxy",
     "HTTP_PROXY",
     "https_proxy",
