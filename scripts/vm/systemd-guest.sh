@@ -42,27 +42,25 @@ fail() {
 
 # The MSS option of the next SYN leaving eth0 for the peer, as the peer's side sees it.
 syn_mss() {
-    local cap=/tmp/syn.txt port
-    # Every SYN for a few seconds, then the one of our own connection by its source port: the
-    # agent's TCP probes to the same port (a re-measurement after a restart) send SYNs too, with
-    # the MSS of the size they test.
-    # The port is printed before the connect, which may be refused (only the SYN matters).
-    ip netns exec wslvm-peer timeout 8 tcpdump -l -n -i eth0 \
-        'tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn' >"$cap" 2>/dev/null &
+    # Our own connection's SYN, by a source port chosen here: the agent's TCP probes to the same
+    # port (a re-measurement after a restart) send SYNs too, with the MSS of the size they test.
+    # The connect may be refused (python3 http.server still starting): only the SYN matters.
+    local cap=/tmp/syn.txt port=$((40000 + RANDOM % 20000))
+    ip netns exec wslvm-peer timeout 20 tcpdump -l -n -c 1 -i eth0 \
+        "src port $port and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn" >"$cap" 2>/dev/null &
     local dump=$!
     sleep 1
-    port=$(timeout 5 python3 -c '
+    timeout 5 python3 -c "
 import socket
 s = socket.socket()
-s.bind(("10.232.0.1", 0))
-print(s.getsockname()[1], flush=True)
+s.bind(('10.232.0.1', $port))
 s.settimeout(3)
 try:
-    s.connect(("10.232.0.2", 8080))
+    s.connect(('10.232.0.2', 8080))
 except OSError:
-    pass' 2>/dev/null)
+    pass" 2>/dev/null
     wait $dump
-    grep -F "10.232.0.1.$port >" "$cap" | grep -o 'mss [0-9]*' | head -1 | cut -d' ' -f2
+    grep -o 'mss [0-9]*' "$cap" | head -1 | cut -d' ' -f2
 }
 
 attached() {

@@ -214,6 +214,61 @@ fn kill_9_keeps_clamping_and_restart_adopts_pins() {
     );
 }
 
+/// TCX only: a link pin removed under the running agent (by hand, or by a tool that cleans
+/// bpffs) used to detach the datapath at once, clamping stopped while the agent said
+/// "running". The agent holds its links open, so nothing detaches, and pins them again.
+#[test]
+fn removed_link_pins_detach_nothing_and_are_pinned_again() {
+    require_root();
+    if wslnet_tests::netns::skip_without_tcx() {
+        return;
+    }
+    let pair = Pair::new().unwrap();
+    let fs = Bpffs::new().unwrap();
+    let _l = listener(&pair.b, 7000);
+    let args = [
+        "--iface",
+        "eth0",
+        "--attach-mode",
+        "tcx",
+        "--clamp",
+        "10.99.0.2=1372",
+        "--no-learn",
+    ];
+    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    let links = std::path::Path::new(&agent.pin_dir).join("links");
+    let pins: Vec<std::path::PathBuf> = std::fs::read_dir(&links)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pins.len(), 2, "{pins:?}");
+    std::fs::remove_dir_all(&links).unwrap();
+
+    // Still clamped at once: the agent's own fds keep both links attached.
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    let st = agent.status().unwrap();
+    assert_eq!(st["interfaces"][0]["tcx_programs"]["ingress"], 1, "{st:#}");
+    assert_eq!(st["interfaces"][0]["tcx_programs"]["egress"], 1, "{st:#}");
+    // And pinned again, so the attachment outlives the agent as designed.
+    wait_until(PATIENCE, "the link pins pinned again", || {
+        pins.iter().all(|p| p.exists()).then_some(())
+    })
+    .unwrap();
+    let m = agent.metrics().unwrap();
+    assert_eq!(
+        sample(&m, "wslnet_link_pins_restored_total", &[]),
+        Some(2.0)
+    );
+    // The restored pins carry the attachment across a kill -9.
+    let mut agent = agent;
+    agent
+        .daemon
+        .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+}
+
 fn tc_state(ns: &Netns) -> String {
     ns.sh("tc qdisc show dev eth0; tc filter show dev eth0 ingress; tc filter show dev eth0 egress")
         .unwrap()

@@ -4,7 +4,8 @@
 //!   `<pin dir>/links/if<ifindex>-<ingress|egress>`. The pin keeps the program attached while no
 //!   agent runs; a restarted agent swaps its freshly loaded program into the pinned link with
 //!   `bpf_link_update` (no moment without clamping), and counters continue because the maps
-//!   are pinned too.
+//!   are pinned too. While it runs, the agent also holds each link open ([`HeldLink`]): a
+//!   removed pin then detaches nothing, and [`HeldLink::restore_pin`] puts it back.
 //! - **clsact**: a clsact qdisc (created if missing) with one cls_bpf filter per hook at a fixed
 //!   priority and handle ([`TC_PRIORITY`], [`TC_HANDLE`]). Filters outlive the agent by nature;
 //!   a restarted agent replaces them in place, which also cleans up filters of a crashed run.
@@ -103,24 +104,84 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// A TCX link of this run, held open while the agent runs. A link stays attached while a pin
+/// or an open fd refers to it: held, it survives the removal of its pin (by hand, or by a tool
+/// that cleans bpffs), which would otherwise switch clamping off with the agent still
+/// "running". Dropping it closes the fds; the pin, when there, keeps the link.
+pub struct HeldLink {
+    /// Keeps the link attached; never given up while held (never read: holding is its job).
+    _holder: FdLink,
+    /// A second reference, consumed to pin the link again ([`FdLink::pin`] takes the link it
+    /// pins, and drops it on failure); `None` after a failed re-pin.
+    spare: Option<FdLink>,
+    /// Where the pin belongs.
+    pin: PathBuf,
+}
+
+impl HeldLink {
+    /// Holds the link pinned at `pin`.
+    fn open(holder: FdLink, pin: PathBuf) -> Result<Self> {
+        let spare = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        Ok(Self {
+            _holder: holder,
+            spare: Some(FdLink::from(spare)),
+            pin,
+        })
+    }
+
+    /// Where the pin belongs.
+    pub fn pin_path(&self) -> &Path {
+        &self.pin
+    }
+
+    /// Pins the link again when its pin is gone. `Ok(true)` when it did, `Ok(false)` when the
+    /// pin is there.
+    pub fn restore_pin(&mut self) -> Result<bool> {
+        if self.pin.exists() {
+            return Ok(false);
+        }
+        let spare = self
+            .spare
+            .take()
+            .context("no reference left to pin the link with (an earlier re-pin failed)")?;
+        let pinned = spare
+            .pin(&self.pin)
+            .with_context(|| format!("pinning the TCX link at {} again", self.pin.display()))?;
+        self.spare = Some(FdLink::from(pinned));
+        Ok(true)
+    }
+}
+
+/// An interface's attachment: its [`iface_flags`], and the TCX links this run holds (none
+/// for clsact, whose filters need no holder).
+pub struct Attachment {
+    pub flags: u16,
+    pub links: Vec<HeldLink>,
+}
+
 /// Attaches both programs to `ifindex` in `mode` (Tcx or Clsact), adopting an existing
-/// attachment of an earlier run. Returns the [`iface_flags`] describing the attachment.
-/// `previous` is the interface's entry in the pinned map, if any.
+/// attachment of an earlier run. `previous` is the interface's entry in the pinned map, if
+/// any.
 pub fn attach(
     ebpf: &mut Ebpf,
     pin_dir: &Path,
     ifindex: u32,
     mode: AttachMode,
     previous: Option<IfaceConfig>,
-) -> Result<u16> {
+) -> Result<Attachment> {
     match mode {
         AttachMode::Tcx => {
             std::fs::create_dir_all(links_dir(pin_dir))
                 .context("creating the links pin directory")?;
+            let mut links = Vec::new();
             for hook in HOOKS {
-                attach_tcx(ebpf, pin_dir, ifindex, hook)?;
+                links.push(attach_tcx(ebpf, pin_dir, ifindex, hook)?);
             }
-            Ok(iface_flags::TCX)
+            Ok(Attachment {
+                flags: iface_flags::TCX,
+                links,
+            })
         }
         AttachMode::Clsact => {
             let created = match tc::qdisc_add_clsact(ifindex) {
@@ -139,18 +200,26 @@ pub fn attach(
             for hook in HOOKS {
                 attach_clsact(ebpf, ifindex, hook)?;
             }
-            Ok(iface_flags::CLSACT
-                | if created {
-                    iface_flags::QDISC_CREATED
-                } else {
-                    0
-                })
+            let created = if created {
+                iface_flags::QDISC_CREATED
+            } else {
+                0
+            };
+            Ok(Attachment {
+                flags: iface_flags::CLSACT | created,
+                links: Vec::new(),
+            })
         }
         AttachMode::Auto => bail!("attach mode must be resolved before attaching"),
     }
 }
 
-fn attach_tcx(ebpf: &mut Ebpf, pin_dir: &Path, ifindex: u32, hook: TcAttachType) -> Result<()> {
+fn attach_tcx(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    ifindex: u32,
+    hook: TcAttachType,
+) -> Result<HeldLink> {
     let pin = link_pin(pin_dir, ifindex, hook);
     let prog = program(ebpf, hook)?;
     if pin.exists() {
@@ -161,9 +230,8 @@ fn attach_tcx(ebpf: &mut Ebpf, pin_dir: &Path, ifindex: u32, hook: TcAttachType)
             .and_then(|link| Ok(prog.attach_to_link(link)?));
         match adopted {
             Ok(id) => {
-                // The pin keeps the link; drop our extra fd without detaching anything.
-                drop(prog.take_link(id)?);
-                return Ok(());
+                let link: FdLink = prog.take_link(id)?.try_into()?;
+                return HeldLink::open(link, pin);
             }
             Err(e) => {
                 tracing::warn!(pin = %pin.display(), error = %e, "stale link pin, replacing it");
@@ -181,9 +249,10 @@ fn attach_tcx(ebpf: &mut Ebpf, pin_dir: &Path, ifindex: u32, hook: TcAttachType)
         )
         .with_context(|| format!("attaching the {} program with TCX", hook_name(hook)))?;
     let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(&pin)
+    let pinned = link
+        .pin(&pin)
         .with_context(|| format!("pinning the TCX link at {}", pin.display()))?;
-    Ok(())
+    HeldLink::open(FdLink::from(pinned), pin)
 }
 
 fn attach_clsact(ebpf: &mut Ebpf, ifindex: u32, hook: TcAttachType) -> Result<()> {
@@ -224,7 +293,9 @@ fn attach_clsact(ebpf: &mut Ebpf, ifindex: u32, hook: TcAttachType) -> Result<()
     Ok(())
 }
 
-/// Removes the attachment described by `flags` from `ifindex` (which may be gone already).
+/// Removes the attachment described by `flags` from `ifindex` (which may be gone already). A
+/// TCX link is detached once its pin is removed and no fd refers to it: drop this run's
+/// [`HeldLink`]s of the interface first.
 pub async fn detach(pin_dir: &Path, ifindex: u32, flags: u16) -> Result<()> {
     if flags & iface_flags::TCX != 0 {
         for hook in HOOKS {

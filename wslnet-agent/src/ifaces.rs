@@ -38,6 +38,9 @@ pub enum NetEvent {
     LinkGone(u32),
     /// A route was added or removed: path MTUs may have changed.
     RouteChanged,
+    /// The kernel dropped events (the socket's buffer overran during a burst): whatever
+    /// changed meanwhile is unknown, so everything must be listed again.
+    Overrun,
 }
 
 /// The L3 offset for a link-layer type.
@@ -104,6 +107,7 @@ pub fn watch() -> Result<mpsc::Receiver<NetEvent>> {
                 NetlinkPayload::InnerMessage(
                     RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_),
                 ) => Some(NetEvent::RouteChanged),
+                NetlinkPayload::Overrun(_) => Some(NetEvent::Overrun),
                 _ => None,
             };
             if let Some(e) = event

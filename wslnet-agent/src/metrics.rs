@@ -86,8 +86,8 @@ pub struct Metrics {
     matched: IntGaugeVec,
     /// `wslnet_build_info{version,kernel}`: always 1.
     build_info: IntGaugeVec,
-    /// `wslnet_probe_searches_total{outcome}`: path-MTU searches finished; outcome = found,
-    /// unreachable, error.
+    /// `wslnet_probe_searches_total{outcome}`: path-MTU searches and re-checks finished;
+    /// outcome = found, unreachable, error, panicked (`pmtu::Ended`).
     pub searches: IntCounterVec,
     /// `wslnet_probe_search_methods_total{method}`: path MTUs found, by the evidence that set
     /// them (icmp, icmp-error, tcp, tcp-below-icmp, return-fragments; see `prober::Method`).
@@ -100,10 +100,19 @@ pub struct Metrics {
     /// local connection (kind = waiting, stopped, retransmitting), or by another destination of
     /// the same interface found narrower (kind = sibling).
     pub symptom_rechecks: IntCounterVec,
+    /// `wslnet_link_pins_restored_total`: TCX link pins that were removed while the agent ran
+    /// and pinned again (the held link kept the datapath attached meanwhile).
+    pub link_pins_restored: IntCounter,
+    /// `wslnet_netlink_overruns_total`: times the kernel dropped interface and route events
+    /// (the agent then lists every interface again).
+    pub netlink_overruns: IntCounter,
     /// `wslnet_clamp_entries{origin}`: entries in the clamp table; origin = static, probed.
     pub clamp_entries: IntGaugeVec,
     /// `wslnet_learned_destinations`: destinations of outgoing SYNs in the learned map.
     pub learned: IntGauge,
+    /// `wslnet_unreachable_destinations`: destinations kept measured whose latest search got
+    /// no answer at all (each waits ever longer before the next).
+    pub unreachable: IntGauge,
     last: Mutex<HashMap<(u32, u32, u32), Counters>>,
 }
 
@@ -218,7 +227,7 @@ impl Metrics {
             searches: counter_vec(
                 &r,
                 "wslnet_probe_searches_total",
-                "Path-MTU searches finished, by outcome (found, unreachable, error).",
+                "Path-MTU searches finished, by outcome (found, unreachable, error, panicked).",
                 &["outcome"],
             )?,
             search_methods: counter_vec(
@@ -248,6 +257,23 @@ impl Metrics {
                 r.register(Box::new(c.clone()))?;
                 c
             },
+            link_pins_restored: {
+                let c = IntCounter::new(
+                    "wslnet_link_pins_restored_total",
+                    "TCX link pins removed while the agent ran and pinned again by it.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            netlink_overruns: {
+                let c = IntCounter::new(
+                    "wslnet_netlink_overruns_total",
+                    "Times the kernel dropped interface and route events; every interface was \
+                     listed again.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             symptom_rechecks: counter_vec(
                 &r,
                 "wslnet_symptom_rechecks_total",
@@ -266,6 +292,14 @@ impl Metrics {
                 let g = IntGauge::new(
                     "wslnet_learned_destinations",
                     "Destinations of outgoing SYNs in the learned map.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            unreachable: {
+                let g = IntGauge::new(
+                    "wslnet_unreachable_destinations",
+                    "Destinations kept measured whose latest search got no answer at all.",
                 )?;
                 r.register(Box::new(g.clone()))?;
                 g

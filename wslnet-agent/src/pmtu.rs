@@ -55,6 +55,11 @@ const LEARN_RESCAN: Duration = Duration::from_secs(30);
 /// re-check this often.
 const SYMPTOM_COOLDOWN: Duration = Duration::from_secs(5);
 
+/// Longest wait before searching an unreachable destination again (unless the re-check
+/// interval is longer): each search in a row that gets no answer doubles the wait from the
+/// re-check interval up to this ([`unreachable_wait`]).
+const MAX_UNREACHABLE_WAIT: Duration = Duration::from_secs(3600);
+
 /// What the manager is told by the service.
 enum Cmd {
     NetworkChanged,
@@ -65,7 +70,8 @@ enum Cmd {
 /// A handle to the running manager.
 pub struct Handle {
     tx: mpsc::UnboundedSender<Cmd>,
-    task: tokio::task::JoinHandle<()>,
+    /// The manager's task; `None` once it ended (see [`Handle::ended`]).
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Handle {
@@ -84,7 +90,24 @@ impl Handle {
     /// Stops the manager and waits for it.
     pub async fn stop(&mut self) {
         let _ = self.tx.send(Cmd::Stop);
-        let _ = (&mut self.task).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Resolves when the manager ended without being stopped (a panic: a bug), with why; never
+    /// otherwise. No path would be measured again, so `run` stops instead of going on as a
+    /// zombie, and systemd starts it again.
+    pub async fn ended(&mut self) -> String {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let why = match task.await {
+            Ok(()) => "it returned".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.task = None;
+        why
     }
 }
 
@@ -179,6 +202,12 @@ struct Dest {
     tcp_limited: bool,
     /// The next job was made due by a symptom: a re-check checks with TCP too.
     symptom: bool,
+    /// The network changed while a job ran: its result may describe the old path, so the
+    /// destination is searched again as soon as the job ends.
+    changed_during_job: bool,
+    /// Searches in a row that got no answer at all (0 once one does): sets the wait before
+    /// the next ([`unreachable_wait`]).
+    unreachable_streak: u32,
 }
 
 impl Dest {
@@ -200,6 +229,32 @@ impl Dest {
             tcp_port: port,
             tcp_limited: false,
             symptom: false,
+            changed_during_job: false,
+            unreachable_streak: 0,
+        }
+    }
+}
+
+/// How a search or re-check ended, as `wslnet_probe_searches_total{outcome}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// A path MTU was found.
+    Found,
+    /// No probe of any size was answered.
+    Unreachable,
+    /// A local error (no route, no socket).
+    Error,
+    /// The job panicked (a bug): the destination is searched again after the interval.
+    Panicked,
+}
+
+impl Ended {
+    fn label(self) -> &'static str {
+        match self {
+            Ended::Found => "found",
+            Ended::Unreachable => "unreachable",
+            Ended::Error => "error",
+            Ended::Panicked => "panicked",
         }
     }
 }
@@ -227,7 +282,10 @@ pub fn spawn(shared: Arc<Shared>, cfg: &Config) -> Handle {
         }
     };
     let task = tokio::spawn(Manager::new(shared, Settings::from(cfg)).run(rx, ring));
-    Handle { tx, task }
+    Handle {
+        tx,
+        task: Some(task),
+    }
 }
 
 /// Exempts the prober's TCP connections from the clamp, through the datapath's probe map.
@@ -254,6 +312,8 @@ struct Manager {
     settings: Settings,
     dests: HashMap<IpAddr, Dest>,
     jobs: JoinSet<(IpAddr, Outcome)>,
+    /// The destination of every running job, by task: a job that panics yields only its id.
+    job_dests: HashMap<tokio::task::Id, IpAddr>,
     /// Searches of learned destinations started in the current minute.
     window: (Instant, u32),
     /// Finds stalled local connections; `None` while a scan runs or when symptoms are off.
@@ -271,6 +331,7 @@ impl Manager {
             settings,
             dests: HashMap::new(),
             jobs: JoinSet::new(),
+            job_dests: HashMap::new(),
             window: (Instant::now(), 0),
             watcher: None,
             peer_errors: None,
@@ -312,6 +373,9 @@ impl Manager {
                             d.search = true;
                             if d.due.is_some() {
                                 d.due = Some(Instant::now());
+                            } else {
+                                // A job runs: `finish` would take its result as current.
+                                d.changed_during_job = true;
                             }
                         }
                     }
@@ -336,8 +400,14 @@ impl Manager {
                         return;
                     }
                 },
-                Some(Ok((addr, outcome))) = self.jobs.join_next(), if !self.jobs.is_empty() => {
-                    self.finish(addr, outcome);
+                Some(joined) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
+                    match joined {
+                        Ok((id, (addr, outcome))) => {
+                            self.job_dests.remove(&id);
+                            self.finish(addr, outcome);
+                        }
+                        Err(e) => self.job_failed(e),
+                    }
                     // A failed re-check or a narrower result makes more work due now.
                     self.start_due_jobs();
                 }
@@ -534,25 +604,54 @@ impl Manager {
                 ..self.settings.options_for(addr, d)
             };
             d.symptom = false;
-            match (d.search, d.mtu) {
-                (false, Some(mtu)) => {
-                    self.jobs.spawn(async move {
-                        (
-                            addr,
-                            Outcome::Rechecked(mtu, prober::recheck(addr, mtu, &opts).await),
-                        )
-                    });
-                }
-                _ => {
-                    self.jobs.spawn(async move {
-                        (addr, Outcome::Searched(prober::search(addr, &opts).await))
-                    });
-                }
-            }
+            let job = match (d.search, d.mtu) {
+                (false, Some(mtu)) => self.jobs.spawn(async move {
+                    (
+                        addr,
+                        Outcome::Rechecked(mtu, prober::recheck(addr, mtu, &opts).await),
+                    )
+                }),
+                _ => self.jobs.spawn(async move {
+                    (addr, Outcome::Searched(prober::search(addr, &opts).await))
+                }),
+            };
+            self.job_dests.insert(job.id(), addr);
         }
     }
 
+    /// A job that panicked (a bug in the prober): logged and counted, and its destination is
+    /// due again after the re-check interval instead of never.
+    fn job_failed(&mut self, e: tokio::task::JoinError) {
+        let addr = self.job_dests.remove(&e.id());
+        tracing::error!(?addr, error = %e, "a path-MTU job failed; its destination is searched again later");
+        self.shared
+            .metrics
+            .searches
+            .with_label_values(&[Ended::Panicked.label()])
+            .inc();
+        if let Some(d) = addr.and_then(|a| self.dests.get_mut(&a)) {
+            d.search = true;
+            d.changed_during_job = false;
+            d.due = Some(Instant::now() + self.settings.recheck);
+        }
+    }
+
+    /// Takes a job's outcome; searches again at once when the network changed meanwhile.
     fn finish(&mut self, addr: IpAddr, outcome: Outcome) {
+        let rerun = self
+            .dests
+            .get_mut(&addr)
+            .is_some_and(|d| std::mem::take(&mut d.changed_during_job));
+        self.record(addr, outcome);
+        if rerun && let Some(d) = self.dests.get_mut(&addr) {
+            tracing::info!(%addr, "the network changed during its measurement: searching again");
+            d.search = true;
+            d.due = Some(Instant::now());
+        }
+    }
+
+    /// Records a job's outcome: the clamp, the next look, the metrics.
+    fn record(&mut self, addr: IpAddr, outcome: Outcome) {
         let recheck = self.settings.recheck;
         let metrics = &self.shared.metrics;
         let Some(d) = self.dests.get_mut(&addr) else {
@@ -571,7 +670,10 @@ impl Manager {
                 return;
             }
             Outcome::Rechecked(_, Err(e)) | Outcome::Searched(Err(e)) => {
-                metrics.searches.with_label_values(&["error"]).inc();
+                metrics
+                    .searches
+                    .with_label_values(&[Ended::Error.label()])
+                    .inc();
                 tracing::warn!(%addr, error = %format!("{e:#}"), "path-MTU probe failed");
                 return;
             }
@@ -593,19 +695,35 @@ impl Manager {
             }
         };
         let Some(mtu) = found else {
-            metrics.searches.with_label_values(&["unreachable"]).inc();
-            tracing::info!(%addr, "unreachable: no probe answered; leaving its clamp as it was");
+            metrics
+                .searches
+                .with_label_values(&[Ended::Unreachable.label()])
+                .inc();
+            d.unreachable_streak = d.unreachable_streak.saturating_add(1);
+            let wait = unreachable_wait(recheck, d.unreachable_streak);
+            tracing::info!(
+                %addr,
+                in_a_row = d.unreachable_streak,
+                next_search_secs = wait.as_secs(),
+                "unreachable: no probe answered; leaving its clamp as it was"
+            );
             if d.configured {
                 metrics
                     .path_mtu
                     .with_label_values(&[&addr.to_string()])
                     .set(0);
             }
-            // Keep looking, but not more often than the re-check interval.
+            // Keep looking, ever less often while nothing answers.
             d.search = true;
+            d.due = Some(Instant::now() + wait);
+            self.count_unreachable();
             return;
         };
-        metrics.searches.with_label_values(&["found"]).inc();
+        d.unreachable_streak = 0;
+        metrics
+            .searches
+            .with_label_values(&[Ended::Found.label()])
+            .inc();
         let changed = d.mtu != Some(mtu);
         let narrowed = d.mtu.is_some_and(|old| mtu < old);
         // Connections to it may carry segments wider than `mtu` from the peer: those that
@@ -633,6 +751,7 @@ impl Manager {
             }
         }
         self.update_first_contact();
+        self.count_unreachable();
         if mtu < in_force {
             match crate::symptoms::connections_to(addr) {
                 Ok(flows) => {
@@ -659,6 +778,16 @@ impl Manager {
                 self.trigger(s, Trigger::Sibling);
             }
         }
+    }
+
+    /// Exports how many destinations got no answer at their latest search.
+    fn count_unreachable(&self) {
+        let n = self
+            .dests
+            .values()
+            .filter(|d| d.unreachable_streak > 0)
+            .count();
+        self.shared.metrics.unreachable.set(n as i64);
     }
 
     /// Safe first contact: sets each interface's default path MTU (what a destination without
@@ -717,6 +846,17 @@ async fn new_destinations(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> Vec<I
     out
 }
 
+/// The wait before searching again a destination whose last `streak` searches got no answer:
+/// the re-check interval, doubled for each further one, at most [`MAX_UNREACHABLE_WAIT`] (or
+/// the re-check interval when that is longer). A burst of connections to addresses that never
+/// answer then costs a few searches each, not one every interval forever.
+fn unreachable_wait(recheck: Duration, streak: u32) -> Duration {
+    let doublings = streak.saturating_sub(1).min(31);
+    recheck
+        .saturating_mul(1 << doublings)
+        .min(MAX_UNREACHABLE_WAIT.max(recheck))
+}
+
 /// Addresses worth probing: unicast destinations that can be beyond a router. Not loopback,
 /// unspecified ("this network", 0.0.0.0/8), multicast, link-local, broadcast or reserved
 /// (240.0.0.0/4), and not an IPv4 address in IPv6 clothing (v4-mapped `::ffff:a.b.c.d`, the
@@ -747,6 +887,25 @@ fn probe_worthy(addr: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreachable_destinations_wait_ever_longer_up_to_an_hour() {
+        let s = Duration::from_secs;
+        let waits: Vec<Duration> = (1..=9).map(|n| unreachable_wait(s(30), n)).collect();
+        assert_eq!(
+            waits,
+            [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+                .map(s)
+                .to_vec()
+        );
+        assert_eq!(unreachable_wait(s(30), u32::MAX), s(3600));
+        assert_eq!(
+            unreachable_wait(s(7200), 5),
+            s(7200),
+            "never below the interval"
+        );
+        assert_eq!(unreachable_wait(s(604_800), 3), s(604_800));
+    }
 
     #[test]
     fn only_unicast_destinations_beyond_a_router_are_probe_worthy() {

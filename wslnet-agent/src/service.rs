@@ -40,6 +40,10 @@ pub struct Attached {
 pub struct Shared {
     /// The pinned maps.
     pub maps: Mutex<Maps>,
+    /// The same maps opened a second time, for `/metrics` alone: a scrape walks the clamp
+    /// table and up to 16,384 learned destinations (a system call each) and must never hold
+    /// up the path-MTU manager's writes; the kernel serialises access to the maps themselves.
+    pub scrape_maps: Mutex<Maps>,
     /// Attached interfaces by ifindex.
     pub attached: Mutex<BTreeMap<u32, Attached>>,
     /// Exported metrics.
@@ -75,7 +79,7 @@ impl Shared {
             })
             .collect();
         {
-            let maps = self.maps();
+            let maps = self.scrape_maps.lock().unwrap_or_else(|e| e.into_inner());
             self.metrics
                 .update_counters(&labels, |slot, dir, fam| maps.counters(slot, dir, fam).ok());
             let clamps = maps.clamps();
@@ -122,7 +126,12 @@ struct Service {
     /// Present interfaces whose names match the globs, attached or not, by ifindex: the
     /// `wslnet_interface_matched` series (an attach that fails shows as matched, not attached).
     matched: BTreeMap<u32, String>,
+    /// The TCX links this run holds open, by ifindex (see [`attach::HeldLink`]).
+    held: BTreeMap<u32, Vec<attach::HeldLink>>,
 }
+
+/// How often the agent looks for link pins that were removed under it, to pin them again.
+const PIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(source: ConfigSource) -> Result<()> {
@@ -147,6 +156,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
     let maps = Maps::open(&cfg.pin_dir)?;
     let shared = Arc::new(Shared {
         maps: Mutex::new(maps),
+        scrape_maps: Mutex::new(Maps::open(&cfg.pin_dir)?),
         attached: Mutex::new(BTreeMap::new()),
         metrics: Metrics::new()?,
     });
@@ -172,6 +182,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         shared,
         pmtu,
         matched: BTreeMap::new(),
+        held: BTreeMap::new(),
     };
     svc.apply_static_clamps()?;
     svc.sync_interfaces().await?;
@@ -181,9 +192,19 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         "wslnet agent running"
     );
 
+    let mut pin_check = tokio::time::interval(PIN_CHECK_INTERVAL);
     loop {
         tokio::select! {
-            Some(event) = events.recv() => {
+            event = events.recv() => {
+                let Some(event) = event else {
+                    // Interfaces and routes would go unnoticed from now on: stop, and let
+                    // systemd start a run that listens again.
+                    tracing::error!("the netlink event stream ended; stopping");
+                    if let Err(stop) = svc.shutdown().await {
+                        tracing::error!(error = %format!("{stop:#}"), "stopping after the event stream ended");
+                    }
+                    bail!("the netlink event stream ended (interfaces and routes would go unnoticed)");
+                };
                 if let Err(e) = svc.handle_event(event).await {
                     tracing::warn!(error = %format!("{e:#}"), "handling a network event");
                 }
@@ -191,10 +212,26 @@ pub async fn run(source: ConfigSource) -> Result<()> {
             _ = sighup.recv() => match source.load() {
                 Ok(cfg) => {
                     tracing::info!("SIGHUP: configuration reloaded");
-                    svc.reload(cfg).await?;
+                    if let Err(e) = svc.reload(cfg).await {
+                        // Half applied: stop as on SIGTERM (detaching unless told to keep the
+                        // attachments), and exit non-zero so that systemd starts a clean run.
+                        tracing::error!(error = %format!("{e:#}"), "SIGHUP: the reload failed; stopping");
+                        if let Err(stop) = svc.shutdown().await {
+                            tracing::error!(error = %format!("{stop:#}"), "stopping after the failed reload");
+                        }
+                        return Err(e.context("applying the reloaded configuration"));
+                    }
                 }
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: keeping the old configuration"),
             },
+            _ = pin_check.tick() => svc.restore_pins(),
+            why = svc.pmtu.ended() => {
+                tracing::error!(%why, "the path-MTU manager ended; stopping");
+                if let Err(stop) = svc.shutdown().await {
+                    tracing::error!(error = %format!("{stop:#}"), "stopping after the manager ended");
+                }
+                bail!("the path-MTU manager ended ({why}): no path would be measured again");
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -299,6 +336,7 @@ impl Service {
                 .any(|l| l.ifindex == ifindex && self.cfg.matches_interface(&l.name));
             if !keep {
                 tracing::info!(ifindex, "removing a stale attachment of an earlier run");
+                self.held.remove(&ifindex);
                 attach::detach(&self.cfg.pin_dir, ifindex, rec.flags).await?;
                 self.shared.maps().remove_iface(ifindex)?;
             }
@@ -388,7 +426,7 @@ impl Service {
             reserved: [0; 3],
         };
         self.shared.maps().set_iface(link.ifindex, cfg)?;
-        let flags = attach::attach(
+        let attachment = attach::attach(
             &mut self.ebpf,
             &self.cfg.pin_dir,
             link.ifindex,
@@ -396,6 +434,8 @@ impl Service {
             previous,
         )
         .with_context(|| format!("attaching to {}", link.name))?;
+        let flags = attachment.flags;
+        self.held.insert(link.ifindex, attachment.links);
         cfg.flags = flags;
         self.shared.maps().set_iface(link.ifindex, cfg)?;
         let label = IfaceLabel {
@@ -439,6 +479,8 @@ impl Service {
         let Some(a) = self.shared.attached().remove(&ifindex) else {
             return Ok(());
         };
+        // Our fds would keep the TCX links attached after their pins are removed.
+        self.held.remove(&ifindex);
         attach::detach(&self.cfg.pin_dir, ifindex, a.flags).await?;
         self.shared.maps().remove_iface(ifindex)?;
         self.shared
@@ -446,6 +488,33 @@ impl Service {
             .interface_detached(&a.name, attach::mode_name(a.flags));
         tracing::info!(interface = %a.name, ifindex, "detached");
         Ok(())
+    }
+
+    /// Pins again every held TCX link whose pin was removed while the agent runs, so that the
+    /// attachment outlives the agent as designed (the held fd keeps it attached meanwhile).
+    fn restore_pins(&mut self) {
+        if self
+            .held
+            .values()
+            .all(|links| links.iter().all(|l| l.pin_path().exists()))
+        {
+            return;
+        }
+        // Recreates a removed links directory (mode 0700), refuses one another user replaced.
+        if let Err(e) = maps::secure_pin_dirs(&self.cfg.pin_dir) {
+            tracing::error!(error = %format!("{e:#}"), "link pins were removed; not pinning them again under an unsafe pin directory");
+            return;
+        }
+        for link in self.held.values_mut().flatten() {
+            match link.restore_pin() {
+                Ok(true) => {
+                    self.shared.metrics.link_pins_restored.inc();
+                    tracing::warn!(pin = %link.pin_path().display(), "a link pin was removed under the running agent; re-pinned (the link stayed attached)");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "re-pinning a TCX link"),
+            }
+        }
     }
 
     async fn handle_event(&mut self, event: NetEvent) -> Result<()> {
@@ -465,6 +534,14 @@ impl Service {
                 self.pmtu.network_changed();
             }
             NetEvent::RouteChanged => self.pmtu.network_changed(),
+            NetEvent::Overrun => {
+                tracing::warn!(
+                    "netlink events were lost (buffer overrun); listing interfaces again"
+                );
+                self.shared.metrics.netlink_overruns.inc();
+                self.sync_interfaces().await?;
+                self.pmtu.network_changed();
+            }
         }
         Ok(())
     }
@@ -503,6 +580,9 @@ impl Service {
             maps.reflect = false;
             maps.refresh_floor()?;
             drop(maps);
+            // The pins keep the links; a pin removed since the last check is put back first.
+            self.restore_pins();
+            self.held.clear();
             tracing::info!(
                 pin_dir = %self.cfg.pin_dir.display(),
                 "stopping; programs stay attached (keep_attached_on_exit)"
