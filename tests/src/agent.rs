@@ -87,6 +87,33 @@ impl Agent {
         .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.daemon.log()))
     }
 
+    /// The exported path MTU of a configured target (`wslnet_path_mtu_bytes{target}`, 0 while
+    /// unreachable), if the agent exports one.
+    pub fn path_mtu(&self, target: &str) -> Option<f64> {
+        sample(
+            &self.metrics().ok()?,
+            "wslnet_path_mtu_bytes",
+            &[("target", target)],
+        )
+    }
+
+    /// Waits until the exported path MTU of `target` is `mtu`; panics with the metrics and the
+    /// log after `within`.
+    pub fn wait_for_path_mtu(&self, target: &str, mtu: f64, within: Duration) {
+        wait_until(
+            within,
+            &format!("wslnet_path_mtu_bytes{{target={target}}} == {mtu}"),
+            || (self.path_mtu(target) == Some(mtu)).then_some(()),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}; metrics:\n{}\nlog:\n{}",
+                self.metrics().unwrap_or_default(),
+                self.daemon.log()
+            )
+        });
+    }
+
     /// The clamp entry `status` shows for `host` alone, if any (see [`host_clamp`]).
     pub fn clamp(&self, host: IpAddr) -> Option<serde_json::Value> {
         host_clamp(&self.status().ok()?, host)

@@ -19,29 +19,6 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// Client timeout when success is expected.
 const PASS_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn path_mtu(agent: &Agent, target: &str) -> Option<f64> {
-    sample(
-        &agent.metrics().ok()?,
-        "wslnet_path_mtu_bytes",
-        &[("target", target)],
-    )
-}
-
-fn wait_for_path_mtu(agent: &Agent, target: &str, mtu: f64, within: Duration) {
-    wait_until(
-        within,
-        &format!("wslnet_path_mtu_bytes{{target={target}}} == {mtu}"),
-        || (path_mtu(agent, target) == Some(mtu)).then_some(()),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}; metrics:\n{}\nlog:\n{}",
-            agent.metrics().unwrap_or_default(),
-            agent.daemon.log()
-        )
-    });
-}
-
 fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
     for o in outcomes {
         eprintln!(
@@ -105,8 +82,8 @@ fn black_hole_1372_real_clients_stall_without_and_pass_with_wslnet() {
         ],
     )
     .unwrap();
-    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
-    wait_for_path_mtu(&agent, &SRV_V6.to_string(), 1372.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&SRV_V6.to_string(), 1372.0, Duration::from_secs(30));
     let with = clients::run_all(&lab, &servers, &[false, true], PASS_TIMEOUT);
     assert_all(&with, true);
 }
@@ -161,7 +138,7 @@ fn zerotier_interface_appearing_after_start_with_bottleneck_1000() {
     })
     .unwrap();
     // The interface change also makes the manager search again; the answer is 1000.
-    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1000.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1000.0, Duration::from_secs(30));
     let with = clients::run_all(&lab, &servers, &[false], PASS_TIMEOUT);
     assert_all(&with, true);
 }
@@ -211,7 +188,7 @@ S(('::', 8090), h).serve_forever()",
         ],
     )
     .unwrap();
-    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
     let url = http.url(lab.srv_addr(false));
     let urls: Vec<String> = (0..200).map(|i| format!("'{url}?n={i}'")).collect();
     let start = Instant::now();
@@ -265,17 +242,12 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
         ],
     )
     .unwrap();
-    wait_for_path_mtu(&agent, &target, 1500.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&target, 1500.0, Duration::from_secs(30));
 
     // The VPN connects: the path shrinks to 1372 and nothing tells us.
     lab.set_bottleneck(1372).unwrap();
     let start = Instant::now();
-    wait_for_path_mtu(
-        &agent,
-        &target,
-        1372.0,
-        Duration::from_secs(3 * RECHECK + 10),
-    );
+    agent.wait_for_path_mtu(&target, 1372.0, Duration::from_secs(3 * RECHECK + 10));
     eprintln!(
         "VPN up: clamp at 1372 after {:?} (re-check interval {RECHECK} s)",
         start.elapsed()
@@ -286,12 +258,7 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
     // The VPN disconnects: the clamp rises back.
     lab.set_bottleneck(1500).unwrap();
     let start = Instant::now();
-    wait_for_path_mtu(
-        &agent,
-        &target,
-        1500.0,
-        Duration::from_secs(3 * RECHECK + 10),
-    );
+    agent.wait_for_path_mtu(&target, 1500.0, Duration::from_secs(3 * RECHECK + 10));
     eprintln!("VPN down: clamp back at 1500 after {:?}", start.elapsed());
     let st = agent.status().unwrap();
     let entry = host_clamp(&st, SRV_V4.into());
@@ -410,12 +377,12 @@ fn first_contact_follows_a_narrower_tunnel_and_never_rises_above_its_setting() {
     let agent = Agent::start(&lab.wsl, &fs, &["--config", cfg.to_str().unwrap()]).unwrap();
     // Measured 1372 through eth0: below the setting, so IPv4 first contacts get 1372; nothing
     // was measured over IPv6, whose first contacts keep the setting.
-    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
     wait_for_first_contact(&agent, (1372, 1400));
     // The bottleneck goes away: the re-check finds 1500, and first contact goes back to the
     // setting, not to 1500.
     lab.set_bottleneck(1500).unwrap();
-    wait_for_path_mtu(&agent, &SRV_V4.to_string(), 1500.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1500.0, Duration::from_secs(30));
     wait_for_first_contact(&agent, (1400, 1400));
 }
 
@@ -513,8 +480,8 @@ fn the_tcp_fallback_in_run_measures_above_the_clamp_in_force() {
         ],
     )
     .unwrap();
-    wait_for_path_mtu(&agent, &v4, 1400.0, Duration::from_secs(30));
-    wait_for_path_mtu(&agent, &v6, 1400.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&v4, 1400.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(&v6, 1400.0, Duration::from_secs(30));
     // Every probe connection left the probe map when it ended.
     let maps = Maps::open(std::path::Path::new(&agent.pin_dir)).unwrap();
     wait_until(Duration::from_secs(10), "an empty probe map", || {

@@ -53,7 +53,8 @@ pub enum Command {
     /// Runs without root where it can (the agent check and raw ICMP sockets need it).
     Doctor(crate::doctor::DoctorArgs),
     /// Remove every attachment and pin left by `run` (TCX links, clsact filters and the qdiscs
-    /// wslnet created, pinned maps).
+    /// wslnet created, pinned maps). Stop `run` first (`systemctl stop wslnet-agent`): a
+    /// running agent holds its TCX links and pins them again.
     Detach(DetachArgs),
 }
 

@@ -122,6 +122,18 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<
     Ok(c)
 }
 
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
@@ -249,31 +261,22 @@ impl Metrics {
                 r.register(Box::new(h.clone()))?;
                 h
             },
-            probe_packets: {
-                let c = IntCounter::new(
-                    "wslnet_probe_packets_total",
-                    "Probe packets sent by path-MTU searches and re-checks.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            link_pins_restored: {
-                let c = IntCounter::new(
-                    "wslnet_link_pins_restored_total",
-                    "TCX link pins removed while the agent ran and pinned again by it.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            netlink_overruns: {
-                let c = IntCounter::new(
-                    "wslnet_netlink_overruns_total",
-                    "Times the kernel dropped interface and route events; every interface was \
-                     listed again.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
+            probe_packets: counter(
+                &r,
+                "wslnet_probe_packets_total",
+                "Probe packets sent by path-MTU searches and re-checks.",
+            )?,
+            link_pins_restored: counter(
+                &r,
+                "wslnet_link_pins_restored_total",
+                "TCX link pins removed while the agent ran and pinned again by it.",
+            )?,
+            netlink_overruns: counter(
+                &r,
+                "wslnet_netlink_overruns_total",
+                "Times the kernel dropped interface and route events; every interface was \
+                 listed again.",
+            )?,
             symptom_rechecks: counter_vec(
                 &r,
                 "wslnet_symptom_rechecks_total",
@@ -288,22 +291,16 @@ impl Metrics {
                 "Entries in the clamp table, by origin (static, probed).",
                 &["origin"],
             )?,
-            learned: {
-                let g = IntGauge::new(
-                    "wslnet_learned_destinations",
-                    "Destinations of outgoing SYNs in the learned map.",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            unreachable: {
-                let g = IntGauge::new(
-                    "wslnet_unreachable_destinations",
-                    "Destinations kept measured whose latest search got no answer at all.",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
+            learned: gauge(
+                &r,
+                "wslnet_learned_destinations",
+                "Destinations of outgoing SYNs in the learned map.",
+            )?,
+            unreachable: gauge(
+                &r,
+                "wslnet_unreachable_destinations",
+                "Destinations kept measured whose latest search got no answer at all.",
+            )?,
             registry: r,
             last: Mutex::new(HashMap::new()),
         };
