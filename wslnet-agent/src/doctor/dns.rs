@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::{
     ANSWER_TIMEOUT, Budget, Check, Finding, Status,
     environment::{Environment, NetworkingMode, RESOLV_CONF},
+    join_addrs,
 };
 
 /// The DNS port.
@@ -92,11 +93,7 @@ pub(crate) async fn check(
             format!(
                 "no route to the nameserver{} {}",
                 if configured.len() == 1 { "" } else { "s" },
-                configured
-                    .iter()
-                    .map(IpAddr::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                join_addrs(&configured)
             ),
         );
     }
@@ -127,12 +124,6 @@ pub(crate) async fn check(
             .collect(),
         None => Vec::new(),
     };
-    let list = |v: &[IpAddr]| {
-        v.iter()
-            .map(IpAddr::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     // Ask the second resolver only when something failed.
     let second_says = match second {
         Some(s) if (!dead.is_empty() || !unresolved.is_empty()) && !servers.contains(&s) => {
@@ -150,7 +141,7 @@ pub(crate) async fn check(
         let mut summary = format!(
             "nameserver{} {} do{} not answer",
             if dead.len() == 1 { "" } else { "s" },
-            list(&dead),
+            join_addrs(&dead),
             if dead.len() == 1 { "es" } else { "" }
         );
         if let Some((s, resolved)) = &second_says {
@@ -197,12 +188,12 @@ pub(crate) async fn check(
     if !dead.is_empty() {
         summary.push_str(&format!(
             "; {} do{} not answer (every lookup waits for {} first)",
-            list(&dead),
+            join_addrs(&dead),
             if dead.len() == 1 { "es" } else { "" },
             if dead.len() == 1 { "it" } else { "them" }
         ));
         return Finding::new(Check::Dns, Status::Warn, summary)
-            .fix(format!("remove {} from {RESOLV_CONF}", list(&dead)));
+            .fix(format!("remove {} from {RESOLV_CONF}", join_addrs(&dead)));
     }
     Finding::new(Check::Dns, Status::Ok, summary)
 }

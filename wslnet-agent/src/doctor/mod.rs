@@ -283,6 +283,15 @@ pub async fn diagnose(args: &DoctorArgs) -> Report {
     }
 }
 
+/// Addresses as a summary lists them: `a, b, c`.
+pub(crate) fn join_addrs(addrs: &[IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One line a check, colour on a terminal only, the fixes at the end.
 fn print_text(report: &Report, colour: bool) {
     let name_width = 12;

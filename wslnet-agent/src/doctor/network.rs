@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
-use super::{ANSWER_TIMEOUT, Budget, Check, Finding, Status};
+use super::{ANSWER_TIMEOUT, Budget, Check, Finding, Status, join_addrs};
 use crate::prober;
 
 /// Extra echo requests after the first (against the loss of one).
@@ -67,16 +67,16 @@ impl Routes {
         if let Some(r) = &self.default_v6 {
             parts.push(format!("IPv6 default {}", describe(r)));
         }
-        let unrouted: Vec<String> = self
+        let unrouted: Vec<IpAddr> = self
             .targets
             .iter()
             .filter(|(_, r)| r.is_err())
-            .map(|(a, _)| a.to_string())
+            .map(|(a, _)| *a)
             .collect();
         if parts.is_empty() {
             let mut summary = "no default route".to_string();
             if !unrouted.is_empty() {
-                summary.push_str(&format!("; no route to {}", unrouted.join(", ")));
+                summary.push_str(&format!("; no route to {}", join_addrs(&unrouted)));
             }
             return Finding::new(Check::Route, Status::Fail, summary).fix(
                 "in WSL, run `wsl --shutdown` from Windows and start again (WSL sets the route \
@@ -84,7 +84,7 @@ impl Routes {
             );
         }
         if !unrouted.is_empty() {
-            parts.push(format!("no route to {}", unrouted.join(", ")));
+            parts.push(format!("no route to {}", join_addrs(&unrouted)));
             return Finding::new(Check::Route, Status::Fail, parts.join("; "))
                 .fix("add a route to them (`ip route add PREFIX via GATEWAY`), or check the VPN");
         }
@@ -217,12 +217,6 @@ pub(crate) struct Reach {
 
 impl Reach {
     pub fn finding(&self) -> Finding {
-        let list = |v: &[IpAddr]| {
-            v.iter()
-                .map(IpAddr::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         if let Some(why) = &self.unavailable {
             return Finding::new(Check::Reach, Status::Skip, why.clone());
         }
@@ -230,27 +224,31 @@ impl Reach {
             return Finding::new(
                 Check::Reach,
                 Status::Skip,
-                format!("no route to {}", list(&self.unrouted)),
+                format!("no route to {}", join_addrs(&self.unrouted)),
             );
         }
         let answered: Vec<IpAddr> = self.answered.iter().map(|(a, _, _)| *a).collect();
         let mut summary = if answered.is_empty() {
             String::new()
         } else {
-            format!("{} answer{}", list(&answered), plural_s(answered.len()))
+            format!(
+                "{} answer{}",
+                join_addrs(&answered),
+                plural_s(answered.len())
+            )
         };
         if !self.silent.is_empty() {
             if !summary.is_empty() {
                 summary.push_str("; ");
             }
-            summary.push_str(&format!("{} do not answer echo", list(&self.silent)));
+            summary.push_str(&format!("{} do not answer echo", join_addrs(&self.silent)));
             return Finding::new(Check::Reach, Status::Fail, summary).fix(
                 "check the VPN and the route to them (`ip route get ADDR`); a host that drops \
                  echo but serves TCP is not broken: try `curl` or `nc -vz ADDR PORT`",
             );
         }
         if !self.unrouted.is_empty() {
-            summary.push_str(&format!("; no route to {}", list(&self.unrouted)));
+            summary.push_str(&format!("; no route to {}", join_addrs(&self.unrouted)));
         }
         Finding::new(Check::Reach, Status::Ok, summary)
     }
