@@ -69,14 +69,14 @@ fn icmp_finds_each_bottleneck_exactly_with_icmp_errors_dropped() {
         let lab = Lab::new(b).unwrap();
         let (v, ok) = probe(&lab, lab.srv_addr(false), &[]);
         assert_found(&v, ok, b, "icmp", &format!("IPv4, bottleneck {b}"));
-        assert!(rounds(&v) <= 3, "IPv4 {b}: {v}");
+        assert!(rounds(&v) <= 4, "IPv4 {b}: {v}");
         assert_eq!(v["lower_bound"], 552);
         assert_eq!(v["upper_bound"], 1500);
         assert_eq!(v["interface"], "eth0");
         if b >= 1280 {
             let (v, ok) = probe(&lab, lab.srv_addr(true), &[]);
             assert_found(&v, ok, b, "icmp", &format!("IPv6, bottleneck {b}"));
-            assert!(rounds(&v) <= 2, "IPv6 {b}: {v}");
+            assert!(rounds(&v) <= 3, "IPv6 {b}: {v}");
             assert_eq!(v["lower_bound"], 1280);
         } else {
             eprintln!("IPv6 at {b}: not testable (IPv6 minimum MTU is 1280)");
@@ -113,7 +113,7 @@ fn tcp_probe_finds_the_same_values_when_icmp_echo_is_dropped() {
 }
 
 #[test]
-fn search_takes_at_most_three_rounds_with_rtt_and_reports_elapsed_time() {
+fn search_takes_at_most_four_rounds_with_rtt_and_reports_elapsed_time() {
     require_root();
     let lab = Lab::new(1372).unwrap();
     let mut table = Vec::new();
@@ -123,7 +123,7 @@ fn search_takes_at_most_three_rounds_with_rtt_and_reports_elapsed_time() {
             let (v, ok) = probe(&lab, lab.srv_addr(v6), &[]);
             let what = format!("rtt {rtt} ms, {}", if v6 { "IPv6" } else { "IPv4" });
             assert_found(&v, ok, 1372, "icmp", &what);
-            assert!(rounds(&v) <= 3, "{what}: {} rounds", rounds(&v));
+            assert!(rounds(&v) <= 4, "{what}: {} rounds", rounds(&v));
             table.push(format!(
                 "{what}: {} rounds, {} probes, {:.1} ms",
                 rounds(&v),
@@ -385,4 +385,43 @@ fn datagram_icmp_sockets_are_used_where_ping_group_range_allows() {
             &format!("datagram, v6 {v6}"),
         );
     }
+}
+
+/// A target that polices its echo replies (`limit rate 10/second burst 5`, as routers and hosts
+/// commonly do) answers only the first few probes of a round. A dropped reply is not a size too
+/// big: the search still finds the exact MTU, never one below it.
+#[test]
+fn a_target_that_polices_its_echo_replies_is_measured_exactly() {
+    require_root();
+    parallel(&[1372u16, 1500], |&b| {
+        let lab = Lab::new(b).unwrap();
+        lab.srv
+            .sh("nft add table inet wslnet_lab_police
+                 nft add chain inet wslnet_lab_police out '{ type filter hook output priority 0; }'
+                 nft add rule inet wslnet_lab_police out icmp type echo-reply \
+                     limit rate over 10/second burst 5 packets counter drop
+                 nft add rule inet wslnet_lab_police out icmpv6 type echo-reply \
+                     limit rate over 10/second burst 5 packets counter drop")
+            .unwrap();
+        for v6 in [false, true] {
+            let (v, ok) = probe(&lab, lab.srv_addr(v6), &[]);
+            assert_found(
+                &v,
+                ok,
+                b,
+                "icmp",
+                &format!("policed, bottleneck {b}, v6 {v6}"),
+            );
+        }
+        let out = lab
+            .srv
+            .sh_output("nft list table inet wslnet_lab_police")
+            .unwrap();
+        let policed = String::from_utf8_lossy(&out.stdout)
+            .split("packets ")
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>();
+        assert!(policed > 0, "bottleneck {b}: the policer dropped no reply");
+    });
 }

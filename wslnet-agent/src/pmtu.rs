@@ -365,6 +365,10 @@ impl Manager {
         let mut tick = tokio::time::interval(TICK);
         let mut rescan = tokio::time::interval(if ring.is_some() { LEARN_RESCAN } else { TICK });
         let mut symptom_scan = tokio::time::interval(symptoms::SCAN_INTERVAL);
+        if self.settings.learn {
+            self.learn();
+        }
+        self.reconcile_clamps();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -391,6 +395,7 @@ impl Manager {
                             }
                         }
                         self.add_targets();
+                        self.reconcile_clamps();
                         self.update_first_contact();
                         self.watcher = self.settings.stall_after.map(Watcher::new);
                         self.peer_errors = self.new_peer_errors();
@@ -426,6 +431,53 @@ impl Manager {
                     self.start_due_jobs();
                 }
                 _ = tick.tick() => self.start_due_jobs(),
+            }
+        }
+    }
+
+    /// Makes the probed clamp entries agree with the configuration and the measurements (at
+    /// start and after every reload):
+    /// - a destination inside a static prefix has no probed entry of its own (the static clamp
+    ///   wins; a longer probed prefix would win the lookup);
+    /// - every other measured destination has its probed entry (a reload that removed a static
+    ///   clamp of exactly its address left it with none);
+    /// - a probed entry that no destination stands for goes: written by an earlier run for a
+    ///   destination neither configured nor still in the learned map. One that is in the learned
+    ///   map stays until its destination is measured again (no gap across a restart).
+    fn reconcile_clamps(&mut self) {
+        let learned: std::collections::HashSet<IpAddr> = if self.settings.learn {
+            self.shared
+                .maps()
+                .learned()
+                .iter()
+                .map(|l| l.addr)
+                .collect()
+        } else {
+            Default::default()
+        };
+        let mut maps = self.shared.maps();
+        for entry in maps.clamps() {
+            if entry.origin != "probed" {
+                continue;
+            }
+            let addr = entry.net.addr();
+            let stands_for = entry.net.prefix_len() == entry.net.max_prefix_len()
+                && !self.settings.is_static(addr)
+                && (self.dests.get(&addr).is_some_and(|d| d.mtu.is_some())
+                    || learned.contains(&addr));
+            if !stands_for {
+                tracing::info!(net = %entry.net, "removing a probed clamp entry nothing stands for");
+                if let Err(e) = maps.remove_clamp(entry.net) {
+                    tracing::warn!(net = %entry.net, error = %format!("{e:#}"), "removing a probed clamp entry");
+                }
+            }
+        }
+        for (&addr, d) in &self.dests {
+            if let Some(mtu) = d.mtu
+                && !self.settings.is_static(addr)
+                && let Err(e) = maps.set_clamp(IpNet::from(addr), mtu, origin::PROBED)
+            {
+                tracing::warn!(%addr, error = %format!("{e:#}"), "writing the clamp");
             }
         }
     }

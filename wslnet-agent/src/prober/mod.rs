@@ -22,13 +22,18 @@
 //!
 //! # Search
 //! Each round sends [`SIZES_PER_ROUND`] sizes at once (each `1 + retries` times against plain
-//! loss): a *control* size known (or, in the first round, assumed) to pass, and points spread
-//! over the unknown range, always including its top. A size is judged too big only when it stays
-//! unanswered while a smaller size of the same round is answered; a round where nothing is
-//! answered says nothing and is repeated (up to `retries + 1` times, then the target is
-//! reported unreachable). Any frag-needed / packet-too-big that does arrive (`IP_RECVERR`) lowers
-//! the unknown range to its MTU at once, and the next round confirms it. From 552 to 1500 the
-//! search needs at most 3 rounds (1 when nothing below the device MTU limits the path).
+//! loss), largest first: points spread over the unknown range, always including its top, and
+//! last a *control* size known (or, in the first round, assumed) to pass. Largest first, a
+//! target that polices its echo replies to a few per second answers the largest sizes that pass
+//! and drops smaller ones, never a size above one it answered. A size is only *suspected* too big
+//! when it stays unanswered while a smaller size of the same round is answered; the next round
+//! sends it again, first (in place of one planned size), and it is judged too big only when it
+//! fails there again while a smaller size passes: plain loss or a policer never lowers a result.
+//! A round where nothing is answered says nothing and is repeated (up to `retries + 1` times,
+//! then the target is reported unreachable). Any frag-needed / packet-too-big that does arrive
+//! (`IP_RECVERR`) lowers the unknown range to its MTU at once, and the next round confirms it.
+//! From 552 to 1500 the search needs at most 4 rounds (1 when nothing below the device MTU
+//! limits the path).
 //! Rounds end early: once replies come back, a round waits only twice the observed round trip
 //! (+15 ms) after its last probe for the rest, never more than [`SearchOptions::round_timeout`].
 //!
@@ -387,7 +392,7 @@ async fn check_with_tcp<P: Prober>(
     st: &mut Stats,
 ) -> Result<TcpCheck> {
     let sizes: Vec<u16> = if b.lower < mtu {
-        vec![b.lower, mtu]
+        largest_first(vec![b.lower, mtu])
     } else {
         vec![mtu]
     };
@@ -432,6 +437,7 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
             sizes.push(bounds.upper);
         }
     }
+    let sizes = largest_first(sizes);
     let mut st = Stats::default();
     let mut out = None;
     let mut return_limit = u16::MAX;
@@ -531,8 +537,8 @@ pub(crate) trait Prober {
         SIZES_PER_ROUND
     }
 
-    /// Sends every size in `sizes` `1 + opts.retries` times and collects answers until all are
-    /// in or the round ends (see the module docs).
+    /// Sends every size in `sizes`, in that order, `1 + opts.retries` times and collects answers
+    /// until all are in or the round ends (see the module docs).
     async fn round(
         &mut self,
         sizes: &[u16],
@@ -551,9 +557,13 @@ pub(crate) async fn run_search<P: Prober>(
     limiter: &mut RateLimiter,
     st: &mut Stats,
 ) -> Result<Option<(u16, bool)>> {
-    // Invariant: every size <= good passed; every size >= bad was judged too big.
+    // Invariant: every size <= good passed; every size >= bad was judged too big. `suspect`
+    // (between them) stayed unanswered while a smaller size of the same round passed; it is sent
+    // again, first, in the next round, and judged too big only when it fails there again while
+    // a smaller size passes: plain loss or a policer never lowers the result.
     let mut good: Option<u16> = None;
     let mut bad: u32 = u32::from(b.upper) + 1;
+    let mut suspect: Option<u16> = None;
     let mut hint: Option<u16> = None;
     let mut silent = 0u32;
     for _ in 0..MAX_ROUNDS {
@@ -563,7 +573,11 @@ pub(crate) async fn run_search<P: Prober>(
             return Ok(Some((g, hint == Some(g))));
         }
         let control = good.unwrap_or(b.lower);
-        let sizes = plan_round(control, bad, p.sizes_per_round());
+        let top = suspect.map_or(bad, u32::from);
+        let n = p.sizes_per_round() - usize::from(suspect.is_some());
+        let mut sizes = plan_round(control, top, n);
+        sizes.extend(suspect);
+        let sizes = largest_first(sizes);
         let r = p.round(&sizes, opts, limiter, st).await?;
         if let Some(h) = r.mtu_hint
             && h >= b.lower
@@ -578,6 +592,7 @@ pub(crate) async fn run_search<P: Prober>(
                 bad = bad.min(u32::from(s));
             }
         }
+        suspect = suspect.filter(|&s| u32::from(s) < bad);
         let Some(&max) = r.answered.iter().next_back() else {
             silent += 1;
             if silent > opts.retries {
@@ -598,14 +613,17 @@ pub(crate) async fn run_search<P: Prober>(
                 hint = None;
             }
         }
-        // Judged too big: planned, not answered, larger than an answered size of this round.
-        if let Some(&f) = sizes
-            .iter()
-            .filter(|&&s| s > max && !r.answered.contains(&s))
-            .min()
+        if let Some(s) = suspect.take()
+            && max < s
         {
-            bad = bad.min(u32::from(f));
+            // Sent first, unanswered again, while a smaller size passed: too big.
+            bad = bad.min(u32::from(s));
         }
+        suspect = sizes
+            .iter()
+            .copied()
+            .filter(|&s| s > max && !r.answered.contains(&s) && u32::from(s) < bad)
+            .min();
     }
     // Only a path whose answers keep contradicting each other gets here.
     tracing::warn!(
@@ -615,8 +633,17 @@ pub(crate) async fn run_search<P: Prober>(
     Ok(good.map(|g| (g, hint == Some(g))))
 }
 
-/// Safety stop for one method's search (rounds); a normal search needs at most 3 (+ repeats).
+/// Safety stop for one method's search (rounds); a normal search needs at most 4 (+ repeats).
 const MAX_ROUNDS: u32 = 24;
+
+/// The order in which a round sends its sizes: largest first. A target or router that polices
+/// echo replies (or TCP connections) to a few per second answers the first few of a burst and
+/// drops the rest; sent largest first, what it answers are the largest sizes that pass, and the
+/// sizes it drops are smaller than one that passed, so they are never judged too big.
+fn largest_first(mut sizes: Vec<u16>) -> Vec<u16> {
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes
+}
 
 /// Sizes of one round: `control` (known or assumed to pass) first, then up to `n - 1` sizes in
 /// `(control, bad)` spread so that the unknown gaps they leave are as even as possible, always
@@ -686,13 +713,15 @@ mod tests {
     use super::*;
 
     /// A path with MTU `mtu`, losing the `n`-th probes listed in `lose`, optionally naming its
-    /// MTU in ICMP errors.
+    /// MTU in ICMP errors, optionally answering only the first `answers_per_round` probes of a
+    /// round that cross the path (a target that polices its echo replies).
     struct Sim {
         mtu: u16,
         lose: Vec<u32>,
         sent: u32,
         icmp_errors: bool,
         dead: bool,
+        answers_per_round: Option<u32>,
     }
 
     impl Prober for Sim {
@@ -705,6 +734,7 @@ mod tests {
         ) -> Result<RoundResult> {
             st.rounds += 1;
             let mut r = RoundResult::default();
+            let mut answers_left = self.answers_per_round.unwrap_or(u32::MAX);
             for _ in 0..=opts.retries {
                 for &s in sizes {
                     self.sent += 1;
@@ -712,7 +742,11 @@ mod tests {
                     if self.dead || self.lose.contains(&self.sent) {
                         continue;
                     }
+                    if s <= self.mtu && answers_left == 0 {
+                        continue;
+                    }
                     if s <= self.mtu {
+                        answers_left -= 1;
                         r.answered.insert(s);
                     } else if self.icmp_errors {
                         r.mtu_hint = Some(self.mtu);
@@ -730,6 +764,7 @@ mod tests {
             sent: 0,
             icmp_errors,
             dead: false,
+            answers_per_round: None,
         }
     }
 
@@ -769,23 +804,43 @@ mod tests {
     }
 
     #[test]
-    fn every_ipv4_mtu_is_found_exactly_in_at_most_three_rounds() {
+    fn every_ipv4_mtu_is_found_exactly_in_at_most_four_rounds() {
         for mtu in 552..=1500 {
             let (r, st) = run(&mut sim(mtu, vec![], false), 552, 1500, 1);
             assert_eq!(r, Some((mtu, false)), "mtu {mtu}");
-            assert!(st.rounds <= 3, "mtu {mtu}: {} rounds", st.rounds);
+            assert!(st.rounds <= 4, "mtu {mtu}: {} rounds", st.rounds);
         }
         let (_, st) = run(&mut sim(1500, vec![], false), 552, 1500, 1);
         assert_eq!(st.rounds, 1);
     }
 
     #[test]
-    fn every_ipv6_mtu_is_found_exactly_in_at_most_two_rounds() {
+    fn every_ipv6_mtu_is_found_exactly_in_at_most_three_rounds() {
         for mtu in 1280..=1500 {
             let (r, st) = run(&mut sim(mtu, vec![], false), 1280, 1500, 1);
             assert_eq!(r, Some((mtu, false)));
-            assert!(st.rounds <= 2, "mtu {mtu}: {} rounds", st.rounds);
+            assert!(st.rounds <= 3, "mtu {mtu}: {} rounds", st.rounds);
         }
+    }
+
+    #[test]
+    fn a_target_that_answers_a_few_probes_a_round_is_measured_exactly() {
+        for per_round in [1, 3, 5, 10] {
+            for mtu in [552, 553, 1000, 1280, 1372, 1499, 1500] {
+                let mut p = sim(mtu, vec![], false);
+                p.answers_per_round = Some(per_round);
+                let (r, _) = run(&mut p, 552, 1500, 1);
+                assert_eq!(r, Some((mtu, false)), "mtu {mtu}, {per_round} a round");
+            }
+        }
+    }
+
+    #[test]
+    fn a_size_whose_every_copy_is_lost_is_sent_again_not_judged_too_big() {
+        // Round 1 sends 16 sizes largest first, twice: probes 1 and 17 are both copies of 1500.
+        let (r, st) = run(&mut sim(1500, vec![1, 17], false), 552, 1500, 1);
+        assert_eq!(r, Some((1500, false)));
+        assert_eq!(st.rounds, 2, "1500 sent again, first, in round 2");
     }
 
     #[test]
@@ -861,7 +916,7 @@ mod tests {
         // Both copies of the checked size lost in the first round (2 sizes x 2 copies): loss,
         // not a narrower path.
         assert!(matches!(
-            check(&mut sim(1500, vec![2, 4], false), 1372, 552),
+            check(&mut sim(1500, vec![1, 3], false), 1372, 552),
             TcpCheck::Carries
         ));
     }
