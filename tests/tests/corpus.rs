@@ -5,7 +5,7 @@
 //!
 //! `WSLNET_REGEN_CORPUS=1 cargo test -p wslnet-tests --test corpus` rewrites the named case files
 //! (after their hand-written expectations passed on the program and the model).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use wslnet_tests::{
     fuzz::{
@@ -105,4 +105,21 @@ fn every_corpus_case_replays_exactly() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The files under `named/` are exactly the named cases, each name once: a case dropped from the
+/// table leaves no file behind to be replayed with an expectation nobody checks by hand.
+#[test]
+fn every_named_file_is_a_named_case() {
+    let cases = corpus::named_cases();
+    let names: BTreeSet<String> = cases.iter().map(|n| n.name.to_string()).collect();
+    assert_eq!(names.len(), cases.len(), "a name used twice");
+    let dir = corpus::corpus_dir().join("named");
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_disk, names, "{}", dir.display());
 }

@@ -3,9 +3,10 @@
 //! and the counters that moved.
 use std::net::IpAddr;
 
-use wslnet_common::{Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig};
-use wslnet_model::{Clamp, Direction, Tables};
+use wslnet_common::{Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
+use wslnet_model::{Direction, Tables};
 use wslnet_tests::{
+    fuzz::corpus::cases::narrow_path_tables,
     netns::require_root,
     packets::{self, Ext, Ipv4, Tcp, addr, flags, locate_tcp, opt, tcp_checksum_ok},
     testrun::{Harness, TEST_IFINDEX},
@@ -21,31 +22,9 @@ fn harness() -> Harness {
     h
 }
 
+/// Slot 9, 1372 towards 10.9.0.0/16 and fd00:9::/32.
 fn tables(l3_offset: u16) -> Tables {
-    Tables {
-        ifaces: vec![(
-            TEST_IFINDEX,
-            IfaceConfig {
-                slot: SLOT,
-                l3_offset,
-                ..IfaceConfig::default()
-            },
-        )],
-        clamps: vec![
-            Clamp {
-                addr: "10.9.0.0".parse().unwrap(),
-                prefix_len: 16,
-                mtu: 1372,
-            },
-            Clamp {
-                addr: "fd00:9::".parse().unwrap(),
-                prefix_len: 32,
-                mtu: 1372,
-            },
-        ],
-        globals: Default::default(),
-        probes: Vec::new(),
-    }
+    narrow_path_tables(SLOT, l3_offset)
 }
 
 /// Runs `frame` and returns (output, counters moved in this slot/direction for `family`),
@@ -84,22 +63,21 @@ fn run_gso(
     (r.frame, c)
 }
 
+/// Counters with each of `names` (field names) at 1.
 fn counters(names: &[&str]) -> Counters {
     let mut c = Counters::default();
     for n in names {
-        match *n {
-            "syn" => c.syn += 1,
-            "mss_clamped" => c.mss_clamped += 1,
-            "mss_ok" => c.mss_ok += 1,
-            "no_clamp" => c.no_clamp += 1,
-            "no_mss" => c.no_mss += 1,
-            "unparseable" => c.unparseable += 1,
-            "oversize_df" => c.oversize_df += 1,
-            "reflected" => c.reflected += 1,
-            _ => panic!("{n}"),
-        }
+        let field = Counters::field(n).unwrap_or_else(|| panic!("no counter {n}"));
+        *(field.get_mut)(&mut c) += 1;
     }
     c
+}
+
+/// An IPv4 ACK from us to the remote host carrying `payload` bytes (of 7).
+fn ack4_carrying(payload: usize) -> Vec<u8> {
+    let mut big = Tcp::new(flags::ACK, vec![]);
+    big.payload = vec![7; payload];
+    packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &big)
 }
 
 /// Offset of the first MSS option's value, by a plain option walk written for this test.
@@ -643,9 +621,7 @@ fn gso_size_from_the_skb_context_sizes_oversize_packets() {
     assert_eq!(c, counters(&[]), "40 + 1332 = 1372 fits");
     let (_, c) = run_gso(&h, Direction::Egress, &ack, FAMILY_V4, 0);
     assert_eq!(c, counters(&[]), "a 54-byte frame fits");
-    let mut big = Tcp::new(flags::ACK, vec![]);
-    big.payload = vec![7; 1400];
-    let f = packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &big);
+    let f = ack4_carrying(1400);
     let (out, c) = run(&h, Direction::Egress, &f, FAMILY_V4);
     assert_eq!(c, counters(&["oversize_df"]));
     assert_eq!(out, f);
@@ -725,9 +701,7 @@ fn verifies(data: &[u8]) -> bool {
 #[test]
 fn an_oversize_ipv4_packet_is_dropped_and_answered() {
     let mut h = reflecting_harness();
-    let mut big = Tcp::new(flags::ACK, vec![]);
-    big.payload = vec![7; 1460];
-    let f = packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &big);
+    let f = ack4_carrying(1460);
     let r = h.run_watch(Direction::Egress, &f, 0, &[SLOT]).unwrap();
     assert_eq!(r.retval, wslnet_model::TC_ACT_SHOT);
     assert_eq!(
@@ -817,9 +791,7 @@ fn an_oversize_ipv6_packet_is_dropped_and_answered() {
 #[test]
 fn the_agents_probes_are_never_dropped() {
     let mut h = reflecting_harness();
-    let mut big = Tcp::new(flags::ACK, vec![]);
-    big.payload = vec![7; 1460];
-    let f = packets::tcp4_frame(addr::LOCAL4, addr::REMOTE4, &big);
+    let f = ack4_carrying(1460);
     let before = h.counters(SLOT, DIR_EGRESS, FAMILY_V4).unwrap();
     let (out, retval) = h
         .run_raw_marked(Direction::Egress, &f, 0, wslnet_common::PROBE_MARK)

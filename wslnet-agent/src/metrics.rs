@@ -15,7 +15,7 @@ use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use wslnet_common::{Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
+use wslnet_common::{CounterDef, Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
 
 /// Most connections to the metrics endpoint served at once. Prometheus keeps one per target;
 /// the rest is people with curl. More wait in the kernel's accept queue.
@@ -46,28 +46,13 @@ pub struct IfaceLabel {
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
-    /// `wslnet_tcp_syn_packets_total{interface,direction,family}`: TCP SYN and SYN-ACK segments
-    /// seen by the datapath, packets.
-    syn: IntCounterVec,
-    /// `wslnet_mss_clamped_total{interface,direction,family}`: SYNs whose MSS option was lowered.
-    clamped: IntCounterVec,
-    /// `wslnet_mss_unchanged_total{interface,direction,family,reason}`: SYNs left as they were;
-    /// reason = already_low (MSS at or below the clamp), no_clamp (no path MTU for the peer),
-    /// no_option (no MSS option).
-    unchanged: IntCounterVec,
-    /// `wslnet_unparseable_packets_total{interface,direction,family}`: packets passed untouched
-    /// because a header or the TCP options were malformed or truncated.
-    unparseable: IntCounterVec,
-    /// `wslnet_oversize_df_packets_total{interface,family}`: egress DF packets (all IPv6) larger
-    /// than the path MTU in force for their destination; the path would drop them.
-    oversize: IntCounterVec,
-    /// `wslnet_oversize_dropped_packets_total{interface,family}`: of those, the ones the datapath
-    /// dropped to answer their sender with an ICMP error (their destination has a clamp entry
-    /// and reflection is on), packets.
-    dropped: IntCounterVec,
-    /// `wslnet_dscp_rewritten_total{interface,family}`: egress packets whose DSCP the datapath
-    /// set to the configured `set_dscp`, packets.
-    dscp_rewritten: IntCounterVec,
+    /// The datapath counters, one for each of [`Counters::FIELDS`] (in its order): the family
+    /// it is exported in, those of one family shared (`wslnet_tcp_syn_packets_total`,
+    /// `wslnet_mss_clamped_total`, `wslnet_mss_unchanged_total`,
+    /// `wslnet_unparseable_packets_total` by interface, direction and family;
+    /// `wslnet_oversize_df_packets_total`, `wslnet_oversize_dropped_packets_total`,
+    /// `wslnet_dscp_rewritten_total` by interface and family), packets.
+    datapath: Vec<IntCounterVec>,
     /// `wslnet_icmp_errors_sent_total{interface,family,kind}`: ICMP "fragmentation needed" /
     /// "packet too big" the agent sent, messages; kind = local (to the local stack, for a
     /// packet the datapath dropped), peer (to the peer of a local connection whose segments are
@@ -143,59 +128,46 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<In
 const DIRS: [(u32, &str); 2] = [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")];
 const FAMILIES: [(u32, &str); 2] = [(FAMILY_V4, "ipv4"), (FAMILY_V6, "ipv6")];
 
+/// The label of an index in `DIRS` or `FAMILIES` (the first for an unknown index).
+fn label_of(labels: &[(u32, &'static str)], index: u32) -> &'static str {
+    labels
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map_or(labels[0].1, |(_, name)| name)
+}
+
+/// Registers the metric family of each datapath counter, once a family, and returns each
+/// counter's, in the order of [`Counters::FIELDS`].
+fn datapath_families(r: &Registry) -> Result<Vec<IntCounterVec>> {
+    let mut registered: HashMap<&str, IntCounterVec> = HashMap::new();
+    let mut out = Vec::new();
+    for def in &Counters::FIELDS {
+        let family = def.metric;
+        let vec = match registered.get(family.name) {
+            Some(vec) => vec.clone(),
+            None => {
+                let mut labels = vec!["interface"];
+                if !family.egress_only {
+                    labels.push("direction");
+                }
+                labels.push("family");
+                labels.extend(family.label);
+                let vec = counter_vec(r, family.name, family.help, &labels)?;
+                registered.insert(family.name, vec.clone());
+                vec
+            }
+        };
+        out.push(vec);
+    }
+    Ok(out)
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self> {
         let r = Registry::new();
-        let idf = &["interface", "direction", "family"];
         let m = Self {
-            syn: counter_vec(
-                &r,
-                "wslnet_tcp_syn_packets_total",
-                "TCP SYN and SYN-ACK segments seen by the datapath.",
-                idf,
-            )?,
-            clamped: counter_vec(
-                &r,
-                "wslnet_mss_clamped_total",
-                "SYN and SYN-ACK segments whose MSS option was lowered to the path MTU.",
-                idf,
-            )?,
-            unchanged: counter_vec(
-                &r,
-                "wslnet_mss_unchanged_total",
-                "SYN and SYN-ACK segments left unchanged, by reason (already_low, no_clamp, \
-                 no_option).",
-                &["interface", "direction", "family", "reason"],
-            )?,
-            unparseable: counter_vec(
-                &r,
-                "wslnet_unparseable_packets_total",
-                "Packets passed untouched because a header or the TCP options were malformed \
-                 or truncated.",
-                idf,
-            )?,
-            oversize: counter_vec(
-                &r,
-                "wslnet_oversize_df_packets_total",
-                "Egress packets with DF (all IPv6) larger than the path MTU in force for \
-                 their destination.",
-                &["interface", "family"],
-            )?,
-            dropped: counter_vec(
-                &r,
-                "wslnet_oversize_dropped_packets_total",
-                "Egress oversize DF packets the datapath dropped to answer their sender with an \
-                 ICMP error (their destination has a clamp entry, reflection is on).",
-                &["interface", "family"],
-            )?,
-            dscp_rewritten: counter_vec(
-                &r,
-                "wslnet_dscp_rewritten_total",
-                "Egress packets whose DSCP the datapath set to the configured set_dscp (packets \
-                 already carrying it are not counted).",
-                &["interface", "family"],
-            )?,
+            datapath: datapath_families(&r)?,
             icmp_errors: counter_vec(
                 &r,
                 "wslnet_icmp_errors_sent_total",
@@ -333,23 +305,12 @@ impl Metrics {
         self.attached
             .with_label_values(&[&iface.name, iface.mode])
             .set(1);
-        for (_, dir) in DIRS {
-            for (_, fam) in FAMILIES {
-                let l = [iface.name.as_str(), dir, fam];
-                self.syn.with_label_values(&l);
-                self.clamped.with_label_values(&l);
-                self.unparseable.with_label_values(&l);
-                for reason in ["already_low", "no_clamp", "no_option"] {
-                    self.unchanged
-                        .with_label_values(&[iface.name.as_str(), dir, fam, reason]);
-                }
+        for (dir, _) in DIRS {
+            for (fam, _) in FAMILIES {
+                self.datapath_series(iface, dir, fam, |_, _| {});
             }
         }
         for (_, fam) in FAMILIES {
-            self.oversize.with_label_values(&[iface.name.as_str(), fam]);
-            self.dropped.with_label_values(&[iface.name.as_str(), fam]);
-            self.dscp_rewritten
-                .with_label_values(&[iface.name.as_str(), fam]);
             for kind in crate::reflect::ErrorKind::ALL {
                 self.icmp_errors
                     .with_label_values(&[iface.name.as_str(), fam, kind.label()]);
@@ -359,10 +320,7 @@ impl Metrics {
 
     /// The label of a family index (`FAMILY_V4` / `FAMILY_V6`).
     pub fn family_label(family: u32) -> &'static str {
-        FAMILIES
-            .iter()
-            .find(|(f, _)| *f == family)
-            .map_or("ipv4", |(_, name)| name)
+        label_of(&FAMILIES, family)
     }
 
     /// Sets (`true`) or removes an interface's `matched` series.
@@ -387,44 +345,41 @@ impl Metrics {
     ) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for iface in ifaces {
-            for (dir, dir_name) in DIRS {
-                for (fam, fam_name) in FAMILIES {
+            for (dir, _) in DIRS {
+                for (fam, _) in FAMILIES {
                     let Some(now) = read(iface.slot, dir, fam) else {
                         continue;
                     };
                     let key = (iface.slot, dir, fam);
                     let prev = last.insert(key, now).unwrap_or_default();
-                    let d = |n: u64, p: u64| n.saturating_sub(p);
-                    let l = [iface.name.as_str(), dir_name, fam_name];
-                    self.syn.with_label_values(&l).inc_by(d(now.syn, prev.syn));
-                    self.clamped
-                        .with_label_values(&l)
-                        .inc_by(d(now.mss_clamped, prev.mss_clamped));
-                    self.unparseable
-                        .with_label_values(&l)
-                        .inc_by(d(now.unparseable, prev.unparseable));
-                    for (reason, n, p) in [
-                        ("already_low", now.mss_ok, prev.mss_ok),
-                        ("no_clamp", now.no_clamp, prev.no_clamp),
-                        ("no_option", now.no_mss, prev.no_mss),
-                    ] {
-                        self.unchanged
-                            .with_label_values(&[iface.name.as_str(), dir_name, fam_name, reason])
-                            .inc_by(d(n, p));
-                    }
-                    if dir == DIR_EGRESS {
-                        self.oversize
-                            .with_label_values(&[iface.name.as_str(), fam_name])
-                            .inc_by(d(now.oversize_df, prev.oversize_df));
-                        self.dropped
-                            .with_label_values(&[iface.name.as_str(), fam_name])
-                            .inc_by(d(now.reflected, prev.reflected));
-                        self.dscp_rewritten
-                            .with_label_values(&[iface.name.as_str(), fam_name])
-                            .inc_by(d(now.dscp_rewritten, prev.dscp_rewritten));
-                    }
+                    self.datapath_series(iface, dir, fam, |def, series| {
+                        series.inc_by((def.get)(&now).saturating_sub((def.get)(&prev)));
+                    });
                 }
             }
+        }
+    }
+
+    /// Calls `f` with each datapath counter's series of an interface, direction and family
+    /// (creating it at 0); egress-only counters have no ingress series.
+    fn datapath_series(
+        &self,
+        iface: &IfaceLabel,
+        dir: u32,
+        family: u32,
+        mut f: impl FnMut(&CounterDef, IntCounter),
+    ) {
+        for (def, vec) in Counters::FIELDS.iter().zip(&self.datapath) {
+            if def.metric.egress_only && dir != DIR_EGRESS {
+                continue;
+            }
+            let mut labels = vec![iface.name.as_str()];
+            if !def.metric.egress_only {
+                labels.push(label_of(&DIRS, dir));
+            }
+            labels.push(label_of(&FAMILIES, family));
+            labels.extend(def.label_value);
+            f(def, vec.with_label_values(&labels));
         }
     }
 
@@ -518,4 +473,73 @@ fn respond(
         .header("content-type", ctype)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The datapath counters keep the metric names, labels and HELP texts dashboards use
+    /// (checked against the output before the counters were driven by `Counters::FIELDS`), and
+    /// each series is advanced by what its counter moved between two scrapes.
+    #[test]
+    fn datapath_counters_keep_their_metric_names_and_labels() {
+        let m = Metrics::new().unwrap();
+        let eth = IfaceLabel {
+            slot: 1,
+            name: "eth9".into(),
+            mode: "tcx",
+        };
+        m.interface_attached(&eth);
+        // Counter i of row (dir, family) reads round * (100 * row + i + 1).
+        for round in 1..3u64 {
+            m.update_counters(std::slice::from_ref(&eth), |_, dir, fam| {
+                let mut c = Counters::default();
+                for (i, f) in Counters::FIELDS.iter().enumerate() {
+                    *(f.get_mut)(&mut c) = round * (100 * u64::from(dir * 2 + fam) + i as u64 + 1);
+                }
+                Some(c)
+            });
+        }
+        let text = m.render();
+        for line in [
+            "# HELP wslnet_tcp_syn_packets_total TCP SYN and SYN-ACK segments seen by the datapath.",
+            r#"wslnet_tcp_syn_packets_total{direction="ingress",family="ipv4",interface="eth9"} 2"#,
+            "# HELP wslnet_mss_clamped_total SYN and SYN-ACK segments whose MSS option was lowered \
+             to the path MTU.",
+            r#"wslnet_mss_clamped_total{direction="egress",family="ipv6",interface="eth9"} 604"#,
+            "# HELP wslnet_mss_unchanged_total SYN and SYN-ACK segments left unchanged, by reason \
+             (already_low, no_clamp, no_option).",
+            "# TYPE wslnet_mss_unchanged_total counter",
+            r#"wslnet_mss_unchanged_total{direction="egress",family="ipv4",interface="eth9",reason="already_low"} 406"#,
+            r#"wslnet_mss_unchanged_total{direction="ingress",family="ipv6",interface="eth9",reason="no_clamp"} 208"#,
+            r#"wslnet_mss_unchanged_total{direction="ingress",family="ipv4",interface="eth9",reason="no_option"} 10"#,
+            "# HELP wslnet_unparseable_packets_total Packets passed untouched because a header or \
+             the TCP options were malformed or truncated.",
+            r#"wslnet_unparseable_packets_total{direction="egress",family="ipv4",interface="eth9"} 412"#,
+            "# HELP wslnet_oversize_df_packets_total Egress packets with DF (all IPv6) larger than \
+             the path MTU in force for their destination.",
+            r#"wslnet_oversize_df_packets_total{family="ipv4",interface="eth9"} 414"#,
+            "# HELP wslnet_oversize_dropped_packets_total Egress oversize DF packets the datapath \
+             dropped to answer their sender with an ICMP error (their destination has a clamp \
+             entry, reflection is on).",
+            r#"wslnet_oversize_dropped_packets_total{family="ipv6",interface="eth9"} 616"#,
+            "# HELP wslnet_dscp_rewritten_total Egress packets whose DSCP the datapath set to the \
+             configured set_dscp (packets already carrying it are not counted).",
+            r#"wslnet_dscp_rewritten_total{family="ipv4",interface="eth9"} 418"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line}\nmissing from\n{text}"
+            );
+        }
+        // syn, clamped, unparseable and 3 reasons unchanged, each in 4 rows (2 directions x 2
+        // families); 3 egress-only counters in 2 rows.
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("wslnet_") && l.contains(r#"interface="eth9""#))
+            .filter(|l| !l.starts_with("wslnet_icmp_errors") && !l.starts_with("wslnet_interface"))
+            .count();
+        assert_eq!(series, 6 * 4 + 3 * 2);
+    }
 }

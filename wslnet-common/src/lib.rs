@@ -200,82 +200,201 @@ pub const fn mss_for_mtu(mtu: u16, family: u32) -> Option<u16> {
     }
 }
 
-/// Packet counters of one interface, direction and family, per CPU (the agent sums CPUs).
-/// Every field is a count of packets.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
-pub struct Counters {
-    /// TCP SYN and SYN-ACK segments seen (RST not set).
-    pub syn: u64,
-    /// SYNs whose MSS option was lowered to the clamp.
-    pub mss_clamped: u64,
-    /// SYNs whose MSS option was already at or below the clamp (left unchanged).
-    pub mss_ok: u64,
-    /// SYNs with an MSS option but no path MTU in force for the peer (left unchanged).
-    pub no_clamp: u64,
-    /// SYNs without an MSS option (left unchanged; options are never inserted).
-    pub no_mss: u64,
-    /// Packets the datapath could not parse: truncated IP/TCP headers, IPv4 IHL < 5, TCP data
-    /// offset < 5, malformed TCP options (length 0/1, past the header, MSS length != 4), too many
-    /// IPv6 extension headers. Passed on unchanged.
-    pub unparseable: u64,
-    /// Egress only: packets with DF set (every IPv6 packet) whose size (per segment for GSO
-    /// packets) exceeds the path MTU in force for their destination; the path would drop them.
-    pub oversize_df: u64,
-    /// Egress only: of those, the ones dropped here because the path MTU is a clamp entry (a
-    /// measurement or the user's) and reflection is on ([`Globals::flags`]); each was handed to
-    /// the agent ([`map_names::REFLECT`]) to answer its sender with an ICMP error.
-    pub reflected: u64,
-    /// Egress only: packets whose DSCP was rewritten to the interface's
-    /// [`IfaceConfig::dscp`] (packets already carrying it cost no write and are not counted).
-    pub dscp_rewritten: u64,
+/// A Prometheus metric family that datapath counters are exported as (by the agent's
+/// `metrics.rs`, which adds the labels `interface`, `direction` and `family`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricFamily {
+    /// The family's name, e.g. `wslnet_mss_unchanged_total`.
+    pub name: &'static str,
+    /// Its HELP text.
+    pub help: &'static str,
+    /// True for a family of egress-only counters: exported without the `direction` label.
+    pub egress_only: bool,
+    /// The label that tells apart the counters sharing the family (`reason`), if several do.
+    pub label: Option<&'static str>,
+}
+
+/// The metric families of the datapath counters ([`Counters::FIELDS`] names each counter's).
+pub mod metric_families {
+    use super::MetricFamily;
+
+    /// [`super::Counters::syn`].
+    pub const TCP_SYN_PACKETS: MetricFamily = MetricFamily {
+        name: "wslnet_tcp_syn_packets_total",
+        help: "TCP SYN and SYN-ACK segments seen by the datapath.",
+        egress_only: false,
+        label: None,
+    };
+    /// [`super::Counters::mss_clamped`].
+    pub const MSS_CLAMPED: MetricFamily = MetricFamily {
+        name: "wslnet_mss_clamped_total",
+        help: "SYN and SYN-ACK segments whose MSS option was lowered to the path MTU.",
+        egress_only: false,
+        label: None,
+    };
+    /// [`super::Counters::mss_ok`], [`super::Counters::no_clamp`], [`super::Counters::no_mss`]:
+    /// SYNs left as they were, told apart by `reason`.
+    pub const MSS_UNCHANGED: MetricFamily = MetricFamily {
+        name: "wslnet_mss_unchanged_total",
+        help: "SYN and SYN-ACK segments left unchanged, by reason (already_low, no_clamp, \
+               no_option).",
+        egress_only: false,
+        label: Some("reason"),
+    };
+    /// [`super::Counters::unparseable`].
+    pub const UNPARSEABLE_PACKETS: MetricFamily = MetricFamily {
+        name: "wslnet_unparseable_packets_total",
+        help: "Packets passed untouched because a header or the TCP options were malformed or \
+               truncated.",
+        egress_only: false,
+        label: None,
+    };
+    /// [`super::Counters::oversize_df`].
+    pub const OVERSIZE_DF_PACKETS: MetricFamily = MetricFamily {
+        name: "wslnet_oversize_df_packets_total",
+        help: "Egress packets with DF (all IPv6) larger than the path MTU in force for their \
+               destination.",
+        egress_only: true,
+        label: None,
+    };
+    /// [`super::Counters::reflected`].
+    pub const OVERSIZE_DROPPED_PACKETS: MetricFamily = MetricFamily {
+        name: "wslnet_oversize_dropped_packets_total",
+        help: "Egress oversize DF packets the datapath dropped to answer their sender with an \
+               ICMP error (their destination has a clamp entry, reflection is on).",
+        egress_only: true,
+        label: None,
+    };
+    /// [`super::Counters::dscp_rewritten`].
+    pub const DSCP_REWRITTEN: MetricFamily = MetricFamily {
+        name: "wslnet_dscp_rewritten_total",
+        help: "Egress packets whose DSCP the datapath set to the configured set_dscp (packets \
+               already carrying it are not counted).",
+        egress_only: true,
+        label: None,
+    };
+}
+
+/// One counter of [`Counters`]: its field, its name and how it is exported.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterDef {
+    /// The field's name: the counter's name in corpus files, `status --json` and tests.
+    pub name: &'static str,
+    /// The field's doc comment: what the counter counts (every counter counts packets).
+    pub doc: &'static str,
+    /// Reads the counter.
+    pub get: fn(&Counters) -> u64,
+    /// The counter, to write.
+    pub get_mut: fn(&mut Counters) -> &mut u64,
+    /// The Prometheus family it is exported in.
+    pub metric: &'static MetricFamily,
+    /// Its value of the family's [`MetricFamily::label`] (`already_low` for `mss_ok`).
+    pub label_value: Option<&'static str>,
+}
+
+/// Defines [`Counters`] and [`Counters::FIELDS`] from one list: each field with its doc, its
+/// metric family and, for a family shared by several counters, its label value.
+macro_rules! counters {
+    (
+        $(#[$attr:meta])*
+        pub struct Counters {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident => $family:ident $(($label_value:literal))?,
+            )*
+        }
+    ) => {
+        $(#[$attr])*
+        pub struct Counters {
+            $(
+                $(#[doc = $doc])*
+                pub $field: u64,
+            )*
+        }
+
+        impl Counters {
+            /// How many counters there are.
+            pub const COUNT: usize = [$(stringify!($field)),*].len();
+            /// Every counter, in declaration order (the order of the map's bytes).
+            pub const FIELDS: [CounterDef; Counters::COUNT] = [
+                $(
+                    CounterDef {
+                        name: stringify!($field),
+                        doc: concat!($($doc, "\n"),*),
+                        get: |c| c.$field,
+                        get_mut: |c| &mut c.$field,
+                        metric: &metric_families::$family,
+                        label_value: counters!(@label $($label_value)?),
+                    },
+                )*
+            ];
+        }
+    };
+    (@label) => { None };
+    (@label $value:literal) => { Some($value) };
+}
+
+counters! {
+    /// Packet counters of one interface, direction and family, per CPU (the agent sums CPUs).
+    /// Every field is a count of packets.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    #[cfg_attr(feature = "user", derive(serde::Serialize))]
+    pub struct Counters {
+        /// TCP SYN and SYN-ACK segments seen (RST not set).
+        syn => TCP_SYN_PACKETS,
+        /// SYNs whose MSS option was lowered to the clamp.
+        mss_clamped => MSS_CLAMPED,
+        /// SYNs whose MSS option was already at or below the clamp (left unchanged).
+        mss_ok => MSS_UNCHANGED("already_low"),
+        /// SYNs with an MSS option but no path MTU in force for the peer (left unchanged).
+        no_clamp => MSS_UNCHANGED("no_clamp"),
+        /// SYNs without an MSS option (left unchanged; options are never inserted).
+        no_mss => MSS_UNCHANGED("no_option"),
+        /// Packets the datapath could not parse: truncated IP/TCP headers, IPv4 IHL < 5, TCP data
+        /// offset < 5, malformed TCP options (length 0/1, past the header, MSS length != 4), too
+        /// many IPv6 extension headers. Passed on unchanged.
+        unparseable => UNPARSEABLE_PACKETS,
+        /// Egress only: packets with DF set (every IPv6 packet) whose size (per segment for GSO
+        /// packets) exceeds the path MTU in force for their destination; the path would drop them.
+        oversize_df => OVERSIZE_DF_PACKETS,
+        /// Egress only: of those, the ones dropped here because the path MTU is a clamp entry (a
+        /// measurement or the user's) and reflection is on ([`Globals::flags`]); each was handed
+        /// to the agent ([`map_names::REFLECT`]) to answer its sender with an ICMP error.
+        reflected => OVERSIZE_DROPPED_PACKETS,
+        /// Egress only: packets whose DSCP was rewritten to the interface's
+        /// [`IfaceConfig::dscp`] (packets already carrying it cost no write and are not counted).
+        dscp_rewritten => DSCP_REWRITTEN,
+    }
 }
 
 impl Counters {
+    /// The counter named `name` (a field name), if there is one.
+    pub fn field(name: &str) -> Option<&'static CounterDef> {
+        Self::FIELDS.iter().find(|f| f.name == name)
+    }
+
     /// Every counter with its field name, in declaration order.
-    pub fn named(&self) -> [(&'static str, u64); 9] {
-        [
-            ("syn", self.syn),
-            ("mss_clamped", self.mss_clamped),
-            ("mss_ok", self.mss_ok),
-            ("no_clamp", self.no_clamp),
-            ("no_mss", self.no_mss),
-            ("unparseable", self.unparseable),
-            ("oversize_df", self.oversize_df),
-            ("reflected", self.reflected),
-            ("dscp_rewritten", self.dscp_rewritten),
-        ]
+    pub fn named(&self) -> [(&'static str, u64); Counters::COUNT] {
+        Self::FIELDS.map(|f| (f.name, (f.get)(self)))
     }
 
     /// `self - earlier`, field by field (wrapping): what moved between two readings.
     pub fn since(&self, earlier: &Self) -> Self {
-        Self {
-            syn: self.syn.wrapping_sub(earlier.syn),
-            mss_clamped: self.mss_clamped.wrapping_sub(earlier.mss_clamped),
-            mss_ok: self.mss_ok.wrapping_sub(earlier.mss_ok),
-            no_clamp: self.no_clamp.wrapping_sub(earlier.no_clamp),
-            no_mss: self.no_mss.wrapping_sub(earlier.no_mss),
-            unparseable: self.unparseable.wrapping_sub(earlier.unparseable),
-            oversize_df: self.oversize_df.wrapping_sub(earlier.oversize_df),
-            reflected: self.reflected.wrapping_sub(earlier.reflected),
-            dscp_rewritten: self.dscp_rewritten.wrapping_sub(earlier.dscp_rewritten),
+        let mut moved = Self::default();
+        for f in &Self::FIELDS {
+            *(f.get_mut)(&mut moved) = (f.get)(self).wrapping_sub((f.get)(earlier));
         }
+        moved
     }
 }
 
 impl core::ops::AddAssign for Counters {
     /// Adds every field (summing CPUs, or accumulating deltas).
     fn add_assign(&mut self, o: Self) {
-        self.syn += o.syn;
-        self.mss_clamped += o.mss_clamped;
-        self.mss_ok += o.mss_ok;
-        self.no_clamp += o.no_clamp;
-        self.no_mss += o.no_mss;
-        self.unparseable += o.unparseable;
-        self.oversize_df += o.oversize_df;
-        self.reflected += o.reflected;
-        self.dscp_rewritten += o.dscp_rewritten;
+        for f in &Self::FIELDS {
+            *(f.get_mut)(self) += (f.get)(&o);
+        }
     }
 }
 
@@ -503,52 +622,97 @@ pub struct ReflectEvent {
     pub quote: [u8; REFLECT_QUOTE],
 }
 
-#[cfg(feature = "user")]
-mod pod {
-    // SAFETY: each type is #[repr(C)], made only of integers and byte arrays, with no padding
-    // (checked by the size assertions below), so every bit pattern is valid.
-    unsafe impl aya::Pod for super::Counters {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::IfaceConfig {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::PathMtu {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::LearnedKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::LearnedDest {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Globals {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::LearnCacheEntry {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ProbeKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ProbeMark {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ReflectEvent {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::PeerIsn {}
+/// For each map type: asserts its size, the sum of its fields' (no implicit padding, whose bytes
+/// would have no defined value), and marks it plain old data for aya (agent side).
+macro_rules! plain_old_data {
+    ($($ty:ident = $size:expr,)*) => {
+        $(
+            const _: () = assert!(core::mem::size_of::<$ty>() == $size);
+            // SAFETY: the type is #[repr(C)], made only of integers and byte arrays, with no
+            // padding (the size assertion above), so every bit pattern is a valid value.
+            #[cfg(feature = "user")]
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
 }
 
-// No implicit padding anywhere: the sizes are the sums of the fields.
-const _: () = assert!(core::mem::size_of::<Counters>() == 72);
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 16);
-const _: () = assert!(core::mem::size_of::<PathMtu>() == 4);
-const _: () = assert!(core::mem::size_of::<LearnedKey>() == 20);
-const _: () = assert!(core::mem::size_of::<LearnedDest>() == 32);
-const _: () = assert!(core::mem::size_of::<Globals>() == 16);
-const _: () = assert!(core::mem::size_of::<ReflectEvent>() == 16 + REFLECT_QUOTE);
-const _: () = assert!(core::mem::size_of::<LearnCacheEntry>() == 32);
-const _: () = assert!(core::mem::size_of::<ProbeKey>() == 24);
-const _: () = assert!(core::mem::size_of::<ProbeMark>() == 4);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
-const _: () = assert!(core::mem::size_of::<PeerIsn>() == 32);
+plain_old_data! {
+    Counters = 72,
+    IfaceConfig = 16,
+    PathMtu = 4,
+    LearnedKey = 20,
+    LearnedDest = 32,
+    Globals = 16,
+    ReflectEvent = 16 + REFLECT_QUOTE,
+    LearnCacheEntry = 32,
+    ProbeKey = 24,
+    ProbeMark = 4,
+    FlowKey = 24,
+    PeerIsn = 32,
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each entry of the counter table reads and writes its own field, the fields fill the
+    /// struct, names are unique, and a family shared by several counters tells them apart by a
+    /// label value (and only such a family has one).
+    #[test]
+    fn the_counter_table_is_consistent() {
+        assert_eq!(Counters::COUNT * 8, core::mem::size_of::<Counters>());
+        let mut c = Counters::default();
+        for (i, f) in Counters::FIELDS.iter().enumerate() {
+            *(f.get_mut)(&mut c) = i as u64 + 1;
+        }
+        for (i, (f, (name, value))) in Counters::FIELDS.iter().zip(c.named()).enumerate() {
+            assert_eq!((f.get)(&c), i as u64 + 1, "{}", f.name);
+            assert_eq!((name, value), (f.name, i as u64 + 1));
+            let found = Counters::field(f.name).unwrap();
+            assert_eq!((found.get)(&c), i as u64 + 1, "{}", f.name);
+            assert!(!f.doc.is_empty(), "{} has no doc", f.name);
+            assert_eq!(
+                f.metric.label.is_some(),
+                f.label_value.is_some(),
+                "{}",
+                f.name
+            );
+        }
+        assert_eq!(c.mss_ok, 3);
+        assert_eq!(
+            Counters::field("mss_ok").unwrap().label_value,
+            Some("already_low")
+        );
+        assert!(Counters::field("already_low").is_none());
+        // Both sides of each pair of counters sharing a family have a label value.
+        for a in &Counters::FIELDS {
+            for b in &Counters::FIELDS {
+                if a.name != b.name && a.metric.name == b.metric.name {
+                    assert_ne!(a.label_value, b.label_value, "{} {}", a.name, b.name);
+                    assert_eq!(a.metric, b.metric);
+                }
+            }
+        }
+    }
+
+    /// `since` and `+=` work field by field: what moved, added back, is the later reading.
+    #[test]
+    fn since_and_add_assign_are_inverse() {
+        let mut earlier = Counters::default();
+        let mut later = Counters::default();
+        for (i, f) in Counters::FIELDS.iter().enumerate() {
+            *(f.get_mut)(&mut earlier) = 10 * i as u64;
+            *(f.get_mut)(&mut later) = 100 + 7 * i as u64;
+        }
+        let moved = later.since(&earlier);
+        assert_eq!(moved.syn, 100);
+        assert_eq!(moved.dscp_rewritten, 100 + 56 - 80);
+        let mut sum = earlier;
+        sum += moved;
+        assert_eq!(sum, later);
+        // Wrapping: a counter that went backwards (a slot zeroed for reuse) does not panic.
+        assert_eq!(earlier.since(&later).syn, 0u64.wrapping_sub(100));
+    }
 
     /// The datapath builds an IPv4 peer with `peer_v4` from the loaded address word; the agent
     /// and the tests build peers from address bytes with `peer_words`: both must agree, and
