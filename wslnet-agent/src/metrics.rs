@@ -98,6 +98,9 @@ pub struct Metrics {
     /// `wslnet_unreachable_destinations`: destinations kept measured whose latest search got
     /// no answer at all (each waits ever longer before the next).
     pub unreachable: IntGauge,
+    /// `wslnet_pending_destinations`: learned destinations waiting for the search budget
+    /// (`probe.searches_per_minute`); admitted most recently seen first.
+    pub pending: IntGauge,
     last: Mutex<HashMap<(u32, u32, u32), Counters>>,
 }
 
@@ -272,6 +275,11 @@ impl Metrics {
                 &r,
                 "wslnet_unreachable_destinations",
                 "Destinations kept measured whose latest search got no answer at all.",
+            )?,
+            pending: gauge(
+                &r,
+                "wslnet_pending_destinations",
+                "Learned destinations waiting for the search budget, admitted most recently seen first.",
             )?,
             registry: r,
             last: Mutex::new(HashMap::new()),

@@ -315,7 +315,13 @@ struct Manager {
     /// The destination of every running job, by task: a job that panics yields only its id.
     job_dests: HashMap<tokio::task::Id, IpAddr>,
     /// Searches of learned destinations started in the current minute.
-    window: (Instant, u32),
+    /// New searches allowed ([`SearchBudget`], `searches_per_minute`).
+    budget: SearchBudget,
+    /// Learned destinations waiting for the budget, by address: admitted most recently seen
+    /// first ([`Manager::admit`]), so a burst of SYNs to many addresses (one process's scan or
+    /// flood) cannot keep a destination a user just connected to waiting; at most
+    /// `max_destinations` wait (the least recently seen goes).
+    pending: HashMap<IpAddr, crate::maps::Learned>,
     /// Finds stalled local connections; `None` while a scan runs or when symptoms are off.
     watcher: Option<Watcher>,
     /// Sends the errors that tell peers their segments are too big; `None` when reflection is
@@ -325,6 +331,7 @@ struct Manager {
 
 impl Manager {
     fn new(shared: Arc<Shared>, settings: Settings) -> Self {
+        let per_minute = settings.searches_per_minute;
         let mut m = Self {
             tcp_hook: prober::ProbeHook(Arc::new(ExemptProbes(shared.clone()))),
             shared,
@@ -332,7 +339,8 @@ impl Manager {
             dests: HashMap::new(),
             jobs: JoinSet::new(),
             job_dests: HashMap::new(),
-            window: (Instant::now(), 0),
+            budget: SearchBudget::new(per_minute),
+            pending: HashMap::new(),
             watcher: None,
             peer_errors: None,
         };
@@ -425,7 +433,10 @@ impl Manager {
                     }
                     self.start_due_jobs();
                 }
-                _ = rescan.tick(), if self.settings.learn => self.learn(),
+                _ = rescan.tick(), if self.settings.learn => {
+                    self.learn();
+                    self.start_due_jobs();
+                }
                 _ = symptom_scan.tick(), if self.watcher.is_some() => {
                     self.scan_symptoms().await;
                     self.start_due_jobs();
@@ -490,8 +501,8 @@ impl Manager {
         }
     }
 
-    /// Takes note of a destination of outgoing connections: refreshes a known one; starts
-    /// measuring a new one, within the per-minute budget and the bound.
+    /// Takes note of a destination of outgoing connections: refreshes a known one; a new one
+    /// waits in `pending` for [`Manager::admit`].
     fn consider(&mut self, l: crate::maps::Learned) {
         if let Some(d) = self.dests.get_mut(&l.addr) {
             d.ifindex = Some(l.ifindex);
@@ -502,19 +513,48 @@ impl Manager {
         if !probe_worthy(l.addr) {
             return;
         }
-        let now = Instant::now();
-        if now.duration_since(self.window.0) >= Duration::from_secs(60) {
-            self.window = (now, 0);
+        if !self.pending.contains_key(&l.addr)
+            && self.pending.len() >= self.settings.max_destinations
+        {
+            let oldest = self
+                .pending
+                .values()
+                .min_by_key(|p| p.last_seen_jiffies)
+                .copied();
+            match oldest {
+                Some(o) if o.last_seen_jiffies < l.last_seen_jiffies => {
+                    self.pending.remove(&o.addr);
+                }
+                _ => return,
+            }
         }
-        if self.window.1 >= self.settings.searches_per_minute {
-            return;
+        self.pending.insert(l.addr, l);
+    }
+
+    /// Starts measuring waiting destinations, most recently seen first, as far as the search
+    /// budget allows (`searches_per_minute`, a burst of as many at once, then one every
+    /// `60 / searches_per_minute` s).
+    fn admit(&mut self) {
+        while !self.pending.is_empty() && self.budget.take(self.settings.searches_per_minute) {
+            let newest = self
+                .pending
+                .values()
+                .max_by_key(|p| p.last_seen_jiffies)
+                .copied()
+                .expect("not empty");
+            self.pending.remove(&newest.addr);
+            self.evict_if_full();
+            self.dests.insert(
+                newest.addr,
+                Dest::new(
+                    false,
+                    Some(newest.ifindex),
+                    newest.last_seen_jiffies,
+                    newest.port,
+                ),
+            );
         }
-        self.evict_if_full();
-        self.window.1 += 1;
-        self.dests.insert(
-            l.addr,
-            Dest::new(false, Some(l.ifindex), l.last_seen_jiffies, l.port),
-        );
+        self.shared.metrics.pending.set(self.pending.len() as i64);
     }
 
     /// Drops the least recently used learned destination when the bound is reached.
@@ -638,13 +678,22 @@ impl Manager {
     }
 
     fn start_due_jobs(&mut self) {
+        self.admit();
         let now = Instant::now();
-        let due: Vec<IpAddr> = self
+        let mut due: Vec<(&IpAddr, &Dest)> = self
             .dests
             .iter()
             .filter(|(_, d)| d.due.is_some_and(|t| t <= now))
-            .map(|(a, _)| *a)
             .collect();
+        // Configured targets and symptoms first, then the most recently used destinations:
+        // many due at once (a burst of new ones) must not hold up one a user just connected to.
+        due.sort_by_key(|(_, d)| {
+            (
+                std::cmp::Reverse(d.configured || d.symptom),
+                std::cmp::Reverse(d.last_syn_jiffies),
+            )
+        });
+        let due: Vec<IpAddr> = due.into_iter().map(|(a, _)| *a).collect();
         for addr in due {
             if self.jobs.len() >= MAX_CONCURRENT {
                 break;
@@ -907,6 +956,39 @@ fn unreachable_wait(recheck: Duration, streak: u32) -> Duration {
     recheck
         .saturating_mul(1 << doublings)
         .min(MAX_UNREACHABLE_WAIT.max(recheck))
+}
+
+/// The budget for new searches: a token bucket of `per_minute` tokens that refills at
+/// `per_minute` a minute. Unlike a fixed window, a burst that empties it delays the next
+/// destination by one refill (`60 / per_minute` s), not until the minute is over.
+struct SearchBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl SearchBudget {
+    /// A full bucket.
+    fn new(per_minute: u32) -> Self {
+        Self {
+            tokens: f64::from(per_minute),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one (`per_minute` as configured now).
+    fn take(&mut self, per_minute: u32) -> bool {
+        let cap = f64::from(per_minute);
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * cap / 60.0).min(cap);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Addresses worth probing: unicast destinations that can be beyond a router. Not loopback,

@@ -1,0 +1,67 @@
+//! A burst of SYNs to many addresses (a scan, or one process's flood of connects) uses the
+//! search budget up, but cannot keep a destination a user connects to afterwards waiting: new
+//! destinations are admitted most recently seen first as the budget refills, and due searches
+//! start most recently used first.
+
+use std::{net::IpAddr, time::Duration};
+
+use wslnet_tests::{
+    agent::{Agent, sample},
+    lab::{Lab, SRV_V4},
+    netns::{Bpffs, require_root},
+};
+
+/// The lab's bottleneck (bytes).
+const BOTTLENECK: u16 = 1372;
+/// Addresses the flood connects to (10.200.0.0/16, which nothing answers).
+const FLOOD: u32 = 1500;
+
+#[test]
+fn a_flood_of_new_destinations_does_not_hold_up_the_next_one() {
+    require_root();
+    let lab = Lab::new(BOTTLENECK).unwrap();
+    let fs = Bpffs::new().unwrap();
+    // 10.200.0.0/16 leads nowhere: `vpn` drops it, so each flood address is a silent search.
+    lab.vpn.sh("ip route add blackhole 10.200.0.0/16").unwrap();
+    let agent = Agent::start(
+        &lab.wsl,
+        &fs,
+        &["--iface", "eth0", "--recheck-interval", "3600"],
+    )
+    .unwrap();
+    // One SYN to each of FLOOD addresses, as fast as Python can connect.
+    lab.wsl
+        .sh(&format!(
+            "python3 -c '
+import socket
+for i in range({FLOOD}):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((\"10.200.%d.%d\" % (i // 250, i % 250 + 1), 443))
+    s.close()
+'"
+        ))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // Then the user's connection (its SYN is what the datapath learns).
+    lab.wsl
+        .sh(&format!(
+            "python3 -c 'import socket; socket.create_connection((\"{SRV_V4}\", 9), 1)' || true"
+        ))
+        .unwrap();
+    // The flood took the whole burst of `probe.searches_per_minute` (60). The old fixed window
+    // (first come, first served) kept this one waiting until the minute was over.
+    agent
+        .wait_for_clamp(
+            IpAddr::V4(SRV_V4),
+            BOTTLENECK.into(),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    let metrics = agent.metrics().unwrap();
+    let pending = sample(&metrics, "wslnet_pending_destinations", &[]).unwrap();
+    assert!(
+        pending > 0.0,
+        "the flood's addresses wait for the budget: {pending}"
+    );
+}
