@@ -12,15 +12,25 @@
 //! - [`rescue`]: what a reflected oversize packet costs the datapath; first SYN to measured
 //!   clamp; a path that shrinks unseen to its first symptom and new clamp, a download across it.
 //!
+//! Each section returns its struct of [`results`], the document written to results.json;
+//! [`report`] renders RESULTS.md from it (`--report-only`: from the results.json on disk).
+//!
 //! Nothing here asserts on timing: figures are reported, with the targets they are compared
 //! to. Everything runs in namespaces and a private bpffs created (and removed) by the bench.
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
+use clap::ValueEnum as _;
+use serde::de::DeserializeOwned;
 
 use crate::support::{cargo, require_root, step, target_dir, workspace_root};
+
+use self::results::{LoadAverage, Machine, Results};
 
 mod bpf;
 mod convergence;
@@ -28,6 +38,7 @@ mod footprint;
 mod perpacket;
 mod report;
 mod rescue;
+mod results;
 mod stats;
 mod throughput;
 
@@ -37,10 +48,9 @@ pub struct BenchArgs {
     /// Fewer rounds and shorter runs (about 3 minutes instead of about 10).
     #[arg(long)]
     pub quick: bool,
-    /// Run only these sections (repeatable): per-packet, throughput, convergence, footprint,
-    /// rescue.
+    /// Run only these sections (repeatable).
     #[arg(long = "only", value_name = "SECTION")]
-    pub only: Vec<String>,
+    pub only: Vec<Section>,
     /// Directory for results.json and RESULTS.md [default: bench/ in the workspace].
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
@@ -49,37 +59,72 @@ pub struct BenchArgs {
     pub report_only: bool,
 }
 
-/// The sections, in the order they run.
-const SECTIONS: [&str; 5] = [
-    "per-packet",
-    "throughput",
-    "convergence",
-    "footprint",
-    "rescue",
-];
+/// A section of the bench; they run in this order.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Datapath ns/packet under BPF_PROG_TEST_RUN.
+    PerPacket,
+    /// iperf3 and connection rate over veth, against nftables.
+    Throughput,
+    /// Probe convergence in the black-hole lab.
+    Convergence,
+    /// Agent RSS and CPU.
+    Footprint,
+    /// Reflection cost, first contact, a path that shrinks under a download.
+    Rescue,
+}
 
-fn wants(args: &BenchArgs, section: &str) -> bool {
-    args.only.is_empty() || args.only.iter().any(|s| s == section)
+impl Section {
+    /// What the bench says when it starts the section.
+    fn title(self) -> &'static str {
+        match self {
+            Section::PerPacket => "bench: per-packet cost (BPF_PROG_TEST_RUN)",
+            Section::Throughput => {
+                "bench: throughput and connection rate over veth (iperf3, TCP connect loop)"
+            }
+            Section::Convergence => "bench: probe convergence in the black-hole lab",
+            Section::Footprint => "bench: agent footprint (RSS, CPU)",
+            Section::Rescue => {
+                "bench: reaction and rescue (reflection cost, first contact, a shrink under a download)"
+            }
+        }
+    }
+}
+
+/// How much a section measures: its settings for `--quick` and for the full run.
+trait Amount: Sized {
+    /// For `--quick`.
+    fn quick() -> Self;
+    /// The full run.
+    fn full() -> Self;
+    /// The one `args` asks for.
+    fn of(args: &BenchArgs) -> Self {
+        if args.quick {
+            Self::quick()
+        } else {
+            Self::full()
+        }
+    }
+}
+
+/// Writes `text` to `path`.
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs the benchmarks and writes the results.
 pub fn run(args: BenchArgs) -> Result<()> {
     require_root("the benchmarks load BPF programs and create network namespaces")?;
-    for s in &args.only {
-        if !SECTIONS.contains(&s.as_str()) {
-            bail!("unknown section {s:?} ({})", SECTIONS.join(", "));
-        }
-    }
     let root = workspace_root();
     let out_dir = args.out_dir.clone().unwrap_or_else(|| root.join("bench"));
+    let json_path = out_dir.join("results.json");
+    let md_path = out_dir.join("RESULTS.md");
     if args.report_only {
-        let json_path = out_dir.join("results.json");
         let text = std::fs::read_to_string(&json_path)
             .with_context(|| format!("reading {}", json_path.display()))?;
-        let results: Value = serde_json::from_str(&text).context("parsing results.json")?;
-        let md_path = out_dir.join("RESULTS.md");
-        std::fs::write(&md_path, report::markdown(&results))
-            .with_context(|| format!("writing {}", md_path.display()))?;
+        let results: Results = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", json_path.display()))?;
+        write(&md_path, &report::markdown(&results))?;
         println!("wrote {}", md_path.display());
         return Ok(());
     }
@@ -91,75 +136,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
     check_tools()?;
 
     let started = Instant::now();
-    let mut results = json!({
-        "schema": 1,
-        "quick": args.quick,
-        "machine": machine_info(),
-        "started_utc": sh_out("date -u +%Y-%m-%dT%H:%M:%SZ"),
-        "agent_binary": agent.display().to_string(),
-    });
-    let load_before = sh_out("cat /proc/loadavg");
-    if wants(&args, "per-packet") {
-        step("bench: per-packet cost (BPF_PROG_TEST_RUN)");
-        results["per_packet"] = perpacket::run(if args.quick {
-            perpacket::Settings {
-                repeat: 1_000_000,
-                rounds: 5,
-                single_samples: 5_000,
+    let mut results = Results {
+        schema: 1,
+        quick: args.quick,
+        machine: machine_info(),
+        started_utc: sh_out("date -u +%Y-%m-%dT%H:%M:%SZ"),
+        agent_binary: agent.display().to_string(),
+        load_average: LoadAverage {
+            before: sh_out("cat /proc/loadavg"),
+            after: String::new(),
+        },
+        seconds: f64::NAN,
+        per_packet: None,
+        throughput: None,
+        convergence: None,
+        footprint: None,
+        rescue: None,
+    };
+    for &section in Section::value_variants() {
+        if !args.only.is_empty() && !args.only.contains(&section) {
+            continue;
+        }
+        step(section.title());
+        match section {
+            Section::PerPacket => results.per_packet = Some(perpacket::run(Amount::of(&args))?),
+            Section::Throughput => results.throughput = Some(throughput::run(Amount::of(&args))?),
+            Section::Convergence => {
+                results.convergence = Some(convergence::run(Amount::of(&args))?)
             }
-        } else {
-            perpacket::Settings {
-                repeat: 1_000_000,
-                // The host's speed drifts by 10-20% within minutes: the median of many short
-                // interleaved rounds follows it better than a few long ones.
-                rounds: 51,
-                single_samples: 20_000,
-            }
-        })?;
+            Section::Footprint => results.footprint = Some(footprint::run(Amount::of(&args))?),
+            Section::Rescue => results.rescue = Some(rescue::run(Amount::of(&args))?),
+        }
     }
-    if wants(&args, "throughput") {
-        step("bench: throughput and connection rate over veth (iperf3, TCP connect loop)");
-        results["throughput"] = throughput::run(if args.quick {
-            throughput::Settings::quick()
-        } else {
-            throughput::Settings::full()
-        })?;
-    }
-    if wants(&args, "convergence") {
-        step("bench: probe convergence in the black-hole lab");
-        results["convergence"] = convergence::run(if args.quick {
-            convergence::Settings::quick()
-        } else {
-            convergence::Settings::full()
-        })?;
-    }
-    if wants(&args, "footprint") {
-        step("bench: agent footprint (RSS, CPU)");
-        results["footprint"] = footprint::run(if args.quick {
-            footprint::Settings::quick()
-        } else {
-            footprint::Settings::full()
-        })?;
-    }
-    if wants(&args, "rescue") {
-        step(
-            "bench: reaction and rescue (reflection cost, first contact, a shrink under a download)",
-        );
-        results["rescue"] = rescue::run(if args.quick {
-            rescue::Settings::quick()
-        } else {
-            rescue::Settings::full()
-        })?;
-    }
-    results["load_average"] = json!({"before": load_before, "after": sh_out("cat /proc/loadavg")});
-    results["seconds"] = stats::round(started.elapsed().as_secs_f64(), 1).into();
+    results.load_average.after = sh_out("cat /proc/loadavg");
+    results.seconds = stats::round(started.elapsed().as_secs_f64(), 1);
 
-    let json_path = out_dir.join("results.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
-        .with_context(|| format!("writing {}", json_path.display()))?;
+    // Through a Value, whose map sorts the keys: results.json has always had them sorted.
+    let doc = serde_json::to_value(&results).context("serialising the results")?;
+    write(&json_path, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
     let md = report::markdown(&results);
-    let md_path = out_dir.join("RESULTS.md");
-    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    write(&md_path, &md)?;
     println!("{md}");
     println!("wrote {} and {}", json_path.display(), md_path.display());
     Ok(())
@@ -195,17 +211,29 @@ pub(crate) fn sh_out(script: &str) -> String {
         .unwrap_or_default()
 }
 
-fn machine_info() -> Value {
-    json!({
-        "kernel": sh_out("uname -r"),
-        "kernel_version": sh_out("uname -v"),
-        "cpu": sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
-        "cpus": sh_out("nproc"),
-        "memory": sh_out("grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2-"),
-        "iperf3": sh_out("iperf3 --version | head -1"),
-        "nft": sh_out("nft --version"),
-        "rustc": sh_out("rustc --version"),
+/// The JSON a command printed on its stdout, read as `T`; the error names the command (`what`)
+/// with its exit status and stderr.
+pub(crate) fn stdout_json<T: DeserializeOwned>(out: &Output, what: &str) -> Result<T> {
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{what} printed no JSON the bench reads ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
+}
+
+fn machine_info() -> Machine {
+    Machine {
+        kernel: sh_out("uname -r"),
+        kernel_version: sh_out("uname -v"),
+        cpu: sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
+        cpus: sh_out("nproc"),
+        memory: sh_out("grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2-"),
+        iperf3: sh_out("iperf3 --version | head -1"),
+        nft: sh_out("nft --version"),
+        rustc: sh_out("rustc --version"),
+    }
 }
 
 /// The CPU the measurements are pinned to (the per-packet runs, all throughput traffic): the

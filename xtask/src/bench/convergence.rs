@@ -17,14 +17,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
+use serde::Deserialize;
 use wslnet_tests::{
     agent::Agent,
     lab::{Lab, LabConfig, SRV_V4},
     netns::{Bpffs, agent_bin, wait_until},
 };
 
-use super::stats::{Summary, round};
+use super::{
+    results::{AgentSearch, Convergence, Download, Search},
+    stats::{Summary, round},
+};
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -41,9 +44,8 @@ pub struct Settings {
     pub download_timeout: u32,
 }
 
-impl Settings {
-    /// For `--quick`.
-    pub fn quick() -> Self {
+impl super::Amount for Settings {
+    fn quick() -> Self {
         Self {
             repeats: 1,
             bottlenecks: vec![1372, 1000, 1500],
@@ -53,8 +55,7 @@ impl Settings {
         }
     }
 
-    /// The full run.
-    pub fn full() -> Self {
+    fn full() -> Self {
         Self {
             repeats: 3,
             bottlenecks: vec![1372, 1000, 1500],
@@ -69,8 +70,21 @@ const HTTP_PORT: u16 = 8080;
 const FILE: &str = "d256k.bin";
 const FILE_SIZE: usize = 256 * 1024;
 
-/// One `wslnet-agent probe` in `wsl`.
-fn probe(lab: &Lab) -> Result<(Value, f64)> {
+/// What the bench reads of `wslnet-agent probe --json`'s report (absent: no figure).
+#[derive(Deserialize)]
+struct ProbeReport {
+    /// Path MTU found, bytes (null: unreachable).
+    mtu: Option<u64>,
+    /// Duration of the search, ms.
+    elapsed_ms: Option<f64>,
+    /// Rounds of probes sent.
+    rounds: Option<f64>,
+    /// Probe packets sent.
+    probes_sent: Option<f64>,
+}
+
+/// One `wslnet-agent probe` in `wsl`, and its wall time in ms.
+fn probe(lab: &Lab) -> Result<(ProbeReport, f64)> {
     let started = Instant::now();
     let out = Command::new("ip")
         .args(["netns", "exec", lab.wsl.name()])
@@ -79,14 +93,7 @@ fn probe(lab: &Lab) -> Result<(Value, f64)> {
         .output()
         .context("running wslnet-agent probe")?;
     let wall = started.elapsed().as_secs_f64() * 1000.0;
-    let report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "probe printed no JSON ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    Ok((report, wall))
+    Ok((super::stdout_json(&out, "wslnet-agent probe")?, wall))
 }
 
 /// One download of the 256 KB file from `srv`; (completed, seconds, bytes). `srv`'s cached
@@ -118,19 +125,20 @@ fn set_probing(lab: &Lab, wsl: bool, srv: bool) -> Result<()> {
     Ok(())
 }
 
-fn download_json(what: &str, rtt: u32, r: (bool, f64, u64), timeout: u32) -> Value {
-    json!({
-        "case": what,
-        "rtt_ms": rtt,
-        "completed": r.0,
-        "seconds": if r.0 { round(r.1, 3).into() } else { Value::Null },
-        "bytes": r.2,
-        "timeout_s": timeout,
-    })
+fn download_result(what: &str, rtt: u32, r: (bool, f64, u64), timeout: u32) -> Download {
+    Download {
+        case: what.into(),
+        rtt_ms: rtt,
+        completed: r.0,
+        seconds: r.0.then(|| round(r.1, 3)),
+        bytes: r.2,
+        timeout_s: timeout,
+        agent: None,
+    }
 }
 
-/// Measures everything; returns the JSON section `convergence`.
-pub fn run(s: Settings) -> Result<Value> {
+/// Measures everything; returns the section `convergence`.
+pub fn run(s: Settings) -> Result<Convergence> {
     let started = Instant::now();
     let lab = Lab::with(LabConfig {
         bottleneck: 1372,
@@ -148,27 +156,27 @@ pub fn run(s: Settings) -> Result<Value> {
             let mut found = Vec::new();
             for _ in 0..s.repeats {
                 let (r, wall) = probe(&lab)?;
-                elapsed.push(r["elapsed_ms"].as_f64().unwrap_or(f64::NAN));
+                elapsed.push(r.elapsed_ms.unwrap_or(f64::NAN));
                 walls.push(wall);
-                rounds.push(r["rounds"].as_f64().unwrap_or(f64::NAN));
-                probes.push(r["probes_sent"].as_f64().unwrap_or(f64::NAN));
-                found.push(r["mtu"].as_u64());
+                rounds.push(r.rounds.unwrap_or(f64::NAN));
+                probes.push(r.probes_sent.unwrap_or(f64::NAN));
+                found.push(r.mtu);
             }
             let exact = found.iter().all(|m| *m == Some(u64::from(mtu)));
             eprintln!(
                 "  bottleneck {mtu}, RTT {rtt} ms: found {found:?}, {:.0} ms",
                 Summary::of(&elapsed).median
             );
-            searches.push(json!({
-                "bottleneck": mtu,
-                "rtt_ms": rtt,
-                "found": found,
-                "exact": exact,
-                "elapsed_ms": Summary::of(&elapsed).json(1),
-                "wall_ms": Summary::of(&walls).json(1),
-                "rounds": Summary::of(&rounds).json(1),
-                "probes": Summary::of(&probes).json(1),
-            }));
+            searches.push(Search {
+                bottleneck: mtu,
+                rtt_ms: rtt,
+                found,
+                exact,
+                elapsed_ms: Summary::of(&elapsed).rounded(1),
+                wall_ms: Summary::of(&walls).rounded(1),
+                rounds: Summary::of(&rounds).rounded(1),
+                probes: Summary::of(&probes).rounded(1),
+            });
         }
     }
 
@@ -188,7 +196,7 @@ pub fn run(s: Settings) -> Result<Value> {
     lab.set_delay(20)?;
     let r = download(&lab, t)?;
     eprintln!("  tcp_mtu_probing=1 in wsl only: {r:?}");
-    anchor.push(download_json(
+    anchor.push(download_result(
         "Linux tcp_mtu_probing=1 in wsl only (client; the server sends)",
         20,
         r,
@@ -199,7 +207,7 @@ pub fn run(s: Settings) -> Result<Value> {
         set_probing(&lab, true, true)?;
         let r = download(&lab, t)?;
         eprintln!("  tcp_mtu_probing=1 in wsl and srv, RTT {rtt} ms: {r:?}");
-        anchor.push(download_json(
+        anchor.push(download_result(
             "Linux tcp_mtu_probing=1 in wsl and srv (the sender probes)",
             rtt,
             r,
@@ -228,22 +236,25 @@ pub fn run(s: Settings) -> Result<Value> {
     let to_clamp_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let r = download(&lab, t)?;
     eprintln!("  wslnet (clamp {clamped:?} after {to_clamp_ms:.0} ms): {r:?}");
-    let mut w = download_json(
-        "wslnet agent in wsl (run --target srv), after its search",
-        20,
-        r,
-        t,
-    );
-    w["clamp_mtu"] = clamped.ok().into();
-    w["agent_start_to_clamp_ms"] = round(to_clamp_ms, 1).into();
-    anchor.push(w);
+    anchor.push(Download {
+        agent: Some(AgentSearch {
+            clamp_mtu: clamped.ok(),
+            agent_start_to_clamp_ms: round(to_clamp_ms, 1),
+        }),
+        ..download_result(
+            "wslnet agent in wsl (run --target srv), after its search",
+            20,
+            r,
+            t,
+        )
+    });
     drop(agent);
     drop(fs);
     // Control: ICMP errors allowed, no probing, no wslnet: PMTUD works in this lab.
     lab.drop_icmp_errors(false)?;
     let r = download(&lab, t)?;
     eprintln!("  control with ICMP allowed: {r:?}");
-    anchor.push(download_json(
+    anchor.push(download_result(
         "control: ICMP errors allowed (PMTUD works), no probing, no wslnet",
         20,
         r,
@@ -251,11 +262,11 @@ pub fn run(s: Settings) -> Result<Value> {
     ));
     lab.drop_icmp_errors(true)?;
 
-    Ok(json!({
-        "method": "wslnet-agent probe SRV --json in the black-hole lab (TAP wire with added delay; ICMP frag-needed dropped); default prober settings (ICMP echo, 1000 ms round timeout)",
-        "repeats": s.repeats,
-        "searches": searches,
-        "download_256k": anchor,
-        "seconds": round(started.elapsed().as_secs_f64(), 1),
-    }))
+    Ok(Convergence {
+        method: "wslnet-agent probe SRV --json in the black-hole lab (TAP wire with added delay; ICMP frag-needed dropped); default prober settings (ICMP echo, 1000 ms round timeout)".into(),
+        repeats: s.repeats,
+        searches,
+        download_256k: Some(anchor),
+        seconds: round(started.elapsed().as_secs_f64(), 1),
+    })
 }

@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
 use wslnet_agent::maps::{Maps, learned_key};
 use wslnet_common::LearnedDest;
 use wslnet_tests::{
@@ -24,7 +23,10 @@ use wslnet_tests::{
     netns::Bpffs,
 };
 
-use super::stats::{Summary, round};
+use super::{
+    results::{Footprint, Window},
+    stats::{Summary, round},
+};
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -35,17 +37,15 @@ pub struct Settings {
     pub learned: u32,
 }
 
-impl Settings {
-    /// For `--quick`.
-    pub fn quick() -> Self {
+impl super::Amount for Settings {
+    fn quick() -> Self {
         Self {
             window_secs: 15,
             learned: 10_000,
         }
     }
 
-    /// The full run.
-    pub fn full() -> Self {
+    fn full() -> Self {
         Self {
             window_secs: 60,
             learned: 10_000,
@@ -92,7 +92,7 @@ fn status_field(pid: u32, name: &str) -> Result<u64> {
 }
 
 /// Measures one window: CPU % of one core, RSS summary (MB), peak RSS (MB).
-fn window(pid: u32, secs: u64) -> Result<Value> {
+fn window(pid: u32, secs: u64) -> Result<Window> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let t0 = Instant::now();
@@ -107,20 +107,20 @@ fn window(pid: u32, secs: u64) -> Result<Value> {
     let n1 = cpu_ns(pid);
     let wall = t0.elapsed().as_secs_f64();
     let cpu_pct = (c1 - c0) as f64 / hz / wall * 100.0;
-    Ok(json!({
-        "seconds": round(wall, 1),
-        "cpu_percent_of_one_core": round(cpu_pct, 3),
-        "cpu_ticks": c1 - c0,
-        "cpu_percent_schedstat": round(n1.saturating_sub(n0) as f64 / 1e9 / wall * 100.0, 3),
-        "clock_ticks_per_s": hz,
-        "rss_mb": Summary::of(&rss).json(2),
-        "peak_rss_mb": round(status_field(pid, "VmHWM")? as f64 / 1024.0, 2),
-        "threads": status_field(pid, "Threads")?,
-    }))
+    Ok(Window {
+        seconds: round(wall, 1),
+        cpu_percent_of_one_core: round(cpu_pct, 3),
+        cpu_ticks: c1 - c0,
+        cpu_percent_schedstat: round(n1.saturating_sub(n0) as f64 / 1e9 / wall * 100.0, 3),
+        clock_ticks_per_s: hz,
+        rss_mb: Summary::of(&rss).rounded(2),
+        peak_rss_mb: round(status_field(pid, "VmHWM")? as f64 / 1024.0, 2),
+        threads: status_field(pid, "Threads")?,
+    })
 }
 
-/// Measures everything; returns the JSON section `footprint`.
-pub fn run(s: Settings) -> Result<Value> {
+/// Measures everything; returns the section `footprint`.
+pub fn run(s: Settings) -> Result<Footprint> {
     let started = Instant::now();
     let pair = Pair::new()?;
     let fs = Bpffs::new()?;
@@ -164,12 +164,12 @@ pub fn run(s: Settings) -> Result<Value> {
     drop(maps);
     drop(agent);
     drop(fs);
-    Ok(json!({
-        "method": "wslnet-agent run --iface eth0 (release build, default settings) in a namespace; CPU = utime+stime over the window; RSS sampled every second",
-        "idle": idle,
-        "learned_destinations": in_map,
-        "with_learned": loaded,
-        "agent_log_lines": log_lines,
-        "seconds": round(started.elapsed().as_secs_f64(), 1),
-    }))
+    Ok(Footprint {
+        method: "wslnet-agent run --iface eth0 (release build, default settings) in a namespace; CPU = utime+stime over the window; RSS sampled every second".into(),
+        idle,
+        learned_destinations: in_map,
+        with_learned: loaded,
+        agent_log_lines: log_lines,
+        seconds: round(started.elapsed().as_secs_f64(), 1),
+    })
 }

@@ -22,6 +22,7 @@
 //! figure measures the path its label names.
 
 use std::{
+    collections::BTreeMap,
     os::fd::{AsFd, BorrowedFd},
     time::Instant,
 };
@@ -29,7 +30,6 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::SchedClassifier;
 use ipnet::IpNet;
-use serde_json::{Value, json};
 use wslnet_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
     LearnCacheEntry, Peer, map_names, origin, peer_cache_slot, peer_words, program_names,
@@ -41,6 +41,9 @@ use wslnet_tests::{
 
 use super::{
     bpf,
+    results::{
+        Direction, DscpCost, LearnWriteCost, PacketCase, PerPacket, RepeatCost, RewriteCost,
+    },
     stats::{Summary, round},
 };
 
@@ -69,6 +72,26 @@ pub struct Settings {
     pub rounds: usize,
     /// Calls per case in the single-shot method.
     pub single_samples: usize,
+}
+
+impl super::Amount for Settings {
+    fn quick() -> Self {
+        Self {
+            rounds: 5,
+            single_samples: 5_000,
+            ..Self::full()
+        }
+    }
+
+    fn full() -> Self {
+        Self {
+            repeat: 1_000_000,
+            // The host's speed drifts by 10-20% within minutes: the median of many short
+            // interleaved rounds follows it better than a few long ones.
+            rounds: 51,
+            single_samples: 20_000,
+        }
+    }
 }
 
 /// One packet the datapath is measured on.
@@ -275,7 +298,7 @@ fn cases() -> Vec<Case> {
 /// first run rewrites it and the rest find DSCP 0 already: the check alone), interleaved with
 /// the empty program; and the rewrite itself, single runs of the marked datagram alternating
 /// with its rewritten twin (paired, cold: each run pays the syscall's cache misses).
-fn dscp_cost(s: Settings, empty: &std::os::fd::OwnedFd, off: &Datapath) -> Result<Value> {
+fn dscp_cost(s: Settings, empty: &std::os::fd::OwnedFd, off: &Datapath) -> Result<DscpCost> {
     let on = Datapath::load_with_dscp(wslnet_common::DSCP_SET)?;
     let mut marked = p::Ipv4::new(p::addr::LOCAL4, p::addr::REMOTE4, p::PROTO_UDP)
         .packet(&p::udp(40000, 443, &[0; 1372]));
@@ -313,13 +336,13 @@ fn dscp_cost(s: Settings, empty: &std::os::fd::OwnedFd, off: &Datapath) -> Resul
         let fits = bpf::test_run(on.prog(false)?, &twin, 0, 1)?.ns as f64;
         extra.push(rw - fits);
     }
-    Ok(json!({
-        "label": "UDP 1400 B, IPv4, DF, marked af21 + ECT(0) (egress)",
-        "floor_ns": Summary::of(&floors).json(1),
-        "off_over_floor_ns": Summary::of(&off_over).json(1),
-        "on_no_write_over_floor_ns": Summary::of(&on_over).json(1),
-        "cold_rewrite_extra_ns": Summary::of(&extra).json(1),
-    }))
+    Ok(DscpCost {
+        label: "UDP 1400 B, IPv4, DF, marked af21 + ECT(0) (egress)".into(),
+        floor_ns: Summary::of(&floors).rounded(1),
+        off_over_floor_ns: Summary::of(&off_over).rounded(1),
+        on_no_write_over_floor_ns: Summary::of(&on_over).rounded(1),
+        cold_rewrite_extra_ns: Summary::of(&extra).rounded(1),
+    })
 }
 
 /// The MSS option value of a frame built by [`cases`] (first option of a SYN).
@@ -329,14 +352,13 @@ fn mss_of(frame: &[u8]) -> Option<u16> {
     (o[0] == 2 && o[1] == 4).then(|| u16::from_be_bytes([o[2], o[3]]))
 }
 
-fn counters_json(c: &Counters) -> Value {
-    let mut m = serde_json::Map::new();
-    for (k, v) in c.named() {
-        if v != 0 {
-            m.insert(k.into(), v.into());
-        }
-    }
-    Value::Object(m)
+/// The counters that moved, by name.
+fn moved(c: &Counters) -> BTreeMap<String, u64> {
+    c.named()
+        .into_iter()
+        .filter(|&(_, v)| v != 0)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 /// The loaded datapath with its maps, in a private bpffs.
@@ -514,9 +536,9 @@ fn resets(
 /// What [`check_case`] found.
 struct Checked {
     /// Counter deltas of one run.
-    once: Value,
+    once: BTreeMap<String, u64>,
     /// Counter deltas of a 1000-repeat run.
-    many: Value,
+    many: BTreeMap<String, u64>,
     /// The frame after one run (for rewrite cases: the twin with the MSS already clamped).
     out: Vec<u8>,
 }
@@ -564,17 +586,17 @@ fn check_case(dp: &Datapath, case: &Case) -> Result<Checked> {
     bpf::test_run(prog, &case.frame, case.gso_size, 1000)?;
     let many = dp.counters(case)?.since(&before);
     Ok(Checked {
-        once: counters_json(&once),
-        many: counters_json(&many),
+        once: moved(&once),
+        many: moved(&many),
         out: run.frame,
     })
 }
 
-/// Measures everything; returns the JSON section `per_packet`.
+/// Measures everything; returns the section `per_packet`.
 ///
 /// On one thread pinned to [`super::measuring_cpu`]: a thread free to move could run a round's
 /// floor and its case on two vCPUs that the host serves differently.
-pub fn run(s: Settings) -> Result<Value> {
+pub fn run(s: Settings) -> Result<PerPacket> {
     let cpu = super::measuring_cpu()?;
     std::thread::scope(|scope| {
         scope
@@ -584,7 +606,7 @@ pub fn run(s: Settings) -> Result<Value> {
     })
 }
 
-fn measure(s: Settings, cpu: usize) -> Result<Value> {
+fn measure(s: Settings, cpu: usize) -> Result<PerPacket> {
     let started = Instant::now();
     let empty = bpf::load_empty_program()?;
     let dp = Datapath::load()?;
@@ -672,64 +694,70 @@ fn measure(s: Settings, cpu: usize) -> Result<Value> {
     let mut out_cases = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let steady = Summary::of(&ns[i]);
-        let over_floor = Summary::of(&over[i]);
-        let mut v = json!({
-            "id": c.id,
-            "label": c.label,
-            "direction": if c.ingress { "ingress" } else { "egress" },
-            "diagnostic": c.diagnostic,
-            "frame_bytes": c.frame.len(),
-            "gso_size": c.gso_size,
-            "repeat": {
-                "ns": steady.json(1),
-                "over_floor_ns": over_floor.json(1),
-                "path": if c.rewrite {
-                    "MSS already at the clamp after the first run (SYN counted, option walk, LPM lookup, no rewrite)"
-                } else {
-                    "as labelled"
-                },
-            },
-            "counters_one_run": checks[i].once,
-            "counters_1000_runs": checks[i].many,
-        });
+        let (mut rewrite, mut learn_write) = (None, None);
         if c.rewrite {
             let (o, t) = (Summary::of(&orig1[i]), Summary::of(&twin1[i]));
             let extra = Summary::of(&warm_extra[i]);
             let estimate = steady.median + extra.median;
-            v["rewrite"] = json!({
-                "rewrite_extra_ns": extra.json(1),
-                "reset_plus_fits_ns": Summary::of(&warm_reset_fits[i]).json(1),
-                "ns": round(estimate, 1),
-                "over_floor_ns": round(estimate - floor.median, 1),
-                "cold_single_run_rewritten_ns": o.json(1),
-                "cold_single_run_fits_ns": t.json(1),
-                "cold_rewrite_extra_ns": round(o.median - t.median, 1),
+            rewrite = Some(RewriteCost {
+                rewrite_extra_ns: extra.rounded(1),
+                reset_plus_fits_ns: Summary::of(&warm_reset_fits[i]).rounded(1),
+                ns: round(estimate, 1),
+                over_floor_ns: round(estimate - floor.median, 1),
+                cold_single_run_rewritten_ns: o.rounded(1),
+                cold_single_run_fits_ns: t.rounded(1),
+                cold_rewrite_extra_ns: round(o.median - t.median, 1),
             });
             if !learn_extra[i].is_empty() {
                 let write = Summary::of(&learn_extra[i]);
-                v["learn_write"] = json!({
-                    "extra_ns": write.json(1),
-                    "fits_ns": round(steady.median + write.median, 1),
-                    "rewritten_ns": round(estimate + write.median, 1),
+                learn_write = Some(LearnWriteCost {
+                    extra_ns: write.rounded(1),
+                    fits_ns: round(steady.median + write.median, 1),
+                    rewritten_ns: round(estimate + write.median, 1),
                 });
             }
         }
-        out_cases.push(v);
+        out_cases.push(PacketCase {
+            id: c.id.into(),
+            label: c.label.into(),
+            direction: if c.ingress {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
+            diagnostic: c.diagnostic,
+            frame_bytes: c.frame.len(),
+            gso_size: c.gso_size,
+            repeat: RepeatCost {
+                ns: steady.rounded(1),
+                over_floor_ns: Summary::of(&over[i]).rounded(1),
+                path: if c.rewrite {
+                    "MSS already at the clamp after the first run (SYN counted, option walk, LPM lookup, no rewrite)"
+                } else {
+                    "as labelled"
+                }
+                .into(),
+            },
+            counters_one_run: checks[i].once.clone(),
+            counters_1000_runs: checks[i].many.clone(),
+            rewrite,
+            learn_write,
+        });
     }
     if floor.median <= 0.0 {
         bail!("the empty program measured {} ns: no timing", floor.median);
     }
     let dscp = dscp_cost(s, &empty, &dp)?;
-    Ok(json!({
-        "method": "BPF_PROG_TEST_RUN via raw bpf(2) for both programs; sched_cls, __sk_buff ctx, skb on the loopback of the bench's namespace",
-        "cpu": cpu,
-        "repeat": s.repeat,
-        "rounds": s.rounds,
-        "single_shot_samples": s.single_samples,
-        "clamp_mtu": CLAMP_MTU,
-        "floor_ns": floor.json(1),
-        "cases": out_cases,
-        "dscp": dscp,
-        "seconds": round(started.elapsed().as_secs_f64(), 1),
-    }))
+    Ok(PerPacket {
+        method: "BPF_PROG_TEST_RUN via raw bpf(2) for both programs; sched_cls, __sk_buff ctx, skb on the loopback of the bench's namespace".into(),
+        cpu: Some(cpu),
+        repeat: s.repeat,
+        rounds: s.rounds,
+        single_shot_samples: s.single_samples,
+        clamp_mtu: CLAMP_MTU,
+        floor_ns: floor.rounded(1),
+        cases: out_cases,
+        dscp: Some(dscp),
+        seconds: round(started.elapsed().as_secs_f64(), 1),
+    })
 }

@@ -1,41 +1,56 @@
-//! `bench/RESULTS.md`: the results as Markdown tables, every figure next to its baseline and
-//! the ratio, and the targets with met / missed.
+//! `bench/RESULTS.md`: the results ([`Results`]) as Markdown tables, every figure next to its
+//! baseline and the ratio, and the targets with met / missed.
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use serde::Serialize;
 
-pub fn num(v: &Value, digits: usize) -> String {
-    match v.as_f64() {
-        Some(x) if x.is_finite() => format!("{x:.digits$}"),
-        _ => "-".into(),
+use super::{
+    results::{Convergence, Footprint, PacketCase, PerPacket, Rescue, Results, Throughput},
+    stats::Summary,
+    throughput::Config,
+};
+
+/// `x` with `digits` decimals; "-" where there is no figure (NaN: null in results.json).
+pub fn num(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "-".into()
     }
 }
 
-fn med(v: &Value) -> f64 {
-    v["median"].as_f64().unwrap_or(f64::NAN)
+/// The figure, `None` where there is none (NaN: null in results.json).
+fn given(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
-fn range(v: &Value, digits: usize) -> String {
-    format!("{}-{}", num(&v["min"], digits), num(&v["max"], digits))
+/// A value as results.json writes it (`1.0`, `null`).
+fn as_json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// "min-max" of a summary, `digits` decimals.
+fn range(v: &Summary, digits: usize) -> String {
+    format!("{}-{}", num(v.min, digits), num(v.max, digits))
 }
 
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
-/// The verdict on summaries (each with a median and a 95% interval `ci95`) that must each stay
-/// on the right side of `target` (at least it with `at_least`, else at most): met when every
-/// median does; missed when one's whole interval lies on the wrong side; else not resolved,
-/// a median on the wrong side but within this run's noise of the target.
-fn interval_verdict(summaries: &[&Value], target: f64, at_least: bool) -> String {
+/// The verdict on summaries that must each stay on the right side of `target` (at least it
+/// with `at_least`, else at most): met when every median does; missed when one's whole 95%
+/// interval lies on the wrong side; else not resolved, a median on the wrong side but within
+/// this run's noise of the target.
+fn interval_verdict(summaries: &[&Summary], target: f64, at_least: bool) -> String {
     let ok = |x: f64| if at_least { x >= target } else { x <= target };
     // The end of the interval nearest the target's good side (the range without an interval).
-    let best = |v: &Value| {
-        let (ci, end) = if at_least { (1, "max") } else { (0, "min") };
-        v["ci95"][ci].as_f64().or(v[end].as_f64())
+    let best = |v: &Summary| match v.ci95 {
+        Some((lo, hi)) => Some(if at_least { hi } else { lo }),
+        None => given(if at_least { v.max } else { v.min }),
     };
-    if summaries.iter().all(|v| ok(med(v))) {
+    if summaries.iter().all(|v| ok(v.median)) {
         "met".into()
     } else if summaries.iter().any(|v| best(v).is_some_and(|b| !ok(b))) {
         "**missed**".into()
@@ -45,48 +60,47 @@ fn interval_verdict(summaries: &[&Value], target: f64, at_least: bool) -> String
 }
 
 /// Renders the Markdown report of a results document.
-pub fn markdown(r: &Value) -> String {
+pub fn markdown(r: &Results) -> String {
     let mut md = String::new();
-    let m = &r["machine"];
+    let m = &r.machine;
     let _ = writeln!(md, "# wslnet benchmark results\n");
     let _ = writeln!(
         md,
         "Measured by `cargo xtask bench{}` on {} (UTC), in {} s.\n",
-        if r["quick"].as_bool() == Some(true) {
-            " --quick"
-        } else {
-            ""
-        },
-        r["started_utc"].as_str().unwrap_or("?"),
-        num(&r["seconds"], 0)
+        if r.quick { " --quick" } else { "" },
+        r.started_utc,
+        num(r.seconds, 0)
     );
     let _ = writeln!(md, "| | |\n|---|---|");
-    let _ = writeln!(md, "| Kernel | {} |", m["kernel"].as_str().unwrap_or("?"));
-    let _ = writeln!(
-        md,
-        "| CPU | {} ({} CPUs) |",
-        m["cpu"].as_str().unwrap_or("?"),
-        m["cpus"].as_str().unwrap_or("?")
-    );
-    let _ = writeln!(md, "| Memory | {} |", m["memory"].as_str().unwrap_or("?"));
+    let _ = writeln!(md, "| Kernel | {} |", m.kernel);
+    let _ = writeln!(md, "| CPU | {} ({} CPUs) |", m.cpu, m.cpus);
+    let _ = writeln!(md, "| Memory | {} |", m.memory);
     let _ = writeln!(
         md,
         "| Load average (1/5/15 min) before / after | {} / {} |",
-        first3(&r["load_average"]["before"]),
-        first3(&r["load_average"]["after"])
+        first3(&r.load_average.before),
+        first3(&r.load_average.after)
     );
-    let _ = writeln!(
-        md,
-        "| Tools | {}; {} |\n",
-        m["iperf3"].as_str().unwrap_or("?"),
-        m["nft"].as_str().unwrap_or("?")
-    );
-    targets(&mut md, r);
-    per_packet(&mut md, &r["per_packet"]);
-    throughput(&mut md, &r["throughput"]);
-    convergence(&mut md, &r["convergence"]);
-    footprint(&mut md, &r["footprint"]);
-    super::rescue::markdown(&mut md, &r["rescue"]);
+    let _ = writeln!(md, "| Tools | {}; {} |\n", m.iperf3, m.nft);
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| Target | Measured | |\n|---|---|---|");
+    let parts: Vec<&dyn Part> = [
+        r.per_packet.as_ref().map(|x| x as &dyn Part),
+        r.throughput.as_ref().map(|x| x as &dyn Part),
+        r.convergence.as_ref().map(|x| x as &dyn Part),
+        r.footprint.as_ref().map(|x| x as &dyn Part),
+        r.rescue.as_ref().map(|x| x as &dyn Part),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for part in &parts {
+        part.targets(&mut md);
+    }
+    let _ = writeln!(md);
+    for part in &parts {
+        part.section(&mut md);
+    }
     let _ = writeln!(md, "## Method\n");
     for line in METHOD {
         let _ = writeln!(md, "- {line}");
@@ -94,9 +108,17 @@ pub fn markdown(r: &Value) -> String {
     md
 }
 
-fn first3(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or("?")
+/// A section's part of the report: its rows of the targets table, and its own tables after it.
+trait Part {
+    /// Its rows of the targets table (none by default).
+    fn targets(&self, _md: &mut String) {}
+    /// Its tables.
+    fn section(&self, md: &mut String);
+}
+
+/// The three load averages of a `/proc/loadavg` line.
+fn first3(loadavg: &str) -> String {
+    loadavg
         .split_whitespace()
         .take(3)
         .collect::<Vec<_>>()
@@ -115,32 +137,14 @@ const METHOD: &[&str] = &[
     "Nothing here is a pass/fail test: targets are reported as met, missed, or not resolved by this run's noise.",
 ];
 
-fn cases(pp: &Value) -> Vec<&Value> {
-    pp["cases"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn configs(tp: &Value) -> Vec<&Value> {
-    tp["configs"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn config<'a>(tp: &'a Value, id: &str) -> Option<&'a Value> {
-    configs(tp).into_iter().find(|c| c["id"] == id)
-}
-
 /// The largest `value` among `cases` that have one, with the case's id; NaN when none has.
 fn worst_case<'a>(
-    cases: impl IntoIterator<Item = &'a Value>,
-    value: impl Fn(&Value) -> Option<f64>,
+    cases: impl IntoIterator<Item = &'a PacketCase>,
+    value: impl Fn(&PacketCase) -> Option<f64>,
 ) -> (f64, &'a str) {
     cases
         .into_iter()
-        .filter_map(|c| Some((value(c)?, c["id"].as_str().unwrap_or(""))))
+        .filter_map(|c| Some((value(c)?, c.id.as_str())))
         .fold((f64::NAN, ""), |a, b| {
             if a.0.is_nan() || b.0 > a.0 { b } else { a }
         })
@@ -148,62 +152,89 @@ fn worst_case<'a>(
 
 /// A case's fastest round over the floor's fastest round (ns): interference only adds time, so
 /// this is the per-packet figure least moved by other work on the host.
-fn fastest_over_floor(pp: &Value, case: &Value) -> f64 {
-    let min = |v: &Value| v["min"].as_f64().unwrap_or(f64::NAN);
-    min(&case["repeat"]["ns"]) - min(&pp["floor_ns"])
+fn fastest_over_floor(pp: &PerPacket, case: &PacketCase) -> f64 {
+    case.repeat.ns.min - pp.floor_ns.min
 }
 
-fn targets(md: &mut String, r: &Value) {
-    let _ = writeln!(md, "## Targets\n");
-    let _ = writeln!(md, "| Target | Measured | |\n|---|---|---|");
-    let pp = &r["per_packet"];
-    if pp.is_object() {
-        let fast: Vec<&Value> = cases(pp)
-            .into_iter()
-            .filter(|c| c["diagnostic"] != true && c["rewrite"].is_null())
+/// A ratio summary as "median% (95% CI lo-hi%)", or the range when there is no interval.
+fn pct_ci(v: &Summary) -> String {
+    let p = |x: f64| match given(x) {
+        Some(x) => format!("{:.1}", x * 100.0),
+        None => "-".into(),
+    };
+    match v.ci95 {
+        Some((lo, hi)) => format!("{}% (CI {}-{}%)", p(v.median), p(lo), p(hi)),
+        None => format!("{}% (range {}-{}%)", p(v.median), p(v.min), p(v.max)),
+    }
+}
+
+/// "; the programs' own run time on this traffic: a% (a->b) and b% (b->a) of the CPU" for the
+/// wslnet 1500 bed, from the run-time statistics pass.
+fn cost_note(tp: &Throughput) -> String {
+    let row = tp
+        .datapath_cost
+        .iter()
+        .flatten()
+        .find(|r| r.id == Config::Wslnet1500);
+    match row {
+        Some(r) => format!(
+            "; the programs' own run time on this traffic: {:.2}% (a->b) and {:.2}% (b->a) of the CPU",
+            r.a_to_b.cpu_share * 100.0,
+            r.b_to_a.cpu_share * 100.0
+        ),
+        None => String::new(),
+    }
+}
+
+impl Part for PerPacket {
+    fn targets(&self, md: &mut String) {
+        let fast: Vec<&PacketCase> = self
+            .cases
+            .iter()
+            .filter(|c| !c.diagnostic && c.rewrite.is_none())
             .collect();
-        fn over<'a>(c: &&'a Value) -> &'a Value {
-            &c["repeat"]["over_floor_ns"]
-        }
-        let worst = worst_case(fast.iter().copied(), |c| Some(med(over(&c))));
-        let best = fast.iter().map(|c| med(over(c))).fold(f64::NAN, f64::min);
+        let over = |c: &PacketCase| c.repeat.over_floor_ns;
+        let worst = worst_case(fast.iter().copied(), |c| Some(over(c).median));
+        let best = fast.iter().map(|c| over(c).median).fold(f64::NAN, f64::min);
         let worst_ci = fast
             .iter()
-            .find(|c| c["id"] == worst.1)
-            .and_then(|c| over(c)["ci95"].as_array())
-            .map(|ci| format!(", 95% CI {}-{} ns", num(&ci[0], 0), num(&ci[1], 0)))
+            .find(|c| c.id == worst.1)
+            .and_then(|c| over(c).ci95)
+            .map(|(lo, hi)| format!(", 95% CI {}-{} ns", num(lo, 0), num(hi, 0)))
             .unwrap_or_default();
-        let fastest: Vec<f64> = fast.iter().map(|c| fastest_over_floor(pp, c)).collect();
+        let fastest: Vec<f64> = fast.iter().map(|c| fastest_over_floor(self, c)).collect();
+        let overs: Vec<&Summary> = fast.iter().map(|c| &c.repeat.over_floor_ns).collect();
         let _ = writeln!(
             md,
             "| Non-SYN fast path within 15 ns of the empty program | {:.0}-{:.0} ns over the floor ({:.0} ns) (worst: {}{worst_ci}); fastest rounds over the fastest floor: {:+.0} to {:+.0} ns | {} |",
             best,
             worst.0,
-            med(&pp["floor_ns"]),
+            self.floor_ns.median,
             worst.1,
             fastest.iter().copied().fold(f64::NAN, f64::min),
             fastest.iter().copied().fold(f64::NAN, f64::max),
-            interval_verdict(&fast.iter().map(over).collect::<Vec<_>>(), 15.0, false)
+            interval_verdict(&overs, 15.0, false)
         );
-        let dscp = &pp["dscp"];
-        if dscp.is_object() {
+        if let Some(dscp) = &self.dscp {
             let _ = writeln!(
                 md,
                 "| DSCP normalisation (`set_dscp`), {}: per packet with it off / on (nothing to write) / the rewrite itself | {:+.1} / {:+.1} ns over the floor; rewrite +{:.1} ns (cold single runs, paired) | info |",
-                dscp["label"].as_str().unwrap_or("?"),
-                med(&dscp["off_over_floor_ns"]),
-                med(&dscp["on_no_write_over_floor_ns"]),
-                med(&dscp["cold_rewrite_extra_ns"]),
+                dscp.label,
+                dscp.off_over_floor_ns.median,
+                dscp.on_no_write_over_floor_ns.median,
+                dscp.cold_rewrite_extra_ns.median,
             );
         }
         let syn_rows = [
             (
                 "SYN rewrite under 150 ns",
-                worst_case(cases(pp), |c| c["rewrite"]["ns"].as_f64()),
+                worst_case(&self.cases, |c| c.rewrite.as_ref().map(|w| w.ns)),
             ),
             (
                 "The same for a destination's first SYN on a CPU in a refresh period (+ learned-map write)",
-                worst_case(cases(pp), |c| c["learn_write"]["rewritten_ns"].as_f64()),
+                worst_case(&self.cases, |c| {
+                    c.learn_write.as_ref().map(|w| w.rewritten_ns)
+                }),
             ),
         ];
         for (target, (ns, id)) in syn_rows {
@@ -216,66 +247,227 @@ fn targets(md: &mut String, r: &Value) {
             }
         }
     }
-    let tp = &r["throughput"];
-    if let Some(w1500) = config(tp, "wslnet_1500") {
-        let ratios = [&w1500["ratio_a_to_b"], &w1500["ratio_b_to_a"]];
+
+    fn section(&self, md: &mut String) {
         let _ = writeln!(
             md,
-            "| Throughput with wslnet >= 97% of no program (clamp entry 1500, MSS unchanged: the datapath's own cost) | a->b {}, b->a {}{} | {} |",
-            pct_ci(ratios[0]),
-            pct_ci(ratios[1]),
-            cost_note(tp),
-            interval_verdict(&ratios, 0.97, true)
+            "## Per-packet cost (BPF_PROG_TEST_RUN, repeat {}, {} rounds{})\n",
+            self.repeat,
+            self.rounds,
+            self.cpu
+                .map(|c| format!("; on CPU {c}"))
+                .unwrap_or_default()
         );
-    }
-    if let Some(cmp) = tp["against_nft"].as_array() {
-        let (mut ratios, mut parts) = (Vec::new(), Vec::new());
-        for c in cmp {
-            for (dir, key) in [("a->b", "ratio_a_to_b"), ("b->a", "ratio_b_to_a")] {
-                ratios.push(&c[key]);
-                parts.push(format!(
-                    "{} / {} {dir} {}",
-                    c["ours"].as_str().unwrap_or("?"),
-                    c["theirs"].as_str().unwrap_or("?"),
-                    pct_ci(&c[key])
-                ));
+        let _ = writeln!(
+            md,
+            "Empty tc program (the floor), same run: **{} ns** (range {}).\n",
+            num(self.floor_ns.median, 1),
+            range(&self.floor_ns, 0)
+        );
+        let _ = writeln!(
+            md,
+            "| Packet | wslnet ns/packet | floor ns | over the floor | ratio | range (ns) | fastest round over the fastest floor |\n|---|---|---|---|---|---|---|"
+        );
+        let floor = self.floor_ns.median;
+        for c in &self.cases {
+            let ns = c.repeat.ns.median;
+            let label = if c.rewrite.is_some() {
+                format!("{}: MSS already fits (repeat runs)", c.label)
+            } else if c.diagnostic {
+                format!("{} _(diagnostic)_", c.label)
+            } else {
+                c.label.clone()
+            };
+            let fastest = fastest_over_floor(self, c);
+            let _ = writeln!(
+                md,
+                "| {label} | {ns:.1} | {floor:.1} | +{:.1} | {:.1}x | {} | +{fastest:.0} |",
+                c.repeat.over_floor_ns.median,
+                ns / floor,
+                range(&c.repeat.ns, 0)
+            );
+        }
+        for c in &self.cases {
+            let Some(w) = &c.rewrite else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {}: **MSS rewritten** (fits + {} ns rewrite, warm; cold: +{} ns) | {:.1} | {floor:.1} | +{:.1} | {:.1}x | rewrite {} ns | |",
+                c.label,
+                num(w.rewrite_extra_ns.median, 1),
+                num(w.cold_rewrite_extra_ns, 0),
+                w.ns,
+                w.ns - floor,
+                w.ns / floor,
+                range(&w.rewrite_extra_ns, 0),
+            );
+        }
+        for c in &self.cases {
+            let Some(w) = &c.learn_write else {
+                continue;
+            };
+            for (what, ns) in [("MSS fits", w.fits_ns), ("MSS rewritten", w.rewritten_ns)] {
+                let _ = writeln!(
+                    md,
+                    "| {}: {what}, **learned-map write** (a destination's first SYN on a CPU in a refresh period: + {} ns, warm) | {ns:.1} | {floor:.1} | +{:.1} | {:.1}x | write {} ns | |",
+                    c.label,
+                    num(w.extra_ns.median, 1),
+                    ns - floor,
+                    ns / floor,
+                    range(&w.extra_ns, 0),
+                );
             }
+        }
+        let _ = writeln!(md);
+    }
+}
+
+impl Part for Throughput {
+    fn targets(&self, md: &mut String) {
+        if let Some(w1500) = self.configs.iter().find(|c| c.id == Config::Wslnet1500) {
+            let ratios = [&w1500.ratio_a_to_b, &w1500.ratio_b_to_a];
+            let _ = writeln!(
+                md,
+                "| Throughput with wslnet >= 97% of no program (clamp entry 1500, MSS unchanged: the datapath's own cost) | a->b {}, b->a {}{} | {} |",
+                pct_ci(ratios[0]),
+                pct_ci(ratios[1]),
+                cost_note(self),
+                interval_verdict(&ratios, 0.97, true)
+            );
+        }
+        if let Some(cmp) = &self.against_nft {
+            let (mut ratios, mut parts) = (Vec::new(), Vec::new());
+            for c in cmp {
+                for (dir, ratio) in [("a->b", &c.ratio_a_to_b), ("b->a", &c.ratio_b_to_a)] {
+                    ratios.push(ratio);
+                    parts.push(format!("{} / {} {dir} {}", c.ours, c.theirs, pct_ci(ratio)));
+                }
+            }
+            let _ = writeln!(
+                md,
+                "| Throughput not below the nftables rule doing the same (paired ratio wslnet / nft per round) | {} | {} |",
+                parts.join("; "),
+                interval_verdict(&ratios, 1.0, true)
+            );
+        }
+        if let Some(fc) = &self.first_contact_cost {
+            let _ = writeln!(
+                md,
+                "| What safe first contact costs a destination on a wide path until measured (clamp 1280, MSS 1240, against 1500) | throughput a->b {}, b->a {} of the measured clamp's | info |",
+                pct_ci(&fc.ratio_a_to_b),
+                pct_ci(&fc.ratio_b_to_a),
+            );
+        }
+    }
+
+    fn section(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "## Throughput over veth ({} rounds; iperf3 {} s per direction; connections {} s, {} threads; all traffic on CPU {})\n",
+            self.rounds,
+            self.iperf_seconds,
+            as_json(&self.connection_seconds),
+            self.connection_threads,
+            self.cpu
+        );
+        let _ = writeln!(
+            md,
+            "| Configuration | client MSS | a->b Gbit/s | vs none | b->a Gbit/s | vs none | connections/s | vs none |\n|---|---|---|---|---|---|---|---|"
+        );
+        for c in &self.configs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} ({}) | {} | {} ({}) | {} | {} ({}) | {} |",
+                c.label,
+                as_json(&c.client_mss),
+                num(c.gbit_s_a_to_b.median, 2),
+                range(&c.gbit_s_a_to_b, 1),
+                pct_ci(&c.ratio_a_to_b),
+                num(c.gbit_s_b_to_a.median, 2),
+                range(&c.gbit_s_b_to_a, 1),
+                pct_ci(&c.ratio_b_to_a),
+                num(c.connections_per_s.median, 0),
+                range(&c.connections_per_s, 0),
+                pct_ci(&c.ratio_connections),
+            );
         }
         let _ = writeln!(
             md,
-            "| Throughput not below the nftables rule doing the same (paired ratio wslnet / nft per round) | {} | {} |",
-            parts.join("; "),
-            interval_verdict(&ratios, 1.0, true)
+            "\nMedians with the range over rounds in parentheses; \"vs none\" is the median of per-round ratios to no program, with its distribution-free 95% confidence interval (CI).\n"
         );
+        if let Some(cmp) = &self.against_nft {
+            let _ = writeln!(
+                md,
+                "### wslnet against the nftables rule doing the same (paired per round)\n\n| wslnet | nft | a->b | b->a | connections/s |\n|---|---|---|---|---|"
+            );
+            for c in cmp {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    c.ours,
+                    c.theirs,
+                    pct_ci(&c.ratio_a_to_b),
+                    pct_ci(&c.ratio_b_to_a),
+                    pct_ci(&c.ratio_connections),
+                );
+            }
+            let _ = writeln!(md);
+        }
+        if let Some(rows) = &self.datapath_cost {
+            let _ = writeln!(
+                md,
+                "### wslnet's programs on this traffic (kernel BPF run-time statistics, one extra run each)\n\n| Configuration | traffic | rate | program runs/s | ns per run | share of the CPU |\n|---|---|---|---|---|---|"
+            );
+            for r in rows {
+                let gbit_s = |x: Option<f64>| format!("{} Gbit/s", num(x.unwrap_or(f64::NAN), 2));
+                for (what, c, rate) in [
+                    ("iperf3 a->b", &r.a_to_b, gbit_s(r.a_to_b.gbit_s)),
+                    ("iperf3 b->a", &r.b_to_a, gbit_s(r.b_to_a.gbit_s)),
+                    (
+                        "connections",
+                        &r.connections,
+                        format!(
+                            "{}/s",
+                            num(r.connections.connections_per_s.unwrap_or(f64::NAN), 0)
+                        ),
+                    ),
+                ] {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {what} | {rate} | {} | {} | {:.3}% |",
+                        r.label,
+                        num(c.runs_per_s, 0),
+                        num(c.ns_per_run, 1),
+                        c.cpu_share * 100.0,
+                    );
+                }
+            }
+            let _ = writeln!(
+                md,
+                "\nA run is one packet through one hook (ingress or egress of `a`'s eth0); the share is the programs' run time over the run's duration, on the one CPU that carries all the traffic.\n"
+            );
+        }
     }
-    let fc = &tp["first_contact_cost"];
-    if fc.is_object() {
-        let _ = writeln!(
-            md,
-            "| What safe first contact costs a destination on a wide path until measured (clamp 1280, MSS 1240, against 1500) | throughput a->b {}, b->a {} of the measured clamp's | info |",
-            pct_ci(&fc["ratio_a_to_b"]),
-            pct_ci(&fc["ratio_b_to_a"]),
-        );
-    }
-    let cv = &r["convergence"];
-    if let Some(s) = cv["searches"].as_array() {
-        let exact = s.iter().all(|x| x["exact"] == true);
-        let max_rounds = s
-            .iter()
-            .map(|x| x["rounds"]["max"].as_f64().unwrap_or(f64::NAN))
-            .fold(f64::NAN, f64::max);
+}
+
+impl Part for Convergence {
+    fn targets(&self, md: &mut String) {
+        let s = &self.searches;
+        let exact = s.iter().all(|x| x.exact);
+        let max_rounds = s.iter().map(|x| x.rounds.max).fold(f64::NAN, f64::max);
         let _ = writeln!(
             md,
             "| Exact MTU in <= 3 rounds | {} of {} searches exact; at most {:.0} rounds | {} |",
-            s.iter().filter(|x| x["exact"] == true).count(),
+            s.iter().filter(|x| x.exact).count(),
             s.len(),
             max_rounds,
             verdict(exact && max_rounds <= 3.0)
         );
         let at20 = s
             .iter()
-            .filter(|x| x["rtt_ms"] == 20)
-            .map(|x| x["elapsed_ms"]["max"].as_f64().unwrap_or(f64::NAN))
+            .filter(|x| x.rtt_ms == 20)
+            .map(|x| x.elapsed_ms.max)
             .fold(f64::NAN, f64::max);
         let _ = writeln!(
             md,
@@ -284,12 +476,71 @@ fn targets(md: &mut String, r: &Value) {
             verdict(at20 < 1000.0)
         );
     }
-    let fp = &r["footprint"];
-    if fp.is_object() {
-        let rss = fp["idle"]["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
-        let cpu = fp["idle"]["cpu_percent_of_one_core"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
+
+    fn section(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "## Probe convergence (black-hole lab, {} searches each)\n",
+            self.repeats
+        );
+        let _ = writeln!(
+            md,
+            "| Bottleneck MTU | RTT | found | exact | time (ms) | rounds | probes |\n|---|---|---|---|---|---|---|"
+        );
+        for s in &self.searches {
+            let found: Vec<String> = s
+                .found
+                .iter()
+                .map(|v| v.map_or("none".into(), |x| x.to_string()))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} ms | {} | {} | {} ({}) | {} | {} |",
+                s.bottleneck,
+                s.rtt_ms,
+                found.join(", "),
+                if s.exact { "yes" } else { "**no**" },
+                num(s.elapsed_ms.median, 0),
+                range(&s.elapsed_ms, 0),
+                num(s.rounds.median, 0),
+                num(s.probes.median, 0),
+            );
+        }
+        if let Some(d) = &self.download_256k {
+            let _ = writeln!(
+                md,
+                "\n### 256 KB download through the 1372 black hole (curl, srv -> wsl)\n"
+            );
+            let _ = writeln!(md, "| Case | RTT | completed | time |\n|---|---|---|---|");
+            for x in d {
+                let time = if x.completed {
+                    format!("{} s", num(x.seconds.unwrap_or(f64::NAN), 2))
+                } else {
+                    format!("never (stalled until the {} s timeout)", x.timeout_s)
+                };
+                let mut case = x.case.clone();
+                if let Some(a) = &x.agent {
+                    case += &format!(
+                        " (agent start to clamp {}: {:.0} ms)",
+                        as_json(&a.clamp_mtu),
+                        a.agent_start_to_clamp_ms
+                    );
+                }
+                let _ = writeln!(
+                    md,
+                    "| {case} | {} ms | {} | {time} |",
+                    x.rtt_ms,
+                    if x.completed { "yes" } else { "no" },
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+}
+
+impl Part for Footprint {
+    fn targets(&self, md: &mut String) {
+        let (rss, cpu) = (self.idle.peak_rss_mb, self.idle.cpu_percent_of_one_core);
         let _ = writeln!(
             md,
             "| Idle agent under 20 MB RSS | peak {rss:.1} MB | {} |",
@@ -301,300 +552,86 @@ fn targets(md: &mut String, r: &Value) {
             verdict(cpu < 0.5)
         );
     }
-    let _ = writeln!(md);
-}
 
-fn per_packet(md: &mut String, pp: &Value) {
-    if !pp.is_object() {
-        return;
-    }
-    let _ = writeln!(
-        md,
-        "## Per-packet cost (BPF_PROG_TEST_RUN, repeat {}, {} rounds{})\n",
-        pp["repeat"],
-        pp["rounds"],
-        pp["cpu"]
-            .as_u64()
-            .map(|c| format!("; on CPU {c}"))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(
-        md,
-        "Empty tc program (the floor), same run: **{} ns** (range {}).\n",
-        num(&pp["floor_ns"]["median"], 1),
-        range(&pp["floor_ns"], 0)
-    );
-    let _ = writeln!(
-        md,
-        "| Packet | wslnet ns/packet | floor ns | over the floor | ratio | range (ns) | fastest round over the fastest floor |\n|---|---|---|---|---|---|---|"
-    );
-    let floor = med(&pp["floor_ns"]);
-    for c in cases(pp) {
-        let ns = med(&c["repeat"]["ns"]);
-        let label = c["label"].as_str().unwrap_or("?");
-        let label = if c["rewrite"].is_object() {
-            format!("{label}: MSS already fits (repeat runs)")
-        } else if c["diagnostic"] == true {
-            format!("{label} _(diagnostic)_")
-        } else {
-            label.to_string()
-        };
-        let fastest = fastest_over_floor(pp, c);
+    fn section(&self, md: &mut String) {
+        let _ = writeln!(md, "## Agent footprint (release build)\n");
         let _ = writeln!(
             md,
-            "| {label} | {ns:.1} | {floor:.1} | +{:.1} | {:.1}x | {} | +{fastest:.0} |",
-            med(&c["repeat"]["over_floor_ns"]),
-            ns / floor,
-            range(&c["repeat"]["ns"], 0)
+            "| Window | seconds | RSS median (MB) | peak RSS (MB) | CPU (% of one core) | threads |\n|---|---|---|---|---|---|"
         );
-    }
-    for c in cases(pp) {
-        let w = &c["rewrite"];
-        if !w.is_object() {
-            continue;
-        }
-        let ns = w["ns"].as_f64().unwrap_or(f64::NAN);
-        let _ = writeln!(
-            md,
-            "| {}: **MSS rewritten** (fits + {} ns rewrite, warm; cold: +{} ns) | {ns:.1} | {floor:.1} | +{:.1} | {:.1}x | rewrite {} ns | |",
-            c["label"].as_str().unwrap_or("?"),
-            num(&w["rewrite_extra_ns"]["median"], 1),
-            num(&w["cold_rewrite_extra_ns"], 0),
-            ns - floor,
-            ns / floor,
-            range(&w["rewrite_extra_ns"], 0),
-        );
-    }
-    for c in cases(pp) {
-        let w = &c["learn_write"];
-        if !w.is_object() {
-            continue;
-        }
-        for (what, key) in [("MSS fits", "fits_ns"), ("MSS rewritten", "rewritten_ns")] {
-            let ns = w[key].as_f64().unwrap_or(f64::NAN);
+        for (label, w) in [
+            ("idle".to_string(), &self.idle),
+            (
+                format!("{} learned destinations", self.learned_destinations),
+                &self.with_learned,
+            ),
+        ] {
             let _ = writeln!(
                 md,
-                "| {}: {what}, **learned-map write** (a destination's first SYN on a CPU in a refresh period: + {} ns, warm) | {ns:.1} | {floor:.1} | +{:.1} | {:.1}x | write {} ns | |",
-                c["label"].as_str().unwrap_or("?"),
-                num(&w["extra_ns"]["median"], 1),
-                ns - floor,
-                ns / floor,
-                range(&w["extra_ns"], 0),
-            );
-        }
-    }
-    let _ = writeln!(md);
-}
-
-/// A ratio summary as "median% (95% CI lo-hi%)", or the range when there is no interval.
-fn pct_ci(v: &Value) -> String {
-    let p = |x: &Value| match x.as_f64() {
-        Some(x) if x.is_finite() => format!("{:.1}", x * 100.0),
-        _ => "-".into(),
-    };
-    match v["ci95"].as_array() {
-        Some(ci) if ci.len() == 2 => {
-            format!("{}% (CI {}-{}%)", p(&v["median"]), p(&ci[0]), p(&ci[1]))
-        }
-        _ => format!(
-            "{}% (range {}-{}%)",
-            p(&v["median"]),
-            p(&v["min"]),
-            p(&v["max"])
-        ),
-    }
-}
-
-/// "; the programs' own run time on this traffic: a% (a->b) and b% (b->a) of the CPU" for the
-/// wslnet 1500 bed, from the run-time statistics pass.
-fn cost_note(tp: &Value) -> String {
-    let Some(rows) = tp["datapath_cost"].as_array() else {
-        return String::new();
-    };
-    match rows.iter().find(|r| r["id"] == "wslnet_1500") {
-        Some(r) => format!(
-            "; the programs' own run time on this traffic: {:.2}% (a->b) and {:.2}% (b->a) of the CPU",
-            r["a_to_b"]["cpu_share"].as_f64().unwrap_or(f64::NAN) * 100.0,
-            r["b_to_a"]["cpu_share"].as_f64().unwrap_or(f64::NAN) * 100.0
-        ),
-        None => String::new(),
-    }
-}
-
-fn throughput(md: &mut String, tp: &Value) {
-    if !tp.is_object() {
-        return;
-    }
-    let _ = writeln!(
-        md,
-        "## Throughput over veth ({} rounds; iperf3 {} s per direction; connections {} s, {} threads; all traffic on CPU {})\n",
-        tp["rounds"],
-        tp["iperf_seconds"],
-        tp["connection_seconds"],
-        tp["connection_threads"],
-        tp["cpu"]
-    );
-    let _ = writeln!(
-        md,
-        "| Configuration | client MSS | a->b Gbit/s | vs none | b->a Gbit/s | vs none | connections/s | vs none |\n|---|---|---|---|---|---|---|---|"
-    );
-    for c in configs(tp) {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} ({}) | {} | {} ({}) | {} | {} ({}) | {} |",
-            c["label"].as_str().unwrap_or("?"),
-            c["client_mss"],
-            num(&c["gbit_s_a_to_b"]["median"], 2),
-            range(&c["gbit_s_a_to_b"], 1),
-            pct_ci(&c["ratio_a_to_b"]),
-            num(&c["gbit_s_b_to_a"]["median"], 2),
-            range(&c["gbit_s_b_to_a"], 1),
-            pct_ci(&c["ratio_b_to_a"]),
-            num(&c["connections_per_s"]["median"], 0),
-            range(&c["connections_per_s"], 0),
-            pct_ci(&c["ratio_connections"]),
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\nMedians with the range over rounds in parentheses; \"vs none\" is the median of per-round ratios to no program, with its distribution-free 95% confidence interval (CI).\n"
-    );
-    if let Some(cmp) = tp["against_nft"].as_array() {
-        let _ = writeln!(
-            md,
-            "### wslnet against the nftables rule doing the same (paired per round)\n\n| wslnet | nft | a->b | b->a | connections/s |\n|---|---|---|---|---|"
-        );
-        for c in cmp {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                c["ours"].as_str().unwrap_or("?"),
-                c["theirs"].as_str().unwrap_or("?"),
-                pct_ci(&c["ratio_a_to_b"]),
-                pct_ci(&c["ratio_b_to_a"]),
-                pct_ci(&c["ratio_connections"]),
+                "| {label} | {} | {} | {} | {} | {} |",
+                num(w.seconds, 0),
+                num(w.rss_mb.median, 1),
+                num(w.peak_rss_mb, 1),
+                num(w.cpu_percent_of_one_core, 3),
+                w.threads,
             );
         }
         let _ = writeln!(md);
     }
-    if let Some(rows) = tp["datapath_cost"].as_array() {
-        let _ = writeln!(
-            md,
-            "### wslnet's programs on this traffic (kernel BPF run-time statistics, one extra run each)\n\n| Configuration | traffic | rate | program runs/s | ns per run | share of the CPU |\n|---|---|---|---|---|---|"
-        );
-        for r in rows {
-            for (what, key, rate) in [
-                ("iperf3 a->b", "a_to_b", "gbit_s"),
-                ("iperf3 b->a", "b_to_a", "gbit_s"),
-                ("connections", "connections", "connections_per_s"),
-            ] {
-                let c = &r[key];
-                let unit = if rate == "gbit_s" { " Gbit/s" } else { "/s" };
-                let _ = writeln!(
-                    md,
-                    "| {} | {what} | {}{unit} | {} | {} | {:.3}% |",
-                    r["label"].as_str().unwrap_or("?"),
-                    num(&c[rate], if rate == "gbit_s" { 2 } else { 0 }),
-                    num(&c["runs_per_s"], 0),
-                    num(&c["ns_per_run"], 1),
-                    c["cpu_share"].as_f64().unwrap_or(f64::NAN) * 100.0,
-                );
-            }
-        }
-        let _ = writeln!(
-            md,
-            "\nA run is one packet through one hook (ingress or egress of `a`'s eth0); the share is the programs' run time over the run's duration, on the one CPU that carries all the traffic.\n"
-        );
-    }
 }
 
-fn convergence(md: &mut String, cv: &Value) {
-    let Some(searches) = cv["searches"].as_array() else {
-        return;
-    };
-    let _ = writeln!(
-        md,
-        "## Probe convergence (black-hole lab, {} searches each)\n",
-        cv["repeats"]
-    );
-    let _ = writeln!(
-        md,
-        "| Bottleneck MTU | RTT | found | exact | time (ms) | rounds | probes |\n|---|---|---|---|---|---|---|"
-    );
-    for s in searches {
-        let found: Vec<String> = s["found"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|v| v.as_u64().map_or("none".into(), |x| x.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            md,
-            "| {} | {} ms | {} | {} | {} ({}) | {} | {} |",
-            s["bottleneck"],
-            s["rtt_ms"],
-            found.join(", "),
-            if s["exact"] == true { "yes" } else { "**no**" },
-            num(&s["elapsed_ms"]["median"], 0),
-            range(&s["elapsed_ms"], 0),
-            num(&s["rounds"]["median"], 0),
-            num(&s["probes"]["median"], 0),
-        );
-    }
-    if let Some(d) = cv["download_256k"].as_array() {
-        let _ = writeln!(
-            md,
-            "\n### 256 KB download through the 1372 black hole (curl, srv -> wsl)\n"
-        );
-        let _ = writeln!(md, "| Case | RTT | completed | time |\n|---|---|---|---|");
-        for x in d {
-            let time = if x["completed"] == true {
-                format!("{} s", num(&x["seconds"], 2))
-            } else {
-                format!("never (stalled until the {} s timeout)", x["timeout_s"])
-            };
-            let mut case = x["case"].as_str().unwrap_or("?").to_string();
-            if let Some(ms) = x["agent_start_to_clamp_ms"].as_f64() {
-                case += &format!(" (agent start to clamp {}: {ms:.0} ms)", x["clamp_mtu"]);
-            }
+impl Part for Rescue {
+    fn section(&self, md: &mut String) {
+        let (c, sh) = (&self.reflect_cost, &self.shrink);
+        let _ = writeln!(md, "## Reaction and rescue\n");
+        let _ = writeln!(md, "| figure | median | range | n |\n|---|---|---|---|");
+        for (label, v) in [
+            (
+                "1500 B over a 1372 entry, counted only (reflection off), ns/run",
+                &c.counted_only_ns,
+            ),
+            (
+                "the same, dropped with a record for the agent (reflection on), ns/run",
+                &c.dropped_and_recorded_ns,
+            ),
+            (
+                "what a reflected packet adds, ns (paired rounds)",
+                &c.added_ns,
+            ),
+            (
+                "first SYN to measured clamp, ms (1372 tunnel, 6 new addresses)",
+                &self.first_contact.ms,
+            ),
+            (
+                "path shrinks unseen -> first symptom acted on, ms",
+                &sh.shrink_to_symptom_ms,
+            ),
+            ("first symptom -> new clamp, ms", &sh.symptom_to_clamp_ms),
+            (
+                "path shrinks unseen -> new clamp, ms",
+                &sh.shrink_to_clamp_ms,
+            ),
+            (
+                "paced download running across the shrink, s to complete",
+                &sh.download_s,
+            ),
+        ] {
             let _ = writeln!(
                 md,
-                "| {case} | {} ms | {} | {time} |",
-                x["rtt_ms"],
-                if x["completed"] == true { "yes" } else { "no" },
+                "| {label} | {} | {} | {} |",
+                num(v.median, 1),
+                range(v, 1),
+                v.n
             );
         }
-    }
-    let _ = writeln!(md);
-}
-
-fn footprint(md: &mut String, fp: &Value) {
-    if !fp.is_object() {
-        return;
-    }
-    let _ = writeln!(md, "## Agent footprint (release build)\n");
-    let _ = writeln!(
-        md,
-        "| Window | seconds | RSS median (MB) | peak RSS (MB) | CPU (% of one core) | threads |\n|---|---|---|---|---|---|"
-    );
-    for (label, w) in [
-        ("idle".to_string(), &fp["idle"]),
-        (
-            format!("{} learned destinations", fp["learned_destinations"]),
-            &fp["with_learned"],
-        ),
-    ] {
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} |",
-            num(&w["seconds"], 0),
-            num(&w["rss_mb"]["median"], 1),
-            num(&w["peak_rss_mb"], 1),
-            num(&w["cpu_percent_of_one_core"], 3),
-            w["threads"],
+            "\nDownloads completed across the shrink: {} of {} (nominal length {} s at the paced \
+             rate). The agent's ICMP error itself is sent from user space (a raw socket), outside \
+             these figures.\n",
+            sh.downloads_completed,
+            sh.downloads,
+            num(sh.nominal_download_s, 2)
         );
     }
-    let _ = writeln!(md);
 }

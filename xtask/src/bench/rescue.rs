@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use serde_json::{Value, json};
 use wslnet_common::{FAMILY_V4, IfaceConfig, global_flags};
 use wslnet_model::{Clamp, Direction, Tables};
 use wslnet_tests::{
@@ -20,7 +19,10 @@ use wslnet_tests::{
     testrun::{Harness, TEST_IFINDEX},
 };
 
-use super::stats::Summary;
+use super::{
+    results::{FirstContact, ReflectCost, Rescue, Shrink},
+    stats::{Summary, round},
+};
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -34,9 +36,9 @@ pub struct Settings {
     pub shrinks: usize,
 }
 
-impl Settings {
+impl super::Amount for Settings {
     /// About 30 s.
-    pub fn quick() -> Self {
+    fn quick() -> Self {
         Self {
             rounds: 5,
             repeat: 1000,
@@ -45,7 +47,7 @@ impl Settings {
     }
 
     /// About 90 s.
-    pub fn full() -> Self {
+    fn full() -> Self {
         Self {
             rounds: 31,
             repeat: 1000,
@@ -54,18 +56,18 @@ impl Settings {
     }
 }
 
-/// Measures everything; returns the JSON section `rescue`.
-pub fn run(s: Settings) -> Result<Value> {
-    Ok(json!({
-        "reflect_cost": reflect_cost(s)?,
-        "first_contact": first_contact()?,
-        "shrink": shrinks(s)?,
-    }))
+/// Measures everything; returns the section `rescue`.
+pub fn run(s: Settings) -> Result<Rescue> {
+    Ok(Rescue {
+        reflect_cost: reflect_cost(s)?,
+        first_contact: first_contact()?,
+        shrink: shrinks(s)?,
+    })
 }
 
 /// Mean ns per run of a 1500-byte TCP segment over a 1372 clamp entry, egress: counted only
 /// (reflection off), and dropped with a record for the agent (reflection on), round by round.
-fn reflect_cost(s: Settings) -> Result<Value> {
+fn reflect_cost(s: Settings) -> Result<ReflectCost> {
     let mut h = Harness::new().context("loading the datapath")?;
     let mut tables = Tables {
         ifaces: vec![(
@@ -112,12 +114,12 @@ fn reflect_cost(s: Settings) -> Result<Value> {
         }
     }
     let added: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a - b).collect();
-    Ok(json!({
-        "counted_only_ns": Summary::of(&off).json(1),
-        "dropped_and_recorded_ns": Summary::of(&on).json(1),
-        "added_ns": Summary::of(&added).json(1),
-        "family": FAMILY_V4,
-    }))
+    Ok(ReflectCost {
+        counted_only_ns: Summary::of(&off).rounded(1),
+        dropped_and_recorded_ns: Summary::of(&on).rounded(1),
+        added_ns: Summary::of(&added).rounded(1),
+        family: FAMILY_V4,
+    })
 }
 
 /// Polls `f` every 10 ms for up to 30 s; the time it first held.
@@ -130,7 +132,7 @@ fn time_until(from: Instant, what: &str, mut f: impl FnMut() -> bool) -> Result<
 
 /// From a new destination's first SYN (a connection started by a client) to its measured clamp,
 /// for the six addresses of the lab behind a 1372 tunnel, the agent as run at boot.
-fn first_contact() -> Result<Value> {
+fn first_contact() -> Result<FirstContact> {
     let lab = Lab::new(1372)?;
     let servers = Servers::start(&lab)?;
     let fs = Bpffs::new()?;
@@ -157,13 +159,15 @@ fn first_contact() -> Result<Value> {
             Ok(())
         })?;
     }
-    Ok(json!({ "ms": Summary::of(&ms).json(0) }))
+    Ok(FirstContact {
+        ms: Summary::of(&ms).rounded(0),
+    })
 }
 
 /// A path that shrinks from 1500 to 1372 under a running download, nothing visible in the VM:
 /// time to the first symptom the agent acted on, from it to the new clamp, and whether (and
 /// when) the download completed.
-fn shrinks(s: Settings) -> Result<Value> {
+fn shrinks(s: Settings) -> Result<Shrink> {
     let (mut to_symptom, mut symptom_to_clamp, mut to_clamp, mut download) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut completed = 0;
@@ -204,85 +208,13 @@ fn shrinks(s: Settings) -> Result<Value> {
             download.push(took.as_secs_f64());
         }
     }
-    Ok(json!({
-        "shrink_to_symptom_ms": Summary::of(&to_symptom).json(0),
-        "symptom_to_clamp_ms": Summary::of(&symptom_to_clamp).json(0),
-        "shrink_to_clamp_ms": Summary::of(&to_clamp).json(0),
-        "downloads_completed": completed,
-        "downloads": s.shrinks,
-        "download_s": Summary::of(&download).json(2),
-        "nominal_download_s": super::stats::round(
-            400.0 * 1024.0 / f64::from(clients::PACED_RATE),
-            2
-        ),
-    }))
-}
-
-/// The RESULTS.md section of [`run`]'s JSON.
-pub fn markdown(md: &mut String, r: &Value) {
-    use std::fmt::Write as _;
-    if r.is_null() {
-        return;
-    }
-    let med = |v: &Value| super::report::num(&v["median"], 1);
-    let range = |v: &Value| {
-        format!(
-            "{}-{}",
-            super::report::num(&v["min"], 1),
-            super::report::num(&v["max"], 1)
-        )
-    };
-    let c = &r["reflect_cost"];
-    let f = &r["first_contact"]["ms"];
-    let sh = &r["shrink"];
-    let _ = writeln!(md, "## Reaction and rescue\n");
-    let _ = writeln!(md, "| figure | median | range | n |\n|---|---|---|---|");
-    for (label, v) in [
-        (
-            "1500 B over a 1372 entry, counted only (reflection off), ns/run",
-            &c["counted_only_ns"],
-        ),
-        (
-            "the same, dropped with a record for the agent (reflection on), ns/run",
-            &c["dropped_and_recorded_ns"],
-        ),
-        (
-            "what a reflected packet adds, ns (paired rounds)",
-            &c["added_ns"],
-        ),
-        (
-            "first SYN to measured clamp, ms (1372 tunnel, 6 new addresses)",
-            f,
-        ),
-        (
-            "path shrinks unseen -> first symptom acted on, ms",
-            &sh["shrink_to_symptom_ms"],
-        ),
-        ("first symptom -> new clamp, ms", &sh["symptom_to_clamp_ms"]),
-        (
-            "path shrinks unseen -> new clamp, ms",
-            &sh["shrink_to_clamp_ms"],
-        ),
-        (
-            "paced download running across the shrink, s to complete",
-            &sh["download_s"],
-        ),
-    ] {
-        let _ = writeln!(
-            md,
-            "| {label} | {} | {} | {} |",
-            med(v),
-            range(v),
-            super::report::num(&v["n"], 0)
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\nDownloads completed across the shrink: {} of {} (nominal length {} s at the paced \
-         rate). The agent's ICMP error itself is sent from user space (a raw socket), outside \
-         these figures.\n",
-        sh["downloads_completed"],
-        sh["downloads"],
-        super::report::num(&sh["nominal_download_s"], 2)
-    );
+    Ok(Shrink {
+        shrink_to_symptom_ms: Summary::of(&to_symptom).rounded(0),
+        symptom_to_clamp_ms: Summary::of(&symptom_to_clamp).rounded(0),
+        shrink_to_clamp_ms: Summary::of(&to_clamp).rounded(0),
+        downloads_completed: completed,
+        downloads: s.shrinks,
+        download_s: Summary::of(&download).rounded(2),
+        nominal_download_s: round(400.0 * 1024.0 / f64::from(clients::PACED_RATE), 2),
+    })
 }

@@ -1,16 +1,22 @@
 //! Small statistics over repeated measurements: median, range and a distribution-free 95%
 //! confidence interval of the median, serialised into the results.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Deserializer, Serialize};
 
-/// Summary of a sample: median, smallest, largest, count.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Summary of a sample: median, smallest, largest, count, in the unit of the values (the
+/// name of the results field that holds it says which). In `results.json` as
+/// `{"median":..,"min":..,"max":..,"n":..,"ci95":[lo,hi] or null}`; the statistics of an empty
+/// sample (NaN) as null.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Median (mean of the two middle values for an even count).
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
     /// Smallest value.
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
     /// Largest value.
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
     /// Number of values.
     pub n: usize,
@@ -48,16 +54,24 @@ impl Summary {
         }
     }
 
-    /// `{"median":..,"min":..,"max":..,"n":..}` with values rounded to `digits` decimals.
-    pub fn json(&self, digits: i32) -> Value {
-        json!({
-            "median": round(self.median, digits),
-            "min": round(self.min, digits),
-            "max": round(self.max, digits),
-            "n": self.n,
-            "ci95": self.ci95.map(|(lo, hi)| [round(lo, digits), round(hi, digits)]),
-        })
+    /// The same with every value rounded to `digits` decimals (as the results keep it).
+    pub fn rounded(&self, digits: i32) -> Self {
+        Self {
+            median: round(self.median, digits),
+            min: round(self.min, digits),
+            max: round(self.max, digits),
+            n: self.n,
+            ci95: self
+                .ci95
+                .map(|(lo, hi)| (round(lo, digits), round(hi, digits))),
+        }
     }
+}
+
+/// Reads a figure that `results.json` may hold as null: serde_json writes a NaN (no value, e.g.
+/// the median of an empty sample) as null, and this reads it back as NaN.
+pub fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The rank `k` (1-based) such that the `k`-th smallest and the `k`-th largest of `n` values
@@ -75,7 +89,7 @@ fn median_ci_rank(n: usize) -> Option<usize> {
     (k >= 1).then_some(k)
 }
 
-/// `x` rounded to `digits` decimals (NaN becomes JSON null through serde_json).
+/// `x` rounded to `digits` decimals (NaN stays NaN: JSON null in the results).
 pub fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p

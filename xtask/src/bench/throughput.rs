@@ -51,7 +51,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
+use serde::Deserialize;
 use wslnet_agent::maps::maps_dir;
 use wslnet_common::map_names;
 use wslnet_tests::{
@@ -59,7 +59,13 @@ use wslnet_tests::{
     netns::{Bpffs, Daemon, Netns, enter_netns, pin_thread, wait_until},
 };
 
-use super::stats::{Summary, round};
+use super::{
+    results::{
+        AgainstNft, ConfigThroughput, DatapathCost, Evidence, FirstContactCost, PerRound,
+        ProgramCost, Throughput,
+    },
+    stats::{Summary, round},
+};
 
 const IPERF_PORT: u16 = 5201;
 const CONN_PORT: u16 = 7001;
@@ -77,9 +83,8 @@ pub struct Settings {
     pub conn_threads: usize,
 }
 
-impl Settings {
-    /// For `--quick`.
-    pub fn quick() -> Self {
+impl super::Amount for Settings {
+    fn quick() -> Self {
         Self {
             rounds: 2,
             iperf_secs: 1,
@@ -88,8 +93,7 @@ impl Settings {
         }
     }
 
-    /// The full run.
-    pub fn full() -> Self {
+    fn full() -> Self {
         Self {
             // Many short rounds: on this shared machine throughput drifts by 10-40% within
             // seconds, so samples of the five configurations must be taken close together, and
@@ -102,20 +106,27 @@ impl Settings {
     }
 }
 
-/// A configuration of the client side.
+/// A configuration of the client side (see the module docs); in the results as its
+/// [`id`](Config::id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Config {
+pub enum Config {
+    /// No program, no rule.
     None,
+    /// wslnet with a clamp entry of 1500 (the link MTU: MSS unchanged).
     Wslnet1500,
+    /// wslnet with a clamp entry of 1372 (MSS 1332).
     Wslnet,
-    /// Clamp 1280: the first-contact default.
+    /// wslnet with a clamp entry of 1280: the first-contact default (MSS 1240).
     Wslnet1280,
+    /// nftables `maxseg size set rt mtu`, output hook.
     NftRtMtu,
+    /// nftables `maxseg size set 1332`, output and input hooks.
     Nft1332,
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
+    /// Every configuration, in the order of the results.
+    pub const ALL: [Config; 6] = [
         Config::None,
         Config::Wslnet1500,
         Config::Wslnet,
@@ -124,7 +135,8 @@ impl Config {
         Config::Nft1332,
     ];
 
-    fn id(self) -> &'static str {
+    /// Its name in the results (`wslnet_1500`).
+    pub fn id(self) -> &'static str {
         match self {
             Config::None => "none",
             Config::Wslnet1500 => "wslnet_1500",
@@ -135,6 +147,7 @@ impl Config {
         }
     }
 
+    /// It in words.
     fn label(self) -> &'static str {
         match self {
             Config::None => "no program",
@@ -144,6 +157,28 @@ impl Config {
             Config::NftRtMtu => "nft maxseg size set rt mtu (output)",
             Config::Nft1332 => "nft maxseg size set 1332 (output + input)",
         }
+    }
+}
+
+impl std::fmt::Display for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+impl serde::Serialize for Config {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Config {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let id = String::deserialize(d)?;
+        Config::ALL
+            .into_iter()
+            .find(|c| c.id() == id)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown configuration {id:?}")))
     }
 }
 
@@ -202,18 +237,20 @@ impl Installed {
     }
 
     /// Evidence that the configuration was active (wslnet's counters).
-    fn evidence(&self) -> Value {
-        match self {
-            Installed::Agent { agent, .. } => match agent.status() {
-                Ok(st) => json!({
-                    "egress_syn": status_counter(&st, "eth0", "egress/ipv4", "syn"),
-                    "egress_mss_clamped": status_counter(&st, "eth0", "egress/ipv4", "mss_clamped"),
-                    "ingress_mss_clamped": status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"),
-                }),
-                Err(e) => json!({ "status_error": format!("{e:#}") }),
+    fn evidence(&self) -> Option<Evidence> {
+        let Installed::Agent { agent, .. } = self else {
+            return None;
+        };
+        Some(match agent.status() {
+            Ok(st) => Evidence::Counters {
+                egress_syn: status_counter(&st, "eth0", "egress/ipv4", "syn"),
+                egress_mss_clamped: status_counter(&st, "eth0", "egress/ipv4", "mss_clamped"),
+                ingress_mss_clamped: status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"),
             },
-            _ => Value::Null,
-        }
+            Err(e) => Evidence::StatusError {
+                status_error: format!("{e:#}"),
+            },
+        })
     }
 }
 
@@ -418,25 +455,53 @@ fn iperf(pair: &Pair, secs: u32, reverse: bool, cpu: usize) -> Result<Iperf> {
         cmd.arg("-R");
     }
     let out = cmd.output().context("running iperf3")?;
-    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "iperf3 output is not JSON ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if let Some(e) = v["error"].as_str() {
+    let report: IperfReport = super::stdout_json(&out, "iperf3")?;
+    if let Some(e) = report.error {
         bail!("iperf3: {e}");
     }
-    let received = &v["end"]["sum_received"];
-    let bps = received["bits_per_second"]
-        .as_f64()
+    let received = report.end.sum_received;
+    let bps = received
+        .bits_per_second
         .context("iperf3 JSON without end.sum_received.bits_per_second")?;
     Ok(Iperf {
         gbit_s: bps / 1e9,
-        seconds: received["seconds"].as_f64().unwrap_or(secs as f64),
-        mss: v["start"]["tcp_mss_default"].as_u64(),
+        seconds: received.seconds.unwrap_or(secs as f64),
+        mss: report.start.tcp_mss_default,
     })
+}
+
+/// What the bench reads of iperf3's `-J` report (absent: not reported).
+#[derive(Deserialize)]
+struct IperfReport {
+    /// Why the run failed.
+    error: Option<String>,
+    #[serde(default)]
+    start: IperfStart,
+    #[serde(default)]
+    end: IperfEnd,
+}
+
+/// iperf3's `start` object.
+#[derive(Deserialize, Default)]
+struct IperfStart {
+    /// The MSS of the test connection, bytes.
+    tcp_mss_default: Option<u64>,
+}
+
+/// iperf3's `end` object.
+#[derive(Deserialize, Default)]
+struct IperfEnd {
+    #[serde(default)]
+    sum_received: IperfSum,
+}
+
+/// iperf3's `end.sum_received`: what the receiver got.
+#[derive(Deserialize, Default)]
+struct IperfSum {
+    /// Bits per second received.
+    bits_per_second: Option<f64>,
+    /// Seconds over which they were received.
+    seconds: Option<f64>,
 }
 
 /// A configuration's namespace pair with everything it runs, for the whole section; torn down
@@ -548,14 +613,17 @@ enum Measure {
 
 /// wslnet against the nftables rule doing the same, like against like: no MSS lowered
 /// (wslnet 1500 vs `rt mtu` on a 1500-byte link), and the same MSS lowered (1372 vs 1332).
-const AGAINST_NFT: [(&str, &str); 2] = [("wslnet_1500", "nft_rt_mtu"), ("wslnet", "nft_1332")];
+const AGAINST_NFT: [(Config, Config); 2] = [
+    (Config::Wslnet1500, Config::NftRtMtu),
+    (Config::Wslnet, Config::Nft1332),
+];
 
 /// What safe first contact costs a destination on a wide path until its search finishes: the
 /// first-contact clamp (1280) against the measured one (1500), paired per round.
-const FIRST_CONTACT: (&str, &str) = ("wslnet_1280", "wslnet_1500");
+const FIRST_CONTACT: (Config, Config) = (Config::Wslnet1280, Config::Wslnet1500);
 
-/// Measures everything; returns the JSON section `throughput`.
-pub fn run(s: Settings) -> Result<Value> {
+/// Measures everything; returns the section `throughput`.
+pub fn run(s: Settings) -> Result<Throughput> {
     let started = Instant::now();
     let cpu = super::measuring_cpu()?;
     let beds = Config::ALL
@@ -598,85 +666,89 @@ pub fn run(s: Settings) -> Result<Value> {
     let datapath_cost = datapath_cost(&beds, &s, cpu)?;
 
     let ratio = |xs: &[f64], base: &[f64]| -> Summary {
-        Summary::of(&xs.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>())
+        Summary::of(&xs.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>()).rounded(3)
     };
-    let of = |id: &str| &samples[Config::ALL.iter().position(|c| c.id() == id).unwrap()];
-    let base = of(Config::None.id());
-    let mut configs = Vec::new();
-    for (bed, sm) in beds.iter().zip(&samples) {
-        configs.push(json!({
-            "id": bed.cfg.id(),
-            "label": bed.cfg.label(),
-            "client_mss": sm.client_mss,
-            "iperf3_tcp_mss_default": sm.iperf_mss,
-            "gbit_s_a_to_b": Summary::of(&sm.fwd).json(2),
-            "gbit_s_b_to_a": Summary::of(&sm.rev).json(2),
-            "connections_per_s": Summary::of(&sm.conn).json(0),
-            "connection_failures": sm.conn_failures,
-            "ratio_a_to_b": ratio(&sm.fwd, &base.fwd).json(3),
-            "ratio_b_to_a": ratio(&sm.rev, &base.rev).json(3),
-            "ratio_connections": ratio(&sm.conn, &base.conn).json(3),
-            "per_round": {
-                "gbit_s_a_to_b": sm.fwd.iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
-                "gbit_s_b_to_a": sm.rev.iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
-                "connections_per_s": sm.conn.iter().map(|x| round(*x, 0)).collect::<Vec<_>>(),
+    let of = |cfg: Config| &samples[Config::ALL.iter().position(|&c| c == cfg).unwrap()];
+    let base = of(Config::None);
+    let per_round = |xs: &[f64], digits| xs.iter().map(|x| round(*x, digits)).collect();
+    let configs = beds
+        .iter()
+        .zip(&samples)
+        .map(|(bed, sm)| ConfigThroughput {
+            id: bed.cfg,
+            label: bed.cfg.label().into(),
+            client_mss: sm.client_mss,
+            iperf3_tcp_mss_default: sm.iperf_mss,
+            gbit_s_a_to_b: Summary::of(&sm.fwd).rounded(2),
+            gbit_s_b_to_a: Summary::of(&sm.rev).rounded(2),
+            connections_per_s: Summary::of(&sm.conn).rounded(0),
+            connection_failures: sm.conn_failures,
+            ratio_a_to_b: ratio(&sm.fwd, &base.fwd),
+            ratio_b_to_a: ratio(&sm.rev, &base.rev),
+            ratio_connections: ratio(&sm.conn, &base.conn),
+            per_round: PerRound {
+                gbit_s_a_to_b: per_round(&sm.fwd, 2),
+                gbit_s_b_to_a: per_round(&sm.rev, 2),
+                connections_per_s: per_round(&sm.conn, 0),
             },
-            "evidence": bed.installed.evidence(),
-        }));
-    }
-    let against_nft: Vec<Value> = AGAINST_NFT
+            evidence: bed.installed.evidence(),
+        })
+        .collect();
+    let against_nft = AGAINST_NFT
         .iter()
         .map(|&(ours, theirs)| {
             let (o, t) = (of(ours), of(theirs));
-            json!({
-                "ours": ours,
-                "theirs": theirs,
-                "ratio_a_to_b": ratio(&o.fwd, &t.fwd).json(3),
-                "ratio_b_to_a": ratio(&o.rev, &t.rev).json(3),
-                "ratio_connections": ratio(&o.conn, &t.conn).json(3),
-            })
+            AgainstNft {
+                ours,
+                theirs,
+                ratio_a_to_b: ratio(&o.fwd, &t.fwd),
+                ratio_b_to_a: ratio(&o.rev, &t.rev),
+                ratio_connections: ratio(&o.conn, &t.conn),
+            }
         })
         .collect();
     let first_contact = {
         let (fc, measured) = (of(FIRST_CONTACT.0), of(FIRST_CONTACT.1));
-        json!({
-            "first_contact": FIRST_CONTACT.0,
-            "measured": FIRST_CONTACT.1,
-            "ratio_a_to_b": ratio(&fc.fwd, &measured.fwd).json(3),
-            "ratio_b_to_a": ratio(&fc.rev, &measured.rev).json(3),
-        })
+        FirstContactCost {
+            first_contact: FIRST_CONTACT.0,
+            measured: FIRST_CONTACT.1,
+            ratio_a_to_b: ratio(&fc.fwd, &measured.fwd),
+            ratio_b_to_a: ratio(&fc.rev, &measured.rev),
+        }
     };
     drop(beds);
-    Ok(json!({
-        "method": "one veth pair between two namespaces per configuration, all set up once; per round iperf3 -t N -J a->b for every configuration, then with -R (b->a), then the connection rate (client threads in a, connect + SO_LINGER 0 reset, accept-and-drop server thread in b); order rotated per round; all traffic pinned to one CPU; ratios paired per round, median with a distribution-free 95% CI",
-        "rounds": s.rounds,
-        "iperf_seconds": s.iperf_secs,
-        "connection_seconds": s.conn_secs,
-        "connection_threads": s.conn_threads,
-        "cpu": cpu,
-        "configs": configs,
-        "against_nft": against_nft,
-        "first_contact_cost": first_contact,
-        "datapath_cost": datapath_cost,
-        "seconds": round(started.elapsed().as_secs_f64(), 1),
-    }))
+    Ok(Throughput {
+        method: "one veth pair between two namespaces per configuration, all set up once; per round iperf3 -t N -J a->b for every configuration, then with -R (b->a), then the connection rate (client threads in a, connect + SO_LINGER 0 reset, accept-and-drop server thread in b); order rotated per round; all traffic pinned to one CPU; ratios paired per round, median with a distribution-free 95% CI".into(),
+        rounds: s.rounds,
+        iperf_seconds: s.iperf_secs,
+        connection_seconds: s.conn_secs,
+        connection_threads: s.conn_threads,
+        cpu,
+        configs,
+        against_nft: Some(against_nft),
+        first_contact_cost: Some(first_contact),
+        datapath_cost: Some(datapath_cost),
+        seconds: round(started.elapsed().as_secs_f64(), 1),
+    })
 }
 
 /// What wslnet's programs cost on real traffic: one more iperf3 run per direction and one
 /// connection-rate run of each wslnet bed, with the kernel's BPF run-time statistics enabled
 /// for this pass only (they add two clock reads to every program run).
-fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Value> {
+fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Vec<DatapathCost>> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics (BPF_ENABLE_STATS, Linux >= 5.8)")?;
     let cost = |before: (u64, u64), after: (u64, u64), seconds: f64| {
         let (ns, runs) = (after.0 - before.0, after.1 - before.1);
-        json!({
-            "program_runs": runs,
-            "program_ns": ns,
-            "ns_per_run": round(ns as f64 / runs.max(1) as f64, 1),
-            "runs_per_s": round(runs as f64 / seconds, 0),
-            "cpu_share": round(ns as f64 / (seconds * 1e9), 5),
-        })
+        ProgramCost {
+            program_runs: runs,
+            program_ns: ns,
+            ns_per_run: round(ns as f64 / runs.max(1) as f64, 1),
+            runs_per_s: round(runs as f64 / seconds, 0),
+            cpu_share: round(ns as f64 / (seconds * 1e9), 5),
+            gbit_s: None,
+            connections_per_s: None,
+        }
     };
     let mut rows = Vec::new();
     for bed in beds {
@@ -685,21 +757,28 @@ fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Value> {
         };
         let counters = maps_dir(Path::new(&agent.pin_dir)).join(map_names::COUNTERS);
         let stats = || prog_stats(&counters);
-        let mut row = json!({ "id": bed.cfg.id(), "label": bed.cfg.label() });
-        for (key, reverse) in [("a_to_b", false), ("b_to_a", true)] {
+        let iperf_cost = |reverse| -> Result<ProgramCost> {
             let before = stats()?;
             let run = iperf(&bed.pair, s.iperf_secs.max(2), reverse, cpu)?;
-            let mut c = cost(before, stats()?, run.seconds);
-            c["gbit_s"] = json!(round(run.gbit_s, 2));
-            row[key] = c;
-        }
+            Ok(ProgramCost {
+                gbit_s: Some(round(run.gbit_s, 2)),
+                ..cost(before, stats()?, run.seconds)
+            })
+        };
+        let (a_to_b, b_to_a) = (iperf_cost(false)?, iperf_cost(true)?);
         let before = stats()?;
         let t = Instant::now();
         let cr = bed.conn_rate(s, s.conn_secs, cpu)?;
-        let mut c = cost(before, stats()?, t.elapsed().as_secs_f64());
-        c["connections_per_s"] = json!(round(cr.per_sec, 0));
-        row["connections"] = c;
-        rows.push(row);
+        rows.push(DatapathCost {
+            id: bed.cfg,
+            label: bed.cfg.label().into(),
+            a_to_b,
+            b_to_a,
+            connections: ProgramCost {
+                connections_per_s: Some(round(cr.per_sec, 0)),
+                ..cost(before, stats()?, t.elapsed().as_secs_f64())
+            },
+        });
     }
-    Ok(Value::Array(rows))
+    Ok(rows)
 }
