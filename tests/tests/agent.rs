@@ -650,7 +650,7 @@ fn pins_of_another_map_layout_are_refused_until_detached() {
     let pair = Pair::new().unwrap();
     let fs = Bpffs::new().unwrap();
     let pin_dir = fs.path().join("wslnet");
-    let maps_dir = wslnet_agent::maps::maps_dir(&pin_dir);
+    let maps_dir = wslnet_agent::pins::maps_dir(&pin_dir);
     std::fs::create_dir_all(&maps_dir).unwrap();
     pin_foreign_array(&maps_dir.join(wslnet_common::map_names::GLOBALS), 8);
     refused_until_detached(&pair, &fs);

@@ -659,7 +659,7 @@ fn clamp_table_changes_apply_to_the_next_packet() {
             IpAddr::V6(_) => "fd00:9::/32".parse().unwrap(),
         }
     };
-    let static_ = wslnet_common::origin::STATIC;
+    let static_ = wslnet_agent::maps::Origin::Static;
     for (peer, syn, family, overhead) in cases {
         // Twice at 1372: the second run is answered from the cache.
         for _ in 0..2 {

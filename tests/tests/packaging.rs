@@ -657,7 +657,7 @@ fn the_agent_stays_within_the_units_sandbox() {
     );
     let rw = unit_values(&unit, "ReadWritePaths");
     assert_eq!(rw, ["/sys/fs/bpf"], "update this test's reasoning");
-    assert!(Path::new(wslnet_agent::maps::DEFAULT_PIN_DIR).starts_with(&rw[0]));
+    assert!(Path::new(wslnet_agent::pins::DEFAULT_PIN_DIR).starts_with(&rw[0]));
 }
 
 /// Every `wslnet_*` series the alerting rules, their tests and the Grafana dashboard name is in

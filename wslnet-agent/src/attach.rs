@@ -1,10 +1,10 @@
 //! Attaching the datapath's two programs to an interface, and undoing it.
 //!
 //! - **TCX** (kernel >= 6.6): one BPF link per hook, pinned at
-//!   `<pin dir>/links/if<ifindex>-<ingress|egress>`. The pin keeps the program attached while no
-//!   agent runs; a restarted agent swaps its freshly loaded program into the pinned link with
-//!   `bpf_link_update` (no moment without clamping), and counters continue because the maps
-//!   are pinned too. While it runs, the agent also holds each link open ([`HeldLink`]): a
+//!   `<pin dir>/links/if<ifindex>-<ingress|egress>` ([`pins::link_pin`]). The pin keeps the
+//!   program attached while no agent runs; a restarted agent swaps its freshly loaded program
+//!   into the pinned link with `bpf_link_update` (no moment without clamping), and counters
+//!   continue because the maps are pinned too. While it runs, the agent also holds each link open ([`HeldLink`]): a
 //!   removed pin then detaches nothing, and [`HeldLink::restore_pin`] puts it back.
 //! - **clsact**: a clsact qdisc (created if missing) with one cls_bpf filter per hook at a fixed
 //!   priority and handle ([`TC_PRIORITY`], [`TC_HANDLE`]). Filters outlive the agent by nature;
@@ -26,7 +26,7 @@ use aya::{
 };
 use wslnet_common::{IfaceConfig, iface_flags, program_names};
 
-use crate::{config::AttachMode, maps::links_dir};
+use crate::{config::AttachMode, pins};
 
 /// tc filter priority of wslnet's cls_bpf filters (clsact mode).
 pub const TC_PRIORITY: u16 = 0x5754;
@@ -44,16 +44,41 @@ pub fn hook_name(hook: TcAttachType) -> &'static str {
     }
 }
 
-/// The mode names used in `status` and metrics.
-pub fn mode_name(flags: u16) -> &'static str {
-    if flags & iface_flags::TCX != 0 {
-        "tcx"
-    } else if flags & iface_flags::CLSACT != 0 {
-        "clsact"
-    } else {
-        "none"
+/// How an interface is attached, as its [`iface_flags`] record it (`status`, metric labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// TCX links ([`AttachMode::Tcx`]).
+    Tcx,
+    /// clsact filters ([`AttachMode::Clsact`]).
+    Clsact,
+    /// Neither: not attached (yet).
+    Unattached,
+}
+
+impl Mode {
+    /// The mode `flags` record.
+    pub fn of(flags: u16) -> Mode {
+        if flags & iface_flags::TCX != 0 {
+            Mode::Tcx
+        } else if flags & iface_flags::CLSACT != 0 {
+            Mode::Clsact
+        } else {
+            Mode::Unattached
+        }
+    }
+
+    /// The name in `status` (text and JSON) and in metric labels: "tcx" or "clsact" (as
+    /// [`AttachMode::name`]), "none".
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tcx => AttachMode::Tcx.name(),
+            Mode::Clsact => AttachMode::Clsact.name(),
+            Mode::Unattached => "none",
+        }
     }
 }
+
+crate::serialize_as_name!(Mode);
 
 /// True when the running kernel has TCX (6.6 or later).
 pub fn kernel_has_tcx() -> bool {
@@ -69,11 +94,6 @@ pub fn resolve_mode(pref: AttachMode) -> AttachMode {
         AttachMode::Auto => AttachMode::Clsact,
         m => m,
     }
-}
-
-/// Pin path of the TCX link of `ifindex` at `hook`.
-pub fn link_pin(pin_dir: &Path, ifindex: u32, hook: TcAttachType) -> PathBuf {
-    links_dir(pin_dir).join(format!("if{ifindex}-{}", hook_name(hook)))
 }
 
 fn program(ebpf: &mut Ebpf, hook: TcAttachType) -> Result<&mut SchedClassifier> {
@@ -172,7 +192,7 @@ pub fn attach(
 ) -> Result<Attachment> {
     match mode {
         AttachMode::Tcx => {
-            std::fs::create_dir_all(links_dir(pin_dir))
+            std::fs::create_dir_all(pins::links_dir(pin_dir))
                 .context("creating the links pin directory")?;
             let mut links = Vec::new();
             for hook in HOOKS {
@@ -220,7 +240,7 @@ fn attach_tcx(
     ifindex: u32,
     hook: TcAttachType,
 ) -> Result<HeldLink> {
-    let pin = link_pin(pin_dir, ifindex, hook);
+    let pin = pins::link_pin(pin_dir, ifindex, hook);
     let prog = program(ebpf, hook)?;
     if pin.exists() {
         // Adopt: swap this run's program into the pinned link, atomically.
@@ -299,7 +319,7 @@ fn attach_clsact(ebpf: &mut Ebpf, ifindex: u32, hook: TcAttachType) -> Result<()
 pub async fn detach(pin_dir: &Path, ifindex: u32, flags: u16) -> Result<()> {
     if flags & iface_flags::TCX != 0 {
         for hook in HOOKS {
-            let pin = link_pin(pin_dir, ifindex, hook);
+            let pin = pins::link_pin(pin_dir, ifindex, hook);
             if pin.exists() {
                 // Unpinning drops the last reference: the kernel detaches the link.
                 let link = PinnedLink::from_pin(&pin)

@@ -1,7 +1,8 @@
-//! `check`: is this kernel, and this user, able to run wslnet? Each missing piece comes with the
-//! kernel config option or the command that fixes it.
+//! What `check` checks: is this kernel, and this user, able to run wslnet? Each missing piece
+//! comes with the kernel config option or the command that fixes it. Printed by
+//! [`crate::cmd::check`].
 
-use std::{collections::HashMap, io::Read as _, path::Path, process::ExitCode};
+use std::{collections::HashMap, io::Read as _, path::Path};
 
 /// Kernel config a custom WSL kernel needs (append to the config, rebuild, point .wslconfig's
 /// `kernel=` at the result): `packaging/wsl-kernel/wslnet.config`, with its comments.
@@ -39,68 +40,41 @@ const KERNEL_OPTIONS: [(&str, &str, bool); 7] = [
     ),
 ];
 
-/// `check --kernel-config FILE`: judges that config alone. Exit 0 when it has every required
-/// option built in, 1 when one is missing (named, with the line to add), 2 when it cannot be
-/// read.
-pub fn run_kernel_config(path: &Path) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("wslnet-agent: cannot read {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    let config = parse_config(&text);
-    let verdicts = judge_config(&config);
-    let mut missing = Vec::new();
-    for v in &verdicts {
-        let mark = match v.state {
-            OptionState::BuiltIn => "ok  ",
-            OptionState::Module => "warn",
-            OptionState::Missing if v.required => "FAIL",
-            OptionState::Missing => "warn",
-        };
-        let state = match v.state {
-            OptionState::BuiltIn => "=y".to_string(),
-            OptionState::Module => "=m (loads only with WSL's modules VHD; =y is safer)".into(),
-            OptionState::Missing => " is not set".into(),
-        };
-        println!("[{mark}] {}{state}: {}", v.name, v.what);
-        if v.state == OptionState::Missing && v.required {
-            missing.push(v.name);
-        }
-    }
-    if missing.is_empty() {
-        println!(
-            "\n{}: ready for wslnet (attach mode clsact below Linux 6.6, TCX from 6.6 on).",
-            path.display()
-        );
-        ExitCode::SUCCESS
-    } else {
-        println!("\n{}: not ready for wslnet; add:", path.display());
-        for name in &missing {
-            println!("{name}=y");
-        }
-        println!("(packaging/wsl-kernel/wslnet.config has every option wslnet uses)");
-        ExitCode::from(1)
-    }
-}
-
 /// How a kernel config sets an option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OptionState {
+pub enum OptionState {
+    /// `=y`.
     BuiltIn,
+    /// `=m`: loads only with the modules that match the kernel.
     Module,
+    /// Not set.
     Missing,
 }
 
-/// One option of [`KERNEL_OPTIONS`] judged.
+/// One option wslnet uses, judged in a kernel config.
 #[derive(Debug)]
-struct OptionVerdict {
-    name: &'static str,
-    what: &'static str,
-    required: bool,
-    state: OptionState,
+pub struct OptionVerdict {
+    /// The option, e.g. `CONFIG_BPF_SYSCALL`.
+    pub name: &'static str,
+    /// What it gives wslnet.
+    pub what: &'static str,
+    /// wslnet cannot run without it (the rest makes it faster or easier to debug).
+    pub required: bool,
+    /// How the config sets it.
+    pub state: OptionState,
+}
+
+/// Judges a kernel config's text (a `.config`, or Microsoft's config-wsl): every option wslnet
+/// uses, one verdict each.
+pub fn judge_kernel_config(text: &str) -> Vec<OptionVerdict> {
+    judge_config(&parse_config(text))
+}
+
+impl OptionVerdict {
+    /// Required and not set: the kernel is not ready.
+    pub fn blocks(&self) -> bool {
+        self.required && self.state == OptionState::Missing
+    }
 }
 
 fn judge_config(config: &HashMap<String, String>) -> Vec<OptionVerdict> {
@@ -129,49 +103,35 @@ fn parse_config(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
-struct Finding {
-    what: &'static str,
-    ok: bool,
-    required: bool,
-    detail: String,
-    fix: String,
+/// One check of the running system.
+#[derive(Debug)]
+pub struct Finding {
+    /// What was checked, e.g. "bpf() syscall".
+    pub what: &'static str,
+    /// It is as wslnet needs it.
+    pub ok: bool,
+    /// wslnet cannot run when it is not ok.
+    pub required: bool,
+    /// What was seen.
+    pub detail: String,
+    /// How to fix it (empty when there is nothing to fix).
+    pub fix: String,
 }
 
-/// Runs every check and prints the report; exit 0 when wslnet can run, 2 otherwise.
-pub fn run() -> ExitCode {
-    let findings = checks();
-    let mut blocking = false;
-    for f in &findings {
-        let mark = match (f.ok, f.required) {
-            (true, _) => "ok  ",
-            (false, true) => "FAIL",
-            (false, false) => "warn",
-        };
-        println!("[{mark}] {:<28} {}", f.what, f.detail);
-        if !f.ok {
-            println!("       fix: {}", f.fix);
-            blocking |= f.required;
-        }
+impl Finding {
+    /// Required and not ok: wslnet cannot run here.
+    pub fn blocks(&self) -> bool {
+        !self.ok && self.required
     }
-    if findings
-        .iter()
-        .any(|f| !f.ok && f.fix.contains("kernel config"))
-    {
-        println!(
-            "\nFor a custom WSL kernel (build from microsoft/WSL2-Linux-Kernel, then set \
-             kernel=<path> under [wsl2] in %UserProfile%\\.wslconfig), make sure its config has:\n{WSL_KERNEL_FRAGMENT}"
-        );
-    }
-    if blocking {
-        println!("\nwslnet cannot run here yet: fix the FAIL lines above.");
-        ExitCode::from(2)
-    } else {
-        println!("\nwslnet can run here.");
-        ExitCode::SUCCESS
+
+    /// Not ok, and fixed in the kernel config (a custom WSL kernel needs the fragment).
+    pub fn needs_kernel_config(&self) -> bool {
+        !self.ok && self.fix.contains("kernel config")
     }
 }
 
-fn checks() -> Vec<Finding> {
+/// Checks whether the running kernel and this process's privileges allow wslnet to run.
+pub fn checks() -> Vec<Finding> {
     let mut out = Vec::new();
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -280,7 +240,7 @@ fn checks() -> Vec<Finding> {
         fix: fix_opt("CONFIG_DEBUG_INFO_BTF"),
     });
 
-    let bpffs = crate::maps::is_bpffs(Path::new("/sys/fs/bpf"));
+    let bpffs = crate::pins::is_bpffs(Path::new(crate::pins::BPFFS_ROOT));
     out.push(Finding {
         what: "bpffs",
         ok: bpffs,

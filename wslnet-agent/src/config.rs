@@ -75,6 +75,18 @@ pub enum AttachMode {
     Clsact,
 }
 
+impl AttachMode {
+    /// The name in the config file, on the command line (`--attach-mode`), in `status` and in
+    /// metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Tcx => "tcx",
+            AttachMode::Clsact => "clsact",
+        }
+    }
+}
+
 /// A static path MTU for a prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -219,7 +231,7 @@ impl Default for Config {
             targets: Vec::new(),
             clamp: Vec::new(),
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default"),
-            pin_dir: PathBuf::from(crate::maps::DEFAULT_PIN_DIR),
+            pin_dir: PathBuf::from(crate::pins::DEFAULT_PIN_DIR),
             attach_mode: AttachMode::Auto,
             keep_attached_on_exit: false,
             datapath_log: "off".into(),
@@ -497,6 +509,17 @@ mod tests {
         let c = Config::parse("set_dscp = 46").unwrap();
         assert_eq!(c.dscp_setting(), wslnet_common::DSCP_SET | 46);
         assert_eq!(Config::default().dscp_setting(), 0);
+    }
+
+    #[test]
+    fn attach_mode_names_are_the_config_and_flag_values() {
+        use clap::ValueEnum as _;
+        for &m in AttachMode::value_variants() {
+            let flag = m.to_possible_value().expect("no variant is skipped");
+            assert_eq!(flag.get_name(), m.name());
+            let toml = toml::Value::try_from(m).unwrap();
+            assert_eq!(toml.as_str(), Some(m.name()));
+        }
     }
 
     #[test]

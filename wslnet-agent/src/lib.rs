@@ -1,34 +1,58 @@
 //! wslnet agent: attaches the MSS-clamping datapath, probes path MTUs, exports metrics.
 //!
 //! Data flows one way: packets -> datapath (`wslnet-ebpf`) -> maps ([`maps`]) -> agent ->
-//! metrics ([`metrics`]). The modules:
-//! - [`checksum`]: the Internet checksum of the ICMP packets the agent builds;
-//! - [`cli`]: the command line (`run`, `probe`, `status`, `check`, `doctor`, `detach`);
+//! metrics ([`metrics`]).
+//!
+//! # Layout
+//! - [`cli`]: the command line: parses it, checks for root, dispatches to [`cmd`], exit codes;
+//! - [`cmd`]: one module per command (`run`, `probe`, `status`, `check`, `doctor`, `detach`):
+//!   its flags and its handler, which calls the library module below and prints;
 //! - [`config`]: the TOML config file merged with CLI flags, validated;
-//! - [`maps`]: loading the datapath object and typed access to its maps and pins;
+//! - [`pins`]: the pin directory: its layout (`maps/`, `links/`), bpffs, its security checks;
+//! - [`maps`]: loading the datapath object and typed access to its pinned maps;
 //! - [`attach`]: attaching the programs to interfaces (TCX or clsact) and pinning the links;
 //! - [`ifaces`]: following interfaces that match the globs (netlink);
-//! - [`prober`]: path-MTU search (ICMP with DF, TCP fallback);
-//! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
+//! - [`service`]: `run`, which ties the parts below together;
+//! - [`shared`]: the state `run`'s parts share (maps, attached interfaces, metrics);
 //! - [`pmtu`]: which destinations to measure and when, inside `run`;
+//! - [`prober`]: path-MTU search (ICMP with DF, TCP fallback), a library;
 //! - [`symptoms`]: stalled local connections (sock_diag), which make `run` re-measure at once;
 //! - [`reflect`]: the ICMP errors for oversize packets the datapath dropped (rescue);
-//! - [`service`]: `run`, which ties them together;
-//! - [`status`], [`check`]: the inspection commands;
+//! - [`checksum`]: the Internet checksum of the ICMP packets the agent builds;
+//! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
+//! - [`status`]: what `status` shows, read from the pins;
+//! - [`check`]: what `check` checks (kernel, permissions);
 //! - [`doctor`]: the WSL troubleshooting flow (route, DNS, proxy, path MTU, the agent).
+
+/// Implements `serde::Serialize` for enums with a `fn name(self) -> &'static str`: each value
+/// serialises as its name, so text output, JSON and metric labels share one spelling.
+macro_rules! serialize_as_name {
+    ($($t:ty),+ $(,)?) => {$(
+        impl ::serde::Serialize for $t {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+    )+};
+}
+pub(crate) use serialize_as_name;
+
 pub mod attach;
 pub mod check;
 pub mod checksum;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod doctor;
 pub mod ifaces;
 pub mod maps;
 pub mod metrics;
+pub mod pins;
 pub mod pmtu;
 pub mod prober;
 pub mod reflect;
 pub mod service;
+pub mod shared;
 pub mod status;
 pub mod symptoms;
 

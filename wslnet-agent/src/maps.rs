@@ -1,13 +1,10 @@
 //! Loading the datapath object and typed access to its maps.
 //!
-//! Maps are pinned under `<pin dir>/maps/<NAME>` by the loader (the object declares them with
-//! `PinningType::ByName`), so the agent, `status`, a restarted agent and the tests all open the
-//! same maps by path, and clamping goes on while no agent runs.
+//! Maps are pinned under `<pin dir>/maps/<NAME>` ([`crate::pins`]) by the loader (the object
+//! declares them with `PinningType::ByName`), so the agent, `status`, a restarted agent and the
+//! tests all open the same maps by path, and clamping goes on while no agent runs.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
-};
+use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -21,26 +18,15 @@ use wslnet_common::{
     global_flags, iface_flags, map_names,
 };
 
-/// Where pins live unless `--pin-dir` says otherwise.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/wslnet";
-
-/// The maps directory under a pin directory.
-pub fn maps_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("maps")
-}
-
-/// The links directory under a pin directory.
-pub fn links_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("links")
-}
+use crate::pins;
 
 /// Loads the datapath object (verifying both programs' maps), reusing maps already pinned under
 /// `pin_dir` and pinning new ones there. `log_level` is the aya-log level compiled into the
 /// datapath's log calls (0 = off, 5 = trace).
 pub fn load(pin_dir: &Path, log_level: u8) -> Result<Ebpf> {
-    ensure_bpffs(pin_dir)?;
-    secure_pin_dirs(pin_dir)?;
-    let dir = maps_dir(pin_dir);
+    pins::ensure_bpffs(pin_dir)?;
+    pins::secure_pin_dirs(pin_dir)?;
+    let dir = pins::maps_dir(pin_dir);
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&dir)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -52,95 +38,59 @@ pub fn load(pin_dir: &Path, log_level: u8) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Where the kernel's bpffs is mounted by convention (systemd mounts it there at boot).
-const BPFFS_ROOT: &str = "/sys/fs/bpf";
-
-/// Makes sure `path` is on a bpffs, mounting one at /sys/fs/bpf (mode 0700: only root may
-/// create pins in it) when the default is missing. Never mounts over a bpffs already there:
-/// that would hide every other tool's pins.
-pub fn ensure_bpffs(path: &Path) -> Result<()> {
-    let probe = path
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
-    if is_bpffs(probe) {
-        return Ok(());
-    }
-    if path.starts_with(BPFFS_ROOT) && !is_bpffs(Path::new(BPFFS_ROOT)) {
-        std::fs::create_dir_all(BPFFS_ROOT).ok();
-        nix::mount::mount(
-            Some("bpf"),
-            BPFFS_ROOT,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            Some("mode=0700"),
-        )
-        .context(
-            "mounting bpffs at /sys/fs/bpf (run: mount -t bpf -o mode=0700 bpf /sys/fs/bpf)",
-        )?;
-        return Ok(());
-    }
-    bail!(
-        "{} is not on a bpffs; mount one (mount -t bpf -o mode=0700 bpf DIR) or pick another \
-         --pin-dir",
-        path.display()
-    )
+/// Where a clamp-table entry came from: [`PathMtu::origin`] in the map
+/// ([`wslnet_common::origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Configured (`[[clamp]]`, `--clamp`): the manual override, written by `run` at start and
+    /// on SIGHUP; it wins over measurements for its prefix.
+    Static,
+    /// Measured by the path-MTU manager (a host prefix per destination).
+    Probed,
 }
 
-/// Creates the pin directory and its `maps/` and `links/` (mode 0700) where missing, and refuses
-/// any of them that another user could have prepared: a symbolic link anywhere on the path, a
-/// directory not owned by the agent's user, or one that group or others may write. A bpffs
-/// mounted without `mode=` is writable by everyone (1777), and whoever owns the pin directory
-/// can remove the link pins and switch clamping off under a running agent.
-pub fn secure_pin_dirs(pin_dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    let euid = nix::unistd::geteuid().as_raw();
-    for dir in [pin_dir.to_path_buf(), maps_dir(pin_dir), links_dir(pin_dir)] {
-        if std::fs::symlink_metadata(&dir).is_err() {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .recursive(true)
-                .create(&dir)
-                .with_context(|| format!("creating pin directory {}", dir.display()))?;
-        }
-        let meta = std::fs::symlink_metadata(&dir)
-            .with_context(|| format!("reading pin directory {}", dir.display()))?;
-        let canonical = dir.canonicalize().ok();
-        let absolute = std::path::absolute(&dir).ok();
-        let problem = if meta.file_type().is_symlink() {
-            Some("is a symbolic link".to_string())
-        } else if !meta.is_dir() {
-            Some("is not a directory".to_string())
-        } else if canonical.is_none() || canonical != absolute {
-            Some("has a symbolic link (or `..`) on its path".to_string())
-        } else if meta.uid() != euid {
-            Some(format!("is owned by uid {}, not {euid}", meta.uid()))
-        } else if meta.mode() & 0o022 != 0 {
-            Some(format!(
-                "is writable by group or others (mode {:o})",
-                meta.mode() & 0o7777
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(crate::config::ConfigError(format!(
-                "refusing pin directory {}: it {problem}; another user may have made it to \
-                 switch clamping off. Remove it (`rm -r {}`) and start again",
-                dir.display(),
-                dir.display()
-            ))
-            .into());
+impl Origin {
+    /// Every origin, in the order `status` and the metric labels list them.
+    pub const ALL: [Origin; 2] = [Origin::Static, Origin::Probed];
+
+    /// The name in `status` (text and JSON) and in the `wslnet_clamp_entries{origin}` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Static => "static",
+            Origin::Probed => "probed",
         }
     }
-    Ok(())
+
+    /// The name of an entry's origin: [`Origin::name`], or "unknown" for a raw value this agent
+    /// never writes (`None` from [`Origin::try_from`]).
+    pub fn name_of(origin: Option<Origin>) -> &'static str {
+        origin.map_or("unknown", Origin::name)
+    }
 }
 
-/// True when `path` is on a bpf filesystem.
-pub fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
-        .unwrap_or(false)
+crate::serialize_as_name!(Origin);
+
+impl From<Origin> for u8 {
+    /// The raw value in the map.
+    fn from(origin: Origin) -> u8 {
+        match origin {
+            Origin::Static => wslnet_common::origin::STATIC,
+            Origin::Probed => wslnet_common::origin::PROBED,
+        }
+    }
+}
+
+impl TryFrom<u8> for Origin {
+    /// The raw value, when it is none of [`wslnet_common::origin`].
+    type Error = u8;
+
+    /// The origin of a raw value in the map.
+    fn try_from(raw: u8) -> Result<Self, u8> {
+        Origin::ALL
+            .into_iter()
+            .find(|&o| u8::from(o) == raw)
+            .ok_or(raw)
+    }
 }
 
 /// A clamp-table entry as the agent and `status` see it.
@@ -150,8 +100,18 @@ pub struct ClampEntry {
     pub net: IpNet,
     /// Path MTU, bytes.
     pub mtu: u16,
-    /// "static" or "probed".
-    pub origin: &'static str,
+    /// Where it came from; `None` for a raw value this agent never writes (shown as
+    /// "unknown", [`Origin::name_of`]).
+    #[serde(serialize_with = "serialize_origin")]
+    pub origin: Option<Origin>,
+}
+
+/// [`ClampEntry::origin`] as its name, in `status --json`.
+fn serialize_origin<S: serde::Serializer>(
+    origin: &Option<Origin>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(Origin::name_of(*origin))
 }
 
 /// A learned destination as the agent and `status` see it.
@@ -210,7 +170,7 @@ pub struct Maps {
 }
 
 fn open_pin(pin_dir: &Path, name: &str) -> Result<MapData> {
-    let path = maps_dir(pin_dir).join(name);
+    let path = pins::map_pin(pin_dir, name);
     MapData::from_pin(&path).with_context(|| {
         format!(
             "opening pinned map {} (is the agent or its pins there? start `wslnet-agent run`)",
@@ -263,10 +223,10 @@ impl Maps {
     }
 
     /// Sets the path MTU for a prefix (the address bits beyond the prefix are ignored).
-    pub fn set_clamp(&mut self, net: IpNet, mtu: u16, origin: u8) -> Result<()> {
+    pub fn set_clamp(&mut self, net: IpNet, mtu: u16, origin: Origin) -> Result<()> {
         let value = PathMtu {
             mtu,
-            origin,
+            origin: origin.into(),
             reserved: 0,
         };
         match net.trunc() {
@@ -300,33 +260,9 @@ impl Maps {
 
     /// Every clamp-table entry, IPv4 first.
     pub fn clamps(&self) -> Vec<ClampEntry> {
-        let origin = |o: u8| match o {
-            wslnet_common::origin::STATIC => "static",
-            wslnet_common::origin::PROBED => "probed",
-            _ => "unknown",
-        };
-        let mut out = Vec::new();
-        for (key, v) in self.clamp_v4.iter().flatten() {
-            let (len, data) = (key.prefix_len(), key.data());
-            if let Ok(net) = IpNet::new(Ipv4Addr::from(data).into(), len as u8) {
-                out.push(ClampEntry {
-                    net,
-                    mtu: v.mtu,
-                    origin: origin(v.origin),
-                });
-            }
-        }
-        for (key, v) in self.clamp_v6.iter().flatten() {
-            let (len, data) = (key.prefix_len(), key.data());
-            if let Ok(net) = IpNet::new(Ipv6Addr::from(data).into(), len as u8) {
-                out.push(ClampEntry {
-                    net,
-                    mtu: v.mtu,
-                    origin: origin(v.origin),
-                });
-            }
-        }
-        out
+        clamp_entries(&self.clamp_v4)
+            .chain(clamp_entries(&self.clamp_v6))
+            .collect()
     }
 
     /// Writes the settings of an interface (marking the entry present).
@@ -500,6 +436,22 @@ impl Maps {
             .context("writing global settings")?;
         Ok(())
     }
+}
+
+/// The entries of one clamp trie (IPv4 or IPv6, by its key's address bytes).
+fn clamp_entries<K>(trie: &LpmTrie<MapData, K, PathMtu>) -> impl Iterator<Item = ClampEntry> + '_
+where
+    K: aya::Pod,
+    IpAddr: From<K>,
+{
+    trie.iter().flatten().filter_map(|(key, v)| {
+        let net = IpNet::new(IpAddr::from(key.data()), key.prefix_len() as u8).ok()?;
+        Some(ClampEntry {
+            net,
+            mtu: v.mtu,
+            origin: Origin::try_from(v.origin).ok(),
+        })
+    })
 }
 
 /// Opens a pinned ring buffer: [`map_names::NEW_DESTS`] or [`map_names::REFLECT`].

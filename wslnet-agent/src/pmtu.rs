@@ -33,12 +33,13 @@ use tokio::{
     sync::mpsc,
     task::JoinSet,
 };
-use wslnet_common::{IfaceConfig, LearnedKey, origin};
+use wslnet_common::{IfaceConfig, LearnedKey};
 
 use crate::{
     config::Config,
+    maps::Origin,
     prober::{self, SearchOptions},
-    service::Shared,
+    shared::Shared,
     symptoms::{self, Trigger, Watcher},
 };
 
@@ -237,7 +238,7 @@ impl Dest {
 
 /// How a search or re-check ended, as `wslnet_probe_searches_total{outcome}` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
+pub enum SearchOutcome {
     /// A path MTU was found.
     Found,
     /// No probe of any size was answered.
@@ -248,19 +249,28 @@ enum Ended {
     Panicked,
 }
 
-impl Ended {
-    fn label(self) -> &'static str {
+impl SearchOutcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [SearchOutcome; 4] = [
+        SearchOutcome::Found,
+        SearchOutcome::Unreachable,
+        SearchOutcome::Error,
+        SearchOutcome::Panicked,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
         match self {
-            Ended::Found => "found",
-            Ended::Unreachable => "unreachable",
-            Ended::Error => "error",
-            Ended::Panicked => "panicked",
+            SearchOutcome::Found => "found",
+            SearchOutcome::Unreachable => "unreachable",
+            SearchOutcome::Error => "error",
+            SearchOutcome::Panicked => "panicked",
         }
     }
 }
 
 /// What a job found.
-enum Outcome {
+enum JobResult {
     Searched(anyhow::Result<prober::SearchReport>),
     Rechecked(u16, anyhow::Result<prober::Recheck>),
 }
@@ -311,7 +321,7 @@ struct Manager {
     tcp_hook: prober::ProbeHook,
     settings: Settings,
     dests: HashMap<IpAddr, Dest>,
-    jobs: JoinSet<(IpAddr, Outcome)>,
+    jobs: JoinSet<(IpAddr, JobResult)>,
     /// The destination of every running job, by task: a job that panics yields only its id.
     job_dests: HashMap<tokio::task::Id, IpAddr>,
     /// Searches of learned destinations started in the current minute.
@@ -468,7 +478,7 @@ impl Manager {
         };
         let mut maps = self.shared.maps();
         for entry in maps.clamps() {
-            if entry.origin != "probed" {
+            if entry.origin != Some(Origin::Probed) {
                 continue;
             }
             let addr = entry.net.addr();
@@ -486,7 +496,7 @@ impl Manager {
         for (&addr, d) in &self.dests {
             if let Some(mtu) = d.mtu
                 && !self.settings.is_static(addr)
-                && let Err(e) = maps.set_clamp(IpNet::from(addr), mtu, origin::PROBED)
+                && let Err(e) = maps.set_clamp(IpNet::from(addr), mtu, Origin::Probed)
             {
                 tracing::warn!(%addr, error = %format!("{e:#}"), "writing the clamp");
             }
@@ -709,11 +719,11 @@ impl Manager {
                 (false, Some(mtu)) => self.jobs.spawn(async move {
                     (
                         addr,
-                        Outcome::Rechecked(mtu, prober::recheck(addr, mtu, &opts).await),
+                        JobResult::Rechecked(mtu, prober::recheck(addr, mtu, &opts).await),
                     )
                 }),
                 _ => self.jobs.spawn(async move {
-                    (addr, Outcome::Searched(prober::search(addr, &opts).await))
+                    (addr, JobResult::Searched(prober::search(addr, &opts).await))
                 }),
             };
             self.job_dests.insert(job.id(), addr);
@@ -728,7 +738,7 @@ impl Manager {
         self.shared
             .metrics
             .searches
-            .with_label_values(&[Ended::Panicked.label()])
+            .with_label_values(&[SearchOutcome::Panicked.label()])
             .inc();
         if let Some(d) = addr.and_then(|a| self.dests.get_mut(&a)) {
             d.search = true;
@@ -738,7 +748,7 @@ impl Manager {
     }
 
     /// Takes a job's outcome; searches again at once when the network changed meanwhile.
-    fn finish(&mut self, addr: IpAddr, outcome: Outcome) {
+    fn finish(&mut self, addr: IpAddr, outcome: JobResult) {
         let rerun = self
             .dests
             .get_mut(&addr)
@@ -752,7 +762,7 @@ impl Manager {
     }
 
     /// Records a job's outcome: the clamp, the next look, the metrics.
-    fn record(&mut self, addr: IpAddr, outcome: Outcome) {
+    fn record(&mut self, addr: IpAddr, outcome: JobResult) {
         let recheck = self.settings.recheck;
         let metrics = &self.shared.metrics;
         let Some(d) = self.dests.get_mut(&addr) else {
@@ -761,7 +771,7 @@ impl Manager {
         d.due = Some(Instant::now() + recheck);
         d.search = false;
         let found = match outcome {
-            Outcome::Rechecked(mtu, Ok(r)) => {
+            JobResult::Rechecked(mtu, Ok(r)) => {
                 metrics.probe_packets.inc_by(r.probes_sent.into());
                 if !r.current_ok || r.larger_ok {
                     tracing::info!(%addr, mtu, still_ok = r.current_ok, larger_ok = r.larger_ok, "path changed, searching again");
@@ -770,15 +780,15 @@ impl Manager {
                 }
                 return;
             }
-            Outcome::Rechecked(_, Err(e)) | Outcome::Searched(Err(e)) => {
+            JobResult::Rechecked(_, Err(e)) | JobResult::Searched(Err(e)) => {
                 metrics
                     .searches
-                    .with_label_values(&[Ended::Error.label()])
+                    .with_label_values(&[SearchOutcome::Error.label()])
                     .inc();
                 tracing::warn!(%addr, error = %format!("{e:#}"), "path-MTU probe failed");
                 return;
             }
-            Outcome::Searched(Ok(report)) => {
+            JobResult::Searched(Ok(report)) => {
                 metrics.probe_packets.inc_by(report.probes_sent.into());
                 // Configured targets learn their interface here (learned destinations from
                 // their SYNs): the first-contact clamp is per interface.
@@ -798,7 +808,7 @@ impl Manager {
         let Some(mtu) = found else {
             metrics
                 .searches
-                .with_label_values(&[Ended::Unreachable.label()])
+                .with_label_values(&[SearchOutcome::Unreachable.label()])
                 .inc();
             d.unreachable_streak = d.unreachable_streak.saturating_add(1);
             let wait = unreachable_wait(recheck, d.unreachable_streak);
@@ -823,7 +833,7 @@ impl Manager {
         d.unreachable_streak = 0;
         metrics
             .searches
-            .with_label_values(&[Ended::Found.label()])
+            .with_label_values(&[SearchOutcome::Found.label()])
             .inc();
         let changed = d.mtu != Some(mtu);
         let narrowed = d.mtu.is_some_and(|old| mtu < old);
@@ -847,7 +857,7 @@ impl Manager {
         }
         if !self.settings.is_static(addr) {
             let mut maps = self.shared.maps();
-            if let Err(e) = maps.set_clamp(IpNet::from(addr), mtu, origin::PROBED) {
+            if let Err(e) = maps.set_clamp(IpNet::from(addr), mtu, Origin::Probed) {
                 tracing::warn!(%addr, error = %format!("{e:#}"), "writing the clamp");
             }
         }

@@ -36,7 +36,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{Interest, unix::AsyncFd};
 use wslnet_common::{FAMILY_V4, FAMILY_V6, ReflectEvent, map_names};
 
-use crate::{config::Config, metrics::Metrics, service::Shared};
+use crate::{config::Config, metrics::Metrics, shared::Shared};
 
 /// Who an ICMP error goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,13 +110,7 @@ pub fn icmp_error(family: u32, quote: &[u8], mtu: u16) -> Option<IcmpError> {
             let sum = crate::checksum::internet(&icmp);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
             let total = (20 + icmp.len()) as u16;
-            let mut ip = vec![0x45, TOS_NETWORK_CONTROL];
-            ip.extend_from_slice(&total.to_be_bytes());
-            ip.extend_from_slice(&[0, 0, 0, 0, TTL, IPPROTO_ICMP, 0, 0]);
-            ip.extend_from_slice(&dst.octets());
-            ip.extend_from_slice(&src.octets());
-            let sum = crate::checksum::internet(&ip);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            let mut ip = ipv4_header(TOS_NETWORK_CONTROL, total, false, IPPROTO_ICMP, dst, src);
             ip.extend_from_slice(&icmp);
             Some(IcmpError {
                 to: src.into(),
@@ -143,11 +137,7 @@ pub fn icmp_error(family: u32, quote: &[u8], mtu: u16) -> Option<IcmpError> {
             summed.extend_from_slice(&icmp);
             let sum = crate::checksum::internet(&summed);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-            let mut ip = vec![0x60, 0, 0, 0];
-            ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            ip.extend_from_slice(&[IPPROTO_ICMPV6, TTL]);
-            ip.extend_from_slice(&dst.octets());
-            ip.extend_from_slice(&src.octets());
+            let mut ip = ipv6_header(icmp.len() as u16, IPPROTO_ICMPV6, dst, src);
             ip.extend_from_slice(&icmp);
             Some(IcmpError {
                 to: src.into(),
@@ -174,31 +164,51 @@ pub fn peer_error(flow: &crate::symptoms::Flow, isn: u32, mtu: u16) -> Option<Ic
     // The quoted segment is one byte larger than the path: the size a router would have dropped.
     let size = mtu.saturating_add(1);
     let (family, mut quote) = match (flow.peer.ip(), flow.local.ip()) {
-        (IpAddr::V4(peer), IpAddr::V4(local)) => {
-            let mut ip = vec![0x45, 0];
-            ip.extend_from_slice(&size.to_be_bytes());
-            ip.extend_from_slice(&[0, 0, 0x40, 0, TTL, IPPROTO_TCP, 0, 0]);
-            ip.extend_from_slice(&peer.octets());
-            ip.extend_from_slice(&local.octets());
-            let sum = crate::checksum::internet(&ip);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            (FAMILY_V4, ip)
-        }
+        (IpAddr::V4(peer), IpAddr::V4(local)) => (
+            FAMILY_V4,
+            ipv4_header(0, size, true, IPPROTO_TCP, peer, local),
+        ),
         (IpAddr::V6(peer), IpAddr::V6(local)) => {
             if mtu < wslnet_common::MIN_PATH_MTU_V6 {
                 return None;
             }
-            let mut ip = vec![0x60, 0, 0, 0];
-            ip.extend_from_slice(&(size - 40).to_be_bytes());
-            ip.extend_from_slice(&[IPPROTO_TCP, TTL]);
-            ip.extend_from_slice(&peer.octets());
-            ip.extend_from_slice(&local.octets());
-            (FAMILY_V6, ip)
+            (FAMILY_V6, ipv6_header(size - 40, IPPROTO_TCP, peer, local))
         }
         _ => return None,
     };
     quote.extend_from_slice(&tcp);
     icmp_error(family, &quote, mtu)
+}
+
+/// An IPv4 header without options (20 bytes, TTL [`TTL`], checksum filled in) of a packet of
+/// `total` bytes; `df` sets "don't fragment".
+fn ipv4_header(
+    tos: u8,
+    total: u16,
+    df: bool,
+    protocol: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Vec<u8> {
+    let flags = if df { 0x40 } else { 0 };
+    let mut ip = vec![0x45, tos];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, flags, 0, TTL, protocol, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = crate::checksum::internet(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip
+}
+
+/// An IPv6 header (40 bytes, hop limit [`TTL`]) of a packet with `payload_len` bytes after it.
+fn ipv6_header(payload_len: u16, next_header: u8, src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&payload_len.to_be_bytes());
+    ip.extend_from_slice(&[next_header, TTL]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip
 }
 
 /// A token bucket per destination: `per_sec` errors a second, as many at once.

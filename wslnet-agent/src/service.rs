@@ -5,96 +5,21 @@
 //! serve metrics, start the path-MTU manager. Then follow netlink events and signals:
 //! SIGHUP reloads the config, SIGINT/SIGTERM stop (detaching unless `keep_attached_on_exit`).
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
 use tokio::signal::unix::{SignalKind, signal};
-use wslnet_common::{ABI_VERSION, IfaceConfig, MAX_IFACE_SLOTS, origin};
+use wslnet_common::{ABI_VERSION, IfaceConfig, MAX_IFACE_SLOTS};
 
 use crate::{
     attach,
     config::{AttachMode, Config, datapath_log_level},
     ifaces::{self, Link, NetEvent},
-    maps::{self, Maps},
-    metrics::{IfaceLabel, Metrics},
-    pmtu,
+    maps::{self, Maps, Origin},
+    pins, pmtu,
+    shared::{Attached, Shared},
 };
-
-/// An interface the datapath is attached to.
-#[derive(Debug, Clone)]
-pub struct Attached {
-    /// Current name.
-    pub name: String,
-    /// Counter slot.
-    pub slot: u32,
-    /// [`wslnet_common::iface_flags`] of the attachment.
-    pub flags: u16,
-}
-
-/// State shared by the service, the path-MTU manager and the metrics endpoint.
-pub struct Shared {
-    /// The pinned maps.
-    pub maps: Mutex<Maps>,
-    /// The same maps opened a second time, for `/metrics` alone: a scrape walks the clamp
-    /// table and up to 16,384 learned destinations (a system call each) and must never hold
-    /// up the path-MTU manager's writes; the kernel serialises access to the maps themselves.
-    pub scrape_maps: Mutex<Maps>,
-    /// Attached interfaces by ifindex.
-    pub attached: Mutex<BTreeMap<u32, Attached>>,
-    /// Exported metrics.
-    pub metrics: Metrics,
-}
-
-impl Shared {
-    /// Locks the maps (a poisoned lock is still usable: map writes are single syscalls).
-    pub fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
-        self.maps.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn attached(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Attached>> {
-        self.attached.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The name of an attached interface, for labels ("unknown" when not attached).
-    pub fn interface_name(&self, ifindex: u32) -> String {
-        self.attached()
-            .get(&ifindex)
-            .map_or_else(|| "unknown".to_string(), |a| a.name.clone())
-    }
-
-    /// Reads the datapath counters into the metrics and renders them.
-    pub fn render_metrics(&self) -> String {
-        let labels: Vec<IfaceLabel> = self
-            .attached()
-            .values()
-            .map(|a| IfaceLabel {
-                slot: a.slot,
-                name: a.name.clone(),
-                mode: attach::mode_name(a.flags),
-            })
-            .collect();
-        {
-            let maps = self.scrape_maps.lock().unwrap_or_else(|e| e.into_inner());
-            self.metrics
-                .update_counters(&labels, |slot, dir, fam| maps.counters(slot, dir, fam).ok());
-            let clamps = maps.clamps();
-            for o in ["static", "probed"] {
-                let n = clamps.iter().filter(|c| c.origin == o).count();
-                self.metrics
-                    .clamp_entries
-                    .with_label_values(&[o])
-                    .set(n as i64);
-            }
-            self.metrics.learned.set(maps.learned().len() as i64);
-        }
-        self.metrics.render()
-    }
-}
 
 /// Where the config came from, so SIGHUP can read it again and re-apply the CLI overrides.
 pub struct ConfigSource {
@@ -153,13 +78,7 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         spawn_datapath_logger(&mut ebpf);
     }
     attach::load_programs(&mut ebpf)?;
-    let maps = Maps::open(&cfg.pin_dir)?;
-    let shared = Arc::new(Shared {
-        maps: Mutex::new(maps),
-        scrape_maps: Mutex::new(Maps::open(&cfg.pin_dir)?),
-        attached: Mutex::new(BTreeMap::new()),
-        metrics: Metrics::new()?,
-    });
+    let shared = Arc::new(Shared::open(&cfg.pin_dir)?);
     {
         let mut maps = shared.maps();
         maps.reflect = cfg.reflect;
@@ -250,10 +169,7 @@ impl Drop for AbortOnDrop {
 
 /// Refuses pins written by an incompatible agent version.
 fn refuse_foreign_pins(cfg: &Config) -> Result<()> {
-    if !maps::maps_dir(&cfg.pin_dir)
-        .join(wslnet_common::map_names::GLOBALS)
-        .exists()
-    {
+    if !pins::map_pin(&cfg.pin_dir, wslnet_common::map_names::GLOBALS).exists() {
         return Ok(());
     }
     let detach = format!("wslnet-agent detach --pin-dir {}", cfg.pin_dir.display());
@@ -313,14 +229,14 @@ impl Service {
     fn apply_static_clamps(&mut self) -> Result<()> {
         let mut maps = self.shared.maps();
         for entry in maps.clamps() {
-            if entry.origin == "static"
+            if entry.origin == Some(Origin::Static)
                 && !self.cfg.clamp.iter().any(|c| c.cidr.trunc() == entry.net)
             {
                 maps.remove_clamp(entry.net)?;
             }
         }
         for c in &self.cfg.clamp {
-            maps.set_clamp(c.cidr, c.mtu, origin::STATIC)?;
+            maps.set_clamp(c.cidr, c.mtu, Origin::Static)?;
         }
         Ok(())
     }
@@ -398,13 +314,9 @@ impl Service {
             if a.name != link.name {
                 self.shared
                     .metrics
-                    .interface_detached(&a.name, attach::mode_name(a.flags));
+                    .interface_detached(&a.name, attach::Mode::of(a.flags).name());
                 a.name = link.name.clone();
-                self.shared.metrics.interface_attached(&IfaceLabel {
-                    slot: a.slot,
-                    name: a.name.clone(),
-                    mode: attach::mode_name(a.flags),
-                });
+                self.shared.metrics.interface_attached(&a.label());
             }
             return Ok(());
         }
@@ -438,24 +350,17 @@ impl Service {
         self.held.insert(link.ifindex, attachment.links);
         cfg.flags = flags;
         self.shared.maps().set_iface(link.ifindex, cfg)?;
-        let label = IfaceLabel {
-            slot,
+        let attached = Attached {
             name: link.name.clone(),
-            mode: attach::mode_name(flags),
+            slot,
+            flags,
         };
-        self.shared.metrics.interface_attached(&label);
-        self.shared.attached().insert(
-            link.ifindex,
-            Attached {
-                name: link.name.clone(),
-                slot,
-                flags,
-            },
-        );
+        self.shared.metrics.interface_attached(&attached.label());
+        self.shared.attached().insert(link.ifindex, attached);
         tracing::info!(
             interface = %link.name,
             ifindex = link.ifindex,
-            mode = label.mode,
+            mode = attach::Mode::of(flags).name(),
             l3_offset = link.l3_offset,
             adopted = previous.is_some(),
             "attached"
@@ -485,7 +390,7 @@ impl Service {
         self.shared.maps().remove_iface(ifindex)?;
         self.shared
             .metrics
-            .interface_detached(&a.name, attach::mode_name(a.flags));
+            .interface_detached(&a.name, attach::Mode::of(a.flags).name());
         tracing::info!(interface = %a.name, ifindex, "detached");
         Ok(())
     }
@@ -501,7 +406,7 @@ impl Service {
             return;
         }
         // Recreates a removed links directory (mode 0700), refuses one another user replaced.
-        if let Err(e) = maps::secure_pin_dirs(&self.cfg.pin_dir) {
+        if let Err(e) = pins::secure_pin_dirs(&self.cfg.pin_dir) {
             tracing::error!(error = %format!("{e:#}"), "link pins were removed; not pinning them again under an unsafe pin directory");
             return;
         }
@@ -594,25 +499,8 @@ impl Service {
             self.detach(ifindex).await?;
         }
         drop(self.ebpf);
-        remove_pins(&self.cfg.pin_dir)?;
+        pins::remove_pins(&self.cfg.pin_dir)?;
         tracing::info!("stopped; every attachment and pin removed");
         Ok(())
     }
-}
-
-/// Removes the pinned maps and links directories under `pin_dir`, and `pin_dir` itself when
-/// it is then empty.
-pub fn remove_pins(pin_dir: &std::path::Path) -> Result<()> {
-    for dir in [maps::maps_dir(pin_dir), maps::links_dir(pin_dir)] {
-        if dir.exists() {
-            for entry in std::fs::read_dir(&dir)? {
-                let path = entry?.path();
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing pin {}", path.display()))?;
-            }
-            std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-    }
-    let _ = std::fs::remove_dir(pin_dir);
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! `status` (read the pinned maps) and `detach` (remove every attachment and pin).
+//! What `status` shows: the interfaces, clamp table, learned destinations and counters, read
+//! from the pinned maps (also for `doctor`'s agent check). Printed by [`crate::cmd::status`].
 
 use std::path::Path;
 
@@ -18,8 +19,8 @@ pub struct IfaceStatus {
     pub ifindex: u32,
     /// Name, or "(gone)".
     pub name: String,
-    /// tcx or clsact.
-    pub mode: &'static str,
+    /// How it is attached.
+    pub mode: attach::Mode,
     /// Counter slot.
     pub slot: u32,
     /// Bytes before the IP header.
@@ -71,7 +72,7 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
         interfaces.push(IfaceStatus {
             ifindex,
             name: attach::interface_name(ifindex).unwrap_or_else(|| "(gone)".into()),
-            mode: attach::mode_name(cfg.flags),
+            mode: attach::Mode::of(cfg.flags),
             slot: cfg.slot,
             l3_offset: cfg.l3_offset,
             default_mtu_v4: cfg.default_mtu_v4,
@@ -112,84 +113,4 @@ fn tcx_programs(ifindex: u32) -> std::collections::BTreeMap<&'static str, usize>
             (attach::hook_name(hook), n)
         })
         .collect()
-}
-
-/// `status`: prints the status as tables or JSON.
-pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
-    let s = read(pin_dir)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
-    }
-    println!("pins: {}", s.pin_dir);
-    println!(
-        "\nINTERFACE        MODE    L3  DEFAULT-MTU(v4/v6)  SYN(in/out)  CLAMPED(in/out)  OVERSIZE-DF  DSCP"
-    );
-    for i in &s.interfaces {
-        let sum = |dir: &str, f: fn(&Counters) -> u64| -> u64 {
-            ["ipv4", "ipv6"]
-                .iter()
-                .map(|fam| i.counters.get(&format!("{dir}/{fam}")).map(f).unwrap_or(0))
-                .sum()
-        };
-        println!(
-            "{:<16} {:<7} {:<3} {:>8}/{:<10} {:>5}/{:<6} {:>7}/{:<8} {:<12} {}",
-            i.name,
-            i.mode,
-            i.l3_offset,
-            i.default_mtu_v4,
-            i.default_mtu_v6,
-            sum("ingress", |c| c.syn),
-            sum("egress", |c| c.syn),
-            sum("ingress", |c| c.mss_clamped),
-            sum("egress", |c| c.mss_clamped),
-            sum("egress", |c| c.oversize_df),
-            i.set_dscp.map_or_else(
-                || "as sent".to_string(),
-                |d| format!(
-                    "set {d} ({} rewritten)",
-                    sum("egress", |c| c.dscp_rewritten)
-                )
-            ),
-        );
-    }
-    println!("\nCLAMP TABLE ({} entries)", s.clamps.len());
-    for c in &s.clamps {
-        println!("  {:<43} mtu {:>5}  {}", c.net.to_string(), c.mtu, c.origin);
-    }
-    println!("\nLEARNED DESTINATIONS ({})", s.learned.len());
-    for l in s.learned.iter().take(50) {
-        println!(
-            "  {:<40} syns {:>6}  ifindex {}  port {}",
-            l.addr.to_string(),
-            l.syns,
-            l.ifindex,
-            l.port.map_or_else(|| "-".to_string(), |p| p.to_string())
-        );
-    }
-    if s.learned.len() > 50 {
-        println!("  ... {} more (see --json)", s.learned.len() - 50);
-    }
-    Ok(())
-}
-
-/// `detach`: removes every attachment recorded in the pins and then the pins themselves.
-pub async fn detach_all(pin_dir: &Path) -> Result<()> {
-    if !crate::maps::maps_dir(pin_dir).exists() && !crate::maps::links_dir(pin_dir).exists() {
-        println!("nothing to detach: no pins under {}", pin_dir.display());
-        return Ok(());
-    }
-    let recorded = crate::maps::recorded_ifaces(pin_dir).unwrap_or_default();
-    for (ifindex, cfg) in &recorded {
-        attach::detach(pin_dir, *ifindex, cfg.flags).await?;
-        println!(
-            "detached {} ({})",
-            attach::interface_name(*ifindex).unwrap_or_else(|| format!("ifindex {ifindex}")),
-            attach::mode_name(cfg.flags)
-        );
-    }
-    // TCX link pins of interfaces missing from the map (an interrupted start) go too.
-    crate::service::remove_pins(pin_dir)?;
-    println!("removed pins under {}", pin_dir.display());
-    Ok(())
 }

@@ -7,8 +7,9 @@
 //! and says, for every check, what it saw and what to do.
 //!
 //! # Layout
-//! - `mod.rs`: the flags, the findings ([`Check`], [`Status`], [`Finding`]), the order the checks
-//!   run in and what depends on what, the text and JSON output, the exit status.
+//! - `mod.rs`: the findings ([`Check`], [`Status`], [`Finding`]), the order the checks run in
+//!   and what depends on what. The flags, the text and JSON output and the exit status are the
+//!   command's ([`crate::cmd::doctor`]).
 //! - `environment.rs`: WSL or not, NAT or mirrored, systemd, `/etc/wsl.conf`.
 //! - `network.rs`: `route` (default route), `gateway` and `reach` (ICMP echo).
 //! - `dns.rs`: `dns` (a query to every configured nameserver for every name; a second resolver
@@ -29,17 +30,12 @@ mod proxy;
 pub use proxy::VARIABLES as PROXY_VARIABLES;
 
 use std::{
-    io::IsTerminal as _,
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-    process::ExitCode,
+    path::Path,
     time::{Duration, Instant},
 };
 
-use clap::Args;
 use serde::Serialize;
-
-use crate::maps::DEFAULT_PIN_DIR;
 
 /// Targets probed when the user names none: a well-known anycast address that answers echo.
 pub const DEFAULT_TARGETS: &[IpAddr] = &[IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1))];
@@ -48,39 +44,6 @@ pub const DEFAULT_NAMES: &[&str] = &["github.com"];
 /// The second resolver asked when the user names no target or name of their own: tells a
 /// dead configured resolver from a dead name.
 pub const DEFAULT_SECOND_RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1));
-
-/// `doctor` flags.
-#[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Checks, in this order: environment, route, gateway, reach, dns, proxy, \
-    pmtu, agent. Each is ok, warn, fail or skip (a check whose precondition failed, or that \
-    needs root). Exit status: 0 when nothing fails, 1 when something does, 2 for bad usage.\n\n\
-    Without --target and --name it uses the default gateway, 1.1.1.1 and github.com (and \
-    1.1.1.1 as the second resolver); with either, only what you name.\n\n\
-    Examples:\n  \
-    wslnet-agent doctor\n  \
-    wslnet-agent doctor --target 10.8.0.1 --name intranet.corp.example --json"
-)]
-pub struct DoctorArgs {
-    /// Address to check: answers by IP, largest packet that passes, clamped by wslnet;
-    /// repeatable [default: 1.1.1.1 unless --name is given].
-    #[arg(long = "target", value_name = "ADDR")]
-    pub targets: Vec<IpAddr>,
-    /// Host name every configured nameserver must resolve; repeatable [default: github.com
-    /// unless --target is given].
-    #[arg(long = "name", value_name = "HOSTNAME")]
-    pub names: Vec<String>,
-    /// Second resolver, asked when a configured nameserver fails, to tell a dead resolver from
-    /// a dead name [default: 1.1.1.1 when neither --target nor --name is given, else none].
-    #[arg(long, value_name = "ADDR")]
-    pub resolver: Option<IpAddr>,
-    /// Print `{"findings":[...]}` instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// bpffs directory of wslnet's pins (the `agent` check).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
-}
 
 /// The checks, in the order they run and are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,11 +82,7 @@ impl Check {
     }
 }
 
-impl Serialize for Check {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
+crate::serialize_as_name!(Check);
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -148,23 +107,9 @@ impl Status {
             Status::Fail => "fail",
         }
     }
-
-    /// ANSI colour of the label on a terminal.
-    fn colour(self) -> &'static str {
-        match self {
-            Status::Skip => "\x1b[2m",
-            Status::Ok => "\x1b[32m",
-            Status::Warn => "\x1b[33m",
-            Status::Fail => "\x1b[31m",
-        }
-    }
 }
 
-impl Serialize for Status {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
+crate::serialize_as_name!(Status);
 
 /// One check's result.
 #[derive(Debug, Clone, Serialize)]
@@ -222,40 +167,25 @@ pub(crate) struct Budget {
 /// How long one answer (echo reply, DNS answer, TCP handshake) is waited for.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `doctor`: runs the checks, prints them, 0 when nothing failed, 1 otherwise.
-pub async fn run(args: DoctorArgs) -> ExitCode {
-    let report = diagnose(&args).await;
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("wslnet-agent: serialising the report: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        print_text(&report, std::io::stdout().is_terminal());
-    }
-    if report.failed() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-/// Runs every check in order; later checks see what earlier ones found.
-pub async fn diagnose(args: &DoctorArgs) -> Report {
+/// Runs every check in order; later checks see what earlier ones found. `targets`, `names`
+/// and `resolver` are what the user named (`--target`, `--name`, `--resolver`): with none of
+/// the first two, [`DEFAULT_TARGETS`], [`DEFAULT_NAMES`] and [`DEFAULT_SECOND_RESOLVER`].
+/// `pin_dir` holds wslnet's pins (the `agent` check).
+pub async fn diagnose(
+    targets: &[IpAddr],
+    names: &[String],
+    resolver: Option<IpAddr>,
+    pin_dir: &Path,
+) -> Report {
     let started = Instant::now();
-    let own_choice = !args.targets.is_empty() || !args.names.is_empty();
-    let mut targets = args.targets.clone();
-    let mut names = args.names.clone();
+    let own_choice = !targets.is_empty() || !names.is_empty();
+    let mut targets = targets.to_vec();
+    let mut names = names.to_vec();
     if !own_choice {
         targets = DEFAULT_TARGETS.to_vec();
         names = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
     }
-    let second_resolver = args
-        .resolver
-        .or((!own_choice).then_some(DEFAULT_SECOND_RESOLVER));
+    let second_resolver = resolver.or((!own_choice).then_some(DEFAULT_SECOND_RESOLVER));
     let root = nix::unistd::geteuid().is_root();
     let mut budget = Budget::default();
     let mut findings = Vec::new();
@@ -271,7 +201,7 @@ pub async fn diagnose(args: &DoctorArgs) -> Report {
     findings.push(dns::check(&names, second_resolver, &env, &mut budget).await);
     findings.push(proxy::check(&env, &mut budget).await);
 
-    let agent = path::AgentView::read(&args.pin_dir, root);
+    let agent = path::AgentView::read(pin_dir, root);
     let measured = path::measure(&reach.answered, &mut budget).await;
     findings.push(path::pmtu_finding(&targets, &measured, &agent));
     findings.push(path::agent_finding(&measured, &agent));
@@ -290,35 +220,4 @@ pub(crate) fn join_addrs(addrs: &[IpAddr]) -> String {
         .map(IpAddr::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// One line a check, colour on a terminal only, the fixes at the end.
-fn print_text(report: &Report, colour: bool) {
-    let name_width = 12;
-    for f in &report.findings {
-        let check = f.check.name();
-        let label = format!("{:<5}", f.status.name());
-        let label = if colour {
-            format!("{}{label}\x1b[0m", f.status.colour())
-        } else {
-            label
-        };
-        println!("{label} {check:<name_width$}{}", f.summary);
-    }
-    let fixes: Vec<&Finding> = report.findings.iter().filter(|f| f.fix.is_some()).collect();
-    if !fixes.is_empty() {
-        println!("\nTo fix:");
-        for f in fixes {
-            println!(
-                "  {}: {}",
-                f.check.name(),
-                f.fix.as_deref().unwrap_or_default()
-            );
-        }
-    }
-    println!(
-        "\n{} packets sent, {:.1} s",
-        report.packets_sent,
-        report.elapsed_ms as f64 / 1000.0
-    );
 }

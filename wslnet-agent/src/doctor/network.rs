@@ -1,7 +1,7 @@
 //! `route`, `gateway`, `reach`: a default route and its interface, the gateway answering echo,
 //! each target answering echo by IP (before any name or TCP is involved).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
@@ -113,19 +113,11 @@ pub(crate) async fn routes(targets: &[IpAddr]) -> Routes {
 async fn default_routes() -> anyhow::Result<(Option<DefaultRoute>, Option<DefaultRoute>)> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
+    // Every route of one family (the filter a builder of that family's address type makes).
+    let dump = |filter: RouteMessage| handle.route().get(filter).execute().try_collect();
     let result = async {
-        let v4: Vec<RouteMessage> = handle
-            .route()
-            .get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await?;
-        let v6: Vec<RouteMessage> = handle
-            .route()
-            .get(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await?;
+        let v4: Vec<RouteMessage> = dump(RouteMessageBuilder::<Ipv4Addr>::new().build()).await?;
+        let v6: Vec<RouteMessage> = dump(RouteMessageBuilder::<Ipv6Addr>::new().build()).await?;
         Ok::<_, anyhow::Error>((default_of(&v4), default_of(&v6)))
     }
     .await;

@@ -37,7 +37,7 @@ impl AgentView {
                 pin_dir.display()
             ));
         }
-        if !crate::maps::maps_dir(pin_dir).is_dir() {
+        if !crate::pins::maps_dir(pin_dir).is_dir() {
             return AgentView::NotRunning(format!("no pins under {}", pin_dir.display()));
         }
         match crate::status::read(pin_dir) {
@@ -230,7 +230,7 @@ pub(crate) fn agent_finding(measured: &[Measured], agent: &AgentView) -> Finding
     let ifaces: Vec<String> = status
         .interfaces
         .iter()
-        .map(|i| format!("{} ({})", i.name, i.mode))
+        .map(|i| format!("{} ({})", i.name, i.mode.name()))
         .collect();
     if ifaces.is_empty() {
         return Finding::new(

@@ -40,7 +40,6 @@
 //! Every search opens its own sockets and filters replies by ICMP identifier, sequence and a
 //! random token in the payload, so searches can run concurrently.
 
-mod cli;
 mod icmp;
 mod route;
 mod sys;
@@ -56,7 +55,6 @@ use std::{
 use anyhow::Result;
 use serde::Serialize;
 
-pub use cli::{ProbeArgs, run_cli};
 pub(crate) use sys::random_bytes;
 
 /// Default IPv4 floor (bytes): the smallest path MTU the prober considers.

@@ -8,17 +8,18 @@ pub(crate) fn setsockopt<T: Copy>(
     name: libc::c_int,
     value: T,
 ) -> io::Result<()> {
+    let (ptr, len) = (
+        &value as *const T,
+        std::mem::size_of::<T>() as libc::socklen_t,
+    );
     // SAFETY: `value` lives on the stack for the duration of the call and its exact size is
     // passed; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
+    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, ptr.cast(), len) };
+    check(rc)
+}
+
+/// `Ok` for a system call's return code 0, else the error in `errno`.
+fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
@@ -33,22 +34,10 @@ pub(crate) fn getsockopt_bytes(
     name: libc::c_int,
     buf: &mut [u8],
 ) -> io::Result<usize> {
-    let mut len = buf.len() as libc::socklen_t;
+    let (ptr, mut len) = (buf.as_mut_ptr(), buf.len() as libc::socklen_t);
     // SAFETY: `buf` is valid for writes of `len` bytes and `len` is a valid in/out pointer.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(len as usize)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, ptr.cast(), &mut len) };
+    check(rc).map(|()| len as usize)
 }
 
 /// `getsockopt` of an `int` option.

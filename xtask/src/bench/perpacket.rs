@@ -32,7 +32,7 @@ use aya::programs::SchedClassifier;
 use ipnet::IpNet;
 use wslnet_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
-    LearnCacheEntry, Peer, map_names, origin, peer_cache_slot, peer_words, program_names,
+    LearnCacheEntry, Peer, map_names, peer_cache_slot, peer_words, program_names,
 };
 use wslnet_tests::{
     netns::{Bpffs, pin_thread},
@@ -394,7 +394,7 @@ impl Datapath {
         )?;
         for net in ["10.9.0.0/16", "fd00:9::/32"] {
             let net: IpNet = net.parse()?;
-            maps.set_clamp(net, CLAMP_MTU, origin::STATIC)?;
+            maps.set_clamp(net, CLAMP_MTU, wslnet_agent::maps::Origin::Static)?;
         }
         Ok(Self {
             maps,

@@ -52,7 +52,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
-use wslnet_agent::maps::maps_dir;
+use wslnet_agent::pins::maps_dir;
 use wslnet_common::map_names;
 use wslnet_tests::{
     agent::{Agent, Pair, status_counter},

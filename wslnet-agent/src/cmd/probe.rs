@@ -1,10 +1,11 @@
-//! `wslnet-agent probe TARGET`: one search, printed as text or JSON.
-use std::{net::IpAddr, time::Duration};
+//! `wslnet-agent probe TARGET`: one search ([`crate::prober`]), printed as text or JSON.
+
+use std::{net::IpAddr, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::{Method, SearchOptions, recheck, search};
+use crate::prober::{Method, SearchOptions, recheck, search};
 
 /// Arguments of `wslnet-agent probe`.
 #[derive(Args, Debug, Clone)]
@@ -48,9 +49,17 @@ pub struct ProbeArgs {
     pub json: bool,
 }
 
-/// `wslnet-agent probe`: prints the path MTU to TARGET; fails (after printing) when the target
-/// is unreachable.
-pub async fn run_cli(args: ProbeArgs) -> Result<()> {
+impl ProbeArgs {
+    /// `probe`: prints the path MTU to TARGET; fails (after printing) when the target is
+    /// unreachable.
+    pub async fn run(self) -> Result<ExitCode> {
+        probe(self).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One search (or re-check) as the flags say, printed.
+async fn probe(args: ProbeArgs) -> Result<()> {
     let target = resolve(&args.target).await?;
     let opts = SearchOptions {
         iface: args.iface.clone(),
