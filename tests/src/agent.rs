@@ -1,15 +1,208 @@
-//! Running the real `wslnet-agent` binary inside a test namespace, and a two-namespace veth
-//! fixture for clamp tests.
+//! Running the real `wslnet-agent` binary inside a test namespace: [`AgentOptions`], the typed
+//! flags a test starts `run` with, the running [`Agent`] and what it reports (status, metrics),
+//! and a two-namespace veth fixture for clamp tests ([`Pair`]).
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    ffi::OsStr,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
+use wslnet_agent::config::AttachMode;
 
-use crate::netns::{Bpffs, Daemon, Netns, agent_bin, veth, wait_until};
+use crate::{
+    lab::Lab,
+    netns::{Bpffs, Daemon, Netns, PATIENCE, agent_bin, veth, wait_until},
+};
 
 /// Port of the agent's metrics endpoint inside a namespace (each namespace has its own
 /// loopback, so every test can use the default).
 pub const METRICS_PORT: u16 = 9786;
+
+/// The log line with which `run` says it has started.
+pub const RUNNING_LINE: &str = "wslnet agent running";
+
+/// One flag of `wslnet-agent run`, typed (see `wslnet-agent run --help`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunFlag {
+    /// `--config FILE`: the TOML config file (flags given besides it override it).
+    Config(PathBuf),
+    /// `--iface GLOB`: an interface glob to manage (repeatable).
+    Iface(String),
+    /// `--target ADDR`: a destination measured from the start (repeatable).
+    Target(IpAddr),
+    /// `--clamp HOST=MTU`: a static path MTU, bytes, for one host (repeatable).
+    Clamp(IpAddr, u16),
+    /// `--attach-mode MODE`.
+    AttachMode(AttachMode),
+    /// `--keep-attached`: programs and pins stay when the agent stops.
+    KeepAttached,
+    /// `--no-learn`: only the targets are measured, not the destinations of outgoing SYNs.
+    NoLearn,
+    /// `--recheck-interval SECS`: seconds between re-checks of measured path MTUs.
+    RecheckInterval(u64),
+    /// `--probe-tcp-port PORT`: the TCP port every destination is probed at.
+    ProbeTcpPort(u16),
+    /// `--first-contact-mtu BYTES`: the clamp, bytes, of destinations not yet measured (0:
+    /// none).
+    FirstContactMtu(u16),
+    /// `--no-reflect`: oversize packets are left to the path, not answered.
+    NoReflect,
+    /// `--set-dscp DSCP`: every egress packet leaves with this DSCP (0-63).
+    SetDscp(u8),
+    /// `--reflect-per-sec N`: most ICMP errors a second about one destination.
+    ReflectPerSec(u32),
+}
+
+impl RunFlag {
+    /// The flag's name (without `--`) and its value, as `run` reads them.
+    fn spelled(&self) -> (&'static str, Option<String>) {
+        match self {
+            Self::Config(file) => ("config", Some(file.display().to_string())),
+            Self::Iface(glob) => ("iface", Some(glob.clone())),
+            Self::Target(addr) => ("target", Some(addr.to_string())),
+            Self::Clamp(host, mtu) => ("clamp", Some(format!("{host}={mtu}"))),
+            Self::AttachMode(mode) => ("attach-mode", Some(attach_mode_name(*mode))),
+            Self::KeepAttached => ("keep-attached", None),
+            Self::NoLearn => ("no-learn", None),
+            Self::RecheckInterval(secs) => ("recheck-interval", Some(secs.to_string())),
+            Self::ProbeTcpPort(port) => ("probe-tcp-port", Some(port.to_string())),
+            Self::FirstContactMtu(bytes) => ("first-contact-mtu", Some(bytes.to_string())),
+            Self::NoReflect => ("no-reflect", None),
+            Self::SetDscp(dscp) => ("set-dscp", Some(dscp.to_string())),
+            Self::ReflectPerSec(n) => ("reflect-per-sec", Some(n.to_string())),
+        }
+    }
+}
+
+/// The flags a test starts `wslnet-agent run` with, typed ([`RunFlag`]); [`AgentOptions::args`]
+/// spells them as the agent's command line. [`AgentOptions::as_at_boot`] sets none; the other
+/// constructors name the usual sets, and [`AgentOptions::with`] adds one flag more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// The flags, in command-line order.
+    flags: Vec<RunFlag>,
+}
+
+impl AgentOptions {
+    /// No flags: the agent as at boot, with its defaults (every `eth0` and `zt*` interface,
+    /// destinations learned from outgoing connections, no target).
+    pub fn as_at_boot() -> Self {
+        Self::default()
+    }
+
+    /// Managing `eth0` alone (the uplink of the lab's `wsl` and of [`Pair::a`]).
+    pub fn eth0() -> Self {
+        Self::as_at_boot().with(RunFlag::Iface("eth0".into()))
+    }
+
+    /// Managing `eth0` and measuring `target` there, nothing else (no learning from outgoing
+    /// connections): more targets with [`RunFlag::Target`].
+    pub fn measuring(target: impl Into<IpAddr>) -> Self {
+        Self::eth0()
+            .with(RunFlag::Target(target.into()))
+            .with(RunFlag::NoLearn)
+    }
+
+    /// Managing `eth0` with the static path MTU `mtu` (bytes) for `host`, nothing measured or
+    /// learned: more clamps with [`RunFlag::Clamp`].
+    pub fn clamping(host: impl Into<IpAddr>, mtu: u16) -> Self {
+        Self::eth0()
+            .with(RunFlag::Clamp(host.into(), mtu))
+            .with(RunFlag::NoLearn)
+    }
+
+    /// These options and `flag`.
+    pub fn with(mut self, flag: RunFlag) -> Self {
+        self.flags.push(flag);
+        self
+    }
+
+    /// The flags as `run`'s command line (after `run`; without `--pin-dir`, which
+    /// [`run_command`] adds).
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for flag in &self.flags {
+            let (name, value) = flag.spelled();
+            args.push(format!("--{name}"));
+            args.extend(value);
+        }
+        args
+    }
+
+    /// Starts `run` with these flags in `ns`, its pins in `fs` ([`Bpffs::pin_dir`]), and waits
+    /// until it reports that it runs.
+    pub fn start(&self, ns: &Netns, fs: &Bpffs) -> Result<Agent> {
+        self.start_within(ns, fs, PATIENCE)
+    }
+
+    /// [`AgentOptions::start`], waiting up to `timeout` for it to run (for starts that attach
+    /// to hundreds of interfaces; an upper bound, not a timing claim).
+    pub fn start_within(&self, ns: &Netns, fs: &Bpffs, timeout: Duration) -> Result<Agent> {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::start_within(ns, fs, &args, timeout)
+    }
+
+    /// Starts `run` with these flags in the lab's `wsl`, on a bpffs of its own (unmounted once
+    /// the agent has stopped).
+    pub fn start_in_lab(&self, lab: &Lab) -> Result<Agent> {
+        let fs = Bpffs::new()?;
+        let mut agent = self.start(&lab.wsl, &fs)?;
+        agent.bpffs = Some(fs);
+        Ok(agent)
+    }
+}
+
+/// The name of an attach mode on the command line and in `status --json` (`auto`, `tcx`,
+/// `clsact`), as the agent spells it.
+pub fn attach_mode_name(mode: AttachMode) -> String {
+    serde_json::to_value(mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .expect("an attach mode serialises as its name")
+}
+
+/// Runs `test` with `mode`, unless this kernel cannot attach that way (TCX before Linux 6.6):
+/// then the test skips itself ([`crate::netns::skip_without_tcx`]).
+pub fn with_attach_mode(mode: AttachMode, test: impl FnOnce(AttachMode)) {
+    if mode == AttachMode::Tcx && crate::netns::skip_without_tcx() {
+        return;
+    }
+    test(mode)
+}
+
+/// `wrapper... wslnet-agent run --pin-dir PIN_DIR ARGS` in `ns`, logging at `$WSLNET_TEST_LOG`
+/// (default `info`) without colours. `wrapper`: a program and its arguments run in front of the
+/// agent (setpriv, strace), or nothing.
+pub fn run_command<S: AsRef<OsStr>>(
+    ns: &Netns,
+    wrapper: &[String],
+    pin_dir: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = ns.command(program);
+            cmd.args(rest).arg(agent_bin());
+            cmd
+        }
+        None => ns.command(agent_bin()),
+    };
+    cmd.arg("run")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("WSLNET_TEST_LOG").unwrap_or("info".into()),
+        )
+        .env("NO_COLOR", "1");
+    cmd
+}
 
 /// A running `wslnet-agent run`, stopped (SIGTERM) on drop.
 pub struct Agent {
@@ -18,34 +211,29 @@ pub struct Agent {
     /// The pin directory passed to it.
     pub pin_dir: String,
     ns: String,
+    /// The bpffs of [`AgentOptions::start_in_lab`], unmounted after the process has stopped
+    /// (fields drop in order).
+    bpffs: Option<Bpffs>,
 }
 
 impl Agent {
     /// Starts `wslnet-agent run --pin-dir <bpffs>/wslnet ARGS` in `ns` and waits until it
-    /// reports that it runs.
+    /// reports that it runs. Tests spell the flags with [`AgentOptions`].
     pub fn start(ns: &Netns, fs: &Bpffs, args: &[&str]) -> Result<Self> {
-        Self::start_within(ns, fs, args, crate::netns::PATIENCE)
+        Self::start_within(ns, fs, args, PATIENCE)
     }
 
     /// [`Agent::start`], waiting up to `timeout` for it to run (for starts that attach to
     /// hundreds of interfaces; an upper bound, not a timing claim).
     pub fn start_within(ns: &Netns, fs: &Bpffs, args: &[&str], timeout: Duration) -> Result<Self> {
-        let pin_dir = fs.path().join("wslnet").display().to_string();
-        let mut all = vec!["run", "--pin-dir", &pin_dir];
-        all.extend_from_slice(args);
-        let mut cmd = ns.command(agent_bin());
-        cmd.args(&all)
-            .env(
-                "RUST_LOG",
-                std::env::var("WSLNET_TEST_LOG").unwrap_or("info".into()),
-            )
-            .env("NO_COLOR", "1");
-        let mut daemon = Daemon::start(cmd)?;
-        daemon.wait_for_log(timeout, |l| l.contains("wslnet agent running"))?;
+        let pin_dir = fs.pin_dir();
+        let mut daemon = Daemon::start(run_command(ns, &[], &pin_dir, args))?;
+        daemon.wait_for_log(timeout, |l| l.contains(RUNNING_LINE))?;
         Ok(Self {
             daemon,
-            pin_dir,
+            pin_dir: pin_dir.display().to_string(),
             ns: ns.name().to_string(),
+            bpffs: None,
         })
     }
 
@@ -66,13 +254,19 @@ impl Agent {
 
     /// The `/metrics` text.
     pub fn metrics(&self) -> Result<String> {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "5"])
-            .arg(format!("http://127.0.0.1:{METRICS_PORT}/metrics"))
-            .output()?;
-        anyhow::ensure!(out.status.success(), "scraping /metrics failed: {out:?}");
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        metrics_in(&self.ns)
     }
+}
+
+/// The `/metrics` text of the agent running in namespace `ns` (at [`METRICS_PORT`]).
+pub fn metrics_in(ns: &str) -> Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{METRICS_PORT}/metrics"))
+        .output()
+        .context("running curl")?;
+    anyhow::ensure!(out.status.success(), "scraping /metrics failed: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Agent {
@@ -87,23 +281,24 @@ impl Agent {
         .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.daemon.log()))
     }
 
-    /// The exported path MTU of a configured target (`wslnet_path_mtu_bytes{target}`, 0 while
-    /// unreachable), if the agent exports one.
-    pub fn path_mtu(&self, target: &str) -> Option<f64> {
+    /// The exported path MTU (bytes) of a configured target (`wslnet_path_mtu_bytes{target}`,
+    /// 0 while unreachable), if the agent exports one.
+    pub fn path_mtu(&self, target: impl Into<IpAddr>) -> Option<f64> {
         sample(
             &self.metrics().ok()?,
             "wslnet_path_mtu_bytes",
-            &[("target", target)],
+            &[("target", &target.into().to_string())],
         )
     }
 
-    /// Waits until the exported path MTU of `target` is `mtu`; panics with the metrics and the
-    /// log after `within`.
-    pub fn wait_for_path_mtu(&self, target: &str, mtu: f64, within: Duration) {
+    /// Waits until the exported path MTU of `target` is `mtu` bytes; panics with the metrics
+    /// and the log after `within`.
+    pub fn wait_for_path_mtu(&self, target: impl Into<IpAddr>, mtu: u16, within: Duration) {
+        let target = target.into();
         wait_until(
             within,
             &format!("wslnet_path_mtu_bytes{{target={target}}} == {mtu}"),
-            || (self.path_mtu(target) == Some(mtu)).then_some(()),
+            || (self.path_mtu(target) == Some(f64::from(mtu))).then_some(()),
         )
         .unwrap_or_else(|e| {
             panic!(
@@ -194,6 +389,16 @@ impl Pair {
     /// IPv6 address of `b`.
     pub const B6: &str = "fd99::2";
 
+    /// [`Pair::B4`] as an address.
+    pub fn b4() -> IpAddr {
+        Self::B4.parse().expect("Pair::B4 is an IPv4 address")
+    }
+
+    /// [`Pair::B6`] as an address.
+    pub fn b6() -> IpAddr {
+        Self::B6.parse().expect("Pair::B6 is an IPv6 address")
+    }
+
     /// Builds the pair with both links up and addresses ready (no DAD wait).
     pub fn new() -> Result<Self> {
         let a = Netns::new("wa")?;
@@ -204,5 +409,58 @@ impl Pair {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
         }
         Ok(Self { a, b })
+    }
+
+    /// Where the tests on a pair start: root checked, the pair built, and a private bpffs for
+    /// the agent's pins.
+    pub fn with_bpffs() -> Result<(Self, Bpffs)> {
+        crate::netns::require_root();
+        Ok((Self::new()?, Bpffs::new()?))
+    }
+
+    /// The MSS the kernel in `a` sends with on a fresh TCP connection to `addr:port` (which
+    /// must listen): `TCP_MAXSEG`, the peer's MSS option after `a`'s ingress clamp, less the
+    /// TCP options in use.
+    pub fn sender_mss(&self, addr: IpAddr, port: u16) -> Result<u32> {
+        let out = self.a.sh(&format!(
+            "python3 -c \"import socket; s=socket.create_connection(('{addr}', {port}), timeout=5); \
+             print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))\""
+        ))?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("TCP_MAXSEG of a connection to {addr}:{port}: {out:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn options_are_spelled_as_runs_flags_in_order() {
+        let host = IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2));
+        let options = AgentOptions::clamping(host, 1372)
+            .with(RunFlag::Target(host))
+            .with(RunFlag::AttachMode(AttachMode::Clsact))
+            .with(RunFlag::RecheckInterval(2));
+        assert_eq!(
+            options.args(),
+            [
+                "--iface",
+                "eth0",
+                "--clamp",
+                "10.99.0.2=1372",
+                "--no-learn",
+                "--target",
+                "10.99.0.2",
+                "--attach-mode",
+                "clsact",
+                "--recheck-interval",
+                "2",
+            ]
+        );
+        assert!(AgentOptions::as_at_boot().args().is_empty());
     }
 }

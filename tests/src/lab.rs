@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::netns::{Daemon, Netns, enter_netns, run, unique, veth, wait_until};
+use crate::netns::{Daemon, Netns, Transport, enter_netns, run, unique, veth};
 
 /// `wsl`'s address (IPv4).
 pub const WSL_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
@@ -97,6 +97,9 @@ impl Default for LabConfig {
     }
 }
 
+/// How long a server started in `srv` may take to listen (an upper bound, not a timing claim).
+const SERVER_START: Duration = Duration::from_secs(20);
+
 /// The lab. Field order is drop order: servers, then namespaces, then the temporary directory.
 pub struct Lab {
     daemons: Mutex<Vec<Daemon>>,
@@ -129,6 +132,16 @@ impl Lab {
     pub fn new(bottleneck: u16) -> Result<Self> {
         Self::with(LabConfig {
             bottleneck,
+            ..LabConfig::default()
+        })
+    }
+
+    /// Builds the ZeroTier variant of the lab ([`LabConfig::zerotier`]) with a bottleneck of
+    /// `bottleneck` bytes, the rest as [`LabConfig::default`].
+    pub fn zerotier(bottleneck: u16) -> Result<Self> {
+        Self::with(LabConfig {
+            bottleneck,
+            zerotier: true,
             ..LabConfig::default()
         })
     }
@@ -461,16 +474,13 @@ impl Lab {
         args: &[&str],
     ) -> Result<()> {
         let d = self.srv.spawn(program, args)?;
-        let ns = &self.srv;
-        let listening = wait_until(
-            Duration::from_secs(20),
-            &format!("{what} on port {port}"),
-            || {
-                let out = ns.sh_output(&format!("ss -Hltn 'sport = :{port}'")).ok()?;
-                (!out.stdout.is_empty()).then_some(())
-            },
-        );
-        if let Err(e) = listening {
+        self.keep_listening(what, d, Transport::Tcp, port)
+    }
+
+    /// Keeps `d` (a server started in `srv`) until the lab is dropped, once it listens on
+    /// `port`; fails with its log when it does not within [`SERVER_START`].
+    fn keep_listening(&self, what: &str, d: Daemon, transport: Transport, port: u16) -> Result<()> {
+        if let Err(e) = self.srv.wait_for_listener(transport, port, SERVER_START) {
             bail!("{e}; {what} log:\n{}", d.log());
         }
         self.keep(d);
@@ -509,16 +519,7 @@ impl Lab {
         ];
         args.extend(names.iter().map(|(n, a)| format!("--address=/{n}/{a}")));
         let d = self.srv.spawn("dnsmasq", &args)?;
-        let ns = &self.srv;
-        let listening = wait_until(Duration::from_secs(20), "dnsmasq on port 53", || {
-            let out = ns.sh_output("ss -Hlun 'sport = :53'").ok()?;
-            (!out.stdout.is_empty()).then_some(())
-        });
-        if let Err(e) = listening {
-            bail!("{e}; dnsmasq log:\n{}", d.log());
-        }
-        self.keep(d);
-        Ok(())
+        self.keep_listening("dnsmasq", d, Transport::Udp, 53)
     }
 
     /// Starts `python3 -m http.server` in `srv` on `port` (both families), serving

@@ -191,6 +191,30 @@ impl Netns {
         Ok(d)
     }
 
+    /// Waits until something in the namespace listens on `port` (`transport`), failing after
+    /// `within`.
+    pub fn wait_for_listener(
+        &self,
+        transport: Transport,
+        port: u16,
+        within: Duration,
+    ) -> Result<()> {
+        let (flag, name) = match transport {
+            Transport::Tcp => ("t", "TCP"),
+            Transport::Udp => ("u", "UDP"),
+        };
+        wait_until(
+            within,
+            &format!("a {name} listener on port {port} in {}", self.name),
+            || {
+                let out = self
+                    .sh_output(&format!("ss -Hl{flag}n 'sport = :{port}'"))
+                    .ok()?;
+                (!out.stdout.is_empty()).then_some(())
+            },
+        )
+    }
+
     /// Starts a long-running process inside the namespace; killed on drop.
     pub fn spawn<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Result<Daemon>
     where
@@ -218,6 +242,15 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// The transport a listener waited for with [`Netns::wait_for_listener`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A TCP socket listening.
+    Tcp,
+    /// A bound UDP socket.
+    Udp,
 }
 
 /// Joins two namespaces with a veth pair `a_if` (in `a`) <-> `b_if` (in `b`), both up.
@@ -370,6 +403,12 @@ impl Bpffs {
     /// The mount point.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The pin directory tests give the agent here: `wslnet` below the mount point (the
+    /// agent creates it).
+    pub fn pin_dir(&self) -> PathBuf {
+        self.path.join("wslnet")
     }
 
     /// Files below the mount point, relative to it, sorted (the kernel's own `maps.debug` and

@@ -1,12 +1,31 @@
 //! The agent as a service, in namespaces: interfaces that come and go, kill -9 and restart,
 //! `detach`, configuration errors, running without root, and a real Prometheus scraping it.
 
-use std::time::{Duration, Instant};
-
-use wslnet_tests::{
-    agent::{Agent, Pair, sample, status_counter},
-    netns::{Bpffs, Daemon, Netns, PATIENCE, agent_bin, require_root, veth, wait_until},
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    process::Output,
+    time::{Duration, Instant},
 };
+
+use wslnet_agent::config::AttachMode;
+use wslnet_tests::{
+    agent::{
+        Agent, AgentOptions, Pair, RunFlag, run_command, sample, status_counter, with_attach_mode,
+    },
+    netns::{Bpffs, Daemon, Netns, PATIENCE, Transport, agent_bin, require_root, veth, wait_until},
+    prometheus,
+};
+
+/// The port [`listener`] holds connections on in [`Pair::b`].
+const PEER_PORT: u16 = 7000;
+/// The path MTU (bytes) the tests clamp [`Pair::b`] to: its MSS of 1460 becomes 1332, which
+/// with timestamps makes `a` send segments of 1320 ([`CLAMPED_MSS`]).
+const PEER_CLAMP: u16 = 1372;
+/// What `a` sends to [`Pair::b`] with while it is clamped to [`PEER_CLAMP`].
+const CLAMPED_MSS: u32 = 1320;
+/// What `a` sends to [`Pair::b`] with unclamped: 1460 less 12 of timestamps.
+const UNCLAMPED_MSS: u32 = 1448;
 
 /// How long a stopping agent may take to detach and exit: generous, because the VM
 /// runs under software emulation where netlink round trips are slow (an upper bound, not a
@@ -18,17 +37,16 @@ fn sigterm(daemon: &mut Daemon) -> std::process::ExitStatus {
     daemon.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).unwrap()
 }
 
-/// A short-lived TCP connection from `ns` to `addr:port` (a SYN through the datapath); returns
-/// the sender MSS the kernel uses for it (TCP_MAXSEG).
-fn connect_mss(ns: &Netns, addr: &str, port: u16) -> u32 {
-    ns.sh(&format!(
-        "python3 -c \"import socket; s=socket.create_connection(('{addr}', {port}), timeout=5); \
-         print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))\""
-    ))
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap()
+/// A short-lived TCP connection from `a` to [`Pair::b`]'s [`listener`] (a SYN through the
+/// datapath); returns the sender MSS the kernel uses for it.
+fn mss_to_peer(pair: &Pair) -> u32 {
+    pair.sender_mss(Pair::b4(), PEER_PORT).unwrap()
+}
+
+/// The agent as most tests here run it: `eth0` of [`Pair::a`], [`Pair::b`] clamped to
+/// [`PEER_CLAMP`].
+fn clamping_the_peer() -> AgentOptions {
+    AgentOptions::clamping(Pair::b4(), PEER_CLAMP)
 }
 
 /// A TCP listener on `port` in `ns` that accepts and holds connections.
@@ -46,12 +64,8 @@ fn listener(ns: &Netns, port: u16) -> Daemon {
             ],
         )
         .unwrap();
-    wait_until(PATIENCE, "listener", || {
-        ns.sh_output(&format!("ss -ltn | grep -q ':{port} '"))
-            .ok()
-            .filter(|o| o.status.success())
-    })
-    .unwrap();
+    ns.wait_for_listener(Transport::Tcp, port, PATIENCE)
+        .unwrap();
     d
 }
 
@@ -66,24 +80,13 @@ fn iface_names(agent: &Agent) -> Vec<String> {
 
 #[test]
 fn zerotier_interface_appearing_later_is_attached_and_detached() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _l = listener(&pair.b, 7000);
-    let agent = Agent::start(
-        &pair.a,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--iface",
-            "zt*",
-            "--clamp",
-            "10.98.0.2=1372",
-            "--no-learn",
-        ],
-    )
-    .unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _l = listener(&pair.b, PEER_PORT);
+    let zt_peer = IpAddr::V4(Ipv4Addr::new(10, 98, 0, 2));
+    let agent = AgentOptions::clamping(zt_peer, PEER_CLAMP)
+        .with(RunFlag::Iface("zt*".into()))
+        .start(&pair.a, &fs)
+        .unwrap();
     assert_eq!(iface_names(&agent), vec!["eth0"]);
     let mode = agent.status().unwrap()["interfaces"][0]["mode"]
         .as_str()
@@ -117,7 +120,7 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
             start.elapsed()
         );
         // Its SYNs are clamped: the peer's MSS (2760) is lowered to 1332 at our ingress.
-        assert_eq!(connect_mss(&pair.a, "10.98.0.2", 7000), 1320);
+        assert_eq!(pair.sender_mss(zt_peer, PEER_PORT).unwrap(), CLAMPED_MSS);
         let st = agent.status().unwrap();
         assert!(status_counter(&st, "zt3f8a9c2e1b", "ingress/ipv4", "mss_clamped") >= 1);
 
@@ -137,13 +140,10 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
 
 #[test]
 fn kill_9_keeps_clamping_and_restart_adopts_pins() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _l = listener(&pair.b, 7000);
-    let args = ["--iface", "eth0", "--clamp", "10.99.0.2=1372", "--no-learn"];
-    let mut agent = Agent::start(&pair.a, &fs, &args).unwrap();
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _l = listener(&pair.b, PEER_PORT);
+    let mut agent = clamping_the_peer().start(&pair.a, &fs).unwrap();
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
     let before = status_counter(
         &agent.status().unwrap(),
         "eth0",
@@ -157,7 +157,7 @@ fn kill_9_keeps_clamping_and_restart_adopts_pins() {
         .daemon
         .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
         .unwrap();
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
     let pin_dir = agent.pin_dir.clone();
     let st = wslnet_tests::agent::status_json(pair.a.name(), &pin_dir).unwrap();
     assert_eq!(
@@ -168,7 +168,7 @@ fn kill_9_keeps_clamping_and_restart_adopts_pins() {
 
     // A new agent adopts the pins: counters continue, one program per hook, and one SYN moves
     // the counter by exactly one (a double attachment would count it twice).
-    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
+    let agent = clamping_the_peer().start(&pair.a, &fs).unwrap();
     assert!(
         agent.daemon.log().contains("adopted=true"),
         "{}",
@@ -191,7 +191,7 @@ fn kill_9_keeps_clamping_and_restart_adopts_pins() {
             assert_eq!(f.matches("handle 0x5754").count(), 1, "{f}");
         }
     }
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
     let st = agent.status().unwrap();
     assert_eq!(
         status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped"),
@@ -223,20 +223,13 @@ fn removed_link_pins_detach_nothing_and_are_pinned_again() {
     if wslnet_tests::netns::skip_without_tcx() {
         return;
     }
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _l = listener(&pair.b, 7000);
-    let args = [
-        "--iface",
-        "eth0",
-        "--attach-mode",
-        "tcx",
-        "--clamp",
-        "10.99.0.2=1372",
-        "--no-learn",
-    ];
-    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _l = listener(&pair.b, PEER_PORT);
+    let agent = clamping_the_peer()
+        .with(RunFlag::AttachMode(AttachMode::Tcx))
+        .start(&pair.a, &fs)
+        .unwrap();
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
     let links = std::path::Path::new(&agent.pin_dir).join("links");
     let pins: Vec<std::path::PathBuf> = std::fs::read_dir(&links)
         .unwrap()
@@ -246,7 +239,7 @@ fn removed_link_pins_detach_nothing_and_are_pinned_again() {
     std::fs::remove_dir_all(&links).unwrap();
 
     // Still clamped at once: the agent's own fds keep both links attached.
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
     let st = agent.status().unwrap();
     assert_eq!(st["interfaces"][0]["tcx_programs"]["ingress"], 1, "{st:#}");
     assert_eq!(st["interfaces"][0]["tcx_programs"]["egress"], 1, "{st:#}");
@@ -266,7 +259,7 @@ fn removed_link_pins_detach_nothing_and_are_pinned_again() {
         .daemon
         .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
         .unwrap();
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
 }
 
 fn tc_state(ns: &Netns) -> String {
@@ -276,44 +269,29 @@ fn tc_state(ns: &Netns) -> String {
 
 #[test]
 fn detach_leaves_nothing_behind_tcx() {
-    if wslnet_tests::netns::skip_without_tcx() {
-        return;
-    }
-    detach_leaves_nothing_behind("tcx");
+    with_attach_mode(AttachMode::Tcx, detach_leaves_nothing_behind);
 }
 
 #[test]
 fn detach_leaves_nothing_behind_clsact() {
-    detach_leaves_nothing_behind("clsact");
+    with_attach_mode(AttachMode::Clsact, detach_leaves_nothing_behind);
 }
 
-fn detach_leaves_nothing_behind(mode: &str) {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _l = listener(&pair.b, 7000);
+fn detach_leaves_nothing_behind(mode: AttachMode) {
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _l = listener(&pair.b, PEER_PORT);
     let clean = tc_state(&pair.a);
-    let mut agent = Agent::start(
-        &pair.a,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--attach-mode",
-            mode,
-            "--keep-attached",
-            "--no-learn",
-            "--clamp",
-            "10.99.0.2=1372",
-        ],
-    )
-    .unwrap();
+    let mut agent = clamping_the_peer()
+        .with(RunFlag::AttachMode(mode))
+        .with(RunFlag::KeepAttached)
+        .start(&pair.a, &fs)
+        .unwrap();
     let status = sigterm(&mut agent.daemon);
-    assert!(status.success(), "{mode}: {status}");
+    assert!(status.success(), "{mode:?}: {status}");
     // --keep-attached: still there, and still clamping, after the agent stopped.
     assert!(!fs.list().is_empty());
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
-    if mode == "clsact" {
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    if mode == AttachMode::Clsact {
         assert!(
             tc_state(&pair.a).contains("clsact"),
             "{}",
@@ -322,24 +300,24 @@ fn detach_leaves_nothing_behind(mode: &str) {
     }
     let out = agent.cli(&["detach", "--pin-dir", &agent.pin_dir]).unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(tc_state(&pair.a), clean, "{mode}: tc state after detach");
-    assert_eq!(fs.list(), Vec::<String>::new(), "{mode}: pins after detach");
+    assert_eq!(tc_state(&pair.a), clean, "{mode:?}: tc state after detach");
+    assert_eq!(
+        fs.list(),
+        Vec::<String>::new(),
+        "{mode:?}: pins after detach"
+    );
     // Nothing clamps any more.
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1448, "{mode}");
+    assert_eq!(mss_to_peer(&pair), UNCLAMPED_MSS, "{mode:?}");
 }
 
 #[test]
 fn sigterm_without_keep_detaches_everything() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
     let clean = tc_state(&pair.a);
-    let mut agent = Agent::start(
-        &pair.a,
-        &fs,
-        &["--iface", "eth0", "--attach-mode", "clsact"],
-    )
-    .unwrap();
+    let mut agent = AgentOptions::eth0()
+        .with(RunFlag::AttachMode(AttachMode::Clsact))
+        .start(&pair.a, &fs)
+        .unwrap();
     assert_ne!(tc_state(&pair.a), clean);
     let status = sigterm(&mut agent.daemon);
     assert!(status.success());
@@ -410,18 +388,11 @@ fn without_root_one_clear_line_and_exit_2() {
 
 #[test]
 fn prometheus_scrapes_the_agent() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _l = listener(&pair.b, 7000);
-    let agent = Agent::start(
-        &pair.a,
-        &fs,
-        &["--iface", "eth0", "--clamp", "10.99.0.2=1372", "--no-learn"],
-    )
-    .unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _l = listener(&pair.b, PEER_PORT);
+    let agent = clamping_the_peer().start(&pair.a, &fs).unwrap();
     for _ in 0..3 {
-        assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+        assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
     }
 
     // promtool lints the exposition.
@@ -455,27 +426,9 @@ fn prometheus_scrapes_the_agent() {
         ),
     )
     .unwrap();
-    let _prom = pair
-        .a
-        .spawn(
-            "prometheus",
-            [
-                format!("--config.file={}", cfg.display()),
-                format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-                "--web.listen-address=127.0.0.1:9090".into(),
-            ],
-        )
-        .unwrap();
+    let _prom = prometheus::start(&pair.a, &cfg, &dir.path().join("data")).unwrap();
     let value = wait_until(Duration::from_secs(30), "prometheus query result", || {
-        let out = pair
-            .a
-            .sh_output(
-                "curl -s 'http://127.0.0.1:9090/api/v1/query?query=sum(wslnet_mss_clamped_total)'",
-            )
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let s = v["data"]["result"][0]["value"][1].as_str()?.to_string();
-        s.parse::<f64>().ok()
+        prometheus::first_value(&pair.a, "sum(wslnet_mss_clamped_total)")
     })
     .unwrap();
     // 3 SYNs clamped at egress and 3 SYN-ACKs at ingress.
@@ -484,9 +437,7 @@ fn prometheus_scrapes_the_agent() {
 
 #[test]
 fn sighup_reloads_the_config_file() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wslnet.toml");
     let write = |mtu: u16| {
@@ -499,7 +450,10 @@ fn sighup_reloads_the_config_file() {
         .unwrap()
     };
     write(1400);
-    let agent = Agent::start(&pair.a, &fs, &["--config", path.to_str().unwrap()]).unwrap();
+    let agent = AgentOptions::default()
+        .with(RunFlag::Config(path.clone()))
+        .start(&pair.a, &fs)
+        .unwrap();
     let clamps = |a: &Agent| a.status().unwrap()["clamps"].clone();
     assert_eq!(clamps(&agent)[0]["mtu"], 1400);
     write(1300);
@@ -550,31 +504,22 @@ fn check_reports_readiness_and_what_is_missing() {
 
 #[test]
 fn attachments_of_a_crashed_run_are_cleaned_up_or_adopted() {
-    const CLSACT_CLAMP: &[&str] = &[
-        "--iface",
-        "eth0",
-        "--attach-mode",
-        "clsact",
-        "--clamp",
-        "10.99.0.2=1372",
-        "--no-learn",
-    ];
     require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _l = listener(&pair.b, 7000);
+    let clsact_clamp = clamping_the_peer().with(RunFlag::AttachMode(AttachMode::Clsact));
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _l = listener(&pair.b, PEER_PORT);
     let clean = tc_state(&pair.a);
-    let mut agent = Agent::start(&pair.a, &fs, CLSACT_CLAMP).unwrap();
+    let mut agent = clsact_clamp.start(&pair.a, &fs).unwrap();
     agent
         .daemon
         .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
         .unwrap();
     drop(agent);
     // The crashed run's filters still clamp.
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1320);
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
 
     // Same interfaces: the filters are replaced in place (one filter per hook, not two).
-    let mut agent = Agent::start(&pair.a, &fs, CLSACT_CLAMP).unwrap();
+    let mut agent = clsact_clamp.start(&pair.a, &fs).unwrap();
     let filters = pair.a.sh("tc filter show dev eth0 ingress").unwrap();
     assert_eq!(filters.matches("handle 0x5754").count(), 1, "{filters}");
     agent
@@ -584,14 +529,18 @@ fn attachments_of_a_crashed_run_are_cleaned_up_or_adopted() {
     drop(agent);
 
     // eth0 no longer configured: a new run removes what the crashed one left on it.
-    let agent = Agent::start(&pair.a, &fs, &["--iface", "nothing*", "--no-learn"]).unwrap();
+    let agent = AgentOptions::default()
+        .with(RunFlag::Iface("nothing*".into()))
+        .with(RunFlag::NoLearn)
+        .start(&pair.a, &fs)
+        .unwrap();
     assert!(
         agent.daemon.log().contains("stale attachment"),
         "{}",
         agent.daemon.log()
     );
     assert_eq!(tc_state(&pair.a), clean);
-    assert_eq!(connect_mss(&pair.a, Pair::B4, 7000), 1448);
+    assert_eq!(mss_to_peer(&pair), UNCLAMPED_MSS);
 }
 
 /// Pins `name` under `dir`: a one-entry array map with `value_size`-byte values, created with
@@ -646,11 +595,8 @@ fn pin_foreign_array(path: &std::path::Path, value_size: u32) {
 /// refuses them with one line that names `detach`, `detach` removes them, then `run` starts.
 #[test]
 fn pins_of_another_map_layout_are_refused_until_detached() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let pin_dir = fs.path().join("wslnet");
-    let maps_dir = wslnet_agent::pins::maps_dir(&pin_dir);
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let maps_dir = wslnet_agent::pins::maps_dir(&fs.pin_dir());
     std::fs::create_dir_all(&maps_dir).unwrap();
     pin_foreign_array(&maps_dir.join(wslnet_common::map_names::GLOBALS), 8);
     refused_until_detached(&pair, &fs);
@@ -661,18 +607,15 @@ fn pins_of_another_map_layout_are_refused_until_detached() {
 /// same way.
 #[test]
 fn pins_of_another_map_abi_are_refused_until_detached() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let mut agent = Agent::start(
-        &pair.a,
-        &fs,
-        &["--iface", "eth0", "--no-learn", "--keep-attached"],
-    )
-    .unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let mut agent = AgentOptions::eth0()
+        .with(RunFlag::NoLearn)
+        .with(RunFlag::KeepAttached)
+        .start(&pair.a, &fs)
+        .unwrap();
     let status = sigterm(&mut agent.daemon);
     assert!(status.success(), "{status}");
-    let mut maps = wslnet_agent::maps::Maps::open(&fs.path().join("wslnet")).unwrap();
+    let mut maps = wslnet_agent::maps::Maps::open(&fs.pin_dir()).unwrap();
     let older = wslnet_common::Globals {
         abi_version: wslnet_common::ABI_VERSION - 1,
         ..maps.globals().unwrap()
@@ -685,14 +628,9 @@ fn pins_of_another_map_abi_are_refused_until_detached() {
 /// `run` on the pins under `fs` fails at once, naming `detach`; `detach` removes every pin;
 /// `run` then starts.
 fn refused_until_detached(pair: &Pair, fs: &Bpffs) {
-    let pin_dir = fs.path().join("wslnet");
+    let pin_dir = fs.pin_dir();
     let pin_arg = pin_dir.to_str().unwrap();
-    let out = std::process::Command::new("timeout")
-        .args(["30", "ip", "netns", "exec", pair.a.name()])
-        .arg(agent_bin())
-        .args(["run", "--pin-dir", pin_arg, "--iface", "eth0", "--no-learn"])
-        .output()
-        .unwrap();
+    let out = run_expecting_refusal(&pair.a, &pin_dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started on foreign pins: {stderr}");
     assert_ne!(out.status.code(), Some(124), "did not exit: {stderr}");
@@ -708,8 +646,24 @@ fn refused_until_detached(pair: &Pair, fs: &Bpffs) {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(fs.list(), Vec::<String>::new());
-    let agent = Agent::start(&pair.a, fs, &["--iface", "eth0", "--no-learn"]).unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::NoLearn)
+        .start(&pair.a, fs)
+        .unwrap();
     assert_eq!(iface_names(&agent), ["eth0"]);
+}
+
+/// `run --iface eth0 --no-learn` on `pin_dir` in `ns`, expected to refuse it and exit (killed
+/// after 30 s if it does not, exit code 124); its output. Without the test log settings of
+/// [`run_command`]: the refusal is judged as a user sees it.
+fn run_expecting_refusal(ns: &Netns, pin_dir: &Path) -> Output {
+    std::process::Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", ns.name()])
+        .arg(agent_bin())
+        .args(["run", "--iface", "eth0", "--no-learn", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .unwrap()
 }
 
 /// SIGTERM while the agent is still starting (its metrics are up, interfaces not yet attached):
@@ -717,23 +671,10 @@ fn refused_until_detached(pair: &Pair, fs: &Bpffs) {
 /// half-attached interface and pins behind.
 #[test]
 fn sigterm_during_startup_stops_cleanly() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
     let clean = tc_state(&pair.a);
-    let pin_dir = fs.path().join("wslnet").display().to_string();
-    let mut cmd = pair.a.command(agent_bin());
-    cmd.args([
-        "run",
-        "--pin-dir",
-        &pin_dir,
-        "--iface",
-        "eth0",
-        "--attach-mode",
-        "clsact",
-    ])
-    .env("RUST_LOG", "info")
-    .env("NO_COLOR", "1");
+    let options = AgentOptions::eth0().with(RunFlag::AttachMode(AttachMode::Clsact));
+    let cmd = run_command(&pair.a, &[], &fs.pin_dir(), options.args());
     let mut daemon = Daemon::start(cmd).unwrap();
     daemon
         .wait_for_log(Duration::from_secs(20), |l| l.contains("serving metrics"))
@@ -795,9 +736,7 @@ fn check_judges_a_kernel_config_file() {
 #[test]
 fn a_pin_directory_another_user_could_have_prepared_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
     let clean = tc_state(&pair.a);
     let root = fs.path();
     std::fs::create_dir(root.join("elsewhere")).unwrap();
@@ -815,14 +754,7 @@ fn a_pin_directory_another_user_could_have_prepared_is_refused() {
         ("foreign", "is owned by uid 65534"),
         ("open", "is writable by group or others (mode 777)"),
     ] {
-        let pin_dir = root.join(dir);
-        let out = std::process::Command::new("timeout")
-            .args(["30", "ip", "netns", "exec", pair.a.name()])
-            .arg(agent_bin())
-            .args(["run", "--iface", "eth0", "--no-learn", "--pin-dir"])
-            .arg(&pin_dir)
-            .output()
-            .unwrap();
+        let out = run_expecting_refusal(&pair.a, &root.join(dir));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{dir}: {err}");
         assert!(err.contains(problem), "{dir}: {err}");
@@ -841,7 +773,10 @@ fn a_pin_directory_another_user_could_have_prepared_is_refused() {
             .is_none(),
         "something was pinned through the symbolic link"
     );
-    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--no-learn"]).unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::NoLearn)
+        .start(&pair.a, &fs)
+        .unwrap();
     let mode = std::fs::metadata(root.join("wslnet/maps"))
         .unwrap()
         .permissions()
@@ -856,10 +791,11 @@ fn a_pin_directory_another_user_could_have_prepared_is_refused() {
 /// `/metrics` answer again.
 #[test]
 fn clients_that_never_finish_a_request_cost_a_bounded_number_of_descriptors() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--no-learn"]).unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::NoLearn)
+        .start(&pair.a, &fs)
+        .unwrap();
     let fds = || {
         std::fs::read_dir(format!("/proc/{}/fd", agent.daemon.pid()))
             .unwrap()

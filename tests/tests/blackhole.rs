@@ -4,14 +4,17 @@
 //! 200 concurrent downloads, across a VPN connecting and disconnecting, and on first contact
 //! with new addresses (also from a container behind the VM's own NAT).
 
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use wslnet_agent::maps::Maps;
 use wslnet_tests::{
-    agent::{Agent, host_clamp, sample},
+    agent::{Agent, AgentOptions, RunFlag, host_clamp, sample},
     clients::{self, Client, Servers},
     lab::{Lab, LabConfig, SRV_V4, SRV_V6, WSL_V4, WSL_V6, ZT_IFACE},
-    netns::{Bpffs, require_root, wait_until},
+    netns::{require_root, wait_until},
 };
 
 /// Client timeout when a stall is expected (the black hole never answers).
@@ -67,23 +70,12 @@ fn black_hole_1372_real_clients_stall_without_and_pass_with_wslnet() {
         "the routers should have dropped ICMP errors"
     );
 
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--target",
-            &SRV_V4.to_string(),
-            "--target",
-            &SRV_V6.to_string(),
-            "--no-learn",
-        ],
-    )
-    .unwrap();
-    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
-    agent.wait_for_path_mtu(&SRV_V6.to_string(), 1372.0, Duration::from_secs(30));
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with(RunFlag::Target(SRV_V6.into()))
+        .start_in_lab(&lab)
+        .unwrap();
+    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V6, 1372, Duration::from_secs(30));
     let with = clients::run_all(&lab, &servers, &[false, true], PASS_TIMEOUT);
     assert_all(&with, true);
 }
@@ -91,12 +83,7 @@ fn black_hole_1372_real_clients_stall_without_and_pass_with_wslnet() {
 #[test]
 fn zerotier_interface_appearing_after_start_with_bottleneck_1000() {
     require_root();
-    let lab = Lab::with(LabConfig {
-        bottleneck: 1000,
-        zerotier: true,
-        ..LabConfig::default()
-    })
-    .unwrap();
+    let lab = Lab::zerotier(1000).unwrap();
     let servers = Servers::start(&lab).unwrap();
     // ZeroTier brings its interface up after the agent: hide it under another name first.
     lab.wsl
@@ -104,21 +91,10 @@ fn zerotier_interface_appearing_after_start_with_bottleneck_1000() {
             "ip link set {ZT_IFACE} down && ip link set {ZT_IFACE} name tap9"
         ))
         .unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--iface",
-            "zt*",
-            "--target",
-            &SRV_V4.to_string(),
-            "--no-learn",
-        ],
-    )
-    .unwrap();
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with(RunFlag::Iface("zt*".into()))
+        .start_in_lab(&lab)
+        .unwrap();
     // Now it "appears": zt + hex, MTU 2800, addresses and routes as ZeroTier would set them.
     lab.wsl
         .sh(&format!(
@@ -138,7 +114,7 @@ fn zerotier_interface_appearing_after_start_with_bottleneck_1000() {
     })
     .unwrap();
     // The interface change also makes the manager search again; the answer is 1000.
-    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1000.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V4, 1000, Duration::from_secs(30));
     let with = clients::run_all(&lab, &servers, &[false], PASS_TIMEOUT);
     assert_all(&with, true);
 }
@@ -175,20 +151,8 @@ S(('::', 8090), h).serve_forever()",
     )
     .unwrap();
     http.port = 8090;
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--target",
-            &SRV_V4.to_string(),
-            "--no-learn",
-        ],
-    )
-    .unwrap();
-    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    let agent = AgentOptions::measuring(SRV_V4).start_in_lab(&lab).unwrap();
+    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(30));
     let url = http.url(lab.srv_addr(false));
     let urls: Vec<String> = (0..200).map(|i| format!("'{url}?n={i}'")).collect();
     let start = Instant::now();
@@ -226,28 +190,16 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
     const RECHECK: u64 = 2;
     let lab = Lab::new(1500).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let target = SRV_V4.to_string();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--target",
-            &target,
-            "--no-learn",
-            "--recheck-interval",
-            &RECHECK.to_string(),
-        ],
-    )
-    .unwrap();
-    agent.wait_for_path_mtu(&target, 1500.0, Duration::from_secs(30));
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with(RunFlag::RecheckInterval(RECHECK))
+        .start_in_lab(&lab)
+        .unwrap();
+    agent.wait_for_path_mtu(SRV_V4, 1500, Duration::from_secs(30));
 
     // The VPN connects: the path shrinks to 1372 and nothing tells us.
     lab.set_bottleneck(1372).unwrap();
     let start = Instant::now();
-    agent.wait_for_path_mtu(&target, 1372.0, Duration::from_secs(3 * RECHECK + 10));
+    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(3 * RECHECK + 10));
     eprintln!(
         "VPN up: clamp at 1372 after {:?} (re-check interval {RECHECK} s)",
         start.elapsed()
@@ -258,7 +210,7 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
     // The VPN disconnects: the clamp rises back.
     lab.set_bottleneck(1500).unwrap();
     let start = Instant::now();
-    agent.wait_for_path_mtu(&target, 1500.0, Duration::from_secs(3 * RECHECK + 10));
+    agent.wait_for_path_mtu(SRV_V4, 1500, Duration::from_secs(3 * RECHECK + 10));
     eprintln!("VPN down: clamp back at 1500 after {:?}", start.elapsed());
     let st = agent.status().unwrap();
     let entry = host_clamp(&st, SRV_V4.into());
@@ -274,9 +226,8 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
     require_root();
     let lab = Lab::new(1372).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
     // No --target: the agent only knows what the datapath learns from outgoing SYNs.
-    let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0"]).unwrap();
+    let agent = AgentOptions::eth0().start_in_lab(&lab).unwrap();
     // The first attempt may stall (nothing is known yet), but its SYN teaches the agent.
     let _first = clients::run(&lab, &servers, Client::Http, false, Duration::from_secs(2));
     let entry = wait_until(Duration::from_secs(30), "a probed clamp for srv", || {
@@ -306,19 +257,11 @@ fn the_first_contact_mtu_covers_destinations_not_yet_measured() {
     require_root();
     let lab = Lab::new(1372).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--no-learn",
-            "--first-contact-mtu",
-            "1300",
-        ],
-    )
-    .unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::NoLearn)
+        .with(RunFlag::FirstContactMtu(1300))
+        .start_in_lab(&lab)
+        .unwrap();
     let st = agent.status().unwrap();
     assert_eq!(st["interfaces"][0]["default_mtu_v4"], 1300, "{st:#}");
     assert_eq!(st["interfaces"][0]["default_mtu_v6"], 1300, "{st:#}");
@@ -340,6 +283,29 @@ fn the_first_contact_mtu_covers_destinations_not_yet_measured() {
         .unwrap()
             >= 3.0
     );
+}
+
+/// Starts the agent as at boot in `lab` and meets `srv` at each group of `groups` (addresses new
+/// to the agent; a group's at once, the groups one after another): the first connection of
+/// every client to each address passes, then each address is clamped to `want(address)` bytes.
+/// Returns the agent.
+fn measured_after_first_contact(
+    lab: &Lab,
+    servers: &Servers,
+    groups: &[Vec<IpAddr>],
+    want: impl Fn(IpAddr) -> u64,
+) -> Agent {
+    let agent = AgentOptions::as_at_boot().start_in_lab(lab).unwrap();
+    for group in groups {
+        let first = clients::run_all_from(&lab.wsl, servers, group, PASS_TIMEOUT);
+        assert_all(&first, true);
+    }
+    for &host in groups.iter().flatten() {
+        agent
+            .wait_for_clamp(host, want(host), Duration::from_secs(30))
+            .unwrap();
+    }
+    agent
 }
 
 /// Waits until `status` shows the interface defaults (IPv4, IPv6) `want`.
@@ -364,7 +330,6 @@ fn wait_for_first_contact(agent: &Agent, want: (u64, u64)) {
 fn first_contact_follows_a_narrower_tunnel_and_never_rises_above_its_setting() {
     require_root();
     let lab = Lab::new(1372).unwrap();
-    let fs = Bpffs::new().unwrap();
     let cfg = lab.tmp_dir().join("wslnet.toml");
     std::fs::write(
         &cfg,
@@ -374,15 +339,18 @@ fn first_contact_follows_a_narrower_tunnel_and_never_rises_above_its_setting() {
         ),
     )
     .unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &["--config", cfg.to_str().unwrap()]).unwrap();
+    let agent = AgentOptions::default()
+        .with(RunFlag::Config(cfg))
+        .start_in_lab(&lab)
+        .unwrap();
     // Measured 1372 through eth0: below the setting, so IPv4 first contacts get 1372; nothing
     // was measured over IPv6, whose first contacts keep the setting.
-    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1372.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(30));
     wait_for_first_contact(&agent, (1372, 1400));
     // The bottleneck goes away: the re-check finds 1500, and first contact goes back to the
     // setting, not to 1500.
     lab.set_bottleneck(1500).unwrap();
-    agent.wait_for_path_mtu(&SRV_V4.to_string(), 1500.0, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V4, 1500, Duration::from_secs(30));
     wait_for_first_contact(&agent, (1400, 1400));
 }
 
@@ -396,8 +364,11 @@ fn without_first_contact_the_first_connection_to_a_new_address_stalls() {
     require_root();
     let lab = Lab::new(1372).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &["--first-contact-mtu", "0", "--no-reflect"]).unwrap();
+    let agent = AgentOptions::default()
+        .with(RunFlag::FirstContactMtu(0))
+        .with(RunFlag::NoReflect)
+        .start_in_lab(&lab)
+        .unwrap();
     let host = lab.srv_addrs(false)[1];
     let first = clients::run_from(&lab.wsl, &servers, Client::Http, host, STALL_TIMEOUT);
     assert_all(&[first], false);
@@ -413,8 +384,7 @@ fn first_contact_with_three_new_addresses_behind_one_tunnel_passes_on_the_first_
     require_root();
     let lab = Lab::new(1372).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let agent = AgentOptions::as_at_boot().start_in_lab(&lab).unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
     assert_eq!((v4.len(), v6.len()), (3, 3));
     for pair in v4.iter().zip(&v6) {
@@ -445,8 +415,7 @@ fn a_container_behind_the_vms_own_nat_passes_on_its_first_try() {
     let hosts = lab.srv_addrs(false);
     let without = clients::run_from(&ctr, &servers, Client::Http, hosts[1], STALL_TIMEOUT);
     assert_all(&[without], false);
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let agent = AgentOptions::as_at_boot().start_in_lab(&lab).unwrap();
     let first = clients::run_all_from(&ctr, &servers, &[hosts[0]], PASS_TIMEOUT);
     assert_all(&first, true);
     drop(agent);
@@ -462,26 +431,13 @@ fn the_tcp_fallback_in_run_measures_above_the_clamp_in_force() {
     let lab = Lab::new(1400).unwrap();
     lab.drop_icmp_echo(true).unwrap();
     lab.start_tcp_sink(PORT).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let (v4, v6) = (SRV_V4.to_string(), SRV_V6.to_string());
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--target",
-            &v4,
-            "--target",
-            &v6,
-            "--no-learn",
-            "--probe-tcp-port",
-            &PORT.to_string(),
-        ],
-    )
-    .unwrap();
-    agent.wait_for_path_mtu(&v4, 1400.0, Duration::from_secs(30));
-    agent.wait_for_path_mtu(&v6, 1400.0, Duration::from_secs(30));
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with(RunFlag::Target(SRV_V6.into()))
+        .with(RunFlag::ProbeTcpPort(PORT))
+        .start_in_lab(&lab)
+        .unwrap();
+    agent.wait_for_path_mtu(SRV_V4, 1400, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V6, 1400, Duration::from_secs(30));
     // Every probe connection left the probe map when it ended.
     let maps = Maps::open(std::path::Path::new(&agent.pin_dir)).unwrap();
     wait_until(Duration::from_secs(10), "an empty probe map", || {
@@ -500,8 +456,7 @@ fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
     require_root();
     let lab = Lab::new(1500).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let agent = AgentOptions::as_at_boot().start_in_lab(&lab).unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
     let hosts = [v4[0], v4[1], v6[0]];
     for &h in &hosts {
@@ -555,8 +510,10 @@ fn a_lossy_path_never_yields_a_clamp_below_its_real_mtu() {
     require_root();
     let lab = Lab::new(1500).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &["--recheck-interval", "1"]).unwrap();
+    let agent = AgentOptions::default()
+        .with(RunFlag::RecheckInterval(1))
+        .start_in_lab(&lab)
+        .unwrap();
     let host = lab.srv_addr(false);
     let first = clients::run_from(&lab.wsl, &servers, Client::Http, host, PASS_TIMEOUT);
     assert_all(&[first], true);
@@ -604,19 +561,11 @@ fn a_path_that_carries_less_tcp_than_icmp_is_clamped_to_what_tcp_carries() {
     let lab = Lab::new(1372).unwrap();
     lab.limit_tcp(Some((TCP_V4 as u16, TCP_V6 as u16))).unwrap();
     let servers = Servers::start(&lab).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
-    for pair in v4.iter().zip(&v6) {
-        let first = clients::run_all_from(&lab.wsl, &servers, &[*pair.0, *pair.1], PASS_TIMEOUT);
-        assert_all(&first, true);
-    }
-    for host in v4.iter().chain(&v6) {
-        let want = if host.is_ipv4() { TCP_V4 } else { TCP_V6 };
-        agent
-            .wait_for_clamp(*host, want, Duration::from_secs(30))
-            .unwrap();
-    }
+    let pairs: Vec<Vec<IpAddr>> = v4.iter().zip(&v6).map(|(a, b)| vec![*a, *b]).collect();
+    let agent = measured_after_first_contact(&lab, &servers, &pairs, |host| {
+        if host.is_ipv4() { TCP_V4 } else { TCP_V6 }
+    });
     // At least the first address of each family was set by TCP carrying less than echo (later
     // ones may be set by echo replies that `srv` fragments once told of the path).
     let metrics = agent.metrics().unwrap();
@@ -652,17 +601,8 @@ fn a_narrow_return_path_is_measured_from_fragmented_echo_replies() {
     let hosts = lab.srv_addrs(false);
     let without = clients::run_from(&lab.wsl, &servers, Client::Http, hosts[0], STALL_TIMEOUT);
     assert_all(&[without], false);
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
-    for host in &hosts {
-        let first = clients::run_all_from(&lab.wsl, &servers, &[*host], PASS_TIMEOUT);
-        assert_all(&first, true);
-    }
-    for host in &hosts {
-        agent
-            .wait_for_clamp(*host, 1372, Duration::from_secs(30))
-            .unwrap();
-    }
+    let singles: Vec<Vec<IpAddr>> = hosts.iter().map(|h| vec![*h]).collect();
+    let agent = measured_after_first_contact(&lab, &servers, &singles, |_| 1372);
     let metrics = agent.metrics().unwrap();
     let fragments = sample(
         &metrics,

@@ -4,29 +4,28 @@
 
 use std::time::Duration;
 
+use wslnet_agent::config::AttachMode;
 use wslnet_tests::{
-    agent::{Agent, Pair, sample, status_counter},
-    netns::{Bpffs, Daemon, PATIENCE, require_root, wait_until},
+    agent::{
+        AgentOptions, Pair, RunFlag, attach_mode_name, sample, status_counter, with_attach_mode,
+    },
+    netns::{Daemon, PATIENCE, Transport},
 };
 
 /// Bytes of the file the HTTP server in `b` serves.
 const FILE_SIZE: usize = 300 * 1024;
+/// Port of the HTTP server in `b`.
+const HTTP_PORT: u16 = 8080;
 
-fn clamp_args(mode: &str) -> Vec<String> {
-    vec![
-        "--iface".into(),
-        "eth0".into(),
-        "--clamp".into(),
-        format!("{}=1372", Pair::B4),
-        "--clamp".into(),
-        format!("{}=1372", Pair::B6),
-        "--no-learn".into(),
-        "--attach-mode".into(),
-        mode.into(),
-    ]
+/// The agent on `eth0` of `a`, attached in `mode`, with both of `b`'s addresses clamped to
+/// 1372.
+fn clamping_both_families(mode: AttachMode) -> AgentOptions {
+    AgentOptions::clamping(Pair::b4(), 1372)
+        .with(RunFlag::Clamp(Pair::b6(), 1372))
+        .with(RunFlag::AttachMode(mode))
 }
 
-/// Starts an HTTP server on [::]:8080 in `b` serving a FILE_SIZE file at /blob.
+/// Starts an HTTP server on [::]:[`HTTP_PORT`] in `b` serving a FILE_SIZE file at /blob.
 fn http_server(pair: &Pair) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("blob"), vec![b'x'; FILE_SIZE]).unwrap();
@@ -37,7 +36,7 @@ fn http_server(pair: &Pair) -> (Daemon, tempfile::TempDir) {
             [
                 "-m",
                 "http.server",
-                "8080",
+                &HTTP_PORT.to_string(),
                 "--bind",
                 "::",
                 "--directory",
@@ -45,27 +44,10 @@ fn http_server(pair: &Pair) -> (Daemon, tempfile::TempDir) {
             ],
         )
         .unwrap();
-    wait_until(PATIENCE, "http server", || {
-        pair.b
-            .sh_output("ss -ltn | grep -q ':8080 '")
-            .ok()
-            .filter(|o| o.status.success())
-    })
-    .unwrap();
-    (srv, dir)
-}
-
-/// The MSS the kernel in `a` uses to send on a fresh connection to `addr:8080`
-/// (getsockopt TCP_MAXSEG: the peer's MSS option after our ingress clamp, less TCP options).
-fn sender_mss(pair: &Pair, addr: &str) -> u32 {
-    let out = pair
-        .a
-        .sh(&format!(
-            "python3 -c \"import socket; s=socket.create_connection(('{addr}', 8080), timeout=5); \
-             print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))\""
-        ))
+    pair.b
+        .wait_for_listener(Transport::Tcp, HTTP_PORT, PATIENCE)
         .unwrap();
-    out.trim().parse().unwrap()
+    (srv, dir)
 }
 
 /// Downloads /blob from `url_host` in `a` with curl and returns the byte count.
@@ -73,7 +55,7 @@ fn download(pair: &Pair, url_host: &str) -> usize {
     let out = pair
         .a
         .sh(&format!(
-            "curl -sS --max-time 10 -o /dev/null -w '%{{size_download}}' http://{url_host}:8080/blob"
+            "curl -sS --max-time 10 -o /dev/null -w '%{{size_download}}' http://{url_host}:{HTTP_PORT}/blob"
         ))
         .unwrap();
     out.trim().parse().unwrap()
@@ -98,42 +80,26 @@ fn syn_mss(capture: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
-fn clamp_in_both_directions(mode: &str) {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
+fn clamp_in_both_directions(mode: AttachMode) {
+    let (pair, fs) = Pair::with_bpffs().unwrap();
     let (_srv, _dir) = http_server(&pair);
     let capture_file = std::env::temp_dir().join(wslnet_tests::netns::unique("cap") + ".pcap");
+    let port = HTTP_PORT.to_string();
     let mut capture = pair
         .b
-        .spawn(
-            "tcpdump",
-            [
-                "-U",
-                "-n",
-                "-i",
-                "eth0",
-                "-w",
-                capture_file.to_str().unwrap(),
-                "tcp port 8080",
-            ],
-        )
-        .unwrap();
-    capture
-        .wait_for_log(Duration::from_secs(10), |l| l.contains("listening on"))
+        .capture("eth0", &capture_file, &["tcp", "port", &port])
         .unwrap();
 
+    let sender_mss = |addr| pair.sender_mss(addr, HTTP_PORT).unwrap();
     // Without the agent: the kernel's own MSS (1460 - 12 of timestamps).
-    assert_eq!(sender_mss(&pair, Pair::B4), 1448);
+    assert_eq!(sender_mss(Pair::b4()), 1448);
 
-    let args = clamp_args(mode);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
+    let agent = clamping_both_families(mode).start(&pair.a, &fs).unwrap();
 
     // Ingress: the SYN-ACK of b (MSS 1460 / 1440) is clamped on arrival, so a's stack sends
     // segments that fit 1372: 1332 - 12 (IPv4), 1312 - 12 (IPv6).
-    assert_eq!(sender_mss(&pair, Pair::B4), 1320);
-    assert_eq!(sender_mss(&pair, Pair::B6), 1300);
+    assert_eq!(sender_mss(Pair::b4()), 1320);
+    assert_eq!(sender_mss(Pair::b6()), 1300);
 
     // Connections complete with data.
     assert_eq!(download(&pair, Pair::B4), FILE_SIZE);
@@ -183,22 +149,13 @@ fn clamp_in_both_directions(mode: &str) {
 
     // Counters: status and metrics agree with what was sent.
     let st = agent.status().unwrap();
-    assert!(
-        status_counter(&st, "eth0", "egress/ipv4", "mss_clamped") >= 2,
-        "{st:#}"
-    );
-    assert!(
-        status_counter(&st, "eth0", "ingress/ipv4", "mss_clamped") >= 2,
-        "{st:#}"
-    );
-    assert!(
-        status_counter(&st, "eth0", "egress/ipv6", "mss_clamped") >= 2,
-        "{st:#}"
-    );
-    assert!(
-        status_counter(&st, "eth0", "ingress/ipv6", "mss_clamped") >= 2,
-        "{st:#}"
-    );
+    for dirfam in ["egress/ipv4", "ingress/ipv4", "egress/ipv6", "ingress/ipv6"] {
+        assert!(
+            status_counter(&st, "eth0", dirfam, "mss_clamped") >= 2,
+            "{dirfam}: {st:#}"
+        );
+    }
+    let mode = attach_mode_name(mode);
     assert_eq!(st["interfaces"][0]["mode"], mode);
     let m = agent.metrics().unwrap();
     let clamped = sample(
@@ -219,7 +176,7 @@ fn clamp_in_both_directions(mode: &str) {
         sample(
             &m,
             "wslnet_interface_attached",
-            &[("interface", "eth0"), ("mode", mode)]
+            &[("interface", "eth0"), ("mode", &mode)]
         ),
         Some(1.0)
     );
@@ -227,15 +184,12 @@ fn clamp_in_both_directions(mode: &str) {
 
 #[test]
 fn tcx_clamps_both_directions_ipv4_and_ipv6() {
-    if wslnet_tests::netns::skip_without_tcx() {
-        return;
-    }
-    clamp_in_both_directions("tcx");
+    with_attach_mode(AttachMode::Tcx, clamp_in_both_directions);
 }
 
 #[test]
 fn clsact_clamps_both_directions_ipv4_and_ipv6() {
-    clamp_in_both_directions("clsact");
+    with_attach_mode(AttachMode::Clsact, clamp_in_both_directions);
 }
 
 /// Runs iperf3 from `a` to `b` for `secs` seconds; the data goes a -> b.
@@ -249,13 +203,11 @@ fn bulk_send(pair: &Pair, addr: &str) {
 /// every oversize DF packet counted once, whatever its kind, and nothing else.
 #[test]
 fn oversize_df_packets_are_counted_exactly() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let mut args = clamp_args("auto");
-    args.push("--no-reflect".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(&pair.a, &fs, &args).unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let agent = clamping_both_families(AttachMode::Auto)
+        .with(RunFlag::NoReflect)
+        .start(&pair.a, &fs)
+        .unwrap();
     let oversize = |fam: &str| {
         let st = agent.status().unwrap();
         status_counter(&st, "eth0", &format!("egress/{fam}"), "oversize_df")
@@ -287,13 +239,9 @@ fn oversize_df_packets_are_counted_exactly() {
     // A bulk TCP transfer whose MSS fits (clamped at ingress) is never oversize: with GSO
     // (64 KiB super-packets measured by gso_size) and without.
     let _iperf = pair.b.spawn("iperf3", ["-s"]).unwrap();
-    wait_until(PATIENCE, "iperf3 server", || {
-        pair.b
-            .sh_output("ss -ltn | grep -q ':5201 '")
-            .ok()
-            .filter(|o| o.status.success())
-    })
-    .unwrap();
+    pair.b
+        .wait_for_listener(Transport::Tcp, 5201, PATIENCE)
+        .unwrap();
     bulk_send(&pair, Pair::B4);
     bulk_send(&pair, Pair::B6);
     assert_eq!(oversize("ipv4"), 5, "GSO bulk transfer counted as oversize");

@@ -4,9 +4,9 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 use wslnet_tests::{
-    agent::Agent,
+    agent::{AgentOptions, RunFlag},
     lab::{Lab, SRV_MORE_V4, SRV_V4},
-    netns::{Bpffs, Netns, PATIENCE, agent_bin},
+    netns::{Netns, PATIENCE, agent_bin},
 };
 
 /// The lab's bottleneck (bytes): the path carries this, `wsl`'s eth0 says 1500.
@@ -153,8 +153,10 @@ fn doctor_names_a_dead_resolver_a_black_hole_and_a_closed_proxy_then_passes_once
 
     // Fixed: a working resolver, a proxy that listens, wslnet clamping the target.
     lab.set_nameservers(&[resolver]).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0", "--target", &target]).unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::Target(srv))
+        .start_in_lab(&lab)
+        .unwrap();
     agent
         .wait_for_clamp(srv, BOTTLENECK as u64, PATIENCE)
         .unwrap();

@@ -4,9 +4,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use wslnet_tests::{
-    agent::{Agent, sample},
+    agent::{AgentOptions, RunFlag, sample},
     lab::{Lab, SRV_V4},
-    netns::{Bpffs, require_root},
+    netns::require_root,
     packets,
 };
 
@@ -92,8 +92,10 @@ fn ssh_through_a_nat_that_drops_marked_packets_passes_with_set_dscp_0() {
         without.log
     );
 
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &["--set-dscp", "0"]).unwrap();
+    let agent = AgentOptions::default()
+        .with(RunFlag::SetDscp(0))
+        .start_in_lab(&lab)
+        .unwrap();
     let pcap = lab.tmp_dir().join("dscp.pcap");
     let mut capture = lab.srv.capture("eth0", &pcap, &[]).unwrap();
     let with = ssh_marked(&lab, &sshd);

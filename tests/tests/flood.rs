@@ -6,9 +6,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use wslnet_tests::{
-    agent::{Agent, sample},
+    agent::{AgentOptions, RunFlag, sample},
     lab::{Lab, SRV_V4},
-    netns::{Bpffs, require_root},
+    netns::require_root,
 };
 
 /// The lab's bottleneck (bytes).
@@ -20,15 +20,12 @@ const FLOOD: u32 = 1500;
 fn a_flood_of_new_destinations_does_not_hold_up_the_next_one() {
     require_root();
     let lab = Lab::new(BOTTLENECK).unwrap();
-    let fs = Bpffs::new().unwrap();
     // 10.200.0.0/16 leads nowhere: `vpn` drops it, so each flood address is a silent search.
     lab.vpn.sh("ip route add blackhole 10.200.0.0/16").unwrap();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &["--iface", "eth0", "--recheck-interval", "3600"],
-    )
-    .unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::RecheckInterval(3600))
+        .start_in_lab(&lab)
+        .unwrap();
     // One SYN to each of FLOOD addresses, as fast as Python can connect.
     lab.wsl
         .sh(&format!(

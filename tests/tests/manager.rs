@@ -3,13 +3,14 @@
 //! that never answers is searched ever less often instead of every interval forever.
 
 use wslnet_tests::{
-    agent::{Agent, sample},
+    agent::{Agent, AgentOptions, RunFlag, sample},
     lab::{Lab, SRV_V4},
-    netns::{Bpffs, PATIENCE, require_root, wait_until},
+    netns::{PATIENCE, require_root, wait_until},
 };
 
-/// A re-check interval no test waits for: only the behaviour under test can search again.
-const NEVER: &str = "3600";
+/// A re-check interval no test waits for (seconds): only the behaviour under test can search
+/// again.
+const NEVER: u64 = 3600;
 
 /// Waits until the agent's log has a line containing `text`; panics with the log otherwise.
 fn wait_for_log(agent: &Agent, text: &str) {
@@ -23,25 +24,13 @@ fn wait_for_log(agent: &Agent, text: &str) {
 fn a_network_change_during_a_search_is_searched_again() {
     require_root();
     let lab = Lab::new(1500).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let target = SRV_V4.to_string();
     // Nothing crosses the bottleneck: every search ends "unreachable" after two rounds of 1 s,
     // and the next one would wait the whole re-check interval (an hour).
     lab.set_loss(100.0).unwrap();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--target",
-            &target,
-            "--no-learn",
-            "--recheck-interval",
-            NEVER,
-        ],
-    )
-    .unwrap();
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with(RunFlag::RecheckInterval(NEVER))
+        .start_in_lab(&lab)
+        .unwrap();
     // A route changes while the first search still waits for answers.
     lab.wsl
         .sh("ip route add 10.200.0.0/24 via 10.77.1.1")
@@ -57,23 +46,11 @@ fn a_network_change_during_a_search_is_searched_again() {
 fn a_destination_that_never_answers_is_searched_ever_less_often() {
     require_root();
     let lab = Lab::new(1500).unwrap();
-    let fs = Bpffs::new().unwrap();
-    let target = SRV_V4.to_string();
     lab.drop_icmp_echo(true).unwrap();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--target",
-            &target,
-            "--no-learn",
-            "--recheck-interval",
-            "1",
-        ],
-    )
-    .unwrap();
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with(RunFlag::RecheckInterval(1))
+        .start_in_lab(&lab)
+        .unwrap();
     // Waits of 1, 2, 4 s after the first three unanswered searches (it was 1 s each time).
     for (n, wait) in [(1, 1), (2, 2), (3, 4)] {
         wait_for_log(&agent, &format!("in_a_row={n} next_search_secs={wait}"));
@@ -89,6 +66,6 @@ fn a_destination_that_never_answers_is_searched_ever_less_often() {
 
     // Once it answers, it is measured at the next search and no longer counted.
     lab.drop_icmp_echo(false).unwrap();
-    agent.wait_for_path_mtu(&target, 1500.0, PATIENCE);
+    agent.wait_for_path_mtu(SRV_V4, 1500, PATIENCE);
     assert_eq!(unreachable(), Some(0.0));
 }

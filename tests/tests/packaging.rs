@@ -18,9 +18,14 @@ use std::{
     time::Duration,
 };
 
+use wslnet_agent::config::AttachMode;
 use wslnet_tests::{
-    agent::{Agent, METRICS_PORT, Pair, sample},
+    agent::{
+        AgentOptions, METRICS_PORT, Pair, RUNNING_LINE, RunFlag, attach_mode_name, metrics_in,
+        run_command, sample,
+    },
     netns::{Bpffs, Daemon, Netns, agent_bin, require_root, wait_until},
+    prometheus,
 };
 
 /// How long the agent may take to start (generous, for slow CI machines; not a timing claim).
@@ -132,28 +137,22 @@ fn unit_with_built_binary() -> (tempfile::TempDir, PathBuf) {
 /// scrape config (including the rule file it loads).
 #[test]
 fn prometheus_rules_and_config_pass_promtool_check() {
-    let rules = packaging("prometheus/wslnet.rules.yml");
-    let out = tool(
-        "promtool",
-        "prometheus",
-        &["check", "rules", rules.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "promtool check rules:\n{}",
-        text(&out)
-    );
-    let config = packaging("prometheus/prometheus.yml");
-    let out = tool(
-        "promtool",
-        "prometheus",
-        &["check", "config", config.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "promtool check config:\n{}",
-        text(&out)
-    );
+    for (what, file) in [
+        ("rules", "prometheus/wslnet.rules.yml"),
+        ("config", "prometheus/prometheus.yml"),
+    ] {
+        let path = packaging(file);
+        let out = tool(
+            "promtool",
+            "prometheus",
+            &["check", what, path.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "promtool check {what}:\n{}",
+            text(&out)
+        );
+    }
 }
 
 /// `promtool test rules` passes, and the tests cover every alert twice: at least one case where
@@ -205,17 +204,23 @@ fn every_alert_fires_on_a_crafted_series_and_stays_silent_on_a_healthy_one() {
     );
 }
 
-/// `systemd-analyze verify` reports nothing about the unit (run against the built binary, since
-/// verify checks that ExecStart's program exists).
-#[test]
-fn systemd_unit_verifies_clean() {
+/// `systemd-analyze ARGS UNIT` on [`unit_with_built_binary`]: how it exited and what it said.
+fn systemd_analyze(args: &[&str]) -> (Output, String) {
     let (_dir, unit) = unit_with_built_binary();
     let out = tool(
         "systemd-analyze",
         "systemd",
-        &["verify", unit.to_str().unwrap()],
+        &[args, &[unit.to_str().unwrap()]].concat(),
     );
     let said = text(&out);
+    (out, said)
+}
+
+/// `systemd-analyze verify` reports nothing about the unit (run against the built binary, since
+/// verify checks that ExecStart's program exists).
+#[test]
+fn systemd_unit_verifies_clean() {
+    let (out, said) = systemd_analyze(&["verify"]);
     assert!(
         out.status.success() && said.trim().is_empty(),
         "systemd-analyze verify:\n{said}"
@@ -225,18 +230,7 @@ fn systemd_unit_verifies_clean() {
 /// `systemd-analyze security --offline=yes` rates the unit's exposure at most 4.0 (of 10).
 #[test]
 fn systemd_unit_exposure_is_at_most_4() {
-    let (_dir, unit) = unit_with_built_binary();
-    let out = tool(
-        "systemd-analyze",
-        "systemd",
-        &[
-            "security",
-            "--offline=yes",
-            "--no-pager",
-            unit.to_str().unwrap(),
-        ],
-    );
-    let said = text(&out);
+    let (_, said) = systemd_analyze(&["security", "--offline=yes", "--no-pager"]);
     let line = said
         .lines()
         .find(|l| l.contains("Overall exposure level"))
@@ -302,18 +296,10 @@ fn unit_caps() -> Vec<String> {
         .collect()
 }
 
-/// Starts `prefix... wslnet-agent run --pin-dir <bpffs>/wslnet args...` in `ns` (as
-/// [`Agent::start`] does, with a wrapper such as setpriv or strace in front).
-fn start_wrapped(ns: &Netns, fs: &Bpffs, prefix: &[String], args: &[&str]) -> Daemon {
-    let pin_dir = fs.path().join("wslnet");
-    let mut cmd = ns.command(&prefix[0]);
-    cmd.args(&prefix[1..])
-        .arg(agent_bin())
-        .args(["run", "--pin-dir", pin_dir.to_str().unwrap()])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
-    Daemon::start(cmd).unwrap()
+/// Starts `prefix... wslnet-agent run --pin-dir <bpffs>/wslnet OPTIONS` in `ns` (as
+/// [`AgentOptions::start`] does, with a wrapper such as setpriv or strace in front).
+fn start_wrapped(ns: &Netns, fs: &Bpffs, prefix: &[String], options: &AgentOptions) -> Daemon {
+    Daemon::start(run_command(ns, prefix, &fs.pin_dir(), options.args())).unwrap()
 }
 
 /// `setpriv` keeping only `caps` (root keeps exactly the bounding set across exec, as under the
@@ -327,17 +313,9 @@ fn setpriv(caps: &[String]) -> Vec<String> {
     ]
 }
 
-/// The `/metrics` text of the agent in `ns`.
+/// The `/metrics` text of the agent in `ns`, once it answers.
 fn scrape(ns: &Netns) -> Option<String> {
-    let out = ns
-        .command("curl")
-        .args(["-sS", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{METRICS_PORT}/metrics"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    metrics_in(ns.name()).ok()
 }
 
 /// Sends one SYN from `ns` to `addr` port 9 (closed: the peer answers with a reset; the SYN
@@ -350,15 +328,12 @@ fn send_syn(ns: &Netns, addr: &str) {
 
 /// The agent flags the capability tests use: eth0, a target to measure (needs the prober), a
 /// static clamp for the peer (so a SYN is rewritten), and pins kept on stop.
-const CAP_TEST_ARGS: [&str; 7] = [
-    "--iface",
-    "eth0",
-    "--target",
-    Pair::B4,
-    "--clamp",
-    "10.99.0.2=1372",
-    "--keep-attached",
-];
+fn cap_test_options() -> AgentOptions {
+    AgentOptions::eth0()
+        .with(RunFlag::Target(Pair::b4()))
+        .with(RunFlag::Clamp(Pair::b4(), 1372))
+        .with(RunFlag::KeepAttached)
+}
 
 /// With exactly the unit's capabilities (setpriv's bounding set, in a test namespace) the agent
 /// attaches, measures the target's path MTU, clamps a SYN, keeps its pins on SIGTERM, and a
@@ -367,14 +342,13 @@ const CAP_TEST_ARGS: [&str; 7] = [
 fn the_units_capabilities_are_enough() {
     require_root();
     let caps = unit_caps();
-    for mode in ["tcx", "clsact"] {
-        let pair = Pair::new().unwrap();
-        let fs = Bpffs::new().unwrap();
-        let mut args = CAP_TEST_ARGS.to_vec();
-        args.extend(["--attach-mode", mode]);
-        let mut agent = start_wrapped(&pair.a, &fs, &setpriv(&caps), &args);
+    for mode in [AttachMode::Tcx, AttachMode::Clsact] {
+        let (pair, fs) = Pair::with_bpffs().unwrap();
+        let options = cap_test_options().with(RunFlag::AttachMode(mode));
+        let mode = attach_mode_name(mode);
+        let mut agent = start_wrapped(&pair.a, &fs, &setpriv(&caps), &options);
         agent
-            .wait_for_log(START_TIMEOUT, |l| l.contains("wslnet agent running"))
+            .wait_for_log(START_TIMEOUT, |l| l.contains(RUNNING_LINE))
             .unwrap();
         let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
         eprintln!(
@@ -391,7 +365,7 @@ fn the_units_capabilities_are_enough() {
             sample(
                 &metrics,
                 "wslnet_interface_attached",
-                &[("interface", "eth0"), ("mode", mode)]
+                &[("interface", "eth0"), ("mode", &mode)]
             ),
             Some(1.0),
             "{metrics}"
@@ -416,9 +390,9 @@ fn the_units_capabilities_are_enough() {
         assert!(exit.success(), "{exit}\n{}", agent.log());
         assert!(!fs.list().is_empty(), "--keep-attached left no pins");
 
-        let mut again = start_wrapped(&pair.a, &fs, &setpriv(&caps), &args);
+        let mut again = start_wrapped(&pair.a, &fs, &setpriv(&caps), &options);
         again
-            .wait_for_log(START_TIMEOUT, |l| l.contains("wslnet agent running"))
+            .wait_for_log(START_TIMEOUT, |l| l.contains(RUNNING_LINE))
             .unwrap();
         assert!(again.log().contains("adopted=true"), "{}", again.log());
         let exit = again.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).unwrap();
@@ -446,9 +420,8 @@ fn each_of_the_units_capabilities_is_needed() {
     let caps = unit_caps();
     for dropped in &caps {
         let fewer: Vec<_> = caps.iter().filter(|c| *c != dropped).cloned().collect();
-        let pair = Pair::new().unwrap();
-        let fs = Bpffs::new().unwrap();
-        let mut agent = start_wrapped(&pair.a, &fs, &setpriv(&fewer), &CAP_TEST_ARGS);
+        let (pair, fs) = Pair::with_bpffs().unwrap();
+        let mut agent = start_wrapped(&pair.a, &fs, &setpriv(&fewer), &cap_test_options());
         // Either it exits, or it runs and its searches end in errors.
         let outcome = wait_until(START_TIMEOUT, "the agent to fail", || {
             if exited(agent.pid()) {
@@ -521,8 +494,7 @@ fn the_agent_stays_within_the_units_sandbox() {
     let allowed = allowed_syscalls(&filter);
     let _ = tool("strace", "strace", &["-V"]);
 
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
     let mut prefix = setpriv(&unit_caps());
@@ -539,9 +511,9 @@ fn the_agent_stays_within_the_units_sandbox() {
         .iter()
         .map(|s| s.to_string()),
     );
-    let mut tracer = start_wrapped(&pair.a, &fs, &prefix, &CAP_TEST_ARGS);
+    let mut tracer = start_wrapped(&pair.a, &fs, &prefix, &cap_test_options());
     tracer
-        .wait_for_log(START_TIMEOUT * 2, |l| l.contains("wslnet agent running"))
+        .wait_for_log(START_TIMEOUT * 2, |l| l.contains(RUNNING_LINE))
         .unwrap();
     wait_until(START_TIMEOUT, "target measured", || {
         scrape(&pair.a)
@@ -622,7 +594,7 @@ fn the_agent_stays_within_the_units_sandbox() {
         "renameat2(",
         "bpf(BPF_OBJ_PIN",
     ];
-    let pin_dir = fs.path().join("wslnet");
+    let pin_dir = fs.pin_dir();
     let mut written = BTreeSet::new();
     for line in trace.lines() {
         let Some(call) = line.split_once(' ').map(|(_, c)| c.trim_start()) else {
@@ -666,10 +638,11 @@ fn the_agent_stays_within_the_units_sandbox() {
 /// them).
 #[test]
 fn every_metric_in_the_rules_and_the_dashboard_is_in_a_live_scrape() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--target", Pair::B4]).unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::Target(Pair::b4()))
+        .start(&pair.a, &fs)
+        .unwrap();
     let metrics = wait_until(START_TIMEOUT, "target measured", || {
         agent
             .metrics()
@@ -747,23 +720,9 @@ fn grafana_to_promql(expr: &str) -> String {
         .replace("$instance", ".+")
 }
 
-/// A query against the Prometheus in `ns`: `Some(result array)` when it succeeded.
-fn prom_query(ns: &Netns, query: &str) -> Option<Vec<serde_json::Value>> {
-    let out = ns
-        .command("curl")
-        .args(["-sS", "--max-time", "5", "-G", "--data-urlencode"])
-        .arg(format!("query={query}"))
-        .arg("http://127.0.0.1:9090/api/v1/query")
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    assert_eq!(v["status"], "success", "{query}: {v}");
-    v["data"]["result"].as_array().cloned()
-}
-
 /// The shipped `prometheus.yml` (scrape intervals shortened to 1 s) and `wslnet.rules.yml` in a
-/// real Prometheus in `ns`, listening on 127.0.0.1:9090, its files and data under `dir`.
-fn prometheus(ns: &Netns, dir: &Path) -> Daemon {
+/// real Prometheus in `ns` ([`prometheus::start`]), its files and data under `dir`.
+fn shipped_prometheus(ns: &Netns, dir: &Path) -> Daemon {
     let config = read("prometheus/prometheus.yml");
     let fast = config
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
@@ -783,15 +742,7 @@ fn prometheus(ns: &Netns, dir: &Path) -> Daemon {
     )
     .unwrap();
     let _ = tool("prometheus", "prometheus", &["--version"]);
-    ns.spawn(
-        "prometheus",
-        [
-            format!("--config.file={}", dir.join("prometheus.yml").display()),
-            format!("--storage.tsdb.path={}", dir.join("data").display()),
-            "--web.listen-address=127.0.0.1:9090".into(),
-        ],
-    )
-    .unwrap()
+    prometheus::start(ns, &dir.join("prometheus.yml"), &dir.join("data")).unwrap()
 }
 
 /// The shipped `prometheus.yml` (scrape intervals shortened to 1 s) in a real Prometheus next to
@@ -799,40 +750,27 @@ fn prometheus(ns: &Netns, dir: &Path) -> Daemon {
 /// is pending or firing for a healthy agent, and every panel of the dashboard gets data.
 #[test]
 fn shipped_prometheus_config_rules_and_dashboard_work_against_the_agent() {
-    require_root();
-    let pair = Pair::new().unwrap();
-    let fs = Bpffs::new().unwrap();
-    let _agent = Agent::start(&pair.a, &fs, &["--iface", "eth0", "--target", Pair::B4]).unwrap();
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _agent = AgentOptions::eth0()
+        .with(RunFlag::Target(Pair::b4()))
+        .start(&pair.a, &fs)
+        .unwrap();
     send_syn(&pair.a, Pair::B4);
 
     let dir = tempfile::tempdir().unwrap();
-    let _prom = prometheus(&pair.a, dir.path());
+    let _prom = shipped_prometheus(&pair.a, dir.path());
 
     // Target up, and a few evaluations behind us.
     wait_until(Duration::from_secs(30), "the agent scraped", || {
-        prom_query(&pair.a, "sum(count_over_time(up{job=\"wslnet\"}[1m]))").filter(|r| {
-            r.first()
-                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
-                .is_some_and(|n| n >= 5.0)
-        })
+        prometheus::first_value(&pair.a, "sum(count_over_time(up{job=\"wslnet\"}[1m]))")
+            .filter(|&n| n >= 5.0)
     })
     .unwrap();
-    let up = prom_query(&pair.a, "up{job=\"wslnet\"}").unwrap();
+    let up = prometheus::query(&pair.a, "up{job=\"wslnet\"}").unwrap();
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(up[0]["value"][1], "1", "{up:?}");
 
-    let out = pair
-        .a
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:9090/api/v1/rules",
-        ])
-        .output()
-        .unwrap();
-    let rules: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules = prometheus::api(&pair.a, "rules", None).unwrap();
     let loaded: Vec<_> = rules["data"]["groups"]
         .as_array()
         .unwrap()
@@ -865,7 +803,7 @@ fn shipped_prometheus_config_rules_and_dashboard_work_against_the_agent() {
             || {
                 queries
                     .iter()
-                    .map(|q| prom_query(&pair.a, q).unwrap_or_default())
+                    .map(|q| prometheus::query(&pair.a, q).unwrap_or_default())
                     .any(|r| !r.is_empty())
                     .then_some(())
             },
@@ -895,9 +833,10 @@ fn packaged_config_and_its_examples_are_accepted_by_the_agent() {
     for (name, text) in [("shipped", &shipped), ("uncommented", &uncommented)] {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
-        let pair = Pair::new().unwrap();
-        let fs = Bpffs::new().unwrap();
-        let agent = Agent::start(&pair.a, &fs, &["--config", path.to_str().unwrap()])
+        let (pair, fs) = Pair::with_bpffs().unwrap();
+        let agent = AgentOptions::default()
+            .with(RunFlag::Config(path.clone()))
+            .start(&pair.a, &fs)
             .unwrap_or_else(|e| panic!("{name} config:\n{text}\n{e}"));
         let status = agent.status().unwrap();
         assert!(
@@ -929,13 +868,11 @@ fn an_interface_that_matches_but_cannot_be_attached_is_in_metrics_and_alerts() {
         .unwrap();
     assert!(out.trim().is_empty(), "{out}");
     let fs = Bpffs::new().unwrap();
-    let agent = Agent::start_within(
-        &ns,
-        &fs,
-        &["--iface", "zt*", "--no-learn"],
-        Duration::from_secs(180),
-    )
-    .unwrap();
+    let agent = AgentOptions::default()
+        .with(RunFlag::Iface("zt*".into()))
+        .with(RunFlag::NoLearn)
+        .start_within(&ns, &fs, Duration::from_secs(180))
+        .unwrap();
 
     let names = |metrics: &str, metric: &str| -> BTreeSet<String> {
         metrics
@@ -960,19 +897,9 @@ fn an_interface_that_matches_but_cannot_be_attached_is_in_metrics_and_alerts() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let _prom = prometheus(&ns, dir.path());
+    let _prom = shipped_prometheus(&ns, dir.path());
     let alerts = wait_until(Duration::from_secs(60), "the alert pending", || {
-        let out = ns
-            .command("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9090/api/v1/alerts",
-            ])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let v = prometheus::api(&ns, "alerts", None)?;
         let alerts = v["data"]["alerts"].as_array()?.clone();
         alerts
             .iter()

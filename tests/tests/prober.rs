@@ -204,12 +204,7 @@ fn zerotier_uplink_bounds_the_search_at_its_mtu() {
     require_root();
     // Bottleneck 2800 (no bottleneck on the WAN): the vpn--srv link (1500) is the black hole.
     parallel(&[(ZT_MTU, 1500u16), (1372, 1372)], |&(wan, want)| {
-        let lab = Lab::with(LabConfig {
-            bottleneck: wan,
-            zerotier: true,
-            ..LabConfig::default()
-        })
-        .unwrap();
+        let lab = Lab::zerotier(wan).unwrap();
         assert_eq!(lab.wsl_iface(), ZT_IFACE);
         for v6 in [false, true] {
             let what = format!("zt, wan {wan}, v6 {v6}");

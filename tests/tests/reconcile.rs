@@ -6,7 +6,7 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use wslnet_tests::{
-    agent::Agent,
+    agent::{Agent, AgentOptions, RunFlag},
     lab::{Lab, SRV_V4},
     netns::{Bpffs, PATIENCE, require_root, wait_until},
 };
@@ -65,11 +65,13 @@ fn wait_for_entry(agent: &Agent, net: &str, want: Option<(u64, &str)>) {
 fn sighup_reconciles_static_and_probed_clamps_both_ways() {
     require_root();
     let lab = Lab::new(BOTTLENECK).unwrap();
-    let fs = Bpffs::new().unwrap();
     let config = lab.tmp_dir().join("wslnet.toml");
     let host = format!("{SRV_V4}/32");
     write_config(&config, true, &[]);
-    let agent = Agent::start(&lab.wsl, &fs, &["--config", config.to_str().unwrap()]).unwrap();
+    let agent = AgentOptions::as_at_boot()
+        .with(RunFlag::Config(config.clone()))
+        .start_in_lab(&lab)
+        .unwrap();
     agent
         .wait_for_clamp(
             IpAddr::V4(SRV_V4),
@@ -105,8 +107,12 @@ fn probed_entries_an_earlier_run_left_for_nobody_are_removed_at_start() {
     let config = lab.tmp_dir().join("wslnet.toml");
     let host = format!("{SRV_V4}/32");
     write_config(&config, true, &[]);
-    let args = ["--config", config.to_str().unwrap(), "--keep-attached"];
-    let mut first = Agent::start(&lab.wsl, &fs, &args).unwrap();
+    let options = AgentOptions::as_at_boot().with(RunFlag::Config(config.clone()));
+    let mut first = options
+        .clone()
+        .with(RunFlag::KeepAttached)
+        .start(&lab.wsl, &fs)
+        .unwrap();
     wait_for_entry(&first, &host, Some((BOTTLENECK.into(), "probed")));
     first
         .daemon
@@ -115,7 +121,7 @@ fn probed_entries_an_earlier_run_left_for_nobody_are_removed_at_start() {
     // The next run no longer measures `srv` (not a target, nothing learned): its entry is
     // nobody's measurement, and goes.
     write_config(&config, false, &[]);
-    let second = Agent::start(&lab.wsl, &fs, &args[..2]).unwrap();
+    let second = options.start(&lab.wsl, &fs).unwrap();
     wait_for_entry(&second, &host, None);
     assert!(
         second

@@ -10,10 +10,10 @@ use std::{
 
 use wslnet_agent::reflect::ErrorKind;
 use wslnet_tests::{
-    agent::{Agent, sample},
+    agent::{AgentOptions, RunFlag, sample},
     clients::{self, Client, Servers},
-    lab::{Lab, LabConfig},
-    netns::{Bpffs, Netns, require_root},
+    lab::Lab,
+    netns::{Netns, require_root},
     packets,
 };
 
@@ -119,14 +119,12 @@ fn across_a_shrink(
         for reflect in [true, false] {
             let lab = Lab::new(1500).unwrap();
             serve(&lab).unwrap();
-            let fs = Bpffs::new().unwrap();
             let host = lab.srv_addr(v6);
-            let target = host.to_string();
-            let mut args = vec!["--iface", "eth0", "--target", &target];
+            let mut options = AgentOptions::eth0().with(RunFlag::Target(host));
             if !reflect {
-                args.push("--no-reflect");
+                options = options.with(RunFlag::NoReflect);
             }
-            let agent = Agent::start(&lab.wsl, &fs, &args).unwrap();
+            let agent = options.start_in_lab(&lab).unwrap();
             agent
                 .wait_for_clamp(host, 1500, Duration::from_secs(30))
                 .unwrap();
@@ -174,23 +172,11 @@ fn across_a_shrink(
 fn a_udp_sender_with_df_learns_the_path_mtu() {
     require_root();
     let lab = Lab::new(1372).unwrap();
-    let fs = Bpffs::new().unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
-    let (t4, t6) = (v4[0].to_string(), v6[0].to_string());
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--no-learn",
-            "--target",
-            &t4,
-            "--target",
-            &t6,
-        ],
-    )
-    .unwrap();
+    let agent = AgentOptions::measuring(v4[0])
+        .with(RunFlag::Target(v6[0]))
+        .start_in_lab(&lab)
+        .unwrap();
     for host in [v4[0], v6[0]] {
         agent
             .wait_for_clamp(host, 1372, Duration::from_secs(30))
@@ -216,10 +202,11 @@ fn a_udp_sender_in_a_container_behind_the_nat_learns_the_path_mtu() {
     require_root();
     let lab = Lab::new(1372).unwrap();
     let ctr = lab.add_container().unwrap();
-    let fs = Bpffs::new().unwrap();
     let host = lab.srv_addr(false);
-    let target = host.to_string();
-    let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0", "--target", &target]).unwrap();
+    let agent = AgentOptions::eth0()
+        .with(RunFlag::Target(host))
+        .start_in_lab(&lab)
+        .unwrap();
     agent
         .wait_for_clamp(host, 1372, Duration::from_secs(30))
         .unwrap();
@@ -238,23 +225,11 @@ fn a_udp_sender_in_a_container_behind_the_nat_learns_the_path_mtu() {
 fn a_flood_of_oversize_packets_yields_rate_limited_well_formed_errors() {
     require_root();
     let lab = Lab::new(1372).unwrap();
-    let fs = Bpffs::new().unwrap();
     let host = lab.srv_addr(false);
-    let target = host.to_string();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--no-learn",
-            "--target",
-            &target,
-            "--reflect-per-sec",
-            "5",
-        ],
-    )
-    .unwrap();
+    let agent = AgentOptions::measuring(host)
+        .with(RunFlag::ReflectPerSec(5))
+        .start_in_lab(&lab)
+        .unwrap();
     agent
         .wait_for_clamp(host, 1372, Duration::from_secs(30))
         .unwrap();
@@ -388,18 +363,12 @@ fn a_download_running_when_the_path_shrinks_completes() {
 #[test]
 fn zerotier_over_a_1000_byte_path_passes_ssh_on_the_first_try_by_default() {
     require_root();
-    let lab = Lab::with(LabConfig {
-        bottleneck: 1000,
-        zerotier: true,
-        ..LabConfig::default()
-    })
-    .unwrap();
+    let lab = Lab::zerotier(1000).unwrap();
     let servers = Servers::start(&lab).unwrap();
     // Without the agent the key exchange stalls.
     let without = clients::run(&lab, &servers, Client::Ssh, false, Duration::from_secs(4));
     assert!(!without.ok && without.timed_out, "{without:?}");
-    let fs = Bpffs::new().unwrap();
-    let agent = Agent::start(&lab.wsl, &fs, &[]).unwrap();
+    let agent = AgentOptions::as_at_boot().start_in_lab(&lab).unwrap();
     let first = clients::run(&lab, &servers, Client::Ssh, false, Duration::from_secs(20));
     eprintln!(
         "ssh over zt (1000-byte path): ok={} in {:?}",
