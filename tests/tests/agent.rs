@@ -841,3 +841,57 @@ fn clients_that_never_finish_a_request_cost_a_bounded_number_of_descriptors() {
     .unwrap();
     assert!(agent.metrics().unwrap().contains("wslnet_build_info"));
 }
+
+/// What `/healthz` of the agent in `a` answers: (HTTP status, body).
+fn healthz(pair: &Pair) -> (String, String) {
+    let out = pair
+        .a
+        .command("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .arg(format!(
+            "http://127.0.0.1:{}/healthz",
+            wslnet_tests::agent::METRICS_PORT
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.trim().to_string())
+}
+
+/// In clsact mode the filters are the datapath: somebody (a network reset, an admin's `tc`)
+/// deleting one, or the whole clsact qdisc, under the running agent would stop clamping
+/// unnoticed. The agent sees it within seconds and attaches them again; `/healthz` stays ok.
+#[test]
+fn removed_clsact_filters_are_attached_again() {
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _peer = listener(&pair.b, PEER_PORT);
+    let agent = clamping_the_peer()
+        .with(RunFlag::AttachMode(AttachMode::Clsact))
+        .start(&pair.a, &fs)
+        .unwrap();
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    for (what, removal) in [
+        ("the egress filter", "tc filter del dev eth0 egress"),
+        ("the clsact qdisc", "tc qdisc del dev eth0 clsact"),
+    ] {
+        pair.a.sh(removal).unwrap();
+        wait_until(PATIENCE, &format!("{what} attached again"), || {
+            let shown = pair.a.sh("tc filter show dev eth0 egress").ok()?;
+            shown.contains("bpf").then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
+        assert_eq!(mss_to_peer(&pair), CLAMPED_MSS, "after removing {what}");
+    }
+    let restored = sample(
+        &agent.metrics().unwrap(),
+        "wslnet_filters_restored_total",
+        &[],
+    );
+    assert_eq!(restored, Some(2.0));
+    assert_eq!(healthz(&pair), ("200".to_string(), "ok".to_string()));
+    // The agent re-created the qdisc it did not create at first: `detach` removes it now.
+    drop(agent);
+    let qdiscs = pair.a.sh("tc qdisc show dev eth0").unwrap();
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+}

@@ -313,6 +313,47 @@ fn attach_clsact(ebpf: &mut Ebpf, ifindex: u32, hook: TcAttachType) -> Result<()
     Ok(())
 }
 
+/// The hooks of `ifindex` whose wslnet cls_bpf filter (our [`TC_PRIORITY`] and [`TC_HANDLE`]) is
+/// missing: deleted with `tc filter del`, or with the whole clsact qdisc (a network reset may do
+/// that), while the agent runs.
+pub async fn missing_clsact_filters(ifindex: u32) -> Result<Vec<TcAttachType>> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::tc::{TcAttribute, TcHandle as NlHandle};
+
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let task = tokio::spawn(conn);
+    let mut missing = Vec::new();
+    for hook in HOOKS {
+        let request = handle.traffic_filter(ifindex as i32).get();
+        let request = match hook {
+            TcAttachType::Ingress => request.ingress(),
+            _ => request.egress(),
+        };
+        let filters: Vec<_> = match request.execute().try_collect().await {
+            Ok(f) => f,
+            // No clsact qdisc at all: no filter either.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EINVAL => Vec::new(),
+            Err(e) => {
+                task.abort();
+                return Err(e)
+                    .with_context(|| format!("listing the tc filters of ifindex {ifindex}"));
+            }
+        };
+        let ours = filters.iter().any(|f| {
+            f.header.handle == NlHandle::from(TC_HANDLE)
+                && f.header.info >> 16 == u32::from(TC_PRIORITY)
+                && f.attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+        });
+        if !ours {
+            missing.push(hook);
+        }
+    }
+    task.abort();
+    Ok(missing)
+}
+
 /// Removes the attachment described by `flags` from `ifindex` (which may be gone already). A
 /// TCX link is detached once its pin is removed and no fd refers to it: drop this run's
 /// [`HeldLink`]s of the interface first.

@@ -20,6 +20,7 @@
 //! - [`reflect`]: the ICMP errors for oversize packets the datapath dropped (rescue);
 //! - [`checksum`]: the Internet checksum of the ICMP packets the agent builds;
 //! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
+//! - [`health`]: what `/healthz` says (the manager turning, the datapath in place);
 //! - [`status`]: what `status` shows, read from the pins;
 //! - [`check`]: what `check` checks (kernel, permissions);
 //! - [`doctor`]: the WSL troubleshooting flow (route, DNS, proxy, path MTU, the agent).
@@ -44,6 +45,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod doctor;
+pub mod health;
 pub mod ifaces;
 pub mod maps;
 pub mod metrics;

@@ -39,8 +39,8 @@ pub struct IfaceLabel {
     pub slot: u32,
     /// Interface name.
     pub name: String,
-    /// "tcx" or "clsact".
-    pub mode: &'static str,
+    /// How it is attached (label `mode`: tcx, clsact).
+    pub mode: crate::attach::Mode,
 }
 
 /// Every metric the agent exports.
@@ -98,6 +98,9 @@ pub struct Metrics {
     /// `wslnet_unreachable_destinations`: destinations kept measured whose latest search got
     /// no answer at all (each waits ever longer before the next).
     pub unreachable: IntGauge,
+    /// `wslnet_filters_restored_total`: wslnet tc filters (clsact mode) found removed under the
+    /// running agent and attached again.
+    pub filters_restored: IntCounter,
     /// `wslnet_pending_destinations`: learned destinations waiting for the search budget
     /// (`probe.searches_per_minute`); admitted most recently seen first.
     pub pending: IntGauge,
@@ -276,6 +279,11 @@ impl Metrics {
                 "wslnet_unreachable_destinations",
                 "Destinations kept measured whose latest search got no answer at all.",
             )?,
+            filters_restored: counter(
+                &r,
+                "wslnet_filters_restored_total",
+                "wslnet tc filters (clsact mode) found removed under the running agent and attached again.",
+            )?,
             pending: gauge(
                 &r,
                 "wslnet_pending_destinations",
@@ -296,14 +304,14 @@ impl Metrics {
         for (_, fam) in FAMILIES {
             m.icmp_errors_limited.with_label_values(&[fam]);
         }
-        for outcome in ["found", "unreachable", "error"] {
-            m.searches.with_label_values(&[outcome]);
+        for outcome in crate::pmtu::SearchOutcome::ALL {
+            m.searches.with_label_values(&[outcome.label()]);
         }
         for m2 in crate::prober::Method::ALL {
             m.search_methods.with_label_values(&[m2.label()]);
         }
-        for origin in ["static", "probed"] {
-            m.clamp_entries.with_label_values(&[origin]);
+        for origin in crate::maps::Origin::ALL {
+            m.clamp_entries.with_label_values(&[origin.name()]);
         }
         Ok(m)
     }
@@ -311,7 +319,7 @@ impl Metrics {
     /// Marks an interface attached (creating its counter series at 0).
     pub fn interface_attached(&self, iface: &IfaceLabel) {
         self.attached
-            .with_label_values(&[&iface.name, iface.mode])
+            .with_label_values(&[iface.name.as_str(), iface.mode.name()])
             .set(1);
         for (dir, _) in DIRS {
             for (fam, _) in FAMILIES {
@@ -341,8 +349,8 @@ impl Metrics {
     }
 
     /// Removes an interface's `attached` series.
-    pub fn interface_detached(&self, name: &str, mode: &str) {
-        let _ = self.attached.remove_label_values(&[name, mode]);
+    pub fn interface_detached(&self, name: &str, mode: crate::attach::Mode) {
+        let _ = self.attached.remove_label_values(&[name, mode.name()]);
     }
 
     /// Advances the datapath counters of `ifaces` to the values read by `read`.
@@ -405,8 +413,8 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` (calling `render` at each scrape) and `/healthz` on `addr` until the task
-/// is dropped. Binding happens before this returns, so a busy port is reported at start.
+/// Serves `/metrics` (calling `render` at each scrape) and `/healthz` (200 `ok`, or 503 with
+/// what `health` says is wrong) on `addr` until the task is dropped. Binding happens before this returns, so a busy port is reported at start.
 ///
 /// Any local user can connect, so no client may take the agent down: at most
 /// [`MAX_CONNECTIONS`] are served at once (the rest wait in the accept queue, costing no file
@@ -415,6 +423,7 @@ impl Metrics {
 pub async fn serve(
     addr: SocketAddr,
     render: Arc<dyn Fn() -> String + Send + Sync>,
+    health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("binding the metrics endpoint to {addr}; pick another with --metrics-addr")
@@ -443,10 +452,12 @@ pub async fn serve(
                 }
             };
             let render = render.clone();
+            let health = health.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let render = render.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &*render)) }
+                    let health = health.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &*render, &*health)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -462,6 +473,7 @@ pub async fn serve(
 fn respond(
     req: &Request<Incoming>,
     render: &(dyn Fn() -> String + Send + Sync),
+    health: &(dyn Fn() -> Result<(), String> + Send + Sync),
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => (
@@ -469,7 +481,14 @@ fn respond(
             "text/plain; version=0.0.4; charset=utf-8",
             render(),
         ),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => match health() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("unhealthy:\n{why}\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -496,7 +515,7 @@ mod tests {
         let eth = IfaceLabel {
             slot: 1,
             name: "eth9".into(),
-            mode: "tcx",
+            mode: crate::attach::Mode::Tcx,
         };
         m.interface_attached(&eth);
         // Counter i of row (dir, family) reads round * (100 * row + i + 1).

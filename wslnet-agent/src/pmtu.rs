@@ -451,7 +451,10 @@ impl Manager {
                     self.scan_symptoms().await;
                     self.start_due_jobs();
                 }
-                _ = tick.tick() => self.start_due_jobs(),
+                _ = tick.tick() => {
+                    self.shared.health.manager_beat();
+                    self.start_due_jobs();
+                }
             }
         }
     }

@@ -89,7 +89,11 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         let shared = shared.clone();
         Arc::new(move || shared.render_metrics())
     };
-    let _metrics = crate::metrics::serve(cfg.metrics_addr, render).await?;
+    let health = {
+        let shared = shared.clone();
+        Arc::new(move || shared.health.verdict())
+    };
+    let _metrics = crate::metrics::serve(cfg.metrics_addr, render, health).await?;
 
     // Subscribe before listing so that no interface slips through in between.
     let mut events = ifaces::watch()?;
@@ -143,7 +147,10 @@ pub async fn run(source: ConfigSource) -> Result<()> {
                 }
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: keeping the old configuration"),
             },
-            _ = pin_check.tick() => svc.restore_pins(),
+            _ = pin_check.tick() => {
+                svc.restore_pins();
+                svc.restore_filters().await;
+            }
             why = svc.pmtu.ended() => {
                 tracing::error!(%why, "the path-MTU manager ended; stopping");
                 if let Err(stop) = svc.shutdown().await {
@@ -314,7 +321,7 @@ impl Service {
             if a.name != link.name {
                 self.shared
                     .metrics
-                    .interface_detached(&a.name, attach::Mode::of(a.flags).name());
+                    .interface_detached(&a.name, attach::Mode::of(a.flags));
                 a.name = link.name.clone();
                 self.shared.metrics.interface_attached(&a.label());
             }
@@ -390,7 +397,7 @@ impl Service {
         self.shared.maps().remove_iface(ifindex)?;
         self.shared
             .metrics
-            .interface_detached(&a.name, attach::Mode::of(a.flags).name());
+            .interface_detached(&a.name, attach::Mode::of(a.flags));
         tracing::info!(interface = %a.name, ifindex, "detached");
         Ok(())
     }
@@ -420,6 +427,69 @@ impl Service {
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "re-pinning a TCX link"),
             }
         }
+    }
+
+    /// Attaches again, on every clsact interface, a wslnet tc filter that was removed while
+    /// the agent runs (`tc filter del`, or the whole clsact qdisc deleted, as a network reset
+    /// may do): clamping would otherwise stop unnoticed. An interface where that fails is
+    /// reported by `/healthz` until it works.
+    async fn restore_filters(&mut self) {
+        let clsact: Vec<(u32, String)> = self
+            .shared
+            .attached()
+            .iter()
+            .filter(|(_, a)| attach::Mode::of(a.flags) == attach::Mode::Clsact)
+            .map(|(&i, a)| (i, a.name.clone()))
+            .collect();
+        for (ifindex, name) in clsact {
+            let missing = match attach::missing_clsact_filters(ifindex).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(interface = %name, error = %format!("{e:#}"), "checking the tc filters");
+                    continue;
+                }
+            };
+            if missing.is_empty() || !attach::interface_exists(ifindex) {
+                self.shared.health.datapath_ok(ifindex);
+                continue;
+            }
+            let hooks: Vec<&str> = missing.iter().map(|&h| attach::hook_name(h)).collect();
+            tracing::warn!(interface = %name, ?hooks, "a wslnet tc filter was removed under the running agent; attaching it again");
+            match self.reattach_clsact(ifindex) {
+                Ok(()) => {
+                    self.shared.metrics.filters_restored.inc();
+                    self.shared.health.datapath_ok(ifindex);
+                }
+                Err(e) => {
+                    let why = format!("no wslnet datapath on {name} ({}): {e:#}", hooks.join(", "));
+                    tracing::error!("{why}");
+                    self.shared.health.datapath_broken(ifindex, why);
+                }
+            }
+        }
+    }
+
+    /// Attaches both clsact filters of `ifindex` again (replacing one still there) and records
+    /// whether the qdisc is now ours.
+    fn reattach_clsact(&mut self, ifindex: u32) -> Result<()> {
+        let previous = self.shared.maps().iface(ifindex);
+        let attachment = attach::attach(
+            &mut self.ebpf,
+            &self.cfg.pin_dir,
+            ifindex,
+            AttachMode::Clsact,
+            previous,
+        )?;
+        if let Some(mut c) = previous
+            && c.flags != attachment.flags
+        {
+            c.flags = attachment.flags;
+            self.shared.maps().set_iface(ifindex, c)?;
+            if let Some(a) = self.shared.attached().get_mut(&ifindex) {
+                a.flags = attachment.flags;
+            }
+        }
+        Ok(())
     }
 
     async fn handle_event(&mut self, event: NetEvent) -> Result<()> {

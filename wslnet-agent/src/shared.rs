@@ -12,6 +12,7 @@ use anyhow::Result;
 
 use crate::{
     attach,
+    health::Health,
     maps::{Maps, Origin},
     metrics::{IfaceLabel, Metrics},
 };
@@ -33,7 +34,7 @@ impl Attached {
         IfaceLabel {
             slot: self.slot,
             name: self.name.clone(),
-            mode: attach::Mode::of(self.flags).name(),
+            mode: attach::Mode::of(self.flags),
         }
     }
 }
@@ -50,6 +51,8 @@ pub struct Shared {
     pub attached: Mutex<BTreeMap<u32, Attached>>,
     /// Exported metrics.
     pub metrics: Metrics,
+    /// What `/healthz` says.
+    pub health: Health,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             scrape_maps: Mutex::new(Maps::open(pin_dir)?),
             attached: Mutex::new(BTreeMap::new()),
             metrics: Metrics::new()?,
+            health: Health::new(),
         })
     }
 
