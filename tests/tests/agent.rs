@@ -895,3 +895,66 @@ fn removed_clsact_filters_are_attached_again() {
     let qdiscs = pair.a.sh("tc qdisc show dev eth0").unwrap();
     assert!(!qdiscs.contains("clsact"), "{qdiscs}");
 }
+
+/// The capability sets (`CapEff`, `CapPrm`, `CapBnd`, `CapInh`, `CapAmb`) of every thread of
+/// process `pid`, as `/proc/<pid>/task/<tid>/status` shows them.
+fn thread_capabilities(pid: u32) -> Vec<(String, [u64; 5])> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let set = |name: &str| {
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:\t")))
+                .unwrap();
+            u64::from_str_radix(line.trim(), 16).unwrap()
+        };
+        let name = task.file_name().unwrap().to_string_lossy().into_owned();
+        let sets = ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"].map(set);
+        out.push((name, sets));
+    }
+    out
+}
+
+/// Once the datapath is loaded, `run` keeps CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW alone, in
+/// every thread (effective, permitted and bounding; nothing inheritable or ambient), and still
+/// does its work: clamps, scrapes, re-attaches, detaches.
+#[test]
+fn the_running_agent_keeps_only_the_capabilities_it_uses() {
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_NET_RAW: u64 = 1 << 13;
+    const CAP_BPF: u64 = 1 << 39;
+    let kept = CAP_BPF | CAP_NET_ADMIN | CAP_NET_RAW;
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let _peer = listener(&pair.b, PEER_PORT);
+    let mut agent = clamping_the_peer()
+        .with(RunFlag::AttachMode(AttachMode::Clsact))
+        .start(&pair.a, &fs)
+        .unwrap();
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    // A scrape renders on a thread started after the drop.
+    assert!(agent.metrics().unwrap().contains("wslnet_build_info"));
+    let threads = thread_capabilities(agent.daemon.pid());
+    for (tid, sets) in &threads {
+        assert_eq!(
+            *sets,
+            [kept, kept, kept, 0, 0],
+            "thread {tid}: {threads:x?}"
+        );
+    }
+    // What it still does needs no more: attach again, then detach everything on stop.
+    pair.a.sh("tc filter del dev eth0 egress").unwrap();
+    wait_until(PATIENCE, "the egress filter attached again", || {
+        let shown = pair.a.sh("tc filter show dev eth0 egress").ok()?;
+        shown.contains("bpf").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
+    assert!(
+        sigterm(&mut agent.daemon).success(),
+        "{}",
+        agent.daemon.log()
+    );
+    let left = pair.a.sh("tc filter show dev eth0 ingress").unwrap();
+    assert!(!left.contains("bpf"), "{left}");
+}

@@ -73,8 +73,9 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: `run` drops capabilities once loaded (`privileges.rs`), and capabilities are
+    // per thread; threads started after that (tokio's blocking pool) inherit the reduced sets.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

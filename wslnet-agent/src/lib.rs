@@ -20,6 +20,7 @@
 //! - [`reflect`]: the ICMP errors for oversize packets the datapath dropped (rescue);
 //! - [`checksum`]: the Internet checksum of the ICMP packets the agent builds;
 //! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
+//! - [`privileges`]: the capabilities `run` keeps once the datapath is loaded;
 //! - [`health`]: what `/healthz` says (the manager turning, the datapath in place);
 //! - [`status`]: what `status` shows, read from the pins;
 //! - [`check`]: what `check` checks (kernel, permissions);
@@ -51,6 +52,7 @@ pub mod maps;
 pub mod metrics;
 pub mod pins;
 pub mod pmtu;
+pub mod privileges;
 pub mod prober;
 pub mod reflect;
 pub mod service;

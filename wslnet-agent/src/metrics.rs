@@ -457,7 +457,7 @@ pub async fn serve(
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let render = render.clone();
                     let health = health.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &*render, &*health)) }
+                    async move { Ok::<_, Infallible>(respond(&req, render, &*health).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -470,17 +470,27 @@ pub async fn serve(
     }))
 }
 
-fn respond(
+/// Answers one request. A scrape renders on tokio's blocking pool: it walks the maps (a
+/// system call per entry, up to 16,384 learned destinations), which must not hold up the
+/// runtime's one thread, where the path-MTU manager runs.
+async fn respond(
     req: &Request<Incoming>,
-    render: &(dyn Fn() -> String + Send + Sync),
+    render: Arc<dyn Fn() -> String + Send + Sync>,
     health: &(dyn Fn() -> Result<(), String> + Send + Sync),
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(),
-        ),
+        "/metrics" => match tokio::task::spawn_blocking(move || render()).await {
+            Ok(text) => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            ),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("rendering the metrics failed: {e}\n"),
+            ),
+        },
         "/healthz" => match health() {
             Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             Err(why) => (

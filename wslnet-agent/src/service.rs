@@ -78,6 +78,16 @@ pub async fn run(source: ConfigSource) -> Result<()> {
         spawn_datapath_logger(&mut ebpf);
     }
     attach::load_programs(&mut ebpf)?;
+    // Loaded: what loading needed beyond running (CAP_PERFMON, CAP_SYS_ADMIN) goes now.
+    match crate::privileges::drop_unneeded() {
+        Ok(kept) => tracing::debug!(
+            ?kept,
+            "dropped the capabilities the running agent does not use"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not drop capabilities; running with those it has")
+        }
+    }
     let shared = Arc::new(Shared::open(&cfg.pin_dir)?);
     {
         let mut maps = shared.maps();
