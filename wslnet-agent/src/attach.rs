@@ -331,8 +331,12 @@ pub async fn missing_clsact_filters(ifindex: u32) -> Result<Vec<TcAttachType>> {
         };
         let filters: Vec<_> = match request.execute().try_collect().await {
             Ok(f) => f,
-            // No clsact qdisc at all: no filter either.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EINVAL => Vec::new(),
+            // No clsact qdisc (EINVAL) or no interface any more (ENODEV): no filter either.
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [-libc::EINVAL, -libc::ENODEV].contains(&e.raw_code()) =>
+            {
+                Vec::new()
+            }
             Err(e) => {
                 task.abort();
                 return Err(e)
@@ -379,8 +383,15 @@ pub async fn detach(pin_dir: &Path, ifindex: u32, flags: u16) -> Result<()> {
                 TcHandle::from(TC_HANDLE),
                 None,
             ) {
+                // Fails when the filter is gone already; whether ours is left is checked below.
                 let _ = link.detach();
             }
+        }
+        let left = missing_clsact_filters(ifindex).await?;
+        if left.len() < HOOKS.len() {
+            bail!(
+                "the wslnet tc filters of ifindex {ifindex} are still attached after removing them                  (remove them with `tc filter del dev <interface> ingress|egress pref {TC_PRIORITY}`)"
+            );
         }
         if flags & iface_flags::QDISC_CREATED != 0 {
             crate::ifaces::delete_clsact(ifindex).await?;

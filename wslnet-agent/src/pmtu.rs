@@ -585,8 +585,10 @@ impl Manager {
             self.dests.remove(&addr);
             let mut maps = self.shared.maps();
             // Its probed entry goes; a static clamp for exactly this address stays.
-            if !self.settings.is_static(addr) {
-                let _ = maps.remove_clamp(IpNet::from(addr));
+            if !self.settings.is_static(addr)
+                && let Err(e) = maps.remove_clamp(IpNet::from(addr))
+            {
+                tracing::warn!(%addr, error = %format!("{e:#}"), "removing the clamp of an evicted destination");
             }
             maps.forget_learned(addr);
             drop(maps);
