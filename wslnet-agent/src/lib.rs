@@ -14,6 +14,7 @@
 //! - [`ifaces`]: following interfaces that match the globs (netlink);
 //! - [`service`]: `run`, which ties the parts below together;
 //! - [`shared`]: the state `run`'s parts share (maps, attached interfaces, metrics);
+//! - [`reconcile`]: what the clamp table must hold (static and probed entries), as plans;
 //! - [`pmtu`]: which destinations to measure and when, inside `run`;
 //! - [`prober`]: path-MTU search (ICMP with DF, TCP fallback), a library;
 //! - [`symptoms`]: stalled local connections (sock_diag), which make `run` re-measure at once;
@@ -54,6 +55,7 @@ pub mod pins;
 pub mod pmtu;
 pub mod privileges;
 pub mod prober;
+pub mod reconcile;
 pub mod reflect;
 pub mod service;
 pub mod shared;

@@ -459,15 +459,8 @@ impl Manager {
         }
     }
 
-    /// Makes the probed clamp entries agree with the configuration and the measurements (at
-    /// start and after every reload):
-    /// - a destination inside a static prefix has no probed entry of its own (the static clamp
-    ///   wins; a longer probed prefix would win the lookup);
-    /// - every other measured destination has its probed entry (a reload that removed a static
-    ///   clamp of exactly its address left it with none);
-    /// - a probed entry that no destination stands for goes: written by an earlier run for a
-    ///   destination neither configured nor still in the learned map. One that is in the learned
-    ///   map stays until its destination is measured again (no gap across a restart).
+    /// Makes the probed clamp entries agree with the configuration and the measurements, at
+    /// start and after every reload ([`crate::reconcile::probed`] says how).
     fn reconcile_clamps(&mut self) {
         let learned: std::collections::HashSet<IpAddr> = if self.settings.learn {
             self.shared
@@ -479,29 +472,27 @@ impl Manager {
         } else {
             Default::default()
         };
+        let measured: Vec<(IpAddr, u16)> = self
+            .dests
+            .iter()
+            .filter_map(|(&a, d)| Some((a, d.mtu?)))
+            .collect();
         let mut maps = self.shared.maps();
-        for entry in maps.clamps() {
-            if entry.origin != Some(Origin::Probed) {
-                continue;
-            }
-            let addr = entry.net.addr();
-            let stands_for = entry.net.prefix_len() == entry.net.max_prefix_len()
-                && !self.settings.is_static(addr)
-                && (self.dests.get(&addr).is_some_and(|d| d.mtu.is_some())
-                    || learned.contains(&addr));
-            if !stands_for {
-                tracing::info!(net = %entry.net, "removing a probed clamp entry nothing stands for");
-                if let Err(e) = maps.remove_clamp(entry.net) {
-                    tracing::warn!(net = %entry.net, error = %format!("{e:#}"), "removing a probed clamp entry");
-                }
+        let plan = crate::reconcile::probed(
+            &maps.clamps(),
+            &self.settings.static_nets,
+            &measured,
+            &learned,
+        );
+        for net in plan.remove {
+            tracing::info!(%net, "removing a probed clamp entry nothing stands for");
+            if let Err(e) = maps.remove_clamp(net) {
+                tracing::warn!(%net, error = %format!("{e:#}"), "removing a probed clamp entry");
             }
         }
-        for (&addr, d) in &self.dests {
-            if let Some(mtu) = d.mtu
-                && !self.settings.is_static(addr)
-                && let Err(e) = maps.set_clamp(IpNet::from(addr), mtu, Origin::Probed)
-            {
-                tracing::warn!(%addr, error = %format!("{e:#}"), "writing the clamp");
+        for (net, mtu, origin) in plan.write {
+            if let Err(e) = maps.set_clamp(net, mtu, origin) {
+                tracing::warn!(%net, error = %format!("{e:#}"), "writing the clamp");
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::{
     attach,
     config::{AttachMode, Config, datapath_log_level},
     ifaces::{self, Link, NetEvent},
-    maps::{self, Maps, Origin},
+    maps::{self, Maps},
     pins, pmtu,
     shared::{Attached, Shared},
 };
@@ -245,15 +245,12 @@ impl Service {
     /// Makes the static entries of the clamp table equal to the config's.
     fn apply_static_clamps(&mut self) -> Result<()> {
         let mut maps = self.shared.maps();
-        for entry in maps.clamps() {
-            if entry.origin == Some(Origin::Static)
-                && !self.cfg.clamp.iter().any(|c| c.cidr.trunc() == entry.net)
-            {
-                maps.remove_clamp(entry.net)?;
-            }
+        let plan = crate::reconcile::statics(&maps.clamps(), &self.cfg.clamp);
+        for net in plan.remove {
+            maps.remove_clamp(net)?;
         }
-        for c in &self.cfg.clamp {
-            maps.set_clamp(c.cidr, c.mtu, Origin::Static)?;
+        for (net, mtu, origin) in plan.write {
+            maps.set_clamp(net, mtu, origin)?;
         }
         Ok(())
     }
