@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use ipnet::IpNet;
 use wslnet_agent::config::AttachMode;
 
 use crate::{
@@ -34,8 +35,9 @@ pub enum RunFlag {
     Iface(String),
     /// `--target ADDR`: a destination measured from the start (repeatable).
     Target(IpAddr),
-    /// `--clamp HOST=MTU`: a static path MTU, bytes, for one host (repeatable).
-    Clamp(IpAddr, u16),
+    /// `--clamp CIDR=MTU`: a static path MTU, bytes, for a prefix; a host's (its /32 or /128)
+    /// is spelled as the bare address (repeatable).
+    Clamp(IpNet, u16),
     /// `--attach-mode MODE`.
     AttachMode(AttachMode),
     /// `--keep-attached`: programs and pins stay when the agent stops.
@@ -64,7 +66,10 @@ impl RunFlag {
             Self::Config(file) => ("config", Some(file.display().to_string())),
             Self::Iface(glob) => ("iface", Some(glob.clone())),
             Self::Target(addr) => ("target", Some(addr.to_string())),
-            Self::Clamp(host, mtu) => ("clamp", Some(format!("{host}={mtu}"))),
+            Self::Clamp(net, mtu) if net.prefix_len() == net.max_prefix_len() => {
+                ("clamp", Some(format!("{}={mtu}", net.addr())))
+            }
+            Self::Clamp(net, mtu) => ("clamp", Some(format!("{net}={mtu}"))),
             Self::AttachMode(mode) => ("attach-mode", Some(attach_mode_name(*mode))),
             Self::KeepAttached => ("keep-attached", None),
             Self::NoLearn => ("no-learn", None),
@@ -111,7 +116,7 @@ impl AgentOptions {
     /// learned: more clamps with [`RunFlag::Clamp`].
     pub fn clamping(host: impl Into<IpAddr>, mtu: u16) -> Self {
         Self::eth0()
-            .with(RunFlag::Clamp(host.into(), mtu))
+            .with(RunFlag::Clamp(host.into().into(), mtu))
             .with(RunFlag::NoLearn)
     }
 
@@ -142,9 +147,15 @@ impl AgentOptions {
     /// [`AgentOptions::start`], waiting up to `timeout` for it to run (for starts that attach
     /// to hundreds of interfaces; an upper bound, not a timing claim).
     pub fn start_within(&self, ns: &Netns, fs: &Bpffs, timeout: Duration) -> Result<Agent> {
-        let args = self.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start_within(ns, fs, &args, timeout)
+        let pin_dir = fs.pin_dir();
+        let mut daemon = Daemon::start(run_command(ns, &[], &pin_dir, self.args()))?;
+        daemon.wait_for_log(timeout, |l| l.contains(RUNNING_LINE))?;
+        Ok(Agent {
+            daemon,
+            pin_dir: pin_dir.display().to_string(),
+            ns: ns.name().to_string(),
+            bpffs: None,
+        })
     }
 
     /// Starts `run` with these flags in the lab's `wsl`, on a bpffs of its own (unmounted once
@@ -204,7 +215,7 @@ pub fn run_command<S: AsRef<OsStr>>(
     cmd
 }
 
-/// A running `wslnet-agent run`, stopped (SIGTERM) on drop.
+/// A running `wslnet-agent run` ([`AgentOptions::start`]), stopped (SIGTERM) on drop.
 pub struct Agent {
     /// The process.
     pub daemon: Daemon,
@@ -217,26 +228,6 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `wslnet-agent run --pin-dir <bpffs>/wslnet ARGS` in `ns` and waits until it
-    /// reports that it runs. Tests spell the flags with [`AgentOptions`].
-    pub fn start(ns: &Netns, fs: &Bpffs, args: &[&str]) -> Result<Self> {
-        Self::start_within(ns, fs, args, PATIENCE)
-    }
-
-    /// [`Agent::start`], waiting up to `timeout` for it to run (for starts that attach to
-    /// hundreds of interfaces; an upper bound, not a timing claim).
-    pub fn start_within(ns: &Netns, fs: &Bpffs, args: &[&str], timeout: Duration) -> Result<Self> {
-        let pin_dir = fs.pin_dir();
-        let mut daemon = Daemon::start(run_command(ns, &[], &pin_dir, args))?;
-        daemon.wait_for_log(timeout, |l| l.contains(RUNNING_LINE))?;
-        Ok(Self {
-            daemon,
-            pin_dir: pin_dir.display().to_string(),
-            ns: ns.name().to_string(),
-            bpffs: None,
-        })
-    }
-
     /// Runs another `wslnet-agent` command in the agent's namespace (e.g. `status --json`).
     pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
         std::process::Command::new("ip")
@@ -270,9 +261,15 @@ pub fn metrics_in(ns: &str) -> Result<String> {
 }
 
 impl Agent {
-    /// Waits until `status` shows a clamp entry of `mtu` for `host` alone (its /32 or /128);
-    /// fails after `within`, with the agent's log.
-    pub fn wait_for_clamp(&self, host: IpAddr, mtu: u64, within: Duration) -> Result<()> {
+    /// Waits until `status` shows a clamp entry of `mtu` bytes for `host` alone (its /32 or
+    /// /128); fails after `within`, with the agent's log.
+    pub fn wait_for_clamp(
+        &self,
+        host: impl Into<IpAddr>,
+        mtu: u16,
+        within: Duration,
+    ) -> Result<()> {
+        let host = host.into();
         wait_until(within, &format!("a clamp of {mtu} for {host}"), || {
             self.clamp(host)
                 .is_some_and(|c| c["mtu"] == mtu)

@@ -63,6 +63,9 @@ pub const CONTAINER_V4: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 pub const ZT_IFACE: &str = "zt7b2e4a1c";
 /// MTU of the ZeroTier-style uplink (bytes).
 pub const ZT_MTU: u16 = 2800;
+/// The path MTU (bytes) a typical Windows VPN leaves: the lab's default bottleneck, and the
+/// clamp the tests and the bench write where they mean "a path through a VPN".
+pub const VPN_MTU: u16 = 1372;
 /// Name of the bottleneck link's interface in both routers.
 pub const WAN_IFACE: &str = "wan0";
 /// Name of the return link's interface in both routers ([`Lab::set_return_path`]).
@@ -85,10 +88,10 @@ pub struct LabConfig {
 }
 
 impl Default for LabConfig {
-    /// Bottleneck 1372, no delay, `eth0`, ICMP errors dropped.
+    /// Bottleneck [`VPN_MTU`], no delay, `eth0`, ICMP errors dropped.
     fn default() -> Self {
         Self {
-            bottleneck: 1372,
+            bottleneck: VPN_MTU,
             rtt_ms: 0,
             zerotier: false,
             drop_icmp_errors: true,

@@ -13,6 +13,7 @@ use wslnet_tests::{
     agent::{
         Agent, AgentOptions, Pair, RunFlag, run_command, sample, status_counter, with_attach_mode,
     },
+    lab::VPN_MTU,
     netns::{Bpffs, Daemon, Netns, PATIENCE, Transport, agent_bin, require_root, veth, wait_until},
     prometheus,
 };
@@ -21,7 +22,7 @@ use wslnet_tests::{
 const PEER_PORT: u16 = 7000;
 /// The path MTU (bytes) the tests clamp [`Pair::b`] to: its MSS of 1460 becomes 1332, which
 /// with timestamps makes `a` send segments of 1320 ([`CLAMPED_MSS`]).
-const PEER_CLAMP: u16 = 1372;
+const PEER_CLAMP: u16 = VPN_MTU;
 /// What `a` sends to [`Pair::b`] with while it is clamped to [`PEER_CLAMP`].
 const CLAMPED_MSS: u32 = 1320;
 /// What `a` sends to [`Pair::b`] with unclamped: 1460 less 12 of timestamps.
@@ -97,18 +98,13 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
         // ZeroTier creates its TAP device after boot: zt + 10 hex digits, MTU 2800.
         let start = Instant::now();
         veth(&pair.a, "zt3f8a9c2e1b", &pair.b, "ztpeer").unwrap();
-        pair.a
-            .ip(&["link", "set", "zt3f8a9c2e1b", "mtu", "2800"])
-            .unwrap();
-        pair.b
-            .ip(&["link", "set", "ztpeer", "mtu", "2800"])
-            .unwrap();
-        pair.a
-            .ip(&["addr", "add", "10.98.0.1/24", "dev", "zt3f8a9c2e1b"])
-            .unwrap();
-        pair.b
-            .ip(&["addr", "add", "10.98.0.2/24", "dev", "ztpeer"])
-            .unwrap();
+        for (ns, dev, addr) in [
+            (&pair.a, "zt3f8a9c2e1b", "10.98.0.1/24"),
+            (&pair.b, "ztpeer", "10.98.0.2/24"),
+        ] {
+            ns.ip(&["link", "set", dev, "mtu", "2800"]).unwrap();
+            ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
+        }
         wait_until(PATIENCE, "zt interface attached", || {
             iface_names(&agent)
                 .contains(&"zt3f8a9c2e1b".to_string())
@@ -473,31 +469,35 @@ fn sighup_reloads_the_config_file() {
     assert!(agent.daemon.log().contains("keeping the old configuration"));
 }
 
+/// Runs `check` with `agent` (the agent binary, or a wrapper in front of it); returns its exit
+/// code and what it printed.
+fn check(mut agent: std::process::Command) -> (Option<i32>, String) {
+    let out = agent.arg("check").output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 #[test]
 fn check_reports_readiness_and_what_is_missing() {
     require_root();
-    let out = std::process::Command::new(agent_bin())
-        .arg("check")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = check(std::process::Command::new(agent_bin()));
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("[ok  ] bpf() syscall"), "{text}");
     assert!(text.contains("wslnet can run here"), "{text}");
     // Without privileges: the missing pieces are FAIL lines with their fix, exit 2.
-    let out = std::process::Command::new("setpriv")
+    let mut unprivileged = std::process::Command::new("setpriv");
+    unprivileged
         .args([
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
             "--inh-caps=-all",
         ])
-        .arg(agent_bin())
-        .arg("check")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+        .arg(agent_bin());
+    let (code, text) = check(unprivileged);
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("[FAIL] privileges"), "{text}");
     assert!(text.contains("fix: run as root"), "{text}");
 }

@@ -13,7 +13,7 @@ use wslnet_agent::maps::Maps;
 use wslnet_tests::{
     agent::{Agent, AgentOptions, RunFlag, host_clamp, sample},
     clients::{self, Client, Servers},
-    lab::{Lab, LabConfig, SRV_V4, SRV_V6, WSL_V4, WSL_V6, ZT_IFACE},
+    lab::{Lab, LabConfig, SRV_V4, SRV_V6, VPN_MTU, WSL_V4, WSL_V6, ZT_IFACE},
     netns::{require_root, wait_until},
 };
 
@@ -21,6 +21,14 @@ use wslnet_tests::{
 const STALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// Client timeout when success is expected.
 const PASS_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where most tests here start: root checked, the lab built with a bottleneck of `bottleneck`
+/// bytes ([`Lab::new`]), its servers running.
+fn lab_with_servers(bottleneck: u16) -> (Lab, Servers) {
+    let lab = Lab::new(bottleneck).unwrap();
+    let servers = Servers::start(&lab).unwrap();
+    (lab, servers)
+}
 
 fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
     for o in outcomes {
@@ -55,9 +63,7 @@ fn assert_all(outcomes: &[clients::Outcome], ok: bool) {
 
 #[test]
 fn black_hole_1372_real_clients_stall_without_and_pass_with_wslnet() {
-    require_root();
-    let lab = Lab::new(1372).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(VPN_MTU);
     // Small things pass: the lab is a black hole for large packets only.
     lab.wsl
         .sh(&format!("ping -c 1 -W 2 -s 56 {SRV_V4}"))
@@ -74,8 +80,8 @@ fn black_hole_1372_real_clients_stall_without_and_pass_with_wslnet() {
         .with(RunFlag::Target(SRV_V6.into()))
         .start_in_lab(&lab)
         .unwrap();
-    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(30));
-    agent.wait_for_path_mtu(SRV_V6, 1372, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V4, VPN_MTU, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V6, VPN_MTU, Duration::from_secs(30));
     let with = clients::run_all(&lab, &servers, &[false, true], PASS_TIMEOUT);
     assert_all(&with, true);
 }
@@ -125,7 +131,7 @@ fn two_hundred_concurrent_downloads_through_the_black_hole() {
     // A kernel link for the bottleneck: the userspace wire is a test-process thread that 200
     // flows on 2 cores would starve, measuring the wire instead of the path.
     let lab = Lab::with(LabConfig {
-        bottleneck: 1372,
+        bottleneck: VPN_MTU,
         kernel_link: true,
         ..LabConfig::default()
     })
@@ -152,7 +158,7 @@ S(('::', 8090), h).serve_forever()",
     .unwrap();
     http.port = 8090;
     let agent = AgentOptions::measuring(SRV_V4).start_in_lab(&lab).unwrap();
-    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(30));
+    agent.wait_for_path_mtu(SRV_V4, VPN_MTU, Duration::from_secs(30));
     let url = http.url(lab.srv_addr(false));
     let urls: Vec<String> = (0..200).map(|i| format!("'{url}?n={i}'")).collect();
     let start = Instant::now();
@@ -186,10 +192,8 @@ S(('::', 8090), h).serve_forever()",
 
 #[test]
 fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
-    require_root();
     const RECHECK: u64 = 2;
-    let lab = Lab::new(1500).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(1500);
     let agent = AgentOptions::measuring(SRV_V4)
         .with(RunFlag::RecheckInterval(RECHECK))
         .start_in_lab(&lab)
@@ -197,9 +201,9 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
     agent.wait_for_path_mtu(SRV_V4, 1500, Duration::from_secs(30));
 
     // The VPN connects: the path shrinks to 1372 and nothing tells us.
-    lab.set_bottleneck(1372).unwrap();
+    lab.set_bottleneck(VPN_MTU).unwrap();
     let start = Instant::now();
-    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(3 * RECHECK + 10));
+    agent.wait_for_path_mtu(SRV_V4, VPN_MTU, Duration::from_secs(3 * RECHECK + 10));
     eprintln!(
         "VPN up: clamp at 1372 after {:?} (re-check interval {RECHECK} s)",
         start.elapsed()
@@ -223,9 +227,7 @@ fn vpn_connect_then_disconnect_is_followed_within_the_recheck_interval() {
 
 #[test]
 fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
-    require_root();
-    let lab = Lab::new(1372).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(VPN_MTU);
     // No --target: the agent only knows what the datapath learns from outgoing SYNs.
     let agent = AgentOptions::eth0().start_in_lab(&lab).unwrap();
     // The first attempt may stall (nothing is known yet), but its SYN teaches the agent.
@@ -240,7 +242,7 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
         learned.then_some(clamp)
     })
     .unwrap();
-    assert_eq!(entry["mtu"], 1372, "{entry}");
+    assert_eq!(entry["mtu"], VPN_MTU, "{entry}");
     assert_eq!(entry["origin"], "probed", "{entry}");
     let ok = clients::run(&lab, &servers, Client::Http, false, PASS_TIMEOUT);
     assert!(ok.ok, "{ok:?}");
@@ -254,9 +256,7 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
 /// target and no learning nothing is ever measured, and the very first connections pass.
 #[test]
 fn the_first_contact_mtu_covers_destinations_not_yet_measured() {
-    require_root();
-    let lab = Lab::new(1372).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(VPN_MTU);
     let agent = AgentOptions::eth0()
         .with(RunFlag::NoLearn)
         .with(RunFlag::FirstContactMtu(1300))
@@ -293,7 +293,7 @@ fn measured_after_first_contact(
     lab: &Lab,
     servers: &Servers,
     groups: &[Vec<IpAddr>],
-    want: impl Fn(IpAddr) -> u64,
+    want: impl Fn(IpAddr) -> u16,
 ) -> Agent {
     let agent = AgentOptions::as_at_boot().start_in_lab(lab).unwrap();
     for group in groups {
@@ -329,7 +329,7 @@ fn wait_for_first_contact(agent: &Agent, want: (u64, u64)) {
 #[test]
 fn first_contact_follows_a_narrower_tunnel_and_never_rises_above_its_setting() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let cfg = lab.tmp_dir().join("wslnet.toml");
     std::fs::write(
         &cfg,
@@ -345,8 +345,8 @@ fn first_contact_follows_a_narrower_tunnel_and_never_rises_above_its_setting() {
         .unwrap();
     // Measured 1372 through eth0: below the setting, so IPv4 first contacts get 1372; nothing
     // was measured over IPv6, whose first contacts keep the setting.
-    agent.wait_for_path_mtu(SRV_V4, 1372, Duration::from_secs(30));
-    wait_for_first_contact(&agent, (1372, 1400));
+    agent.wait_for_path_mtu(SRV_V4, VPN_MTU, Duration::from_secs(30));
+    wait_for_first_contact(&agent, (VPN_MTU.into(), 1400));
     // The bottleneck goes away: the re-check finds 1500, and first contact goes back to the
     // setting, not to 1500.
     lab.set_bottleneck(1500).unwrap();
@@ -361,9 +361,7 @@ fn first_contact_follows_a_narrower_tunnel_and_never_rises_above_its_setting() {
 /// connection completes.)
 #[test]
 fn without_first_contact_the_first_connection_to_a_new_address_stalls() {
-    require_root();
-    let lab = Lab::new(1372).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(VPN_MTU);
     let agent = AgentOptions::default()
         .with(RunFlag::FirstContactMtu(0))
         .with(RunFlag::NoReflect)
@@ -381,9 +379,7 @@ fn without_first_contact_the_first_connection_to_a_new_address_stalls() {
 /// then measured and gets its own clamp.
 #[test]
 fn first_contact_with_three_new_addresses_behind_one_tunnel_passes_on_the_first_try() {
-    require_root();
-    let lab = Lab::new(1372).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(VPN_MTU);
     let agent = AgentOptions::as_at_boot().start_in_lab(&lab).unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
     assert_eq!((v4.len(), v6.len()), (3, 3));
@@ -398,7 +394,7 @@ fn first_contact_with_three_new_addresses_behind_one_tunnel_passes_on_the_first_
             || agent.clamp(*host),
         )
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
-        assert_eq!(entry["mtu"], 1372, "{entry}");
+        assert_eq!(entry["mtu"], VPN_MTU, "{entry}");
         assert_eq!(entry["origin"], "probed", "{entry}");
     }
 }
@@ -408,9 +404,7 @@ fn first_contact_with_three_new_addresses_behind_one_tunnel_passes_on_the_first_
 /// Without the agent the same container stalls.
 #[test]
 fn a_container_behind_the_vms_own_nat_passes_on_its_first_try() {
-    require_root();
-    let lab = Lab::new(1372).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(VPN_MTU);
     let ctr = lab.add_container().unwrap();
     let hosts = lab.srv_addrs(false);
     let without = clients::run_from(&ctr, &servers, Client::Http, hosts[1], STALL_TIMEOUT);
@@ -453,9 +447,7 @@ fn the_tcp_fallback_in_run_measures_above_the_clamp_in_force() {
 /// and new connections to all of them pass.
 #[test]
 fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
-    require_root();
-    let lab = Lab::new(1500).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(1500);
     let agent = AgentOptions::as_at_boot().start_in_lab(&lab).unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
     let hosts = [v4[0], v4[1], v6[0]];
@@ -468,7 +460,7 @@ fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
     }
 
     // The VPN connects.
-    lab.set_bottleneck(1372).unwrap();
+    lab.set_bottleneck(VPN_MTU).unwrap();
     let shrunk = Instant::now();
     std::thread::scope(|s| {
         let first = s
@@ -476,7 +468,7 @@ fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
         // Well within the 30 s periodic re-check: only the symptom can explain it.
         for &h in &hosts {
             agent
-                .wait_for_clamp(h, 1372, Duration::from_secs(12))
+                .wait_for_clamp(h, VPN_MTU, Duration::from_secs(12))
                 .unwrap();
             eprintln!(
                 "{h}: clamped to 1372 {:?} after the shrink",
@@ -507,9 +499,7 @@ fn a_path_that_shrinks_unseen_is_remeasured_on_the_first_stalled_connection() {
 /// stays at the real path MTU, 1500, never below.
 #[test]
 fn a_lossy_path_never_yields_a_clamp_below_its_real_mtu() {
-    require_root();
-    let lab = Lab::new(1500).unwrap();
-    let servers = Servers::start(&lab).unwrap();
+    let (lab, servers) = lab_with_servers(1500);
     let agent = AgentOptions::default()
         .with(RunFlag::RecheckInterval(1))
         .start_in_lab(&lab)
@@ -556,10 +546,10 @@ fn a_lossy_path_never_yields_a_clamp_below_its_real_mtu() {
 #[test]
 fn a_path_that_carries_less_tcp_than_icmp_is_clamped_to_what_tcp_carries() {
     require_root();
-    const TCP_V4: u64 = 1257;
-    const TCP_V6: u64 = 1320;
-    let lab = Lab::new(1372).unwrap();
-    lab.limit_tcp(Some((TCP_V4 as u16, TCP_V6 as u16))).unwrap();
+    const TCP_V4: u16 = 1257;
+    const TCP_V6: u16 = 1320;
+    let lab = Lab::new(VPN_MTU).unwrap();
+    lab.limit_tcp(Some((TCP_V4, TCP_V6))).unwrap();
     let servers = Servers::start(&lab).unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
     let pairs: Vec<Vec<IpAddr>> = v4.iter().zip(&v6).map(|(a, b)| vec![*a, *b]).collect();
@@ -596,13 +586,13 @@ fn a_path_that_carries_less_tcp_than_icmp_is_clamped_to_what_tcp_carries() {
 fn a_narrow_return_path_is_measured_from_fragmented_echo_replies() {
     require_root();
     let lab = Lab::new(1500).unwrap();
-    lab.set_return_path(Some(1372)).unwrap();
+    lab.set_return_path(Some(VPN_MTU)).unwrap();
     let servers = Servers::start(&lab).unwrap();
     let hosts = lab.srv_addrs(false);
     let without = clients::run_from(&lab.wsl, &servers, Client::Http, hosts[0], STALL_TIMEOUT);
     assert_all(&[without], false);
     let singles: Vec<Vec<IpAddr>> = hosts.iter().map(|h| vec![*h]).collect();
-    let agent = measured_after_first_contact(&lab, &servers, &singles, |_| 1372);
+    let agent = measured_after_first_contact(&lab, &servers, &singles, |_| VPN_MTU);
     let metrics = agent.metrics().unwrap();
     let fragments = sample(
         &metrics,

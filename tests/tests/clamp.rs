@@ -9,6 +9,7 @@ use wslnet_tests::{
     agent::{
         AgentOptions, Pair, RunFlag, attach_mode_name, sample, status_counter, with_attach_mode,
     },
+    lab::VPN_MTU,
     netns::{Daemon, PATIENCE, Transport},
 };
 
@@ -20,8 +21,8 @@ const HTTP_PORT: u16 = 8080;
 /// The agent on `eth0` of `a`, attached in `mode`, with both of `b`'s addresses clamped to
 /// 1372.
 fn clamping_both_families(mode: AttachMode) -> AgentOptions {
-    AgentOptions::clamping(Pair::b4(), 1372)
-        .with(RunFlag::Clamp(Pair::b6(), 1372))
+    AgentOptions::clamping(Pair::b4(), VPN_MTU)
+        .with(RunFlag::Clamp(Pair::b6().into(), VPN_MTU))
         .with(RunFlag::AttachMode(mode))
 }
 

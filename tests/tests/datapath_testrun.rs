@@ -7,6 +7,7 @@ use wslnet_common::{Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
 use wslnet_model::{Direction, Tables};
 use wslnet_tests::{
     fuzz::corpus::cases::narrow_path_tables,
+    lab::VPN_MTU,
     netns::require_root,
     packets::{self, Ext, Ipv4, Tcp, addr, flags, locate_tcp, opt, tcp_checksum_ok},
     testrun::{Harness, TEST_IFINDEX},
@@ -663,7 +664,14 @@ fn clamp_table_changes_apply_to_the_next_packet() {
     for (peer, syn, family, overhead) in cases {
         // Twice at 1372: the second run is answered from the cache.
         for _ in 0..2 {
-            assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1372 - overhead);
+            assert_clamped(
+                &h,
+                Direction::Egress,
+                &syn,
+                family,
+                1460,
+                VPN_MTU - overhead,
+            );
         }
         h.maps().set_clamp(prefix(peer), 1400, static_).unwrap();
         assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1400 - overhead);
@@ -713,7 +721,7 @@ fn an_oversize_ipv4_packet_is_dropped_and_answered() {
     let ev = events[0];
     assert_eq!(
         (ev.ifindex, ev.family, ev.mtu),
-        (TEST_IFINDEX, FAMILY_V4, 1372)
+        (TEST_IFINDEX, FAMILY_V4, u32::from(VPN_MTU))
     );
     assert_eq!(ev.quote_len as usize, wslnet_common::REFLECT_QUOTE);
     assert_eq!(&ev.quote[..], &f[14..14 + wslnet_common::REFLECT_QUOTE]);
@@ -734,7 +742,7 @@ fn an_oversize_ipv4_packet_is_dropped_and_answered() {
         (3, 4),
         "destination unreachable, fragmentation needed"
     );
-    assert_eq!(u16::from_be_bytes([p[26], p[27]]), 1372, "next-hop MTU");
+    assert_eq!(u16::from_be_bytes([p[26], p[27]]), VPN_MTU, "next-hop MTU");
     assert_eq!(
         &p[28..],
         &f[14..14 + 28],
@@ -762,7 +770,7 @@ fn an_oversize_ipv6_packet_is_dropped_and_answered() {
     let events = h.reflected();
     assert_eq!(events.len(), 1);
     let ev = events[0];
-    assert_eq!((ev.family, ev.mtu), (FAMILY_V6, 1372));
+    assert_eq!((ev.family, ev.mtu), (FAMILY_V6, u32::from(VPN_MTU)));
     let err = wslnet_agent::reflect::icmp_error(ev.family, &ev.quote, ev.mtu as u16).unwrap();
     assert_eq!(err.to, IpAddr::V6(addr::LOCAL6));
     let p = &err.packet;
@@ -775,7 +783,7 @@ fn an_oversize_ipv6_packet_is_dropped_and_answered() {
     assert_eq!((icmp[0], icmp[1]), (2, 0), "packet too big");
     assert_eq!(
         u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
-        1372
+        u32::from(VPN_MTU)
     );
     assert_eq!(&icmp[8..], &f[14..14 + wslnet_common::REFLECT_QUOTE]);
     let mut pseudo = Vec::new();

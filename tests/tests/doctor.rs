@@ -5,12 +5,10 @@ use std::net::IpAddr;
 use serde_json::Value;
 use wslnet_tests::{
     agent::{AgentOptions, RunFlag},
-    lab::{Lab, SRV_MORE_V4, SRV_V4},
+    lab::{Lab, SRV_MORE_V4, SRV_V4, VPN_MTU},
     netns::{Netns, PATIENCE, agent_bin},
 };
 
-/// The lab's bottleneck (bytes): the path carries this, `wsl`'s eth0 says 1500.
-const BOTTLENECK: u16 = 1372;
 /// A name only the lab's resolver knows.
 const NAME: &str = "intranet.lab";
 /// A port nothing listens on in `srv`.
@@ -86,7 +84,7 @@ fn tx_packets(ns: &Netns) -> u64 {
 
 #[test]
 fn doctor_names_a_dead_resolver_a_black_hole_and_a_closed_proxy_then_passes_once_fixed() {
-    let lab = Lab::new(BOTTLENECK).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     lab.start_dns(&[(NAME, SRV_V4)]).unwrap();
     lab.start_http(PROXY_PORT).unwrap();
     let srv = IpAddr::V4(SRV_V4);
@@ -157,9 +155,7 @@ fn doctor_names_a_dead_resolver_a_black_hole_and_a_closed_proxy_then_passes_once
         .with(RunFlag::Target(srv))
         .start_in_lab(&lab)
         .unwrap();
-    agent
-        .wait_for_clamp(srv, BOTTLENECK as u64, PATIENCE)
-        .unwrap();
+    agent.wait_for_clamp(srv, VPN_MTU, PATIENCE).unwrap();
     let open = vec![("https_proxy", format!("http://{SRV_V4}:{PROXY_PORT}"))];
     let fixed = doctor(
         &lab.wsl,
@@ -191,7 +187,7 @@ fn doctor_names_a_dead_resolver_a_black_hole_and_a_closed_proxy_then_passes_once
 
 #[test]
 fn without_a_default_route_route_fails_and_what_depends_on_it_is_skipped() {
-    let lab = Lab::new(BOTTLENECK).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     lab.set_nameservers(&[IpAddr::V4(SRV_V4)]).unwrap();
     lab.wsl
         .sh("ip route del default; ip -6 route del default")

@@ -3,23 +3,21 @@
 //! destinations are admitted most recently seen first as the budget refills, and due searches
 //! start most recently used first.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use wslnet_tests::{
     agent::{AgentOptions, RunFlag, sample},
-    lab::{Lab, SRV_V4},
+    lab::{Lab, SRV_V4, VPN_MTU},
     netns::require_root,
 };
 
-/// The lab's bottleneck (bytes).
-const BOTTLENECK: u16 = 1372;
 /// Addresses the flood connects to (10.200.0.0/16, which nothing answers).
 const FLOOD: u32 = 1500;
 
 #[test]
 fn a_flood_of_new_destinations_does_not_hold_up_the_next_one() {
     require_root();
-    let lab = Lab::new(BOTTLENECK).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     // 10.200.0.0/16 leads nowhere: `vpn` drops it, so each flood address is a silent search.
     lab.vpn.sh("ip route add blackhole 10.200.0.0/16").unwrap();
     let agent = AgentOptions::eth0()
@@ -49,11 +47,7 @@ for i in range({FLOOD}):
     // The flood took the whole burst of `probe.searches_per_minute` (60). The old fixed window
     // (first come, first served) kept this one waiting until the minute was over.
     agent
-        .wait_for_clamp(
-            IpAddr::V4(SRV_V4),
-            BOTTLENECK.into(),
-            Duration::from_secs(20),
-        )
+        .wait_for_clamp(SRV_V4, VPN_MTU, Duration::from_secs(20))
         .unwrap();
     let metrics = agent.metrics().unwrap();
     let pending = sample(&metrics, "wslnet_pending_destinations", &[]).unwrap();

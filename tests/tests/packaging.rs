@@ -24,6 +24,7 @@ use wslnet_tests::{
         AgentOptions, METRICS_PORT, Pair, RUNNING_LINE, RunFlag, attach_mode_name, metrics_in,
         run_command, sample,
     },
+    lab::VPN_MTU,
     netns::{Bpffs, Daemon, Netns, agent_bin, require_root, wait_until},
     prometheus,
 };
@@ -326,12 +327,17 @@ fn send_syn(ns: &Netns, addr: &str) {
     ));
 }
 
+/// The agent on eth0 measuring [`Pair::b`], learning on: attached, with a target and its prober,
+/// the state in which every metric family has a series.
+fn measuring_b() -> AgentOptions {
+    AgentOptions::eth0().with(RunFlag::Target(Pair::b4()))
+}
+
 /// The agent flags the capability tests use: eth0, a target to measure (needs the prober), a
 /// static clamp for the peer (so a SYN is rewritten), and pins kept on stop.
 fn cap_test_options() -> AgentOptions {
-    AgentOptions::eth0()
-        .with(RunFlag::Target(Pair::b4()))
-        .with(RunFlag::Clamp(Pair::b4(), 1372))
+    measuring_b()
+        .with(RunFlag::Clamp(Pair::b4().into(), VPN_MTU))
         .with(RunFlag::KeepAttached)
 }
 
@@ -639,10 +645,7 @@ fn the_agent_stays_within_the_units_sandbox() {
 #[test]
 fn every_metric_in_the_rules_and_the_dashboard_is_in_a_live_scrape() {
     let (pair, fs) = Pair::with_bpffs().unwrap();
-    let agent = AgentOptions::eth0()
-        .with(RunFlag::Target(Pair::b4()))
-        .start(&pair.a, &fs)
-        .unwrap();
+    let agent = measuring_b().start(&pair.a, &fs).unwrap();
     let metrics = wait_until(START_TIMEOUT, "target measured", || {
         agent
             .metrics()
@@ -751,10 +754,7 @@ fn shipped_prometheus(ns: &Netns, dir: &Path) -> Daemon {
 #[test]
 fn shipped_prometheus_config_rules_and_dashboard_work_against_the_agent() {
     let (pair, fs) = Pair::with_bpffs().unwrap();
-    let _agent = AgentOptions::eth0()
-        .with(RunFlag::Target(Pair::b4()))
-        .start(&pair.a, &fs)
-        .unwrap();
+    let _agent = measuring_b().start(&pair.a, &fs).unwrap();
     send_syn(&pair.a, Pair::B4);
 
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use std::{net::IpAddr, process::Output};
 
 use serde_json::Value;
 use wslnet_tests::{
-    lab::{Lab, LabConfig, ZT_IFACE, ZT_MTU},
+    lab::{Lab, LabConfig, VPN_MTU, ZT_IFACE, ZT_MTU},
     netns::{agent_bin, require_root},
 };
 
@@ -52,6 +52,45 @@ fn assert_found(v: &Value, ok: bool, want: u16, method: &str, what: &str) {
     assert_eq!(v["method"], method, "{what}: wrong method: {v}");
 }
 
+/// Probes `srv` over IPv4, then IPv6, without flags; asserts the exact MTU `want` found by
+/// `method` each time (`what` names the case). Returns the two reports.
+fn assert_found_both(lab: &Lab, want: u16, method: &str, what: &str) -> [Value; 2] {
+    [false, true].map(|v6| {
+        let (v, ok) = probe(lab, lab.srv_addr(v6), &[]);
+        assert_found(&v, ok, want, method, &format!("{what}, v6 {v6}"));
+        v
+    })
+}
+
+/// A bound of the search that `probe` takes on its command line and reports.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// The floor: `--min-mtu`, reported as `lower_bound`.
+    Lower,
+    /// The ceiling: `--max-mtu`, reported as `upper_bound`.
+    Upper,
+}
+
+impl Bound {
+    /// The flag that sets it and the report's key for it.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Lower => ("--min-mtu", "lower_bound"),
+            Self::Upper => ("--max-mtu", "upper_bound"),
+        }
+    }
+}
+
+/// Probes `srv` (IPv4) with `bound` set to `value` bytes; asserts the exact MTU `want` found by
+/// echo and the bound reported as given.
+fn assert_found_within(lab: &Lab, bound: Bound, value: u16, want: u16) {
+    let (flag, key) = bound.names();
+    let what = format!("IPv4 with {flag} {value}");
+    let (v, ok) = probe(lab, lab.srv_addr(false), &[flag, &value.to_string()]);
+    assert_found(&v, ok, want, "icmp", &what);
+    assert_eq!(v[key], value, "{what}: {v}");
+}
+
 /// Runs `f` on each item in its own thread; panics if any of them did.
 fn parallel<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) {
     std::thread::scope(|s| {
@@ -65,7 +104,7 @@ fn parallel<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) {
 #[test]
 fn icmp_finds_each_bottleneck_exactly_with_icmp_errors_dropped() {
     require_root();
-    parallel(&[1372u16, 1280, 1000, 1500], |&b| {
+    parallel(&[VPN_MTU, 1280, 1000, 1500], |&b| {
         let lab = Lab::new(b).unwrap();
         let (v, ok) = probe(&lab, lab.srv_addr(false), &[]);
         assert_found(&v, ok, b, "icmp", &format!("IPv4, bottleneck {b}"));
@@ -92,11 +131,11 @@ fn icmp_finds_each_bottleneck_exactly_with_icmp_errors_dropped() {
 #[test]
 fn tcp_probe_finds_the_same_values_when_icmp_echo_is_dropped() {
     require_root();
-    parallel(&[1372u16, 1280, 1000, 1500], |&b| {
+    parallel(&[VPN_MTU, 1280, 1000, 1500], |&b| {
         let lab = Lab::new(b).unwrap();
         lab.drop_icmp_echo(true).unwrap();
         lab.start_tcp_sink(TCP_PORT).unwrap();
-        if b == 1372 {
+        if b == VPN_MTU {
             // Echo is really gone: ICMP alone finds nothing.
             let (v, ok) = probe(&lab, lab.srv_addr(false), &[]);
             assert!(!ok, "probe without --tcp-port should fail: {v}");
@@ -115,14 +154,14 @@ fn tcp_probe_finds_the_same_values_when_icmp_echo_is_dropped() {
 #[test]
 fn search_takes_at_most_four_rounds_with_rtt_and_reports_elapsed_time() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let mut table = Vec::new();
     for rtt in [0u32, 20, 100] {
         lab.set_delay(rtt).unwrap();
         for v6 in [false, true] {
             let (v, ok) = probe(&lab, lab.srv_addr(v6), &[]);
             let what = format!("rtt {rtt} ms, {}", if v6 { "IPv6" } else { "IPv4" });
-            assert_found(&v, ok, 1372, "icmp", &what);
+            assert_found(&v, ok, VPN_MTU, "icmp", &what);
             assert!(rounds(&v) <= 4, "{what}: {} rounds", rounds(&v));
             table.push(format!(
                 "{what}: {} rounds, {} probes, {:.1} ms",
@@ -141,7 +180,7 @@ fn search_takes_at_most_four_rounds_with_rtt_and_reports_elapsed_time() {
 #[test]
 fn unreachable_target_is_reported_as_unreachable() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     lab.start_tcp_sink(TCP_PORT).unwrap();
     let port = TCP_PORT.to_string();
     let targets: Vec<(IpAddr, Vec<&str>)> = vec![
@@ -166,7 +205,7 @@ fn link_dropping_all_probes_sets_no_clamp_below_the_floor() {
     require_root();
     parallel(&["loss", "narrow"], |&case| match case {
         "loss" => {
-            let lab = Lab::new(1372).unwrap();
+            let lab = Lab::new(VPN_MTU).unwrap();
             lab.start_tcp_sink(TCP_PORT).unwrap();
             lab.set_loss(100.0).unwrap();
             let port = TCP_PORT.to_string();
@@ -192,9 +231,7 @@ fn link_dropping_all_probes_sets_no_clamp_below_the_floor() {
             );
             assert_eq!(v["lower_bound"], 552);
             // The floor is configurable: with --min-mtu 400 the same path measures exactly.
-            let (v, ok) = probe(&lab, lab.srv_addr(false), &["--min-mtu", "400"]);
-            assert_found(&v, ok, 500, "icmp", "IPv4 500 with --min-mtu 400");
-            assert_eq!(v["lower_bound"], 400);
+            assert_found_within(&lab, Bound::Lower, 400, 500);
         }
     });
 }
@@ -203,7 +240,7 @@ fn link_dropping_all_probes_sets_no_clamp_below_the_floor() {
 fn zerotier_uplink_bounds_the_search_at_its_mtu() {
     require_root();
     // Bottleneck 2800 (no bottleneck on the WAN): the vpn--srv link (1500) is the black hole.
-    parallel(&[(ZT_MTU, 1500u16), (1372, 1372)], |&(wan, want)| {
+    parallel(&[(ZT_MTU, 1500u16), (VPN_MTU, VPN_MTU)], |&(wan, want)| {
         let lab = Lab::zerotier(wan).unwrap();
         assert_eq!(lab.wsl_iface(), ZT_IFACE);
         for v6 in [false, true] {
@@ -214,9 +251,7 @@ fn zerotier_uplink_bounds_the_search_at_its_mtu() {
             assert_eq!(v["interface"], ZT_IFACE, "{what}: {v}");
         }
         // --max-mtu lowers the upper bound.
-        let (v, ok) = probe(&lab, lab.srv_addr(false), &["--max-mtu", "1300"]);
-        assert_found(&v, ok, 1300, "icmp", "zt with --max-mtu 1300");
-        assert_eq!(v["upper_bound"], 1300);
+        assert_found_within(&lab, Bound::Upper, 1300, 1300);
     });
 }
 
@@ -224,39 +259,28 @@ fn zerotier_uplink_bounds_the_search_at_its_mtu() {
 fn icmp_errors_are_used_at_once_and_the_cached_pmtu_is_ignored() {
     require_root();
     let lab = Lab::with(LabConfig {
-        bottleneck: 1372,
+        bottleneck: VPN_MTU,
         drop_icmp_errors: false,
         ..LabConfig::default()
     })
     .unwrap();
-    for v6 in [false, true] {
-        let (v, ok) = probe(&lab, lab.srv_addr(v6), &[]);
-        assert_found(
-            &v,
-            ok,
-            1372,
-            "icmp-error",
-            &format!("ICMP errors allowed, v6 {v6}"),
-        );
+    for v in assert_found_both(&lab, VPN_MTU, "icmp-error", "ICMP errors allowed") {
         assert!(rounds(&v) <= 2, "{v}");
     }
     // The kernel now caches PMTU 1372 for srv; the prober must not be held to it.
     let route = lab.wsl.sh("ip route get 10.77.3.2").unwrap();
     assert!(
-        route.contains("mtu 1372"),
+        route.contains(&format!("mtu {VPN_MTU}")),
         "expected a cached PMTU: {route}"
     );
     lab.set_bottleneck(1500).unwrap();
-    for v6 in [false, true] {
-        let (v, ok) = probe(&lab, lab.srv_addr(v6), &[]);
-        assert_found(&v, ok, 1500, "icmp", &format!("after widening, v6 {v6}"));
-    }
+    assert_found_both(&lab, 1500, "icmp", "after widening");
 }
 
 #[test]
 fn recheck_tells_whether_the_known_mtu_and_larger_ones_pass() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let check = |v6: bool, mtu: u16| {
         let (v, ok) = probe(&lab, lab.srv_addr(v6), &["--recheck", &mtu.to_string()]);
         assert!(ok, "{v}");
@@ -266,13 +290,13 @@ fn recheck_tells_whether_the_known_mtu_and_larger_ones_pass() {
         )
     };
     for v6 in [false, true] {
-        assert_eq!(check(v6, 1372), (true, false), "exact, v6 {v6}");
+        assert_eq!(check(v6, VPN_MTU), (true, false), "exact, v6 {v6}");
         assert_eq!(check(v6, 1300), (true, true), "below, v6 {v6}");
         assert_eq!(check(v6, 1400), (false, false), "above, v6 {v6}");
     }
     lab.set_bottleneck(1500).unwrap();
     for v6 in [false, true] {
-        assert_eq!(check(v6, 1372), (true, true), "after widening, v6 {v6}");
+        assert_eq!(check(v6, VPN_MTU), (true, true), "after widening, v6 {v6}");
     }
 }
 
@@ -282,7 +306,7 @@ fn recheck_tells_whether_the_known_mtu_and_larger_ones_pass() {
 #[test]
 fn lab_black_hole_stalls_http_tls_and_ssh_until_icmp_errors_flow() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let http = lab.start_http(8080).unwrap();
     let tls = lab.start_tls(4433).unwrap();
     let ssh = lab.start_sshd(2222).unwrap();
@@ -388,7 +412,7 @@ fn datagram_icmp_sockets_are_used_where_ping_group_range_allows() {
 #[test]
 fn a_target_that_polices_its_echo_replies_is_measured_exactly() {
     require_root();
-    parallel(&[1372u16, 1500], |&b| {
+    parallel(&[VPN_MTU, 1500], |&b| {
         let lab = Lab::new(b).unwrap();
         lab.srv
             .sh("nft add table inet wslnet_lab_police
@@ -398,16 +422,7 @@ fn a_target_that_polices_its_echo_replies_is_measured_exactly() {
                  nft add rule inet wslnet_lab_police out icmpv6 type echo-reply \
                      limit rate over 10/second burst 5 packets counter drop")
             .unwrap();
-        for v6 in [false, true] {
-            let (v, ok) = probe(&lab, lab.srv_addr(v6), &[]);
-            assert_found(
-                &v,
-                ok,
-                b,
-                "icmp",
-                &format!("policed, bottleneck {b}, v6 {v6}"),
-            );
-        }
+        assert_found_both(&lab, b, "icmp", &format!("policed, bottleneck {b}"));
         let out = lab
             .srv
             .sh_output("nft list table inet wslnet_lab_police")

@@ -3,16 +3,13 @@
 //! inside it, a destination whose static clamp is removed gets its probed entry back, and a
 //! probed entry that an earlier run left for a destination nobody measures any more is removed.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use wslnet_tests::{
     agent::{Agent, AgentOptions, RunFlag},
-    lab::{Lab, SRV_V4},
+    lab::{Lab, SRV_V4, VPN_MTU},
     netns::{Bpffs, PATIENCE, require_root, wait_until},
 };
-
-/// The lab's bottleneck (bytes): what the agent measures for `srv`.
-const BOTTLENECK: u16 = 1372;
 
 /// Writes the agent's config: `eth0`, no learning, `srv` as a target when `target`, and the
 /// static clamps `clamps` (`(cidr, mtu)`).
@@ -64,7 +61,7 @@ fn wait_for_entry(agent: &Agent, net: &str, want: Option<(u64, &str)>) {
 #[test]
 fn sighup_reconciles_static_and_probed_clamps_both_ways() {
     require_root();
-    let lab = Lab::new(BOTTLENECK).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let config = lab.tmp_dir().join("wslnet.toml");
     let host = format!("{SRV_V4}/32");
     write_config(&config, true, &[]);
@@ -73,13 +70,9 @@ fn sighup_reconciles_static_and_probed_clamps_both_ways() {
         .start_in_lab(&lab)
         .unwrap();
     agent
-        .wait_for_clamp(
-            IpAddr::V4(SRV_V4),
-            BOTTLENECK.into(),
-            Duration::from_secs(30),
-        )
+        .wait_for_clamp(SRV_V4, VPN_MTU, Duration::from_secs(30))
         .unwrap();
-    wait_for_entry(&agent, &host, Some((BOTTLENECK.into(), "probed")));
+    wait_for_entry(&agent, &host, Some((VPN_MTU.into(), "probed")));
 
     // A static prefix over the measured destination: it wins, the probed /32 (which the
     // longest-prefix lookup would prefer) goes.
@@ -96,13 +89,13 @@ fn sighup_reconciles_static_and_probed_clamps_both_ways() {
     wait_for_entry(&agent, "10.77.3.0/24", None);
     write_config(&config, true, &[]);
     reload(&agent, 3);
-    wait_for_entry(&agent, &host, Some((BOTTLENECK.into(), "probed")));
+    wait_for_entry(&agent, &host, Some((VPN_MTU.into(), "probed")));
 }
 
 #[test]
 fn probed_entries_an_earlier_run_left_for_nobody_are_removed_at_start() {
     require_root();
-    let lab = Lab::new(BOTTLENECK).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let fs = Bpffs::new().unwrap();
     let config = lab.tmp_dir().join("wslnet.toml");
     let host = format!("{SRV_V4}/32");
@@ -113,7 +106,7 @@ fn probed_entries_an_earlier_run_left_for_nobody_are_removed_at_start() {
         .with(RunFlag::KeepAttached)
         .start(&lab.wsl, &fs)
         .unwrap();
-    wait_for_entry(&first, &host, Some((BOTTLENECK.into(), "probed")));
+    wait_for_entry(&first, &host, Some((VPN_MTU.into(), "probed")));
     first
         .daemon
         .signal_and_wait(libc::SIGTERM, PATIENCE)

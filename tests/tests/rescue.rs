@@ -12,7 +12,7 @@ use wslnet_agent::reflect::ErrorKind;
 use wslnet_tests::{
     agent::{AgentOptions, RunFlag, sample},
     clients::{self, Client, Servers},
-    lab::Lab,
+    lab::{Lab, VPN_MTU},
     netns::{Netns, require_root},
     packets,
 };
@@ -132,7 +132,7 @@ fn across_a_shrink(
                 let started = Instant::now();
                 let run = s.spawn(|| transfer(&lab, host, limit));
                 std::thread::sleep(Duration::from_millis(800));
-                lab.set_bottleneck(1372).unwrap();
+                lab.set_bottleneck(VPN_MTU).unwrap();
                 let shrunk_at = started.elapsed();
                 (run.join().unwrap(), shrunk_at)
             });
@@ -171,7 +171,7 @@ fn across_a_shrink(
 #[test]
 fn a_udp_sender_with_df_learns_the_path_mtu() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let (v4, v6) = (lab.srv_addrs(false), lab.srv_addrs(true));
     let agent = AgentOptions::measuring(v4[0])
         .with(RunFlag::Target(v6[0]))
@@ -179,12 +179,12 @@ fn a_udp_sender_with_df_learns_the_path_mtu() {
         .unwrap();
     for host in [v4[0], v6[0]] {
         agent
-            .wait_for_clamp(host, 1372, Duration::from_secs(30))
+            .wait_for_clamp(host, VPN_MTU, Duration::from_secs(30))
             .unwrap();
         let out = lab.wsl.sh(&udp_df_script(host, 40)).unwrap();
         eprintln!("{host}: {}", out.trim());
         assert!(out.contains("EMSGSIZE after"), "{out}");
-        assert_eq!(cached_mtu(&lab.wsl, host), Some(1372));
+        assert_eq!(cached_mtu(&lab.wsl, host), Some(VPN_MTU));
     }
     // Not measured (no target, no learning): no answer, no EMSGSIZE, no cached MTU.
     for host in [v4[1], v6[1]] {
@@ -200,7 +200,7 @@ fn a_udp_sender_with_df_learns_the_path_mtu() {
 #[test]
 fn a_udp_sender_in_a_container_behind_the_nat_learns_the_path_mtu() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let ctr = lab.add_container().unwrap();
     let host = lab.srv_addr(false);
     let agent = AgentOptions::eth0()
@@ -208,12 +208,12 @@ fn a_udp_sender_in_a_container_behind_the_nat_learns_the_path_mtu() {
         .start_in_lab(&lab)
         .unwrap();
     agent
-        .wait_for_clamp(host, 1372, Duration::from_secs(30))
+        .wait_for_clamp(host, VPN_MTU, Duration::from_secs(30))
         .unwrap();
     let out = ctr.sh(&udp_df_script(host, 40)).unwrap();
     eprintln!("container -> {host}: {}", out.trim());
     assert!(out.contains("EMSGSIZE after"), "{out}");
-    assert_eq!(cached_mtu(&ctr, host), Some(1372));
+    assert_eq!(cached_mtu(&ctr, host), Some(VPN_MTU));
 }
 
 /// A flood of oversize packets to one destination yields at most the configured rate of errors
@@ -224,14 +224,14 @@ fn a_udp_sender_in_a_container_behind_the_nat_learns_the_path_mtu() {
 #[test]
 fn a_flood_of_oversize_packets_yields_rate_limited_well_formed_errors() {
     require_root();
-    let lab = Lab::new(1372).unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
     let host = lab.srv_addr(false);
     let agent = AgentOptions::measuring(host)
         .with(RunFlag::ReflectPerSec(5))
         .start_in_lab(&lab)
         .unwrap();
     agent
-        .wait_for_clamp(host, 1372, Duration::from_secs(30))
+        .wait_for_clamp(host, VPN_MTU, Duration::from_secs(30))
         .unwrap();
     let pcap = lab.tmp_dir().join("lo.pcap");
     let mut capture = lab.wsl.capture("lo", &pcap, &["icmp"]).unwrap();
@@ -314,7 +314,7 @@ for n in range(500):
             "ICMP checksum"
         );
         assert_eq!((icmp[0], icmp[1]), (3, 4));
-        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1372);
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), VPN_MTU);
         let quoted = &icmp[8..];
         assert_eq!(
             &quoted[16..20],

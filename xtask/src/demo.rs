@@ -15,10 +15,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use wslnet_tests::{
-    agent::Agent,
+    agent::AgentOptions,
     clients::{self, Outcome, Servers},
-    lab::{Lab, LabConfig, SRV_V4},
-    netns::{Bpffs, wait_until},
+    lab::{Lab, LabConfig, SRV_V4, VPN_MTU},
+    netns::wait_until,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -30,7 +30,7 @@ const STEPS: u32 = 7;
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// MTU of the bottleneck link (the VPN), bytes; 1280 or more keeps IPv6 in the demo.
-    #[arg(long, default_value_t = 1372)]
+    #[arg(long, default_value_t = VPN_MTU)]
     pub mtu: u16,
     /// Round-trip time added on the bottleneck, ms.
     #[arg(long, default_value_t = 20)]
@@ -136,8 +136,7 @@ pub fn run(args: DemoArgs, agent_bin: &std::path::Path) -> Result<()> {
         3,
         "starting wslnet-agent in wsl as at boot: no target, no configuration",
     );
-    let fs = Bpffs::new()?;
-    let agent = Agent::start(&lab.wsl, &fs, &[])?;
+    let agent = AgentOptions::as_at_boot().start_in_lab(&lab)?;
     let status = agent.status()?;
     let eth0 = &status["interfaces"][0];
     println!(

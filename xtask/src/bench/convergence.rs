@@ -19,8 +19,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 use wslnet_tests::{
-    agent::Agent,
-    lab::{Lab, LabConfig, SRV_V4},
+    agent::AgentOptions,
+    lab::{Lab, SRV_V4, VPN_MTU},
     netns::{Bpffs, agent_bin, wait_until},
 };
 
@@ -48,7 +48,7 @@ impl super::Amount for Settings {
     fn quick() -> Self {
         Self {
             repeats: 1,
-            bottlenecks: vec![1372, 1000, 1500],
+            bottlenecks: vec![VPN_MTU, 1000, 1500],
             rtts: vec![0, 20, 100],
             anchor_rtts: vec![20],
             download_timeout: 15,
@@ -58,7 +58,7 @@ impl super::Amount for Settings {
     fn full() -> Self {
         Self {
             repeats: 3,
-            bottlenecks: vec![1372, 1000, 1500],
+            bottlenecks: vec![VPN_MTU, 1000, 1500],
             rtts: vec![0, 20, 100],
             anchor_rtts: vec![0, 20, 100],
             download_timeout: 40,
@@ -140,10 +140,7 @@ fn download_result(what: &str, rtt: u32, r: (bool, f64, u64), timeout: u32) -> D
 /// Measures everything; returns the section `convergence`.
 pub fn run(s: Settings) -> Result<Convergence> {
     let started = Instant::now();
-    let lab = Lab::with(LabConfig {
-        bottleneck: 1372,
-        ..LabConfig::default()
-    })?;
+    let lab = Lab::new(VPN_MTU)?;
     let mut searches = Vec::new();
     for &mtu in &s.bottlenecks {
         lab.set_bottleneck(mtu)?;
@@ -181,7 +178,7 @@ pub fn run(s: Settings) -> Result<Convergence> {
     }
 
     // The anchor: 256 KB through the 1372 black hole.
-    lab.set_bottleneck(1372)?;
+    lab.set_bottleneck(VPN_MTU)?;
     lab.start_http(HTTP_PORT)?;
     let data: Vec<u8> = (0..FILE_SIZE as u32)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
@@ -219,17 +216,7 @@ pub fn run(s: Settings) -> Result<Convergence> {
     set_probing(&lab, false, false)?;
     let fs = Bpffs::new()?;
     let t0 = Instant::now();
-    let agent = Agent::start(
-        &lab.wsl,
-        &fs,
-        &[
-            "--iface",
-            "eth0",
-            "--target",
-            &SRV_V4.to_string(),
-            "--no-learn",
-        ],
-    )?;
+    let agent = AgentOptions::measuring(SRV_V4).start(&lab.wsl, &fs)?;
     let clamped = wait_until(Duration::from_secs(30), "the agent's clamp for srv", || {
         agent.clamp(SRV_V4.into())?["mtu"].as_u64()
     });

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use wslnet_agent::maps::{Maps, learned_key};
 use wslnet_common::LearnedDest;
 use wslnet_tests::{
-    agent::{Agent, Pair},
+    agent::{AgentOptions, Pair},
     netns::Bpffs,
 };
 
@@ -124,7 +124,7 @@ pub fn run(s: Settings) -> Result<Footprint> {
     let started = Instant::now();
     let pair = Pair::new()?;
     let fs = Bpffs::new()?;
-    let agent = Agent::start(&pair.a, &fs, &["--iface", "eth0"])?;
+    let agent = AgentOptions::eth0().start(&pair.a, &fs)?;
     let pid = agent.daemon.pid();
     thread::sleep(Duration::from_secs(2));
     eprintln!("  idle window ({} s)", s.window_secs);

@@ -35,6 +35,7 @@ use wslnet_common::{
     LearnCacheEntry, Peer, map_names, peer_cache_slot, peer_words, program_names,
 };
 use wslnet_tests::{
+    lab::VPN_MTU,
     netns::{Bpffs, pin_thread},
     packets as p,
 };
@@ -52,7 +53,7 @@ const TEST_IFINDEX: u32 = 1;
 /// Counter slot configured for it.
 const SLOT: u32 = 1;
 /// Path MTU of the clamped prefixes (10.9.0.0/16 and fd00:9::/32).
-const CLAMP_MTU: u16 = 1372;
+const CLAMP_MTU: u16 = VPN_MTU;
 /// A destination without a clamp entry.
 const OTHER4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 10, 0, 7);
 /// The same, IPv6.

@@ -11,10 +11,10 @@ use anyhow::{Context as _, Result, ensure};
 use wslnet_common::{FAMILY_V4, IfaceConfig, global_flags};
 use wslnet_model::{Clamp, Direction, Tables};
 use wslnet_tests::{
-    agent::{Agent, sample},
+    agent::{AgentOptions, RunFlag, sample},
     clients::{self, Client, Servers},
-    lab::Lab,
-    netns::{Bpffs, wait_until},
+    lab::{Lab, VPN_MTU},
+    netns::wait_until,
     packets as p,
     testrun::{Harness, TEST_IFINDEX},
 };
@@ -81,7 +81,7 @@ fn reflect_cost(s: Settings) -> Result<ReflectCost> {
         clamps: vec![Clamp {
             addr: p::addr::REMOTE4.into(),
             prefix_len: 16,
-            mtu: 1372,
+            mtu: VPN_MTU,
         }],
         ..Tables::default()
     };
@@ -133,10 +133,9 @@ fn time_until(from: Instant, what: &str, mut f: impl FnMut() -> bool) -> Result<
 /// From a new destination's first SYN (a connection started by a client) to its measured clamp,
 /// for the six addresses of the lab behind a 1372 tunnel, the agent as run at boot.
 fn first_contact() -> Result<FirstContact> {
-    let lab = Lab::new(1372)?;
+    let lab = Lab::new(VPN_MTU)?;
     let servers = Servers::start(&lab)?;
-    let fs = Bpffs::new()?;
-    let agent = Agent::start(&lab.wsl, &fs, &[])?;
+    let agent = AgentOptions::as_at_boot().start_in_lab(&lab)?;
     let mut ms = Vec::new();
     for host in lab.srv_addrs(false).into_iter().chain(lab.srv_addrs(true)) {
         let t = Instant::now();
@@ -151,7 +150,7 @@ fn first_contact() -> Result<FirstContact> {
                 )
             });
             let took = time_until(t, "a measured clamp", || {
-                agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(1372)
+                agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(u64::from(VPN_MTU))
             })?;
             ms.push(took.as_secs_f64() * 1000.0);
             let o = client.join().expect("client thread");
@@ -174,10 +173,10 @@ fn shrinks(s: Settings) -> Result<Shrink> {
     for _ in 0..s.shrinks {
         let lab = Lab::new(1500)?;
         let http = lab.start_http(8080)?;
-        let fs = Bpffs::new()?;
         let host = lab.srv_addr(false);
-        let target = host.to_string();
-        let agent = Agent::start(&lab.wsl, &fs, &["--iface", "eth0", "--target", &target])?;
+        let agent = AgentOptions::eth0()
+            .with(RunFlag::Target(host))
+            .start_in_lab(&lab)?;
         time_until(Instant::now(), "the first measurement", || {
             agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(1500)
         })?;
@@ -192,11 +191,11 @@ fn shrinks(s: Settings) -> Result<Shrink> {
             let run = sc
                 .spawn(|| clients::paced_download(&lab.wsl, &http, host, Duration::from_secs(20)));
             std::thread::sleep(Duration::from_millis(800));
-            lab.set_bottleneck(1372)?;
+            lab.set_bottleneck(VPN_MTU)?;
             let shrunk = Instant::now();
             let symptom = time_until(shrunk, "a symptom", || symptoms() >= 1.0)?;
             let clamped = time_until(shrunk, "the new clamp", || {
-                agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(1372)
+                agent.clamp(host).and_then(|c| c["mtu"].as_u64()) == Some(u64::from(VPN_MTU))
             })?;
             Ok((run.join().expect("download thread"), (symptom, clamped)))
         })?;

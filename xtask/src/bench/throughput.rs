@@ -51,11 +51,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
 use serde::Deserialize;
 use wslnet_agent::pins::maps_dir;
 use wslnet_common::map_names;
 use wslnet_tests::{
-    agent::{Agent, Pair, status_counter},
+    agent::{Agent, AgentOptions, Pair, RunFlag, status_counter},
+    lab::VPN_MTU,
     netns::{Bpffs, Daemon, Netns, enter_netns, pin_thread, wait_until},
 };
 
@@ -206,16 +208,17 @@ impl Installed {
             Config::None => Ok(Installed::Nothing),
             Config::Wslnet1500 | Config::Wslnet | Config::Wslnet1280 => {
                 let fs = Bpffs::new()?;
-                let clamp = match cfg {
-                    Config::Wslnet => "10.99.0.0/24=1372",
-                    Config::Wslnet1280 => "10.99.0.0/24=1280",
-                    _ => "10.99.0.0/24=1500",
+                let mtu = match cfg {
+                    Config::Wslnet => VPN_MTU,
+                    Config::Wslnet1280 => 1280,
+                    _ => 1500,
                 };
-                let agent = Agent::start(
-                    &pair.a,
-                    &fs,
-                    &["--iface", "eth0", "--clamp", clamp, "--no-learn"],
-                )?;
+                // The pair's IPv4 network (a /24).
+                let net = IpNet::new(Pair::b4(), 24)?.trunc();
+                let agent = AgentOptions::eth0()
+                    .with(RunFlag::Clamp(net, mtu))
+                    .with(RunFlag::NoLearn)
+                    .start(&pair.a, &fs)?;
                 Ok(Installed::Agent {
                     agent: Box::new(agent),
                     _fs: fs,

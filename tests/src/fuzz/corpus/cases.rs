@@ -15,12 +15,11 @@ use super::expect::{
 };
 use crate::{
     fuzz::Case,
+    lab::VPN_MTU,
     packets::{self, Ext, Ipv4, Tcp, addr, flags, opt},
     testrun::TEST_IFINDEX,
 };
 
-/// The path MTU of the narrow path (10.9.0.0/16 and fd00:9::/32).
-const MTU: u16 = 1372;
 /// The counter slot of the test interface in the named cases.
 const SLOT: u32 = 3;
 const V4: u32 = FAMILY_V4;
@@ -45,15 +44,15 @@ pub fn named_cases() -> Vec<Named> {
     .concat()
 }
 
-/// Tables with one interface (`slot`, `l3_offset`) and a path MTU of 1372 towards 10.9.0.0/16
-/// and fd00:9::/32, where [`addr::REMOTE4`] and [`addr::REMOTE6`] are.
+/// Tables with one interface (`slot`, `l3_offset`) and a path MTU of [`VPN_MTU`] (1372)
+/// towards 10.9.0.0/16 and fd00:9::/32, where [`addr::REMOTE4`] and [`addr::REMOTE6`] are.
 pub fn narrow_path_tables(slot: u32, l3_offset: u16) -> Tables {
     let clamp = |net: &str| {
         let net: ipnet::IpNet = net.parse().expect("a literal prefix");
         Clamp {
             addr: net.addr(),
             prefix_len: net.prefix_len(),
-            mtu: MTU,
+            mtu: VPN_MTU,
         }
     };
     Tables {
