@@ -7,19 +7,18 @@
 //! `cargo test -p wslnet-tests --test soak -- --ignored --nocapture` (root; the agent built).
 
 use std::{
-    net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
 
 use wslnet_tests::{
     agent::{AgentOptions, RunFlag},
-    lab::{Lab, SRV_V4},
+    lab::{Lab, SRV_V4, VPN_MTU},
     netns::{PATIENCE, require_root, wait_until},
 };
 
 /// The lab's bottleneck (bytes) at the start and at the end.
-const BOTTLENECK: u16 = 1372;
+const BOTTLENECK: u16 = VPN_MTU;
 /// The narrower path the soak switches to now and then (bytes).
 const NARROWER: u16 = 1300;
 /// One round of the soak.
@@ -112,9 +111,7 @@ fn soak() {
         .unwrap();
     let pid = agent.daemon.pid();
     connect_to_srv(&lab);
-    agent
-        .wait_for_clamp(IpAddr::V4(SRV_V4), BOTTLENECK.into(), PATIENCE)
-        .unwrap();
+    agent.wait_for_clamp(SRV_V4, BOTTLENECK, PATIENCE).unwrap();
 
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
@@ -174,11 +171,7 @@ fn soak() {
     lab.set_bottleneck(BOTTLENECK).unwrap();
     connect_to_srv(&lab);
     agent
-        .wait_for_clamp(
-            IpAddr::V4(SRV_V4),
-            BOTTLENECK.into(),
-            Duration::from_secs(120),
-        )
+        .wait_for_clamp(SRV_V4, BOTTLENECK, Duration::from_secs(120))
         .unwrap();
     wait_until(PATIENCE, "no static entry left", || {
         let status = agent.status().ok()?;
