@@ -247,6 +247,21 @@ impl Agent {
     pub fn metrics(&self) -> Result<String> {
         metrics_in(&self.ns)
     }
+
+    /// What `/healthz` answers: the HTTP status and the body, trimmed (`(200, "ok")` when
+    /// healthy).
+    pub fn healthz(&self) -> Result<(u16, String)> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "5"])
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{METRICS_PORT}/healthz"))
+            .output()
+            .context("running curl")?;
+        anyhow::ensure!(out.status.success(), "asking /healthz failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').context("no HTTP status")?;
+        Ok((code.trim().parse()?, body.trim().to_string()))
+    }
 }
 
 /// The `/metrics` text of the agent running in namespace `ns` (at [`METRICS_PORT`]).

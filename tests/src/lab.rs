@@ -666,13 +666,20 @@ impl Lab {
     /// Starts a TCP listener in `srv` on `port` (both families, backlog 4096) that reads and
     /// discards whatever it gets: a target for the prober's TCP probe.
     pub fn start_tcp_sink(&self, port: u16) -> Result<()> {
+        self.start_slow_tcp_sink(port, 4096, 0)
+    }
+
+    /// [`Lab::start_tcp_sink`] with an accept queue of `backlog` connections, pausing
+    /// `accept_pause_ms` after each accept: a busy service whose queue overflows.
+    pub fn start_slow_tcp_sink(&self, port: u16, backlog: u32, accept_pause_ms: u32) -> Result<()> {
+        let pause = f64::from(accept_pause_ms) / 1000.0;
         let script = format!(
-            "import socket, threading
+            "import socket, threading, time
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 s.bind(('::', {port}))
-s.listen(4096)
+s.listen({backlog})
 def drain(c):
     try:
         while c.recv(65536):
@@ -684,6 +691,7 @@ def drain(c):
 while True:
     c, _ = s.accept()
     threading.Thread(target=drain, args=(c,), daemon=True).start()
+    time.sleep({pause})
 "
         );
         self.spawn_srv_server("tcp sink", port, "python3", &["-u", "-c", &script])

@@ -826,37 +826,10 @@ fn clients_that_never_finish_a_request_cost_a_bounded_number_of_descriptors() {
     );
     drop(slow);
     wait_until(Duration::from_secs(60), "/healthz answers again", || {
-        let out = pair
-            .a
-            .command("curl")
-            .args(["-sS", "--max-time", "5"])
-            .arg(format!(
-                "http://127.0.0.1:{}/healthz",
-                wslnet_tests::agent::METRICS_PORT
-            ))
-            .output()
-            .ok()?;
-        (String::from_utf8_lossy(&out.stdout).trim() == "ok").then_some(())
+        (agent.healthz().ok()?.1 == "ok").then_some(())
     })
     .unwrap();
     assert!(agent.metrics().unwrap().contains("wslnet_build_info"));
-}
-
-/// What `/healthz` of the agent in `a` answers: (HTTP status, body).
-fn healthz(pair: &Pair) -> (String, String) {
-    let out = pair
-        .a
-        .command("curl")
-        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
-        .arg(format!(
-            "http://127.0.0.1:{}/healthz",
-            wslnet_tests::agent::METRICS_PORT
-        ))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_string(), body.trim().to_string())
 }
 
 /// In clsact mode the filters are the datapath: somebody (a network reset, an admin's `tc`)
@@ -889,7 +862,7 @@ fn removed_clsact_filters_are_attached_again() {
         &[],
     );
     assert_eq!(restored, Some(2.0));
-    assert_eq!(healthz(&pair), ("200".to_string(), "ok".to_string()));
+    assert_eq!(agent.healthz().unwrap(), (200, "ok".to_string()));
     // The agent re-created the qdisc it did not create at first: `detach` removes it now.
     drop(agent);
     let qdiscs = pair.a.sh("tc qdisc show dev eth0").unwrap();

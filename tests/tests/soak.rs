@@ -77,22 +77,6 @@ for i in range({FLOOD}):
         .unwrap();
 }
 
-/// `/healthz` of the agent in `wsl`: its body and HTTP status (`ok 200` when healthy).
-fn healthz(lab: &Lab) -> String {
-    let out = lab
-        .wsl
-        .command("curl")
-        .args(["-sS", "--max-time", "5", "-w", " %{http_code}"])
-        .arg(format!(
-            "http://127.0.0.1:{}/healthz",
-            wslnet_tests::agent::METRICS_PORT
-        ))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 #[test]
 #[ignore = "30 minutes; run with --ignored (WSLNET_SOAK_SECS sets the length)"]
 fn soak() {
@@ -190,7 +174,12 @@ fn soak() {
          of {FLOOD}, {scrapes} scrapes; RSS KiB after 1 min {base_rss}, max {max_rss}, end \
          {end_rss}; fds after 1 min {base_fds}, max {max_fds}, end {end_fds}"
     );
-    assert_eq!(healthz(&lab), "ok 200", "{}", agent.daemon.log());
+    assert_eq!(
+        agent.healthz().unwrap(),
+        (200, "ok".to_string()),
+        "{}",
+        agent.daemon.log()
+    );
     let log = agent.daemon.log();
     for bad in ["panicked", "manager ended", "stopping"] {
         assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");

@@ -526,6 +526,10 @@ pub(crate) struct RoundResult {
     pub refused: BTreeSet<u16>,
     /// MTU (bytes) named by a frag-needed / packet-too-big about one of our probes.
     pub mtu_hint: Option<u16>,
+    /// Planned sizes no probe of which got far enough to test the size (TCP: no connection
+    /// completed its handshake, e.g. the service's accept queue was full): unanswered, but no
+    /// evidence that they are too big. Always empty for ICMP, which cannot tell.
+    pub untested: BTreeSet<u16>,
 }
 
 /// A probe transport: sends one round of sizes and reports what passed.
@@ -611,16 +615,28 @@ pub(crate) async fn run_search<P: Prober>(
                 hint = None;
             }
         }
+        // Still a suspect: it was not tested this round (TCP: no handshake completed).
+        let mut kept = None;
         if let Some(s) = suspect.take()
             && max < s
         {
-            // Sent first, unanswered again, while a smaller size passed: too big.
-            bad = bad.min(u32::from(s));
+            if r.untested.contains(&s) {
+                kept = Some(s);
+            } else {
+                // Sent first, tested, unanswered again, while a smaller size passed: too big.
+                bad = bad.min(u32::from(s));
+            }
         }
         suspect = sizes
             .iter()
             .copied()
-            .filter(|&s| s > max && !r.answered.contains(&s) && u32::from(s) < bad)
+            .filter(|&s| {
+                s > max
+                    && !r.answered.contains(&s)
+                    && !r.untested.contains(&s)
+                    && u32::from(s) < bad
+            })
+            .chain(kept.filter(|&s| u32::from(s) < bad))
             .min();
     }
     // Only a path whose answers keep contradicting each other gets here.
@@ -720,6 +736,10 @@ mod tests {
         icmp_errors: bool,
         dead: bool,
         answers_per_round: Option<u32>,
+        /// Connections each round's handshakes get through, by round (cycled; empty: all),
+        /// like a service's accept queue filling up: the others test nothing (`untested`).
+        accept_queue: Vec<u32>,
+        rounds_seen: usize,
     }
 
     impl Prober for Sim {
@@ -733,6 +753,12 @@ mod tests {
             st.rounds += 1;
             let mut r = RoundResult::default();
             let mut answers_left = self.answers_per_round.unwrap_or(u32::MAX);
+            let mut queue = match self.accept_queue.len() {
+                0 => u32::MAX,
+                n => self.accept_queue[self.rounds_seen % n],
+            };
+            self.rounds_seen += 1;
+            let mut tested = BTreeSet::new();
             for _ in 0..=opts.retries {
                 for &s in sizes {
                     self.sent += 1;
@@ -740,6 +766,11 @@ mod tests {
                     if self.dead || self.lose.contains(&self.sent) {
                         continue;
                     }
+                    if queue == 0 {
+                        continue;
+                    }
+                    queue = queue.saturating_sub(1);
+                    tested.insert(s);
                     if s <= self.mtu && answers_left == 0 {
                         continue;
                     }
@@ -750,6 +781,13 @@ mod tests {
                         r.mtu_hint = Some(self.mtu);
                     }
                 }
+            }
+            if !self.accept_queue.is_empty() {
+                r.untested = sizes
+                    .iter()
+                    .copied()
+                    .filter(|s| !tested.contains(s))
+                    .collect();
             }
             Ok(r)
         }
@@ -763,6 +801,8 @@ mod tests {
             icmp_errors,
             dead: false,
             answers_per_round: None,
+            accept_queue: Vec::new(),
+            rounds_seen: 0,
         }
     }
 
@@ -829,6 +869,38 @@ mod tests {
                 p.answers_per_round = Some(per_round);
                 let (r, _) = run(&mut p, 552, 1500, 1);
                 assert_eq!(r, Some((mtu, false)), "mtu {mtu}, {per_round} a round");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_whose_connections_never_got_through_the_handshake_are_not_judged() {
+        // TCP to a service whose accept queue takes this many connections a round (of the 16
+        // sizes x 2 copies sent, largest first): the rest test nothing and must not count as too
+        // big.
+        for queue in [vec![8], vec![6], vec![5, 2], vec![3, 8, 1]] {
+            for mtu in [552, 1000, 1372, 1499, 1500] {
+                let mut p = sim(mtu, vec![], false);
+                p.accept_queue = queue.clone();
+                let b = Bounds {
+                    lower: 552,
+                    upper: 1500,
+                    iface: "eth0".into(),
+                };
+                let opts = SearchOptions::default();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let mut lim = RateLimiter::new(1_000_000);
+                let mut st = Stats::default();
+                let r = rt
+                    .block_on(run_search(&mut p, &b, &opts, &mut lim, &mut st))
+                    .unwrap();
+                assert!(
+                    r.is_none_or(|(m, _)| m == mtu),
+                    "mtu {mtu}, accept queue {queue:?}: {r:?}"
+                );
             }
         }
     }

@@ -146,12 +146,37 @@ impl TcpProber {
         ))
     }
 
-    async fn probe(stream: TcpStream, size: u16, hdr: u32, started: Instant) -> Outcome {
+    /// Tests one size on a connecting `stream`; `connected` learns the size once the handshake
+    /// is done (from then on a missing acknowledgement says something about the size).
+    async fn probe(
+        stream: TcpStream,
+        size: u16,
+        hdr: u32,
+        started: Instant,
+        connected: &std::sync::Mutex<BTreeSet<u16>>,
+    ) -> Outcome {
         let r: std::io::Result<Outcome> = async {
             stream.writable().await?;
             if let Some(e) = stream.take_error()? {
                 return Err(e);
             }
+            // One byte first: once it is acknowledged the service took the connection, and a
+            // full segment that is not acknowledged says the size is too big. A service whose
+            // accept queue is full drops the handshake's last ACK, and the connection looks
+            // established here while nothing sent on it is ever acknowledged.
+            // (`tcpi_bytes_acked` counts the SYN too: measure from what it says now.)
+            let before = sys::tcp_info(&stream)?.bytes_acked;
+            write_all(&stream, b" ").await?;
+            loop {
+                tokio::time::sleep(POLL).await;
+                if sys::tcp_info(&stream)?.bytes_acked > before {
+                    break;
+                }
+            }
+            connected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(size);
             let info = sys::tcp_info(&stream)?;
             let opts = if info.options & sys::TCPI_OPT_TIMESTAMPS != 0 {
                 TS_OPT
@@ -163,22 +188,14 @@ impl TcpProber {
                 return Ok(Outcome::Untestable(seg));
             }
             let payload = vec![b' '; info.snd_mss as usize];
-            let mut off = 0;
-            while off < payload.len() {
-                stream.writable().await?;
-                match stream.try_write(&payload[off..]) {
-                    Ok(n) => off += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
+            write_all(&stream, &payload).await?;
             loop {
                 tokio::time::sleep(POLL).await;
                 let i = sys::tcp_info(&stream)?;
                 if i.pmtu < u32::from(size) {
                     return Ok(Outcome::Hint(i.pmtu.min(u32::from(u16::MAX)) as u16));
                 }
-                if i.bytes_acked >= payload.len() as u64 {
+                if i.bytes_acked > before + payload.len() as u64 {
                     return Ok(Outcome::Passed(started.elapsed()));
                 }
             }
@@ -205,6 +222,7 @@ impl Prober for TcpProber {
     ) -> Result<RoundResult> {
         st.rounds += 1;
         let mut r = RoundResult::default();
+        let connected = std::sync::Mutex::new(BTreeSet::new());
         let mut futs = FuturesUnordered::new();
         let hdr = self.ip_hdr() + TCP_HDR;
         for _ in 0..=opts.retries {
@@ -214,8 +232,9 @@ impl Prober for TcpProber {
                     Ok((s, announced)) => {
                         st.probes_sent += 1;
                         let started = Instant::now();
+                        let connected = &connected;
                         futs.push(async move {
-                            let outcome = Self::probe(s, size, hdr, started).await;
+                            let outcome = Self::probe(s, size, hdr, started, connected).await;
                             drop(announced);
                             (size, outcome)
                         });
@@ -258,6 +277,29 @@ impl Prober for TcpProber {
                 else => break,
             }
         }
+        drop(futs);
+        // A size none of whose connections got through the handshake was not tested: its SYNs
+        // (small whatever the size) went unanswered, or the service's accept queue was full.
+        let connected = connected.into_inner().unwrap_or_else(|p| p.into_inner());
+        r.untested = planned
+            .iter()
+            .copied()
+            .filter(|s| !connected.contains(s) && !r.answered.contains(s) && !r.refused.contains(s))
+            .collect();
         Ok(r)
     }
+}
+
+/// Writes all of `data` on a non-blocking stream.
+async fn write_all(stream: &TcpStream, data: &[u8]) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        stream.writable().await?;
+        match stream.try_write(&data[off..]) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
