@@ -882,21 +882,7 @@ mod tests {
             for mtu in [552, 1000, 1372, 1499, 1500] {
                 let mut p = sim(mtu, vec![], false);
                 p.accept_queue = queue.clone();
-                let b = Bounds {
-                    lower: 552,
-                    upper: 1500,
-                    iface: "eth0".into(),
-                };
-                let opts = SearchOptions::default();
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .unwrap();
-                let mut lim = RateLimiter::new(1_000_000);
-                let mut st = Stats::default();
-                let r = rt
-                    .block_on(run_search(&mut p, &b, &opts, &mut lim, &mut st))
-                    .unwrap();
+                let (r, _) = run(&mut p, 552, 1500, 1);
                 assert!(
                     r.is_none_or(|(m, _)| m == mtu),
                     "mtu {mtu}, accept queue {queue:?}: {r:?}"
