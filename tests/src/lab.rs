@@ -663,6 +663,33 @@ impl Lab {
         })
     }
 
+    /// One SYN from `wsl` to `host:port` (a connect that may be refused, given up after 1 s):
+    /// what makes the datapath learn `host`.
+    pub fn syn_from_wsl(&self, host: IpAddr, port: u16) -> Result<()> {
+        self.wsl.sh(&format!(
+            "python3 -c 'import socket; socket.create_connection((\"{host}\", {port}), 1)' || true"
+        ))?;
+        Ok(())
+    }
+
+    /// SYNs from `wsl` to `count` addresses of 10.200.0.0/16, from the `first`-th on (wrapping
+    /// at 60000), port 443, as fast as Python connects: a flood of new destinations. Nothing
+    /// answers there unless a test routes it.
+    pub fn syn_flood_from_wsl(&self, first: u32, count: u32) -> Result<()> {
+        self.wsl.sh(&format!(
+            "python3 -c '
+import socket
+for i in range({count}):
+    n = ({first} + i) % 60000
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((\"10.200.%d.%d\" % (n // 250, n % 250 + 1), 443))
+    s.close()
+'"
+        ))?;
+        Ok(())
+    }
+
     /// Starts a TCP listener in `srv` on `port` (both families, backlog 4096) that reads and
     /// discards whatever it gets: a target for the prober's TCP probe.
     pub fn start_tcp_sink(&self, port: u16) -> Result<()> {

@@ -832,6 +832,17 @@ fn clients_that_never_finish_a_request_cost_a_bounded_number_of_descriptors() {
     assert!(agent.metrics().unwrap().contains("wslnet_build_info"));
 }
 
+/// Runs `removal` (a `tc` command taking `what` away) in `a` and waits until the agent has
+/// attached its egress filter again; panics with the agent's log otherwise.
+fn remove_and_wait_for_the_filter(pair: &Pair, agent: &Agent, what: &str, removal: &str) {
+    pair.a.sh(removal).unwrap();
+    wait_until(PATIENCE, &format!("{what} attached again"), || {
+        let shown = pair.a.sh("tc filter show dev eth0 egress").ok()?;
+        shown.contains("bpf").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
+}
+
 /// In clsact mode the filters are the datapath: somebody (a network reset, an admin's `tc`)
 /// deleting one, or the whole clsact qdisc, under the running agent would stop clamping
 /// unnoticed. The agent sees it within seconds and attaches them again; `/healthz` stays ok.
@@ -848,12 +859,7 @@ fn removed_clsact_filters_are_attached_again() {
         ("the egress filter", "tc filter del dev eth0 egress"),
         ("the clsact qdisc", "tc qdisc del dev eth0 clsact"),
     ] {
-        pair.a.sh(removal).unwrap();
-        wait_until(PATIENCE, &format!("{what} attached again"), || {
-            let shown = pair.a.sh("tc filter show dev eth0 egress").ok()?;
-            shown.contains("bpf").then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
+        remove_and_wait_for_the_filter(&pair, &agent, what, removal);
         assert_eq!(mss_to_peer(&pair), CLAMPED_MSS, "after removing {what}");
     }
     let restored = sample(
@@ -917,12 +923,12 @@ fn the_running_agent_keeps_only_the_capabilities_it_uses() {
         );
     }
     // What it still does needs no more: attach again, then detach everything on stop.
-    pair.a.sh("tc filter del dev eth0 egress").unwrap();
-    wait_until(PATIENCE, "the egress filter attached again", || {
-        let shown = pair.a.sh("tc filter show dev eth0 egress").ok()?;
-        shown.contains("bpf").then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.daemon.log()));
+    remove_and_wait_for_the_filter(
+        &pair,
+        &agent,
+        "the egress filter",
+        "tc filter del dev eth0 egress",
+    );
     assert!(
         sigterm(&mut agent.daemon).success(),
         "{}",

@@ -25,25 +25,10 @@ fn a_flood_of_new_destinations_does_not_hold_up_the_next_one() {
         .start_in_lab(&lab)
         .unwrap();
     // One SYN to each of FLOOD addresses, as fast as Python can connect.
-    lab.wsl
-        .sh(&format!(
-            "python3 -c '
-import socket
-for i in range({FLOOD}):
-    s = socket.socket()
-    s.setblocking(False)
-    s.connect_ex((\"10.200.%d.%d\" % (i // 250, i % 250 + 1), 443))
-    s.close()
-'"
-        ))
-        .unwrap();
+    lab.syn_flood_from_wsl(0, FLOOD).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     // Then the user's connection (its SYN is what the datapath learns).
-    lab.wsl
-        .sh(&format!(
-            "python3 -c 'import socket; socket.create_connection((\"{SRV_V4}\", 9), 1)' || true"
-        ))
-        .unwrap();
+    lab.syn_from_wsl(SRV_V4.into(), 9).unwrap();
     // The flood took the whole burst of `probe.searches_per_minute` (60). The old fixed window
     // (first come, first served) kept this one waiting until the minute was over.
     agent

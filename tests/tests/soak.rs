@@ -51,32 +51,6 @@ fn footprint(pid: u32) -> (u64, usize) {
     (rss, fds)
 }
 
-/// A SYN from `wsl` to `srv` (port 9, which refuses): what makes the agent learn `srv`.
-fn connect_to_srv(lab: &Lab) {
-    lab.wsl
-        .sh(&format!(
-            "python3 -c 'import socket; socket.create_connection((\"{SRV_V4}\", 9), 1)' || true"
-        ))
-        .unwrap();
-}
-
-/// SYNs from `wsl` to [`FLOOD`] new addresses (different ones each `round`).
-fn flood(lab: &Lab, round: u32) {
-    lab.wsl
-        .sh(&format!(
-            "python3 -c '
-import socket
-for i in range({FLOOD}):
-    n = ({round} * {FLOOD} + i) % 60000
-    s = socket.socket()
-    s.setblocking(False)
-    s.connect_ex((\"10.200.%d.%d\" % (n // 250, n % 250 + 1), 443))
-    s.close()
-'"
-        ))
-        .unwrap();
-}
-
 #[test]
 #[ignore = "30 minutes; run with --ignored (WSLNET_SOAK_SECS sets the length)"]
 fn soak() {
@@ -94,7 +68,7 @@ fn soak() {
         .start_in_lab(&lab)
         .unwrap();
     let pid = agent.daemon.pid();
-    connect_to_srv(&lab);
+    lab.syn_from_wsl(SRV_V4.into(), 9).unwrap();
     agent.wait_for_clamp(SRV_V4, BOTTLENECK, PATIENCE).unwrap();
 
     let start = Instant::now();
@@ -121,7 +95,7 @@ fn soak() {
             reloads += 1;
         }
         if round.is_multiple_of(6) {
-            flood(&lab, round);
+            lab.syn_flood_from_wsl(round * FLOOD, FLOOD).unwrap();
             floods += 1;
         }
         if round.is_multiple_of(4) {
@@ -132,7 +106,7 @@ fn soak() {
             };
             lab.set_bottleneck(mtu).unwrap();
         }
-        connect_to_srv(&lab);
+        lab.syn_from_wsl(SRV_V4.into(), 9).unwrap();
         assert!(agent.metrics().unwrap().contains("wslnet_build_info"));
         scrapes += 1;
         let (rss, fds) = footprint(pid);
@@ -153,7 +127,7 @@ fn soak() {
         .sh("ip link del soak0 2>/dev/null; ip link del soak1 2>/dev/null; true")
         .unwrap();
     lab.set_bottleneck(BOTTLENECK).unwrap();
-    connect_to_srv(&lab);
+    lab.syn_from_wsl(SRV_V4.into(), 9).unwrap();
     agent
         .wait_for_clamp(SRV_V4, BOTTLENECK, Duration::from_secs(120))
         .unwrap();

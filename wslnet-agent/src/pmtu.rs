@@ -20,7 +20,7 @@
 //!   path MTU ([`Manager::update_first_contact`]) until its own result is written.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -383,10 +383,14 @@ impl Manager {
         let mut tick = tokio::time::interval(TICK);
         let mut rescan = tokio::time::interval(if ring.is_some() { LEARN_RESCAN } else { TICK });
         let mut symptom_scan = tokio::time::interval(symptoms::SCAN_INTERVAL);
-        if self.settings.learn {
-            self.learn();
-        }
-        self.reconcile_clamps();
+        // One scan of the learned map serves both start-up steps; the rescan starts a period on.
+        let learned = if self.settings.learn {
+            self.learn()
+        } else {
+            HashSet::new()
+        };
+        self.reconcile_clamps(&learned);
+        rescan.reset();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -413,7 +417,12 @@ impl Manager {
                             }
                         }
                         self.add_targets();
-                        self.reconcile_clamps();
+                        let learned = if self.settings.learn {
+                            self.shared.maps().learned().iter().map(|l| l.addr).collect()
+                        } else {
+                            HashSet::new()
+                        };
+                        self.reconcile_clamps(&learned);
                         self.update_first_contact();
                         self.watcher = self.settings.stall_after.map(Watcher::new);
                         self.peer_errors = self.new_peer_errors();
@@ -444,7 +453,7 @@ impl Manager {
                     self.start_due_jobs();
                 }
                 _ = rescan.tick(), if self.settings.learn => {
-                    self.learn();
+                    let _ = self.learn();
                     self.start_due_jobs();
                 }
                 _ = symptom_scan.tick(), if self.watcher.is_some() => {
@@ -461,17 +470,8 @@ impl Manager {
 
     /// Makes the probed clamp entries agree with the configuration and the measurements, at
     /// start and after every reload ([`crate::reconcile::probed`] says how).
-    fn reconcile_clamps(&mut self) {
-        let learned: std::collections::HashSet<IpAddr> = if self.settings.learn {
-            self.shared
-                .maps()
-                .learned()
-                .iter()
-                .map(|l| l.addr)
-                .collect()
-        } else {
-            Default::default()
-        };
+    /// `learned`: the addresses in the learned map (none when learning is off).
+    fn reconcile_clamps(&mut self, learned: &HashSet<IpAddr>) {
         let measured: Vec<(IpAddr, u16)> = self
             .dests
             .iter()
@@ -482,7 +482,7 @@ impl Manager {
             &maps.clamps(),
             &self.settings.static_nets,
             &measured,
-            &learned,
+            learned,
         );
         for net in plan.remove {
             tracing::info!(%net, "removing a probed clamp entry nothing stands for");
@@ -498,11 +498,14 @@ impl Manager {
     }
 
     /// Scans the whole learned map (at start and every [`LEARN_RESCAN`]).
-    fn learn(&mut self) {
+    /// Returns the addresses it found.
+    fn learn(&mut self) -> HashSet<IpAddr> {
         let learned = self.shared.maps().learned();
+        let addrs = learned.iter().map(|l| l.addr).collect();
         for l in learned {
             self.consider(l);
         }
+        addrs
     }
 
     /// Takes note of a destination of outgoing connections: refreshes a known one; a new one

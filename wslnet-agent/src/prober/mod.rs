@@ -636,7 +636,7 @@ pub(crate) async fn run_search<P: Prober>(
                     && !r.untested.contains(&s)
                     && u32::from(s) < bad
             })
-            .chain(kept.filter(|&s| u32::from(s) < bad))
+            .chain(kept)
             .min();
     }
     // Only a path whose answers keep contradicting each other gets here.
