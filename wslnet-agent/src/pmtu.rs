@@ -762,6 +762,21 @@ impl Manager {
 
     /// Records a job's outcome: the clamp, the next look, the metrics.
     fn record(&mut self, addr: IpAddr, outcome: JobResult) {
+        if let JobResult::Searched(Err(e)) | JobResult::Rechecked(_, Err(e)) = &outcome
+            && e.is::<prober::LocalTarget>()
+            && self.dests.get(&addr).is_some_and(|d| !d.configured)
+        {
+            // A learned address of this host (its route is local): nothing to measure, ever.
+            tracing::info!(%addr, "an address of this host: not measured");
+            self.shared
+                .metrics
+                .searches
+                .with_label_values(&[SearchOutcome::Error.label()])
+                .inc();
+            self.dests.remove(&addr);
+            self.shared.maps().forget_learned(addr);
+            return;
+        }
         let recheck = self.settings.recheck;
         let metrics = &self.shared.metrics;
         let Some(d) = self.dests.get_mut(&addr) else {

@@ -23,10 +23,11 @@ use nix::{
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{Prober, RateLimiter, RoundResult, SearchOptions, Stats, early_deadline, sys};
+use super::{Heard, Prober, RoundResult, SearchOptions, sys};
 
-const IP_PMTUDISC_PROBE: libc::c_int = 3;
-const IPV6_PMTUDISC_PROBE: libc::c_int = 3;
+/// `IP_PMTUDISC_PROBE` and `IPV6_PMTUDISC_PROBE` (the same value): DF set, the cached path MTU
+/// ignored.
+const PMTUDISC_PROBE: libc::c_int = 3;
 const SOL_RAW: libc::c_int = 255;
 const ICMP_FILTER: libc::c_int = 1;
 const ICMP6_FILTER: libc::c_int = 1;
@@ -94,44 +95,44 @@ impl IcmpProber {
             sock.bind_device(Some(name.as_bytes()))
                 .with_context(|| format!("binding the ICMP socket to interface {name:?}"))?;
         }
-        if v6 {
-            sys::setsockopt(
-                &sock,
+        // The same three options, by family: ignore the cached path MTU (DF set), queue ICMP
+        // errors about our probes, tell the largest fragment of a reply.
+        let (level, [discover, recverr, fragsize]) = if v6 {
+            (
                 libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                IPV6_PMTUDISC_PROBE,
+                [
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_RECVERR,
+                    libc::IPV6_RECVFRAGSIZE,
+                ],
             )
-            .context("setting IPV6_MTU_DISCOVER=PROBE")?;
+        } else {
+            (
+                libc::IPPROTO_IP,
+                [
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_RECVERR,
+                    libc::IP_RECVFRAGSIZE,
+                ],
+            )
+        };
+        sys::setsockopt(&sock, level, discover, PMTUDISC_PROBE)
+            .context("setting path-MTU discovery to PROBE")?;
+        sys::setsockopt(&sock, level, recverr, 1i32).context("setting RECVERR")?;
+        sys::setsockopt(&sock, level, fragsize, 1i32).context("setting RECVFRAGSIZE")?;
+        if v6 {
             sys::setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1i32)
                 .context("setting IPV6_DONTFRAG")?;
-            sys::setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1i32)
-                .context("setting IPV6_RECVERR")?;
-            sys::setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_RECVFRAGSIZE, 1i32)
-                .context("setting IPV6_RECVFRAGSIZE")?;
-            if raw {
-                // Linux semantics: a set bit blocks that type. Pass echo replies only.
-                let mut filter = [u32::MAX; 8];
-                filter[usize::from(ICMP6_ECHO_REPLY) >> 5] &= !(1u32 << (ICMP6_ECHO_REPLY & 31));
-                sys::setsockopt(&sock, libc::IPPROTO_ICMPV6, ICMP6_FILTER, filter)
-                    .context("setting ICMP6_FILTER")?;
-            }
-        } else {
-            sys::setsockopt(
-                &sock,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                IP_PMTUDISC_PROBE,
-            )
-            .context("setting IP_MTU_DISCOVER=PROBE")?;
-            sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_RECVERR, 1i32)
-                .context("setting IP_RECVERR")?;
-            sys::setsockopt(&sock, libc::IPPROTO_IP, libc::IP_RECVFRAGSIZE, 1i32)
-                .context("setting IP_RECVFRAGSIZE")?;
-            if raw {
-                let filter: u32 = !(1u32 << ICMP_ECHO_REPLY);
-                sys::setsockopt(&sock, SOL_RAW, ICMP_FILTER, filter)
-                    .context("setting ICMP_FILTER")?;
-            }
+        }
+        if raw && v6 {
+            // Linux semantics: a set bit blocks that type. Pass echo replies only.
+            let mut filter = [u32::MAX; 8];
+            filter[usize::from(ICMP6_ECHO_REPLY) >> 5] &= !(1u32 << (ICMP6_ECHO_REPLY & 31));
+            sys::setsockopt(&sock, libc::IPPROTO_ICMPV6, ICMP6_FILTER, filter)
+                .context("setting ICMP6_FILTER")?;
+        } else if raw {
+            let filter: u32 = !(1u32 << ICMP_ECHO_REPLY);
+            sys::setsockopt(&sock, SOL_RAW, ICMP_FILTER, filter).context("setting ICMP_FILTER")?;
         }
         sock.connect(&SockAddr::from(SocketAddr::new(target, 0)))
             .with_context(|| format!("no route to {target}"))?;
@@ -195,7 +196,7 @@ impl IcmpProber {
         b
     }
 
-    fn send(&self, pkt: &[u8]) -> std::io::Result<()> {
+    fn send_packet(&self, pkt: &[u8]) -> std::io::Result<()> {
         let mut tries = 0;
         loop {
             match self.fd.get_ref().send(pkt) {
@@ -374,60 +375,35 @@ impl IcmpProber {
 }
 
 impl Prober for IcmpProber {
-    async fn round(
-        &mut self,
-        sizes: &[u16],
-        opts: &SearchOptions,
-        limiter: &mut RateLimiter,
-        st: &mut Stats,
-    ) -> Result<RoundResult> {
-        st.rounds += 1;
+    fn begin_round(&mut self, r: &mut RoundResult) {
         self.round += 1;
-        let mut r = RoundResult::default();
-        // Drop leftovers of earlier rounds' I/O readiness (late replies still count).
-        let _ = self.drain(&mut r);
-        for _ in 0..=opts.retries {
-            for &size in sizes {
-                limiter.acquire().await;
-                let seq = self.next_seq;
-                self.next_seq = self.next_seq.wrapping_add(1);
-                let pkt = self.build(size, seq);
-                match self.send(&pkt) {
-                    Ok(()) => {
-                        st.probes_sent += 1;
-                        self.inflight
-                            .insert(seq, (size, Instant::now(), self.round));
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                        tracing::debug!(size, "the local stack refuses this size (EMSGSIZE)");
-                        r.refused.insert(size);
-                    }
-                    Err(e) => tracing::debug!(size, error = %e, "sending an ICMP probe failed"),
-                }
+        // Late replies to earlier rounds still count.
+        let _ = self.drain(r);
+    }
+
+    fn send(
+        &mut self,
+        size: u16,
+        _opts: &SearchOptions,
+        _r: &mut RoundResult,
+    ) -> std::io::Result<()> {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let pkt = self.build(size, seq);
+        self.send_packet(&pkt)?;
+        self.inflight
+            .insert(seq, (size, Instant::now(), self.round));
+        Ok(())
+    }
+
+    async fn wait(&mut self, r: &mut RoundResult, until: Instant) -> Result<Heard> {
+        tokio::select! {
+            g = self.fd.ready(Interest::READABLE | Interest::ERROR) => {
+                g.context("waiting for ICMP replies")?.clear_ready();
             }
+            _ = tokio::time::sleep_until(until.into()) => {}
         }
-        let planned: BTreeSet<u16> = sizes.iter().copied().collect();
-        let sent_done = Instant::now();
-        let hard = sent_done + opts.round_timeout;
-        let mut deadline = hard;
-        loop {
-            if let Some(rtt) = self.drain(&mut r) {
-                deadline = deadline.min(early_deadline(sent_done, rtt, hard));
-            }
-            if planned
-                .iter()
-                .all(|s| r.answered.contains(s) || r.refused.contains(s))
-            {
-                break;
-            }
-            tokio::select! {
-                g = self.fd.ready(Interest::READABLE | Interest::ERROR) => {
-                    g.context("waiting for ICMP replies")?.clear_ready();
-                }
-                _ = tokio::time::sleep_until(deadline.into()) => break,
-            }
-        }
-        Ok(r)
+        Ok(Heard::Progress(self.drain(r)))
     }
 }
 

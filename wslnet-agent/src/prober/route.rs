@@ -8,7 +8,7 @@ use rtnetlink::{
     RouteMessageBuilder,
     packet_route::{
         link::{LinkAttribute, LinkMessage},
-        route::RouteAttribute,
+        route::{RouteAttribute, RouteType},
     },
 };
 
@@ -18,7 +18,7 @@ use super::{Bounds, DEFAULT_MIN_MTU_V4, MIN_MTU_V4_ABSOLUTE, MIN_MTU_V6, SearchO
 pub(crate) async fn egress(target: IpAddr, iface: Option<&str>) -> Result<(String, u32)> {
     match netlink_egress(target, iface).await {
         Ok(v) => Ok(v),
-        Err(e) if iface.is_none() => {
+        Err(e) if iface.is_none() && !e.is::<super::LocalTarget>() => {
             // No usable netlink (unusual): the route's MTU from a connected UDP socket.
             tracing::debug!(error = %format!("{e:#}"), "rtnetlink route lookup failed; using IP_MTU");
             let mtu = socket_route_mtu(target).with_context(|| {
@@ -55,6 +55,9 @@ async fn netlink_egress(target: IpAddr, iface: Option<&str>) -> Result<(String, 
                     format!("no route to {target}: add one (`ip route`) or check the address")
                 })?
                 .with_context(|| format!("no route to {target}"))?;
+            if route.header.kind == RouteType::Local {
+                return Err(super::LocalTarget(target).into());
+            }
             let oif = route
                 .attributes
                 .iter()

@@ -10,19 +10,18 @@
 //! Each connection is bound to its local port before it connects and announced to
 //! [`SearchOptions::tcp_hook`], so that `run`'s own clamp leaves its SYN-ACK alone.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use futures::{StreamExt as _, stream::FuturesUnordered};
+use futures::{StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::TcpStream;
 
-use super::{
-    ProbeHook, Prober, RateLimiter, RoundResult, SearchOptions, Stats, early_deadline, sys,
-};
+use super::{Heard, ProbeHook, Prober, RoundResult, SearchOptions, early_deadline, sys};
 
 const IP_PMTUDISC_DO: libc::c_int = 2;
 const IPV6_PMTUDISC_DO: libc::c_int = 2;
@@ -32,11 +31,19 @@ const TCP_HDR: u32 = 20;
 const TS_OPT: u32 = 12;
 /// How often a probe looks at `TCP_INFO` for the acknowledgement.
 const POLL: Duration = Duration::from_millis(2);
+/// The longest a round waits for a taken connection's segment before judging its size.
+const JUDGE_MAX: Duration = Duration::from_secs(3);
 
 /// One search's TCP probes to `target`.
 pub(crate) struct TcpProber {
     target: SocketAddr,
     iface: Option<String>,
+    /// This round's probe connections, each ending with its size and outcome.
+    inflight: FuturesUnordered<BoxFuture<'static, (u16, Outcome)>>,
+    /// Sizes of this round with a connection the service took (it acknowledged the first
+    /// byte) -> when that connection's full segment is judged unanswered: twice the first
+    /// byte's round trip (+15 ms) after the segment was written (the earliest of its copies).
+    connected: Arc<Mutex<BTreeMap<u16, Instant>>>,
 }
 
 /// A probe connection announced to a [`ProbeHook`]; announced closed on drop.
@@ -67,6 +74,8 @@ impl TcpProber {
         Self {
             target: SocketAddr::new(target, port),
             iface,
+            inflight: FuturesUnordered::new(),
+            connected: Arc::default(),
         }
     }
 
@@ -146,14 +155,15 @@ impl TcpProber {
         ))
     }
 
-    /// Tests one size on a connecting `stream`; `connected` learns the size once the handshake
-    /// is done (from then on a missing acknowledgement says something about the size).
+    /// Tests one size on a connecting `stream`; `connected` learns the size, and when its
+    /// segment is judged, once the service took the connection (from then on a missing
+    /// acknowledgement says something about the size).
     async fn probe(
         stream: TcpStream,
         size: u16,
         hdr: u32,
         started: Instant,
-        connected: &std::sync::Mutex<BTreeSet<u16>>,
+        connected: Arc<Mutex<BTreeMap<u16, Instant>>>,
     ) -> Outcome {
         let r: std::io::Result<Outcome> = async {
             stream.writable().await?;
@@ -167,16 +177,14 @@ impl TcpProber {
             // (`tcpi_bytes_acked` counts the SYN too: measure from what it says now.)
             let before = sys::tcp_info(&stream)?.bytes_acked;
             write_all(&stream, b" ").await?;
+            let byte_sent = Instant::now();
             loop {
                 tokio::time::sleep(POLL).await;
                 if sys::tcp_info(&stream)?.bytes_acked > before {
                     break;
                 }
             }
-            connected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(size);
+            let byte_rtt = byte_sent.elapsed();
             let info = sys::tcp_info(&stream)?;
             let opts = if info.options & sys::TCPI_OPT_TIMESTAMPS != 0 {
                 TS_OPT
@@ -189,6 +197,15 @@ impl TcpProber {
             }
             let payload = vec![b' '; info.snd_mss as usize];
             write_all(&stream, &payload).await?;
+            // A segment that passes is acknowledged within about the first byte's round trip;
+            // the round waits that long (twice, +15 ms) before it may judge the size.
+            let judged_at = early_deadline(Instant::now(), byte_rtt, Instant::now() + JUDGE_MAX);
+            connected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(size)
+                .and_modify(|t| *t = (*t).min(judged_at))
+                .or_insert(judged_at);
             loop {
                 tokio::time::sleep(POLL).await;
                 let i = sys::tcp_info(&stream)?;
@@ -213,80 +230,74 @@ impl Prober for TcpProber {
         super::TCP_SIZES_PER_ROUND
     }
 
-    async fn round(
+    fn send(
         &mut self,
-        sizes: &[u16],
+        size: u16,
         opts: &SearchOptions,
-        limiter: &mut RateLimiter,
-        st: &mut Stats,
-    ) -> Result<RoundResult> {
-        st.rounds += 1;
-        let mut r = RoundResult::default();
-        let connected = std::sync::Mutex::new(BTreeSet::new());
-        let mut futs = FuturesUnordered::new();
+        _r: &mut RoundResult,
+    ) -> std::io::Result<()> {
+        let (stream, announced) = self.start(size, opts.tcp_hook.as_ref())?;
+        let started = Instant::now();
         let hdr = self.ip_hdr() + TCP_HDR;
-        for _ in 0..=opts.retries {
-            for &size in sizes {
-                limiter.acquire().await;
-                match self.start(size, opts.tcp_hook.as_ref()) {
-                    Ok((s, announced)) => {
-                        st.probes_sent += 1;
-                        let started = Instant::now();
-                        let connected = &connected;
-                        futs.push(async move {
-                            let outcome = Self::probe(s, size, hdr, started, connected).await;
-                            drop(announced);
-                            (size, outcome)
-                        });
-                    }
-                    Err(e) => tracing::debug!(size, error = %e, "starting a TCP probe failed"),
+        let connected = Arc::clone(&self.connected);
+        self.inflight.push(Box::pin(async move {
+            let outcome = Self::probe(stream, size, hdr, started, connected).await;
+            drop(announced);
+            (size, outcome)
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self, r: &mut RoundResult, until: Instant) -> Result<Heard> {
+        tokio::select! {
+            Some((size, o)) = self.inflight.next() => Ok(Heard::Progress(match o {
+                Outcome::Passed(rtt) => {
+                    r.answered.insert(size);
+                    Some(rtt)
                 }
-            }
+                Outcome::Hint(mtu) => {
+                    r.mtu_hint = Some(r.mtu_hint.map_or(mtu, |h| h.min(mtu)));
+                    None
+                }
+                Outcome::Untestable(max) => {
+                    tracing::debug!(size, max, "the TCP peer's MSS is too small to test this size");
+                    r.refused.insert(size);
+                    None
+                }
+                Outcome::Failed => None,
+            })),
+            _ = tokio::time::sleep_until(until.into()) => Ok(Heard::Progress(None)),
+            else => Ok(Heard::Done),
         }
-        let planned: BTreeSet<u16> = sizes.iter().copied().collect();
-        let sent_done = Instant::now();
-        let hard = sent_done + opts.round_timeout;
-        let mut deadline = hard;
-        let mut first = true;
-        loop {
-            if planned
-                .iter()
-                .all(|s| r.answered.contains(s) || r.refused.contains(s))
-            {
-                break;
-            }
-            tokio::select! {
-                Some((size, o)) = futs.next() => match o {
-                    Outcome::Passed(rtt) => {
-                        r.answered.insert(size);
-                        if first {
-                            first = false;
-                            deadline = deadline.min(early_deadline(sent_done, rtt, hard));
-                        }
-                    }
-                    Outcome::Hint(mtu) => {
-                        r.mtu_hint = Some(r.mtu_hint.map_or(mtu, |h| h.min(mtu)));
-                    }
-                    Outcome::Untestable(max) => {
-                        tracing::debug!(size, max, "the TCP peer's MSS is too small to test this size");
-                        r.refused.insert(size);
-                    }
-                    Outcome::Failed => {}
-                },
-                _ = tokio::time::sleep_until(deadline.into()) => break,
-                else => break,
-            }
-        }
-        drop(futs);
-        // A size none of whose connections got through the handshake was not tested: its SYNs
-        // (small whatever the size) went unanswered, or the service's accept queue was full.
-        let connected = connected.into_inner().unwrap_or_else(|p| p.into_inner());
+    }
+
+    fn pending_until(&self, r: &RoundResult) -> Option<Instant> {
+        let connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        connected
+            .iter()
+            .filter(|(s, _)| !r.answered.contains(s) && !r.refused.contains(s))
+            .map(|(_, &t)| t)
+            .max()
+    }
+
+    fn end_round(&mut self, planned: &BTreeSet<u16>, r: &mut RoundResult) {
+        // Resets every connection still open (`SO_LINGER` 0).
+        self.inflight.clear();
+        // A size none of whose connections the service took, or whose segment did not get its
+        // fair time before the round ended, was not tested: its SYNs (small whatever the size)
+        // went unanswered, or the service's accept queue was full.
+        let now = Instant::now();
+        let connected =
+            std::mem::take(&mut *self.connected.lock().unwrap_or_else(|p| p.into_inner()));
         r.untested = planned
             .iter()
             .copied()
-            .filter(|s| !connected.contains(s) && !r.answered.contains(s) && !r.refused.contains(s))
+            .filter(|s| {
+                !r.answered.contains(s)
+                    && !r.refused.contains(s)
+                    && connected.get(s).is_none_or(|&t| t > now)
+            })
             .collect();
-        Ok(r)
     }
 }
 
