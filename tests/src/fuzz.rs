@@ -678,9 +678,9 @@ fn random_payload(rng: &mut StdRng, proto: u8, v6: bool) -> Vec<u8> {
     let n = rng.gen_range(0..48);
     let data: Vec<u8> = (0..n).map(|_| rng.r#gen()).collect();
     match proto {
-        packets::PROTO_TCP => random_tcp(rng).bytes(),
-        packets::PROTO_UDP => packets::udp(rng.r#gen(), 53, &data),
-        packets::PROTO_ICMP | packets::PROTO_ICMPV6 => packets::icmp_echo(v6, &data),
+        packets::IPPROTO_TCP => random_tcp(rng).bytes(),
+        packets::IPPROTO_UDP => packets::udp(rng.r#gen(), 53, &data),
+        packets::IPPROTO_ICMP | packets::IPPROTO_ICMPV6 => packets::icmp_echo(v6, &data),
         _ => data,
     }
 }
@@ -736,13 +736,13 @@ fn random_frame(rng: &mut StdRng, l3_offset: u16) -> Vec<u8> {
     }
     let v6 = rng.gen_bool(0.4);
     let proto = match rng.gen_range(0..20) {
-        0..=14 => packets::PROTO_TCP,
-        15 | 16 => packets::PROTO_UDP,
+        0..=14 => packets::IPPROTO_TCP,
+        15 | 16 => packets::IPPROTO_UDP,
         17 | 18 => {
             if v6 {
-                packets::PROTO_ICMPV6
+                packets::IPPROTO_ICMPV6
             } else {
-                packets::PROTO_ICMP
+                packets::IPPROTO_ICMP
             }
         }
         _ => rng.r#gen(),

@@ -5,57 +5,27 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// EtherType IPv4.
-pub const ETH_P_IP: u16 = 0x0800;
-/// EtherType IPv6.
-pub const ETH_P_IPV6: u16 = 0x86dd;
-/// EtherType 802.1Q.
-pub const ETH_P_8021Q: u16 = 0x8100;
-/// EtherType ARP.
-pub const ETH_P_ARP: u16 = 0x0806;
-/// IP protocol numbers.
-pub const PROTO_TCP: u8 = 6;
-/// UDP.
-pub const PROTO_UDP: u8 = 17;
-/// ICMP.
-pub const PROTO_ICMP: u8 = 1;
-/// ICMPv6.
-pub const PROTO_ICMPV6: u8 = 58;
-/// IPv6 hop-by-hop options.
-pub const NH_HOPOPTS: u8 = 0;
-/// IPv6 routing header.
-pub const NH_ROUTING: u8 = 43;
-/// IPv6 fragment header.
-pub const NH_FRAGMENT: u8 = 44;
-/// IPv6 destination options.
-pub const NH_DSTOPTS: u8 = 60;
-/// IPv6 "no next header".
-pub const NH_NONE: u8 = 59;
-
 /// TCP flag bits.
-pub mod flags {
-    /// FIN.
-    pub const FIN: u8 = 0x01;
-    /// SYN.
-    pub const SYN: u8 = 0x02;
-    /// RST.
-    pub const RST: u8 = 0x04;
-    /// PSH.
-    pub const PSH: u8 = 0x08;
-    /// ACK.
-    pub const ACK: u8 = 0x10;
-}
+pub use wslnet_common::proto::tcp_flags as flags;
+/// EtherTypes and IP protocol numbers (`wslnet_common::proto`, the project's one list of them).
+pub use wslnet_common::proto::{
+    ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_ROUTING, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 
 /// TCP option encoders (raw bytes, concatenated by the caller).
 pub mod opt {
     /// End of option list.
-    pub const EOL: u8 = 0;
+    pub use wslnet_common::proto::TCPOPT_EOL as EOL;
     /// No-operation.
-    pub const NOP: u8 = 1;
+    pub use wslnet_common::proto::TCPOPT_NOP as NOP;
+    use wslnet_common::proto::{TCPOLEN_MSS, TCPOPT_MSS};
+
     /// MSS option (kind 2, length 4).
     pub fn mss(v: u16) -> Vec<u8> {
         let b = v.to_be_bytes();
-        vec![2, 4, b[0], b[1]]
+        vec![TCPOPT_MSS, TCPOLEN_MSS, b[0], b[1]]
     }
     /// Window scale (kind 3, length 3).
     pub fn wscale(shift: u8) -> Vec<u8> {
@@ -167,7 +137,7 @@ pub fn locate_tcp(frame: &[u8], l3_offset: usize) -> Option<TcpLocation> {
             let h = frame.get(l3..l3 + 20)?;
             let ihl = (h[0] & 0xf) as usize * 4;
             let tot = u16::from_be_bytes([h[2], h[3]]) as usize;
-            if h[0] >> 4 != 4 || ihl < 20 || h[9] != PROTO_TCP {
+            if h[0] >> 4 != 4 || ihl < 20 || h[9] != IPPROTO_TCP {
                 return None;
             }
             if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
@@ -197,13 +167,13 @@ pub fn locate_tcp(frame: &[u8], l3_offset: usize) -> Option<TcpLocation> {
             let mut next = h[6];
             let mut l4 = l3 + 40;
             for _ in 0..16 {
-                if !matches!(next, NH_HOPOPTS | NH_ROUTING | NH_DSTOPTS) {
+                if !matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS) {
                     break;
                 }
                 next = *frame.get(l4)?;
                 l4 += (*frame.get(l4 + 1)? as usize + 1) * 8;
             }
-            (next == PROTO_TCP && l4 + 20 <= end).then(|| TcpLocation {
+            (next == IPPROTO_TCP && l4 + 20 <= end).then(|| TcpLocation {
                 src: h[8..24].to_vec(),
                 dst: h[24..40].to_vec(),
                 l4,
@@ -222,11 +192,11 @@ pub fn tcp_residual(frame: &[u8], loc: &TcpLocation) -> u16 {
     pseudo.extend_from_slice(&loc.src);
     pseudo.extend_from_slice(&loc.dst);
     if loc.src.len() == 4 {
-        pseudo.extend_from_slice(&[0, PROTO_TCP]);
+        pseudo.extend_from_slice(&[0, IPPROTO_TCP]);
         pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
     } else {
         pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, PROTO_TCP]);
+        pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_TCP]);
     }
     fold(sum_words(sum_words(0, &pseudo), seg))
 }
@@ -464,10 +434,10 @@ pub enum Ext {
 impl Ext {
     fn code(&self) -> u8 {
         match self {
-            Ext::HopByHop(_) => NH_HOPOPTS,
-            Ext::Routing(_) => NH_ROUTING,
-            Ext::DstOpts(_) => NH_DSTOPTS,
-            Ext::Fragment(..) => NH_FRAGMENT,
+            Ext::HopByHop(_) => IPPROTO_HOPOPTS,
+            Ext::Routing(_) => IPPROTO_ROUTING,
+            Ext::DstOpts(_) => IPPROTO_DSTOPTS,
+            Ext::Fragment(..) => IPPROTO_FRAGMENT,
         }
     }
 
@@ -551,7 +521,7 @@ pub mod addr {
 
 /// An Ethernet IPv4 TCP frame from `src` to `dst` with a valid TCP checksum.
 pub fn tcp4_frame(src: Ipv4Addr, dst: Ipv4Addr, tcp: &Tcp) -> Vec<u8> {
-    tcp4_frame_with(&Ipv4::new(src, dst, PROTO_TCP), None, tcp)
+    tcp4_frame_with(&Ipv4::new(src, dst, IPPROTO_TCP), None, tcp)
 }
 
 /// An Ethernet IPv4 TCP frame with the given IP header and VLAN tag; valid TCP checksum when the
@@ -567,7 +537,7 @@ pub fn tcp6_frame(src: Ipv6Addr, dst: Ipv6Addr, exts: &[Ext], tcp: &Tcp) -> Vec<
     let mut f = ethernet(
         ETH_P_IPV6,
         None,
-        &ipv6_packet(src, dst, exts, PROTO_TCP, &tcp.bytes()),
+        &ipv6_packet(src, dst, exts, IPPROTO_TCP, &tcp.bytes()),
     );
     fix_checksum_if_tcp(&mut f, 14);
     f

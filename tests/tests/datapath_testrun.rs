@@ -349,7 +349,7 @@ fn ipv4_with_ip_options_is_clamped() {
         vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0],
         vec![1; 40],
     ] {
-        let mut ip = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::PROTO_TCP);
+        let mut ip = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::IPPROTO_TCP);
         ip.options = options;
         let f = packets::tcp4_frame_with(&ip, None, &Tcp::new(flags::SYN, opt::mss(1460)));
         assert_clamped(&h, Direction::Egress, &f, FAMILY_V4, 1460, 1332);
@@ -359,7 +359,7 @@ fn ipv4_with_ip_options_is_clamped() {
 #[test]
 fn one_vlan_tag_is_clamped() {
     let h = harness();
-    let ip = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::PROTO_TCP);
+    let ip = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::IPPROTO_TCP);
     let f = packets::tcp4_frame_with(&ip, Some(100), &Tcp::new(flags::SYN, opt::mss(1460)));
     assert_eq!(&f[12..14], &[0x81, 0x00]);
     assert_clamped(&h, Direction::Egress, &f, FAMILY_V4, 1460, 1332);
@@ -455,7 +455,7 @@ fn truncated_packets_are_unchanged_and_unparseable() {
         &["syn", "unparseable"],
     );
     // Cut in the IPv4 header: behind a VLAN tag (the kernel refuses short untagged IPv4 frames).
-    let ip = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::PROTO_TCP);
+    let ip = Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::IPPROTO_TCP);
     let tagged = packets::tcp4_frame_with(&ip, Some(3), &Tcp::new(flags::SYN, opt::mss(1460)));
     assert_unchanged(
         &h,

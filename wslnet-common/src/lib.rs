@@ -6,7 +6,12 @@
 //!
 //! Every type here is `#[repr(C)]`, has no implicit padding, and is plain old data: the bytes
 //! are the ABI. Changing a layout means changing [`ABI_VERSION`] too.
+//!
+//! [`proto`] holds the protocol numbers and header layouts every packet parser of the project
+//! shares.
 #![no_std]
+
+pub mod proto;
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
 pub const ABI_VERSION: u32 = 7;
@@ -141,6 +146,9 @@ pub const REFLECT_BYTES: u32 = 256 * 1024;
 /// header with options and more than the 8 transport bytes an ICMP error must quote, an IPv6
 /// header with extension headers and the transport header.
 pub const REFLECT_QUOTE: usize = 128;
+/// IPv6 extension headers (hop-by-hop, routing, destination options) the datapath skips to find
+/// the transport header; a packet with more is unparseable. A fixed bound for the verifier.
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 
 /// Bytes of the new-destination ring buffer (a power of two, a multiple of the page size):
 /// room for about 2700 notifications between two reads by the agent.
@@ -166,15 +174,15 @@ pub const ROWS_PER_SLOT: u32 = 4;
 pub const COUNTER_ENTRIES: u32 = MAX_IFACE_SLOTS * ROWS_PER_SLOT;
 
 /// Bytes of IPv4 + TCP headers without options: MSS = path MTU - 40.
-pub const IPV4_TCP_OVERHEAD: u16 = 40;
+pub const IPV4_TCP_OVERHEAD: u16 = (proto::IPV4_HDR_LEN + proto::TCP_HDR_LEN) as u16;
 /// Bytes of IPv6 + TCP headers without options: MSS = path MTU - 60.
-pub const IPV6_TCP_OVERHEAD: u16 = 60;
+pub const IPV6_TCP_OVERHEAD: u16 = (proto::IPV6_HDR_LEN + proto::TCP_HDR_LEN) as u16;
 /// Smallest path MTU the datapath accepts from a map; smaller values are ignored (no clamp).
 /// 68 is the IPv4 minimum link MTU (RFC 791).
 pub const MIN_SANE_MTU: u16 = 68;
 
 /// L3 offset of Ethernet-like devices (Ethernet, veth, TAP such as ZeroTier's `zt*`).
-pub const L3_OFFSET_ETHERNET: u16 = 14;
+pub const L3_OFFSET_ETHERNET: u16 = proto::ETH_HLEN as u16;
 /// L3 offset of L3 devices (tun, WireGuard): the packet starts with the IP header.
 pub const L3_OFFSET_NONE: u16 = 0;
 

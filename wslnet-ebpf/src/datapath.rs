@@ -16,10 +16,11 @@ use wslnet_common::{
     MIN_PATH_MTU_V4, MIN_PATH_MTU_V6, NEW_DESTS_BYTES, PEER_CACHE_SLOTS, PROBE_MARK, PathMtu,
     PeerIsn, ProbeKey, ProbeMark, REFLECT_BYTES, REFLECT_QUOTE, ReflectEvent, counter_index,
     global_flags, isn_slot, mss_for_mtu, peer_bytes, peer_cache_slot,
+    proto::{IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_DPORT_OFFSET, TCP_HDR_LEN, TCP_SEQ_OFFSET, tcp_flags},
 };
 
 use crate::{
-    mss::{self, MssOption, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN},
+    mss::{self, MssOption},
     packet::{self, Ip, Parsed, Peer},
 };
 
@@ -189,9 +190,9 @@ fn set_dscp(ctx: &TcContext, cfg: &IfaceConfig) {
     let v4 = family == FAMILY_V4;
     let whole_header = if v4 {
         let ihl = ((old[0] & 0x0f) as usize) * 4;
-        old[0] >> 4 == 4 && ihl >= packet::IPV4_HDR_LEN && l3 + ihl <= len
+        old[0] >> 4 == 4 && ihl >= IPV4_HDR_LEN && l3 + ihl <= len
     } else {
-        old[0] >> 4 == 6 && l3 + packet::IPV6_HDR_LEN <= len
+        old[0] >> 4 == 6 && l3 + IPV6_HDR_LEN <= len
     };
     if !whole_header {
         return;
@@ -249,7 +250,7 @@ fn handle_ip<const F: u32>(
     }
     // The fixed TCP header must lie inside the IP packet: bytes past `end` (Ethernet padding,
     // or beyond a short IP length) are not TCP and must not be read as flags.
-    if ip.l4 + mss::TCP_HDR_LEN > ip.end {
+    if ip.l4 + TCP_HDR_LEN > ip.end {
         bump(cfg.slot, dir, ip.family, |c| c.unparseable += 1);
         return TC_ACT_UNSPEC;
     }
@@ -258,12 +259,12 @@ fn handle_ip<const F: u32>(
         return TC_ACT_UNSPEC;
     }
     let (doff, flags) = (tcp.doff, tcp.flags);
-    if flags & (TCP_FLAG_SYN | TCP_FLAG_RST) != TCP_FLAG_SYN {
+    if flags & (tcp_flags::SYN | tcp_flags::RST) != tcp_flags::SYN {
         return TC_ACT_UNSPEC;
     }
     bump(cfg.slot, dir, ip.family, |c| c.syn += 1);
     let peer = packet::peer(&ip);
-    if egress && flags & TCP_FLAG_ACK == 0 {
+    if egress && flags & tcp_flags::ACK == 0 {
         learn(ctx, &ip, &peer, ifindex);
     } else if !egress {
         record_peer_isn(ctx, &ip, &peer);
@@ -277,7 +278,7 @@ fn handle_ip<const F: u32>(
             match clamp {
                 None => bump(cfg.slot, dir, ip.family, |c| c.no_clamp += 1),
                 Some(clamp) if mss <= clamp => bump(cfg.slot, dir, ip.family, |c| c.mss_ok += 1),
-                Some(_) if !egress && flags & TCP_FLAG_ACK != 0 && is_probe(ctx, &ip, &peer) => {
+                Some(_) if !egress && flags & tcp_flags::ACK != 0 && is_probe(ctx, &ip, &peer) => {
                     bump(cfg.slot, dir, ip.family, |c| c.no_clamp += 1)
                 }
                 Some(clamp) => {
@@ -302,7 +303,7 @@ fn handle_ip<const F: u32>(
 fn record_peer_isn(ctx: &TcContext, ip: &Ip, peer: &Peer) {
     let (Some(ports), Some(seq)) = (
         packet::read::<[u16; 2]>(ctx, ip.l4),
-        packet::read::<u32>(ctx, ip.l4 + mss::TCP_SEQ_OFFSET),
+        packet::read::<u32>(ctx, ip.l4 + TCP_SEQ_OFFSET),
     ) else {
         return;
     };
@@ -330,7 +331,7 @@ fn record_peer_isn(ctx: &TcContext, ip: &Ip, peer: &Peer) {
 /// Looked up only when a rewrite is due, so the map costs nothing on other packets.
 #[inline(always)]
 fn is_probe(ctx: &TcContext, ip: &Ip, peer: &Peer) -> bool {
-    let Some(port_be) = packet::read::<u16>(ctx, ip.l4 + mss::TCP_DPORT_OFFSET) else {
+    let Some(port_be) = packet::read::<u16>(ctx, ip.l4 + TCP_DPORT_OFFSET) else {
         return false;
     };
     let key = ProbeKey {
@@ -575,7 +576,7 @@ fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32,
                 last_seen_jiffies: now,
                 syns: syns as u64,
                 ifindex,
-                port_be: packet::read::<u16>(ctx, ip.l4 + mss::TCP_DPORT_OFFSET).unwrap_or(0),
+                port_be: packet::read::<u16>(ctx, ip.l4 + TCP_DPORT_OFFSET).unwrap_or(0),
                 reserved: 0,
             };
             if WSLNET_LEARNED.insert(&key, &entry, 0).is_ok() {

@@ -5,31 +5,15 @@
 //! malformed option list leaves the segment untouched.
 
 use aya_ebpf::programs::TcContext;
+use wslnet_common::proto::{
+    TCP_CHECK_OFFSET, TCP_HDR_LEN, TCP_MAX_OPTION_BYTES, TCPOLEN_MSS, TCPOPT_EOL, TCPOPT_MSS,
+    TCPOPT_NOP,
+};
 
 use crate::packet;
 
-/// TCP header without options, bytes.
-pub const TCP_HDR_LEN: usize = 20;
-/// Most bytes of TCP options (data offset 15).
-pub const MAX_OPTION_BYTES: usize = 40;
-/// Offset of the sequence number inside the TCP header.
-pub const TCP_SEQ_OFFSET: usize = 4;
-/// Offset of the destination port inside the TCP header.
-pub const TCP_DPORT_OFFSET: usize = 2;
-/// Offset of the checksum inside the TCP header.
-const TCP_CHECK_OFFSET: usize = 16;
-
-const TCPOPT_EOL: u8 = 0;
-const TCPOPT_NOP: u8 = 1;
-const TCPOPT_MSS: u8 = 2;
-const TCPOLEN_MSS: u8 = 4;
-/// Covers every option index (below [`MAX_OPTION_BYTES`]); see [`find`].
+/// Covers every option index (below [`TCP_MAX_OPTION_BYTES`]); see [`find`].
 const OPTION_INDEX_MASK: usize = 63;
-
-/// TCP flags (byte 13 of the header).
-pub const TCP_FLAG_SYN: u8 = 0x02;
-pub const TCP_FLAG_RST: u8 = 0x04;
-pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The MSS option of a SYN.
 pub enum MssOption {
@@ -64,13 +48,13 @@ pub fn find(ctx: &TcContext, l4: usize, end: usize, doff_byte: u8) -> MssOption 
         }
     }
     let start = l4 + TCP_HDR_LEN;
-    // Bytes of options, at most MAX_OPTION_BYTES (data offset 15).
+    // Bytes of options, at most TCP_MAX_OPTION_BYTES (data offset 15).
     let opt_len = hdr_len - TCP_HDR_LEN;
     // Index of the next option, relative to `start`.
     let mut i = 0;
     // At most one iteration per option byte: a bounded loop the verifier accepts.
-    for _ in 0..MAX_OPTION_BYTES {
-        // `i` is below MAX_OPTION_BYTES here, so the mask changes nothing at run time. For the
+    for _ in 0..TCP_MAX_OPTION_BYTES {
+        // `i` is below TCP_MAX_OPTION_BYTES here, so the mask changes nothing at run time. For the
         // verifier it does: every option length read from the packet would otherwise give `i`
         // a range of its own, and the verifier walked each sequence of lengths separately (this
         // loop took 750,000 of its 1,000,000-instruction budget). Masked, `i` is one range
@@ -131,8 +115,13 @@ pub fn find(ctx: &TcContext, l4: usize, end: usize, doff_byte: u8) -> MssOption 
 /// pseudo-header sum) stay right.
 ///
 /// The one's-complement sum works on 16-bit words aligned to the start of the TCP header. When
-/// the value sits at an odd offset (a lone NOP before the option), the two bytes straddle two
-/// words, so the aligned 4 bytes around them are replaced as one 32-bit word instead.
+/// the value sits at an odd offset (a lone NOP before the option), its two bytes straddle two
+/// words. Either way the checksum is updated over the aligned 32-bit word that holds the value:
+/// at its end (bytes 2-3) or in its middle (bytes 1-2), with zeros for the word's other bytes.
+/// Those bytes are the same before and after, so they add nothing to the difference, and the
+/// result is the one the kernel gives when told the real bytes: its sum always carries a
+/// nonzero term (the complemented old checksum, widened to 32 bits), so equal differences give
+/// equal checksums, bit for bit.
 #[inline(always)]
 pub fn rewrite(
     ctx: &TcContext,
@@ -141,29 +130,12 @@ pub fn rewrite(
     old_mss: u16,
     new_mss: u16,
 ) -> Result<(), ()> {
-    let check = l4 + TCP_CHECK_OFFSET;
-    let new = new_mss.to_be_bytes();
-    if (value_offset - l4) & 1 == 0 {
-        let old = old_mss.to_be_bytes();
-        ctx.store(value_offset, &new, 0).map_err(|_| ())?;
-        ctx.l4_csum_replace(
-            check,
-            u16::from_ne_bytes(old) as u64,
-            u16::from_ne_bytes(new) as u64,
-            2,
-        )
+    // 0 when the value is the low half of its word (even offset), 8 when it straddles two.
+    let shift = ((value_offset - l4) & 1) * 8;
+    // Big-endian words, stored as they lie in the packet: the helper sums memory order.
+    let word = |mss: u16| (u32::from(mss) << shift).to_be() as u64;
+    ctx.store(value_offset, &new_mss.to_be_bytes(), 0)
+        .map_err(|_| ())?;
+    ctx.l4_csum_replace(l4 + TCP_CHECK_OFFSET, word(old_mss), word(new_mss), 4)
         .map_err(|_| ())
-    } else {
-        let word = value_offset - 1;
-        let old: [u8; 4] = ctx.load(word).map_err(|_| ())?;
-        let updated = [old[0], new[0], new[1], old[3]];
-        ctx.store(word, &updated, 0).map_err(|_| ())?;
-        ctx.l4_csum_replace(
-            check,
-            u32::from_ne_bytes(old) as u64,
-            u32::from_ne_bytes(updated) as u64,
-            4,
-        )
-        .map_err(|_| ())
-    }
 }

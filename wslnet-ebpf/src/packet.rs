@@ -13,7 +13,17 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use wslnet_common::{FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE, peer_v4};
+use wslnet_common::{
+    FAMILY_V4, FAMILY_V6, L3_OFFSET_NONE, MAX_IPV6_EXT_HEADERS, peer_v4,
+    proto::{
+        ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
+        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_HDR_LEN, VLAN_HLEN,
+    },
+};
+
+// The header sizes below come from `network_types` (as const generic arguments); the rest of the
+// datapath counts with the project's own (`wslnet_common::proto`).
+const _: () = assert!(Ipv4Hdr::LEN == IPV4_HDR_LEN && Ipv6Hdr::LEN == IPV6_HDR_LEN);
 
 /// Reads a `T` at `off` bytes from the start of the frame: directly from the linear data when it
 /// holds those bytes, else through `bpf_skb_load_bytes`. `None` when the frame is shorter.
@@ -152,20 +162,6 @@ fn header<const N: usize>(ctx: &TcContext, off: usize, buf: &mut HeaderBuf) -> O
     })
 }
 
-/// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
-pub const MAX_IPV6_EXT_HEADERS: usize = 4;
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
-
 /// An IP packet the datapath understood up to its transport header.
 pub struct Ip {
     /// `FAMILY_V4` or `FAMILY_V6`.
@@ -260,7 +256,7 @@ pub fn ip_start(ctx: &TcContext, l3_offset: u16) -> Option<(u32, usize)> {
     if ether_type == ETH_P_8021Q {
         // One 802.1Q tag: TCI, then the real EtherType.
         ether_type = be16(ctx, EthHdr::LEN + 2)?;
-        l3 += 4;
+        l3 += VLAN_HLEN;
     }
     if ether_type == ETH_P_IP {
         Some((FAMILY_V4, l3))
@@ -270,11 +266,6 @@ pub fn ip_start(ctx: &TcContext, l3_offset: u16) -> Option<(u32, usize)> {
         None
     }
 }
-
-/// Length of an IPv4 header without options, bytes.
-pub const IPV4_HDR_LEN: usize = Ipv4Hdr::LEN;
-/// Length of the fixed IPv6 header, bytes.
-pub const IPV6_HDR_LEN: usize = Ipv6Hdr::LEN;
 
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, l3: usize, len: usize, egress: bool, buf: &mut HeaderBuf) -> Parsed {

@@ -4,6 +4,8 @@
 //! looking at how the eBPF datapath is structured: it takes the same inputs (frame bytes,
 //! direction, the tables the agent writes) and produces the same observable outputs (frame
 //! bytes, tc verdict, the counter row that moved and by how much, the learned destination).
+//! It shares only facts with the datapath: protocol numbers and header lengths
+//! ([`wslnet_common::proto`]) and the map ABI's constants; every rule below is its own code.
 //!
 //! The rules, in order:
 //! 1. Link layer: on an Ethernet-like interface (L3 offset 14) the EtherType at byte 12 picks
@@ -46,39 +48,22 @@
 
 use std::net::IpAddr;
 
-pub use wslnet_common::{Counters, FlowKey, Globals, IfaceConfig, LearnedKey};
-use wslnet_common::{DSCP_SET, FAMILY_V4, FAMILY_V6, MAX_DSCP, REFLECT_QUOTE, global_flags};
+pub use wslnet_common::{
+    Counters, FlowKey, Globals, IfaceConfig, LearnedKey, MAX_IPV6_EXT_HEADERS,
+};
+use wslnet_common::{
+    DSCP_SET, FAMILY_V4, FAMILY_V6, MAX_DSCP, REFLECT_QUOTE, global_flags,
+    proto::{
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+        IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_HDR_LEN,
+        TCP_HDR_LEN, TCPOLEN_MSS, TCPOPT_EOL, TCPOPT_MSS, TCPOPT_NOP, VLAN_HLEN, tcp_flags,
+    },
+};
 
 /// The tc verdict of every packet but a reflected one: `TC_ACT_UNSPEC`.
 pub const TC_ACT_UNSPEC: i32 = -1;
 /// The tc verdict of a reflected (dropped) packet.
 pub const TC_ACT_SHOT: i32 = 2;
-/// IPv6 extension headers (hop-by-hop, routing, destination options) skipped before giving up.
-pub const MAX_IPV6_EXT_HEADERS: usize = 4;
-/// Most TCP option bytes (data offset 15).
-pub const MAX_TCP_OPTION_BYTES: usize = 40;
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const VLAN_HLEN: usize = 4;
-const IPV4_MIN_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const TCP_MIN_HLEN: usize = 20;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const NH_HOPOPTS: u8 = 0;
-const NH_ROUTING: u8 = 43;
-const NH_FRAGMENT: u8 = 44;
-const NH_DSTOPTS: u8 = 60;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-const OPT_EOL: u8 = 0;
-const OPT_NOP: u8 = 1;
-const OPT_MSS: u8 = 2;
-const OPT_MSS_LEN: usize = 4;
 /// Smallest path MTU that is believed (RFC 791's minimum link MTU).
 const SANE_MTU_FLOOR: u16 = 68;
 
@@ -288,11 +273,11 @@ fn network_layer(frame: &[u8], l3_offset: u16, dir: Direction) -> L3 {
     };
     let len = frame.len();
     if family == FAMILY_V4 {
-        let Some(h) = frame.get(l3..l3 + IPV4_MIN_HLEN) else {
+        let Some(h) = frame.get(l3..l3 + IPV4_HDR_LEN) else {
             return L3::Broken(family);
         };
         let ihl = usize::from(h[0] & 0xf) * 4;
-        if h[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN || l3 + ihl > len {
+        if h[0] >> 4 != 4 || ihl < IPV4_HDR_LEN || l3 + ihl > len {
             return L3::Broken(family);
         }
         let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
@@ -312,7 +297,7 @@ fn network_layer(frame: &[u8], l3_offset: u16, dir: Direction) -> L3 {
             peer: IpAddr::from(peer),
         });
     }
-    let Some(h) = frame.get(l3..l3 + IPV6_HLEN) else {
+    let Some(h) = frame.get(l3..l3 + IPV6_HDR_LEN) else {
         return L3::Broken(family);
     };
     if h[0] >> 4 != 6 {
@@ -322,21 +307,21 @@ fn network_layer(frame: &[u8], l3_offset: u16, dir: Direction) -> L3 {
     let end = if payload == 0 {
         len
     } else {
-        len.min(l3 + IPV6_HLEN + payload)
+        len.min(l3 + IPV6_HDR_LEN + payload)
     };
     let src: [u8; 16] = h[8..24].try_into().unwrap();
     let dst: [u8; 16] = h[24..40].try_into().unwrap();
     let peer = if dir == Direction::Egress { dst } else { src };
     let mut next = h[6];
-    let mut l4 = l3 + IPV6_HLEN;
+    let mut l4 = l3 + IPV6_HDR_LEN;
     let mut skipped = 0;
     let mut fragment = false;
     loop {
-        if next == NH_FRAGMENT {
+        if next == IPPROTO_FRAGMENT {
             fragment = true;
             break;
         }
-        if !matches!(next, NH_HOPOPTS | NH_ROUTING | NH_DSTOPTS) {
+        if !matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS) {
             break;
         }
         if skipped == MAX_IPV6_EXT_HEADERS {
@@ -375,8 +360,8 @@ fn walk_options(frame: &[u8], opts: std::ops::Range<usize>) -> Options {
     let mut at = opts.start;
     while at < opts.end {
         match frame[at] {
-            OPT_EOL => return Options::None,
-            OPT_NOP => at += 1,
+            TCPOPT_EOL => return Options::None,
+            TCPOPT_NOP => at += 1,
             kind => {
                 if at + 1 >= opts.end {
                     return Options::Malformed;
@@ -385,8 +370,8 @@ fn walk_options(frame: &[u8], opts: std::ops::Range<usize>) -> Options {
                 if olen < 2 || at + olen > opts.end {
                     return Options::Malformed;
                 }
-                if kind == OPT_MSS {
-                    if olen != OPT_MSS_LEN {
+                if kind == TCPOPT_MSS {
+                    if olen != usize::from(TCPOLEN_MSS) {
                         return Options::Malformed;
                     }
                     return Options::Mss {
@@ -421,9 +406,9 @@ fn set_dscp(cfg: &IfaceConfig, frame: &mut [u8], delta: &mut Counters) {
     let whole = match frame.get(l3) {
         Some(b) if v4 => {
             let ihl = usize::from(b & 0xf) * 4;
-            b >> 4 == 4 && ihl >= IPV4_MIN_HLEN && l3 + ihl <= frame.len()
+            b >> 4 == 4 && ihl >= IPV4_HDR_LEN && l3 + ihl <= frame.len()
         }
-        Some(b) => b >> 4 == 6 && l3 + IPV6_HLEN <= frame.len(),
+        Some(b) => b >> 4 == 6 && l3 + IPV6_HDR_LEN <= frame.len(),
         None => false,
     };
     if !whole {
@@ -537,8 +522,8 @@ fn transport(
     if input.dir == Direction::Egress && ip.df {
         let size = if input.gso_size != 0 {
             let thl = match ip.proto {
-                PROTO_TCP => frame.get(ip.l4 + 12).map_or(0, |b| usize::from(b >> 4) * 4),
-                PROTO_UDP => 8,
+                IPPROTO_TCP => frame.get(ip.l4 + 12).map_or(0, |b| usize::from(b >> 4) * 4),
+                IPPROTO_UDP => 8,
                 _ => 0,
             };
             ip.l4 - ip.l3 + thl + input.gso_size as usize
@@ -569,19 +554,19 @@ fn transport(
             }
         }
     }
-    if ip.untouchable_fragment || ip.proto != PROTO_TCP {
+    if ip.untouchable_fragment || ip.proto != IPPROTO_TCP {
         return;
     }
-    if ip.l4 + TCP_MIN_HLEN > ip.end {
+    if ip.l4 + TCP_HDR_LEN > ip.end {
         delta.unparseable += 1;
         return;
     }
     let flags = frame[ip.l4 + 13];
-    if flags & (TCP_SYN | TCP_RST) != TCP_SYN {
+    if flags & (tcp_flags::SYN | tcp_flags::RST) != tcp_flags::SYN {
         return;
     }
     delta.syn += 1;
-    if input.dir == Direction::Egress && flags & TCP_ACK == 0 {
+    if input.dir == Direction::Egress && flags & tcp_flags::ACK == 0 {
         let mut addr = [0u8; 16];
         match ip.peer {
             IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
@@ -617,11 +602,11 @@ fn transport(
         ));
     }
     let hdr_len = usize::from(frame[ip.l4 + 12] >> 4) * 4;
-    if hdr_len < TCP_MIN_HLEN || ip.l4 + hdr_len > ip.end {
+    if hdr_len < TCP_HDR_LEN || ip.l4 + hdr_len > ip.end {
         delta.unparseable += 1;
         return;
     }
-    match walk_options(frame, ip.l4 + TCP_MIN_HLEN..ip.l4 + hdr_len) {
+    match walk_options(frame, ip.l4 + TCP_HDR_LEN..ip.l4 + hdr_len) {
         Options::Malformed => delta.unparseable += 1,
         Options::None => delta.no_mss += 1,
         Options::Mss { value_at, mss } => {
@@ -629,7 +614,7 @@ fn transport(
                 None => delta.no_clamp += 1,
                 Some(limit) if mss <= limit => delta.mss_ok += 1,
                 Some(_)
-                    if input.dir == Direction::Ingress && flags & TCP_ACK != 0 && {
+                    if input.dir == Direction::Ingress && flags & tcp_flags::ACK != 0 && {
                         let dport = u16::from_be_bytes([frame[ip.l4 + 2], frame[ip.l4 + 3]]);
                         tables.probes.contains(&(ip.peer, dport))
                     } =>

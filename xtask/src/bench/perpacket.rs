@@ -132,7 +132,7 @@ fn cases() -> Vec<Case> {
     let udp4 = p::ethernet(
         p::ETH_P_IP,
         None,
-        &p::Ipv4::new(LOCAL4, OTHER4, p::PROTO_UDP).packet(&p::udp(40000, 443, &[0; 1400 - 28])),
+        &p::Ipv4::new(LOCAL4, OTHER4, p::IPPROTO_UDP).packet(&p::udp(40000, 443, &[0; 1400 - 28])),
     );
     let udp6 = p::ethernet(
         p::ETH_P_IPV6,
@@ -141,7 +141,7 @@ fn cases() -> Vec<Case> {
             LOCAL6,
             OTHER6,
             &[],
-            p::PROTO_UDP,
+            p::IPPROTO_UDP,
             &p::udp(40000, 443, &[0; 1400 - 48]),
         ),
     );
@@ -151,7 +151,7 @@ fn cases() -> Vec<Case> {
         (t.sport, t.dport) = (443, 40000);
         t
     };
-    let mut gso_ip = p::Ipv4::new(LOCAL4, REMOTE4, p::PROTO_TCP);
+    let mut gso_ip = p::Ipv4::new(LOCAL4, REMOTE4, p::IPPROTO_TCP);
     gso_ip.tot_len_override = Some(65_483);
     let gso = p::tcp4_frame_with(&gso_ip, None, &ack(GSO_LINEAR - 14 - 20 - 32));
     let c = |id, label, ingress, family, frame, gso_size, rewrite, diagnostic| Case {
@@ -168,7 +168,7 @@ fn cases() -> Vec<Case> {
     let udp4_small = p::ethernet(
         p::ETH_P_IP,
         None,
-        &p::Ipv4::new(LOCAL4, REMOTE4, p::PROTO_UDP).packet(&p::udp(40000, 443, &[0; 172])),
+        &p::Ipv4::new(LOCAL4, REMOTE4, p::IPPROTO_UDP).packet(&p::udp(40000, 443, &[0; 172])),
     );
     vec![
         c(
@@ -301,7 +301,7 @@ fn cases() -> Vec<Case> {
 /// with its rewritten twin (paired, cold: each run pays the syscall's cache misses).
 fn dscp_cost(s: Settings, empty: &std::os::fd::OwnedFd, off: &Datapath) -> Result<DscpCost> {
     let on = Datapath::load_with_dscp(wslnet_common::DSCP_SET)?;
-    let mut marked = p::Ipv4::new(p::addr::LOCAL4, p::addr::REMOTE4, p::PROTO_UDP)
+    let mut marked = p::Ipv4::new(p::addr::LOCAL4, p::addr::REMOTE4, p::IPPROTO_UDP)
         .packet(&p::udp(40000, 443, &[0; 1372]));
     p::set_ds(&mut marked, (18 << 2) | 0b10);
     let marked = p::ethernet(p::ETH_P_IP, None, &marked);

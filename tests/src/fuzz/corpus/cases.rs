@@ -199,7 +199,7 @@ fn linux_options() -> Vec<u8> {
 
 /// An IPv4 header from us to the remote host (DF set).
 fn ipv4_header() -> Ipv4 {
-    Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::PROTO_TCP)
+    Ipv4::new(addr::LOCAL4, addr::REMOTE4, packets::IPPROTO_TCP)
 }
 
 /// An ACK carrying `bytes` bytes of IP packet over `family` (IPv4 header 20, IPv6 header 40,
