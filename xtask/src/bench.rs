@@ -49,11 +49,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only these sections (repeatable).
-    #[arg(long = "only", value_name = "SECTION")]
+    #[arg(long, value_name = "SECTION")]
     pub only: Vec<Section>,
-    /// Directory for results.json and RESULTS.md [default: bench/ in the workspace].
-    #[arg(long, value_name = "DIR")]
-    pub out_dir: Option<PathBuf>,
+    /// Directory for results.json and RESULTS.md.
+    #[arg(long, value_name = "DIR", default_value_os_t = workspace_root().join("bench"))]
+    pub out_dir: PathBuf,
     /// Measure nothing: render RESULTS.md again from the existing results.json.
     #[arg(long)]
     pub report_only: bool,
@@ -115,8 +115,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// Runs the benchmarks and writes the results.
 pub fn run(args: BenchArgs) -> Result<()> {
     require_root("the benchmarks load BPF programs and create network namespaces")?;
-    let root = workspace_root();
-    let out_dir = args.out_dir.clone().unwrap_or_else(|| root.join("bench"));
+    let out_dir = &args.out_dir;
     let json_path = out_dir.join("results.json");
     let md_path = out_dir.join("RESULTS.md");
     if args.report_only {
@@ -128,7 +127,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("wrote {}", md_path.display());
         return Ok(());
     }
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let agent = build_release_agent()?;
     // SAFETY: no other thread exists yet; the test support crate reads this variable to find
     // the agent binary (the release build is the one measured).
@@ -169,7 +168,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     results.load_average.after = sh_out("cat /proc/loadavg");
-    results.seconds = stats::round(started.elapsed().as_secs_f64(), 1);
+    results.seconds = stats::seconds_since(started);
 
     // Through a Value, whose map sorts the keys: results.json has always had them sorted.
     let doc = serde_json::to_value(&results).context("serialising the results")?;

@@ -25,20 +25,21 @@ use wslnet_tests::{
 };
 
 use super::{
-    results::{AgentSearch, Convergence, Download, Search},
+    results::{AgentSearch, Convergence, Download, Search, SectionRun},
     stats::{Summary, round},
 };
+
+/// Bottleneck MTUs the prober searches, bytes.
+const BOTTLENECKS: [u16; 3] = [VPN_MTU, 1000, 1500];
+/// Round-trip times added on the bottleneck link for each of them, ms.
+const RTTS_MS: [u32; 3] = [0, 20, 100];
 
 /// How much to measure.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Searches per (bottleneck, RTT).
     pub repeats: usize,
-    /// Bottleneck MTUs.
-    pub bottlenecks: Vec<u16>,
-    /// Round-trip times (ms) added on the bottleneck link.
-    pub rtts: Vec<u32>,
-    /// RTTs of the Linux anchor with probing on both ends.
+    /// RTTs of the Linux anchor with probing on both ends, ms.
     pub anchor_rtts: Vec<u32>,
     /// Longest wait for one download, seconds.
     pub download_timeout: u32,
@@ -48,8 +49,6 @@ impl super::Amount for Settings {
     fn quick() -> Self {
         Self {
             repeats: 1,
-            bottlenecks: vec![VPN_MTU, 1000, 1500],
-            rtts: vec![0, 20, 100],
             anchor_rtts: vec![20],
             download_timeout: 15,
         }
@@ -58,9 +57,7 @@ impl super::Amount for Settings {
     fn full() -> Self {
         Self {
             repeats: 3,
-            bottlenecks: vec![VPN_MTU, 1000, 1500],
-            rtts: vec![0, 20, 100],
-            anchor_rtts: vec![0, 20, 100],
+            anchor_rtts: RTTS_MS.to_vec(),
             download_timeout: 40,
         }
     }
@@ -142,9 +139,9 @@ pub fn run(s: Settings) -> Result<Convergence> {
     let started = Instant::now();
     let lab = Lab::new(VPN_MTU)?;
     let mut searches = Vec::new();
-    for &mtu in &s.bottlenecks {
+    for mtu in BOTTLENECKS {
         lab.set_bottleneck(mtu)?;
-        for &rtt in &s.rtts {
+        for rtt in RTTS_MS {
             lab.set_delay(rtt)?;
             let mut elapsed = Vec::new();
             let mut walls = Vec::new();
@@ -250,10 +247,12 @@ pub fn run(s: Settings) -> Result<Convergence> {
     lab.drop_icmp_errors(true)?;
 
     Ok(Convergence {
-        method: "wslnet-agent probe SRV --json in the black-hole lab (TAP wire with added delay; ICMP frag-needed dropped); default prober settings (ICMP echo, 1000 ms round timeout)".into(),
+        run: SectionRun::since(
+            started,
+            "wslnet-agent probe SRV --json in the black-hole lab (TAP wire with added delay; ICMP frag-needed dropped); default prober settings (ICMP echo, 1000 ms round timeout)",
+        ),
         repeats: s.repeats,
         searches,
         download_256k: Some(anchor),
-        seconds: round(started.elapsed().as_secs_f64(), 1),
     })
 }

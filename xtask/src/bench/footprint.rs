@@ -24,7 +24,7 @@ use wslnet_tests::{
 };
 
 use super::{
-    results::{Footprint, Window},
+    results::{Footprint, SectionRun, Window},
     stats::{Summary, round},
 };
 
@@ -165,11 +165,13 @@ pub fn run(s: Settings) -> Result<Footprint> {
     drop(agent);
     drop(fs);
     Ok(Footprint {
-        method: "wslnet-agent run --iface eth0 (release build, default settings) in a namespace; CPU = utime+stime over the window; RSS sampled every second".into(),
+        run: SectionRun::since(
+            started,
+            "wslnet-agent run --iface eth0 (release build, default settings) in a namespace; CPU = utime+stime over the window; RSS sampled every second",
+        ),
         idle,
         learned_destinations: in_map,
         with_learned: loaded,
         agent_log_lines: log_lines,
-        seconds: round(started.elapsed().as_secs_f64(), 1),
     })
 }

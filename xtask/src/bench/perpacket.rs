@@ -30,6 +30,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::SchedClassifier;
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use wslnet_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
     LearnCacheEntry, Peer, map_names, peer_cache_slot, peer_words, program_names,
@@ -44,6 +45,7 @@ use super::{
     bpf,
     results::{
         Direction, DscpCost, LearnWriteCost, PacketCase, PerPacket, RepeatCost, RewriteCost,
+        SectionRun,
     },
     stats::{Summary, round},
 };
@@ -64,22 +66,22 @@ const OTHER6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 10, 0, 0, 0, 
 /// payload length.
 const GSO_LINEAR: usize = 3000;
 
-/// How much to measure.
-#[derive(Debug, Clone, Copy)]
+/// How much to measure; the results keep it under these names.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Settings {
     /// Runs per `BPF_PROG_TEST_RUN` call in the repeat method.
     pub repeat: u32,
     /// Interleaved rounds of the repeat method.
     pub rounds: usize,
-    /// Calls per case in the single-shot method.
-    pub single_samples: usize,
+    /// Calls per case in the single-shot (cold) method.
+    pub single_shot_samples: usize,
 }
 
 impl super::Amount for Settings {
     fn quick() -> Self {
         Self {
             rounds: 5,
-            single_samples: 5_000,
+            single_shot_samples: 5_000,
             ..Self::full()
         }
     }
@@ -90,7 +92,7 @@ impl super::Amount for Settings {
             // The host's speed drifts by 10-20% within minutes: the median of many short
             // interleaved rounds follows it better than a few long ones.
             rounds: 51,
-            single_samples: 20_000,
+            single_shot_samples: 20_000,
         }
     }
 }
@@ -332,7 +334,7 @@ fn dscp_cost(s: Settings, empty: &std::os::fd::OwnedFd, off: &Datapath) -> Resul
         on_over.push(b - floor);
     }
     let mut extra = Vec::new();
-    for _ in 0..s.single_samples {
+    for _ in 0..s.single_shot_samples {
         let rw = bpf::test_run(on.prog(false)?, &marked, 0, 1)?.ns as f64;
         let fits = bpf::test_run(on.prog(false)?, &twin, 0, 1)?.ns as f64;
         extra.push(rw - fits);
@@ -683,7 +685,7 @@ fn measure(s: Settings, cpu: usize) -> Result<PerPacket> {
     // Single shot, cold: the SYN (rewritten) alternating with its clamped twin.
     let mut orig1: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut twin1: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    for _ in 0..s.single_samples {
+    for _ in 0..s.single_shot_samples {
         for &i in &rewrites {
             let c = &cases[i];
             let prog = dp.prog(c.ingress)?;
@@ -750,15 +752,15 @@ fn measure(s: Settings, cpu: usize) -> Result<PerPacket> {
     }
     let dscp = dscp_cost(s, &empty, &dp)?;
     Ok(PerPacket {
-        method: "BPF_PROG_TEST_RUN via raw bpf(2) for both programs; sched_cls, __sk_buff ctx, skb on the loopback of the bench's namespace".into(),
+        run: SectionRun::since(
+            started,
+            "BPF_PROG_TEST_RUN via raw bpf(2) for both programs; sched_cls, __sk_buff ctx, skb on the loopback of the bench's namespace",
+        ),
         cpu: Some(cpu),
-        repeat: s.repeat,
-        rounds: s.rounds,
-        single_shot_samples: s.single_samples,
+        settings: s,
         clamp_mtu: CLAMP_MTU,
         floor_ns: floor.rounded(1),
         cases: out_cases,
         dscp: Some(dscp),
-        seconds: round(started.elapsed().as_secs_f64(), 1),
     })
 }

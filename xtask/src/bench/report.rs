@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{
-    results::{Convergence, Footprint, PacketCase, PerPacket, Rescue, Results, Throughput},
+    results::{
+        Convergence, Footprint, PacketCase, PerPacket, Rescue, Results, RunRate, Throughput,
+    },
     stats::Summary,
     throughput::Config,
 };
@@ -33,6 +35,17 @@ fn as_json(v: &impl Serialize) -> String {
 /// "min-max" of a summary, `digits` decimals.
 fn range(v: &Summary, digits: usize) -> String {
     format!("{}-{}", num(v.min, digits), num(v.max, digits))
+}
+
+/// Writes the title of a subsection of a section (`###`).
+fn subsection(md: &mut String, title: &str) {
+    let _ = writeln!(md, "### {title}\n");
+}
+
+/// Writes a table's header row `head` (`| a | b |`) and the separator row under it.
+fn table_head(md: &mut String, head: &str) {
+    let columns = head.matches('|').count() - 1;
+    let _ = writeln!(md, "{head}\n{}|", "|---".repeat(columns));
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -71,7 +84,7 @@ pub fn markdown(r: &Results) -> String {
         r.started_utc,
         num(r.seconds, 0)
     );
-    let _ = writeln!(md, "| | |\n|---|---|");
+    table_head(&mut md, "| | |");
     let _ = writeln!(md, "| Kernel | {} |", m.kernel);
     let _ = writeln!(md, "| CPU | {} ({} CPUs) |", m.cpu, m.cpus);
     let _ = writeln!(md, "| Memory | {} |", m.memory);
@@ -83,7 +96,7 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(md, "| Tools | {}; {} |\n", m.iperf3, m.nft);
     let _ = writeln!(md, "## Targets\n");
-    let _ = writeln!(md, "| Target | Measured | |\n|---|---|---|");
+    table_head(&mut md, "| Target | Measured | |");
     let parts: Vec<&dyn Part> = [
         r.per_packet.as_ref().map(|x| x as &dyn Part),
         r.throughput.as_ref().map(|x| x as &dyn Part),
@@ -99,6 +112,7 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(md);
     for part in &parts {
+        let _ = writeln!(md, "## {}\n", part.title());
         part.section(&mut md);
     }
     let _ = writeln!(md, "## Method\n");
@@ -108,11 +122,14 @@ pub fn markdown(r: &Results) -> String {
     md
 }
 
-/// A section's part of the report: its rows of the targets table, and its own tables after it.
+/// A section's part of the report: its rows of the targets table, and its own titled section after
+/// it.
 trait Part {
+    /// The title of its section.
+    fn title(&self) -> String;
     /// Its rows of the targets table (none by default).
     fn targets(&self, _md: &mut String) {}
-    /// Its tables.
+    /// Its tables, under the title.
     fn section(&self, md: &mut String);
 }
 
@@ -156,6 +173,14 @@ fn fastest_over_floor(pp: &PerPacket, case: &PacketCase) -> f64 {
     case.repeat.ns.min - pp.floor_ns.min
 }
 
+/// A run's rate with its unit ("15.07 Gbit/s", "27126/s").
+fn rate(rate: RunRate) -> String {
+    match rate {
+        RunRate::Iperf { gbit_s } => format!("{} Gbit/s", num(gbit_s, 2)),
+        RunRate::Connections { connections_per_s } => format!("{}/s", num(connections_per_s, 0)),
+    }
+}
+
 /// A ratio summary as "median% (95% CI lo-hi%)", or the range when there is no interval.
 fn pct_ci(v: &Summary) -> String {
     let p = |x: f64| match given(x) {
@@ -175,7 +200,7 @@ fn cost_note(tp: &Throughput) -> String {
         .datapath_cost
         .iter()
         .flatten()
-        .find(|r| r.id == Config::Wslnet1500);
+        .find(|r| r.config.id == Config::Wslnet1500);
     match row {
         Some(r) => format!(
             "; the programs' own run time on this traffic: {:.2}% (a->b) and {:.2}% (b->a) of the CPU",
@@ -187,6 +212,17 @@ fn cost_note(tp: &Throughput) -> String {
 }
 
 impl Part for PerPacket {
+    fn title(&self) -> String {
+        let cpu = self.cpu.map(|c| format!("; on CPU {c}"));
+        let s = &self.settings;
+        format!(
+            "Per-packet cost (BPF_PROG_TEST_RUN, repeat {}, {} rounds{})",
+            s.repeat,
+            s.rounds,
+            cpu.unwrap_or_default()
+        )
+    }
+
     fn targets(&self, md: &mut String) {
         let fast: Vec<&PacketCase> = self
             .cases
@@ -251,22 +287,13 @@ impl Part for PerPacket {
     fn section(&self, md: &mut String) {
         let _ = writeln!(
             md,
-            "## Per-packet cost (BPF_PROG_TEST_RUN, repeat {}, {} rounds{})\n",
-            self.repeat,
-            self.rounds,
-            self.cpu
-                .map(|c| format!("; on CPU {c}"))
-                .unwrap_or_default()
-        );
-        let _ = writeln!(
-            md,
             "Empty tc program (the floor), same run: **{} ns** (range {}).\n",
             num(self.floor_ns.median, 1),
             range(&self.floor_ns, 0)
         );
-        let _ = writeln!(
+        table_head(
             md,
-            "| Packet | wslnet ns/packet | floor ns | over the floor | ratio | range (ns) | fastest round over the fastest floor |\n|---|---|---|---|---|---|---|"
+            "| Packet | wslnet ns/packet | floor ns | over the floor | ratio | range (ns) | fastest round over the fastest floor |",
         );
         let floor = self.floor_ns.median;
         for c in &self.cases {
@@ -324,9 +351,25 @@ impl Part for PerPacket {
 }
 
 impl Part for Throughput {
+    fn title(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "Throughput over veth ({} rounds; iperf3 {} s per direction; connections {} s, {} threads; all traffic on CPU {})",
+            s.rounds,
+            s.iperf_seconds,
+            as_json(&s.connection_seconds),
+            s.connection_threads,
+            self.cpu
+        )
+    }
+
     fn targets(&self, md: &mut String) {
-        if let Some(w1500) = self.configs.iter().find(|c| c.id == Config::Wslnet1500) {
-            let ratios = [&w1500.ratio_a_to_b, &w1500.ratio_b_to_a];
+        if let Some(w1500) = self
+            .configs
+            .iter()
+            .find(|c| c.config.id == Config::Wslnet1500)
+        {
+            let ratios = [&w1500.vs_none.a_to_b, &w1500.vs_none.b_to_a];
             let _ = writeln!(
                 md,
                 "| Throughput with wslnet >= 97% of no program (clamp entry 1500, MSS unchanged: the datapath's own cost) | a->b {}, b->a {}{} | {} |",
@@ -339,7 +382,7 @@ impl Part for Throughput {
         if let Some(cmp) = &self.against_nft {
             let (mut ratios, mut parts) = (Vec::new(), Vec::new());
             for c in cmp {
-                for (dir, ratio) in [("a->b", &c.ratio_a_to_b), ("b->a", &c.ratio_b_to_a)] {
+                for (dir, ratio) in [("a->b", &c.ratio.a_to_b), ("b->a", &c.ratio.b_to_a)] {
                     ratios.push(ratio);
                     parts.push(format!("{} / {} {dir} {}", c.ours, c.theirs, pct_ci(ratio)));
                 }
@@ -362,34 +405,25 @@ impl Part for Throughput {
     }
 
     fn section(&self, md: &mut String) {
-        let _ = writeln!(
+        table_head(
             md,
-            "## Throughput over veth ({} rounds; iperf3 {} s per direction; connections {} s, {} threads; all traffic on CPU {})\n",
-            self.rounds,
-            self.iperf_seconds,
-            as_json(&self.connection_seconds),
-            self.connection_threads,
-            self.cpu
-        );
-        let _ = writeln!(
-            md,
-            "| Configuration | client MSS | a->b Gbit/s | vs none | b->a Gbit/s | vs none | connections/s | vs none |\n|---|---|---|---|---|---|---|---|"
+            "| Configuration | client MSS | a->b Gbit/s | vs none | b->a Gbit/s | vs none | connections/s | vs none |",
         );
         for c in &self.configs {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} ({}) | {} | {} ({}) | {} | {} ({}) | {} |",
-                c.label,
+                c.config.label,
                 as_json(&c.client_mss),
-                num(c.gbit_s_a_to_b.median, 2),
-                range(&c.gbit_s_a_to_b, 1),
-                pct_ci(&c.ratio_a_to_b),
-                num(c.gbit_s_b_to_a.median, 2),
-                range(&c.gbit_s_b_to_a, 1),
-                pct_ci(&c.ratio_b_to_a),
-                num(c.connections_per_s.median, 0),
-                range(&c.connections_per_s, 0),
-                pct_ci(&c.ratio_connections),
+                num(c.traffic.gbit_s_a_to_b.median, 2),
+                range(&c.traffic.gbit_s_a_to_b, 1),
+                pct_ci(&c.vs_none.a_to_b),
+                num(c.traffic.gbit_s_b_to_a.median, 2),
+                range(&c.traffic.gbit_s_b_to_a, 1),
+                pct_ci(&c.vs_none.b_to_a),
+                num(c.traffic.connections_per_s.median, 0),
+                range(&c.traffic.connections_per_s, 0),
+                pct_ci(&c.vs_none.connections),
             );
         }
         let _ = writeln!(
@@ -397,46 +431,44 @@ impl Part for Throughput {
             "\nMedians with the range over rounds in parentheses; \"vs none\" is the median of per-round ratios to no program, with its distribution-free 95% confidence interval (CI).\n"
         );
         if let Some(cmp) = &self.against_nft {
-            let _ = writeln!(
+            subsection(
                 md,
-                "### wslnet against the nftables rule doing the same (paired per round)\n\n| wslnet | nft | a->b | b->a | connections/s |\n|---|---|---|---|---|"
+                "wslnet against the nftables rule doing the same (paired per round)",
             );
+            table_head(md, "| wslnet | nft | a->b | b->a | connections/s |");
             for c in cmp {
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {} |",
                     c.ours,
                     c.theirs,
-                    pct_ci(&c.ratio_a_to_b),
-                    pct_ci(&c.ratio_b_to_a),
-                    pct_ci(&c.ratio_connections),
+                    pct_ci(&c.ratio.a_to_b),
+                    pct_ci(&c.ratio.b_to_a),
+                    pct_ci(&c.ratio.connections),
                 );
             }
             let _ = writeln!(md);
         }
         if let Some(rows) = &self.datapath_cost {
-            let _ = writeln!(
+            subsection(
                 md,
-                "### wslnet's programs on this traffic (kernel BPF run-time statistics, one extra run each)\n\n| Configuration | traffic | rate | program runs/s | ns per run | share of the CPU |\n|---|---|---|---|---|---|"
+                "wslnet's programs on this traffic (kernel BPF run-time statistics, one extra run each)",
+            );
+            table_head(
+                md,
+                "| Configuration | traffic | rate | program runs/s | ns per run | share of the CPU |",
             );
             for r in rows {
-                let gbit_s = |x: Option<f64>| format!("{} Gbit/s", num(x.unwrap_or(f64::NAN), 2));
-                for (what, c, rate) in [
-                    ("iperf3 a->b", &r.a_to_b, gbit_s(r.a_to_b.gbit_s)),
-                    ("iperf3 b->a", &r.b_to_a, gbit_s(r.b_to_a.gbit_s)),
-                    (
-                        "connections",
-                        &r.connections,
-                        format!(
-                            "{}/s",
-                            num(r.connections.connections_per_s.unwrap_or(f64::NAN), 0)
-                        ),
-                    ),
+                for (what, c) in [
+                    ("iperf3 a->b", &r.a_to_b),
+                    ("iperf3 b->a", &r.b_to_a),
+                    ("connections", &r.connections),
                 ] {
                     let _ = writeln!(
                         md,
-                        "| {} | {what} | {rate} | {} | {} | {:.3}% |",
-                        r.label,
+                        "| {} | {what} | {} | {} | {} | {:.3}% |",
+                        r.config.label,
+                        rate(c.rate),
                         num(c.runs_per_s, 0),
                         num(c.ns_per_run, 1),
                         c.cpu_share * 100.0,
@@ -452,6 +484,13 @@ impl Part for Throughput {
 }
 
 impl Part for Convergence {
+    fn title(&self) -> String {
+        format!(
+            "Probe convergence (black-hole lab, {} searches each)",
+            self.repeats
+        )
+    }
+
     fn targets(&self, md: &mut String) {
         let s = &self.searches;
         let exact = s.iter().all(|x| x.exact);
@@ -478,14 +517,9 @@ impl Part for Convergence {
     }
 
     fn section(&self, md: &mut String) {
-        let _ = writeln!(
+        table_head(
             md,
-            "## Probe convergence (black-hole lab, {} searches each)\n",
-            self.repeats
-        );
-        let _ = writeln!(
-            md,
-            "| Bottleneck MTU | RTT | found | exact | time (ms) | rounds | probes |\n|---|---|---|---|---|---|---|"
+            "| Bottleneck MTU | RTT | found | exact | time (ms) | rounds | probes |",
         );
         for s in &self.searches {
             let found: Vec<String> = s
@@ -507,11 +541,13 @@ impl Part for Convergence {
             );
         }
         if let Some(d) = &self.download_256k {
-            let _ = writeln!(
+            // The table above ends without a blank line.
+            let _ = writeln!(md);
+            subsection(
                 md,
-                "\n### 256 KB download through the 1372 black hole (curl, srv -> wsl)\n"
+                "256 KB download through the 1372 black hole (curl, srv -> wsl)",
             );
-            let _ = writeln!(md, "| Case | RTT | completed | time |\n|---|---|---|---|");
+            table_head(md, "| Case | RTT | completed | time |");
             for x in d {
                 let time = if x.completed {
                     format!("{} s", num(x.seconds.unwrap_or(f64::NAN), 2))
@@ -539,6 +575,10 @@ impl Part for Convergence {
 }
 
 impl Part for Footprint {
+    fn title(&self) -> String {
+        "Agent footprint (release build)".into()
+    }
+
     fn targets(&self, md: &mut String) {
         let (rss, cpu) = (self.idle.peak_rss_mb, self.idle.cpu_percent_of_one_core);
         let _ = writeln!(
@@ -554,10 +594,9 @@ impl Part for Footprint {
     }
 
     fn section(&self, md: &mut String) {
-        let _ = writeln!(md, "## Agent footprint (release build)\n");
-        let _ = writeln!(
+        table_head(
             md,
-            "| Window | seconds | RSS median (MB) | peak RSS (MB) | CPU (% of one core) | threads |\n|---|---|---|---|---|---|"
+            "| Window | seconds | RSS median (MB) | peak RSS (MB) | CPU (% of one core) | threads |",
         );
         for (label, w) in [
             ("idle".to_string(), &self.idle),
@@ -581,10 +620,13 @@ impl Part for Footprint {
 }
 
 impl Part for Rescue {
+    fn title(&self) -> String {
+        "Reaction and rescue".into()
+    }
+
     fn section(&self, md: &mut String) {
         let (c, sh) = (&self.reflect_cost, &self.shrink);
-        let _ = writeln!(md, "## Reaction and rescue\n");
-        let _ = writeln!(md, "| figure | median | range | n |\n|---|---|---|---|");
+        table_head(md, "| figure | median | range | n |");
         for (label, v) in [
             (
                 "1500 B over a 1372 entry, counted only (reflection off), ns/run",
@@ -632,6 +674,23 @@ impl Part for Rescue {
             sh.downloads_completed,
             sh.downloads,
             num(sh.nominal_download_s, 2)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed RESULTS.md is the report of the committed results.json, to the byte
+    /// (`cargo xtask bench --report-only` renders it again).
+    #[test]
+    fn committed_report_is_rendered_from_committed_results() {
+        let results: Results = serde_json::from_str(include_str!("../../../bench/results.json"))
+            .expect("results.json loads");
+        assert_eq!(
+            markdown(&results),
+            include_str!("../../../bench/RESULTS.md")
         );
     }
 }

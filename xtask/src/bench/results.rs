@@ -1,19 +1,22 @@
 //! `bench/results.json` as types: the whole document ([`Results`]) and one struct a section,
 //! written by the sections and read by the report ([`super::report`]).
 //!
-//! Field names are the document's keys. The document is written through a
-//! [`serde_json::Value`], whose map sorts keys, so results.json keeps its sorted keys. A
-//! statistic with no value (NaN: the median of an empty sample, a rate over no time) is written
-//! as null and read back as NaN ([`nan_if_null`]); a section a run left out (`--only`) is
-//! absent.
+//! Field names are the document's keys, but for a few `#[serde(rename)]`s; the keys of a
+//! `#[serde(flatten)]` field stand in the enclosing object (the parts several structs share:
+//! [`SectionRun`], [`ConfigName`], [`Traffic`], [`Ratios`], a section's settings). The
+//! document is written through a [`serde_json::Value`], whose map sorts keys, so results.json
+//! keeps its sorted keys. A statistic with no value (NaN: the median of an empty sample, a rate
+//! over no time) is written as null and read back as NaN ([`nan_if_null`]); a section a run left
+//! out (`--only`) is absent.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    stats::{Summary, nan_if_null},
-    throughput::Config,
+    perpacket,
+    stats::{Summary, nan_if_null, round, seconds_since},
+    throughput::{self, Config},
 };
 
 /// The whole document.
@@ -80,19 +83,37 @@ pub struct LoadAverage {
     pub after: String,
 }
 
+/// What every measured section says of its own run (flattened into the section: its keys
+/// `method` and `seconds`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SectionRun {
+    /// How it was measured, in words.
+    pub method: String,
+    /// Wall time of the section, seconds.
+    pub seconds: f64,
+}
+
+impl SectionRun {
+    /// A section measured as `method` says, from `started` until now.
+    pub fn since(started: Instant, method: &str) -> Self {
+        Self {
+            method: method.into(),
+            seconds: seconds_since(started),
+        }
+    }
+}
+
 /// Section `per_packet`: datapath ns/packet under `BPF_PROG_TEST_RUN` ([`super::perpacket`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PerPacket {
-    /// How it was measured, in words.
-    pub method: String,
+    /// How it was measured and how long it took.
+    #[serde(flatten)]
+    pub run: SectionRun,
     /// The CPU the measuring thread was pinned to (absent in older results).
     pub cpu: Option<usize>,
-    /// Runs per `BPF_PROG_TEST_RUN` call (the repeat method).
-    pub repeat: u32,
-    /// Interleaved rounds of the repeat method.
-    pub rounds: usize,
-    /// Calls per case of the single-shot (cold) method.
-    pub single_shot_samples: usize,
+    /// How much was measured: runs per call, rounds, single-shot calls.
+    #[serde(flatten)]
+    pub settings: perpacket::Settings,
     /// Path MTU (bytes) of the clamp entries the cases meet.
     pub clamp_mtu: u16,
     /// The empty program (the floor), ns per run, over all rounds.
@@ -101,18 +122,6 @@ pub struct PerPacket {
     pub cases: Vec<PacketCase>,
     /// What DSCP normalisation costs (absent in older results).
     pub dscp: Option<DscpCost>,
-    /// Wall time of the section, seconds.
-    pub seconds: f64,
-}
-
-/// The hook a packet is measured on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// tc ingress.
-    Ingress,
-    /// tc egress.
-    Egress,
 }
 
 /// One packet of the per-packet section.
@@ -142,6 +151,16 @@ pub struct PacketCase {
     /// An egress SYN: what the learned-map write adds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learn_write: Option<LearnWriteCost>,
+}
+
+/// The hook a packet is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// tc ingress.
+    Ingress,
+    /// tc egress.
+    Egress,
 }
 
 /// A packet under the repeat method, per round.
@@ -205,16 +224,12 @@ pub struct DscpCost {
 /// ([`super::throughput`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Throughput {
-    /// How it was measured, in words.
-    pub method: String,
-    /// Rounds over all configurations.
-    pub rounds: usize,
-    /// Seconds of each iperf3 run.
-    pub iperf_seconds: u32,
-    /// Seconds of each connection-rate run.
-    pub connection_seconds: f64,
-    /// Client threads of the connection-rate run.
-    pub connection_threads: usize,
+    /// How it was measured and how long it took.
+    #[serde(flatten)]
+    pub run: SectionRun,
+    /// How much was measured: rounds, run lengths, connection threads.
+    #[serde(flatten)]
+    pub settings: throughput::Settings,
     /// The CPU all traffic was pinned to.
     pub cpu: usize,
     /// Every configuration, in [`Config::ALL`]'s order.
@@ -225,51 +240,115 @@ pub struct Throughput {
     pub first_contact_cost: Option<FirstContactCost>,
     /// The wslnet programs' run time on the traffic (absent in older results).
     pub datapath_cost: Option<Vec<DatapathCost>>,
-    /// Wall time of the section, seconds.
-    pub seconds: f64,
 }
 
 /// One configuration's traffic over the rounds; ratios to `none` paired per round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConfigThroughput {
     /// Which configuration.
-    pub id: Config,
-    /// It in words.
-    pub label: String,
+    #[serde(flatten)]
+    pub config: ConfigName,
     /// TCP_MAXSEG of the first connection-rate connection: what the client may send, bytes.
     pub client_mss: Option<u32>,
     /// The MSS iperf3 reports for its connection (`tcp_mss_default`), bytes.
     pub iperf3_tcp_mss_default: Option<u64>,
-    /// iperf3 `a -> b`, Gbit/s received.
-    pub gbit_s_a_to_b: Summary,
-    /// iperf3 `b -> a` (`-R`), Gbit/s received.
-    pub gbit_s_b_to_a: Summary,
-    /// Connections opened and reset per second.
-    pub connections_per_s: Summary,
+    /// The traffic's summaries over the rounds.
+    #[serde(flatten)]
+    pub traffic: Traffic<Summary>,
     /// Connections that failed, all rounds together.
     pub connection_failures: u64,
-    /// `a -> b` over `none`'s in the same round (1.0: the same).
-    pub ratio_a_to_b: Summary,
-    /// `b -> a` over `none`'s in the same round.
-    pub ratio_b_to_a: Summary,
-    /// Connections per second over `none`'s in the same round.
-    pub ratio_connections: Summary,
-    /// The samples, round by round.
-    pub per_round: PerRound,
+    /// The traffic over `none`'s in the same round.
+    #[serde(flatten)]
+    pub vs_none: Ratios,
+    /// The samples, one a round.
+    pub per_round: Traffic<Vec<f64>>,
     /// wslnet's counters after the rounds (evidence the configuration was active); null
     /// without wslnet.
     pub evidence: Option<Evidence>,
 }
 
-/// A configuration's samples, one a round.
+/// A configuration, by id and in words.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PerRound {
-    /// iperf3 `a -> b`, Gbit/s.
-    pub gbit_s_a_to_b: Vec<f64>,
-    /// iperf3 `b -> a`, Gbit/s.
-    pub gbit_s_b_to_a: Vec<f64>,
-    /// Connections per second.
-    pub connections_per_s: Vec<f64>,
+pub struct ConfigName {
+    /// Which configuration.
+    pub id: Config,
+    /// It in words ([`Config::label`]).
+    pub label: String,
+}
+
+impl From<Config> for ConfigName {
+    fn from(id: Config) -> Self {
+        Self {
+            id,
+            label: id.label().into(),
+        }
+    }
+}
+
+/// A configuration's traffic, a figure of each measure of a round: `T` is the samples (one a
+/// round) or their [`Summary`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Traffic<T> {
+    /// iperf3 `a -> b`, Gbit/s received.
+    pub gbit_s_a_to_b: T,
+    /// iperf3 `b -> a` (`-R`), Gbit/s received.
+    pub gbit_s_b_to_a: T,
+    /// Connections opened and reset per second.
+    pub connections_per_s: T,
+}
+
+impl<T> Traffic<T> {
+    /// `f` applied to every measure, with the decimals the results keep of it (Gbit/s 2,
+    /// connections per second 0).
+    pub fn map<U>(&self, f: impl Fn(&T, i32) -> U) -> Traffic<U> {
+        Traffic {
+            gbit_s_a_to_b: f(&self.gbit_s_a_to_b, 2),
+            gbit_s_b_to_a: f(&self.gbit_s_b_to_a, 2),
+            connections_per_s: f(&self.connections_per_s, 0),
+        }
+    }
+}
+
+impl Traffic<Vec<f64>> {
+    /// Every measure's samples summarised, to the decimals the results keep.
+    pub fn summary(&self) -> Traffic<Summary> {
+        self.map(|xs, digits| Summary::of(xs).rounded(digits))
+    }
+
+    /// Every sample rounded to the decimals the results keep.
+    pub fn rounded(&self) -> Self {
+        self.map(|xs, digits| xs.iter().map(|&x| round(x, digits)).collect())
+    }
+}
+
+/// One configuration's traffic over another's, paired per round (1.0: the same).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratios {
+    /// `a -> b` Gbit/s ratio.
+    #[serde(rename = "ratio_a_to_b")]
+    pub a_to_b: Summary,
+    /// `b -> a` Gbit/s ratio.
+    #[serde(rename = "ratio_b_to_a")]
+    pub b_to_a: Summary,
+    /// Connections per second ratio.
+    #[serde(rename = "ratio_connections")]
+    pub connections: Summary,
+}
+
+impl Ratios {
+    /// `ours` over `base`, round by round.
+    pub fn between(ours: &Traffic<Vec<f64>>, base: &Traffic<Vec<f64>>) -> Self {
+        Self {
+            a_to_b: paired_ratio(&ours.gbit_s_a_to_b, &base.gbit_s_a_to_b),
+            b_to_a: paired_ratio(&ours.gbit_s_b_to_a, &base.gbit_s_b_to_a),
+            connections: paired_ratio(&ours.connections_per_s, &base.connections_per_s),
+        }
+    }
+}
+
+/// The summary of `xs` over `base`, sample by sample (round by round), to 3 decimals.
+pub fn paired_ratio(xs: &[f64], base: &[f64]) -> Summary {
+    Summary::of(&xs.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>()).rounded(3)
 }
 
 /// wslnet's counters of `a`'s eth0 (IPv4) after the rounds, or why they could not be read.
@@ -299,12 +378,9 @@ pub struct AgainstNft {
     pub ours: Config,
     /// The nftables configuration.
     pub theirs: Config,
-    /// `a -> b` Gbit/s ratio.
-    pub ratio_a_to_b: Summary,
-    /// `b -> a` Gbit/s ratio.
-    pub ratio_b_to_a: Summary,
-    /// Connections per second ratio.
-    pub ratio_connections: Summary,
+    /// wslnet's traffic over nft's.
+    #[serde(flatten)]
+    pub ratio: Ratios,
 }
 
 /// The first-contact clamp against the measured one, paired per round (first contact over
@@ -326,9 +402,8 @@ pub struct FirstContactCost {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatapathCost {
     /// Which configuration.
-    pub id: Config,
-    /// It in words.
-    pub label: String,
+    #[serde(flatten)]
+    pub config: ConfigName,
     /// The iperf3 run `a -> b`.
     pub a_to_b: ProgramCost,
     /// The iperf3 run `b -> a`.
@@ -352,28 +427,42 @@ pub struct ProgramCost {
     /// Run time over the run's duration (a fraction of one CPU, 0.01: 1%).
     #[serde(deserialize_with = "nan_if_null")]
     pub cpu_share: f64,
-    /// The iperf3 runs: Gbit/s received.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gbit_s: Option<f64>,
-    /// The connection-rate run: connections per second.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connections_per_s: Option<f64>,
+    /// What the run carried.
+    #[serde(flatten)]
+    pub rate: RunRate,
+}
+
+/// What a run of the traffic carried, in the unit of its kind.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunRate {
+    /// An iperf3 run.
+    Iperf {
+        /// Gbit/s received.
+        #[serde(deserialize_with = "nan_if_null")]
+        gbit_s: f64,
+    },
+    /// A connection-rate run.
+    Connections {
+        /// Connections per second.
+        #[serde(deserialize_with = "nan_if_null")]
+        connections_per_s: f64,
+    },
 }
 
 /// Section `convergence`: the prober in the black-hole lab, and Linux's answer as the anchor
 /// ([`super::convergence`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Convergence {
-    /// How it was measured, in words.
-    pub method: String,
+    /// How it was measured and how long it took.
+    #[serde(flatten)]
+    pub run: SectionRun,
     /// Searches per (bottleneck, RTT).
     pub repeats: usize,
     /// One entry per (bottleneck, RTT).
     pub searches: Vec<Search>,
     /// The 256 KB downloads through the 1372 black hole (absent in older results).
     pub download_256k: Option<Vec<Download>>,
-    /// Wall time of the section, seconds.
-    pub seconds: f64,
 }
 
 /// The searches of one bottleneck and round-trip time.
@@ -429,8 +518,9 @@ pub struct AgentSearch {
 /// Section `footprint`: the agent's RSS and CPU ([`super::footprint`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Footprint {
-    /// How it was measured, in words.
-    pub method: String,
+    /// How it was measured and how long it took.
+    #[serde(flatten)]
+    pub run: SectionRun,
     /// The idle window.
     pub idle: Window,
     /// Destinations in the learned map during the second window.
@@ -439,8 +529,6 @@ pub struct Footprint {
     pub with_learned: Window,
     /// Lines the agent logged over both windows.
     pub agent_log_lines: usize,
-    /// Wall time of the section, seconds.
-    pub seconds: f64,
 }
 
 /// The agent over one window.

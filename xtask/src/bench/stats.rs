@@ -1,6 +1,8 @@
 //! Small statistics over repeated measurements: median, range and a distribution-free 95%
 //! confidence interval of the median, serialised into the results.
 
+use std::time::Instant;
+
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Summary of a sample: median, smallest, largest, count, in the unit of the values (the
@@ -93,6 +95,11 @@ fn median_ci_rank(n: usize) -> Option<usize> {
 pub fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
+}
+
+/// Wall time from `started` until now, seconds to 0.1 s (as the results keep run times).
+pub fn seconds_since(started: Instant) -> f64 {
+    round(started.elapsed().as_secs_f64(), 1)
 }
 
 #[cfg(test)]

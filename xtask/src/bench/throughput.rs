@@ -52,7 +52,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wslnet_agent::pins::maps_dir;
 use wslnet_common::map_names;
 use wslnet_tests::{
@@ -63,35 +63,35 @@ use wslnet_tests::{
 
 use super::{
     results::{
-        AgainstNft, ConfigThroughput, DatapathCost, Evidence, FirstContactCost, PerRound,
-        ProgramCost, Throughput,
+        AgainstNft, ConfigThroughput, DatapathCost, Evidence, FirstContactCost, ProgramCost,
+        Ratios, RunRate, SectionRun, Throughput, Traffic, paired_ratio,
     },
-    stats::{Summary, round},
+    stats::round,
 };
 
 const IPERF_PORT: u16 = 5201;
 const CONN_PORT: u16 = 7001;
 
-/// How much to measure.
-#[derive(Debug, Clone, Copy)]
+/// How much to measure; the results keep it under these names.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Settings {
     /// Rounds over all configurations.
     pub rounds: usize,
     /// Seconds of each iperf3 run.
-    pub iperf_secs: u32,
+    pub iperf_seconds: u32,
     /// Seconds of each connection-rate run.
-    pub conn_secs: f64,
+    pub connection_seconds: f64,
     /// Client threads of the connection-rate run.
-    pub conn_threads: usize,
+    pub connection_threads: usize,
 }
 
 impl super::Amount for Settings {
     fn quick() -> Self {
         Self {
             rounds: 2,
-            iperf_secs: 1,
-            conn_secs: 0.5,
-            conn_threads: 2,
+            iperf_seconds: 1,
+            connection_seconds: 0.5,
+            connection_threads: 2,
         }
     }
 
@@ -101,9 +101,9 @@ impl super::Amount for Settings {
             // seconds, so samples of the five configurations must be taken close together, and
             // the confidence interval of a median narrows with the number of rounds.
             rounds: 21,
-            iperf_secs: 1,
-            conn_secs: 1.0,
-            conn_threads: 2,
+            iperf_seconds: 1,
+            connection_seconds: 1.0,
+            connection_threads: 2,
         }
     }
 }
@@ -150,7 +150,7 @@ impl Config {
     }
 
     /// It in words.
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Config::None => "no program",
             Config::Wslnet1500 => "wslnet (ingress + egress, clamp entry 1500: MSS unchanged)",
@@ -552,7 +552,7 @@ impl Bed {
             self.pair.a.name(),
             self.conn_server.addr,
             secs,
-            s.conn_threads,
+            s.connection_threads,
             cpu,
         )
     }
@@ -598,9 +598,7 @@ fn prog_stats(map_pin: &Path) -> Result<(u64, u64)> {
 /// Per configuration, per round.
 #[derive(Default, Clone)]
 struct Samples {
-    fwd: Vec<f64>,
-    rev: Vec<f64>,
-    conn: Vec<f64>,
+    traffic: Traffic<Vec<f64>>,
     conn_failures: u64,
     client_mss: Option<u32>,
     iperf_mss: Option<u64>,
@@ -647,17 +645,17 @@ pub fn run(s: Settings) -> Result<Throughput> {
                 let (bed, sm) = (&beds[i], &mut samples[i]);
                 match measure {
                     Measure::AToB => {
-                        let run = iperf(&bed.pair, s.iperf_secs, false, cpu)?;
-                        sm.fwd.push(run.gbit_s);
+                        let run = iperf(&bed.pair, s.iperf_seconds, false, cpu)?;
+                        sm.traffic.gbit_s_a_to_b.push(run.gbit_s);
                         sm.iperf_mss = sm.iperf_mss.or(run.mss);
                     }
                     Measure::BToA => {
-                        sm.rev
-                            .push(iperf(&bed.pair, s.iperf_secs, true, cpu)?.gbit_s);
+                        let run = iperf(&bed.pair, s.iperf_seconds, true, cpu)?;
+                        sm.traffic.gbit_s_b_to_a.push(run.gbit_s);
                     }
                     Measure::Connections => {
-                        let cr = bed.conn_rate(&s, s.conn_secs, cpu)?;
-                        sm.conn.push(cr.per_sec);
+                        let cr = bed.conn_rate(&s, s.connection_seconds, cpu)?;
+                        sm.traffic.connections_per_s.push(cr.per_sec);
                         sm.conn_failures += cr.failures;
                         sm.client_mss = sm.client_mss.or(cr.client_mss);
                     }
@@ -668,46 +666,28 @@ pub fn run(s: Settings) -> Result<Throughput> {
     }
     let datapath_cost = datapath_cost(&beds, &s, cpu)?;
 
-    let ratio = |xs: &[f64], base: &[f64]| -> Summary {
-        Summary::of(&xs.iter().zip(base).map(|(x, b)| x / b).collect::<Vec<_>>()).rounded(3)
-    };
-    let of = |cfg: Config| &samples[Config::ALL.iter().position(|&c| c == cfg).unwrap()];
+    let of = |cfg: Config| &samples[Config::ALL.iter().position(|&c| c == cfg).unwrap()].traffic;
     let base = of(Config::None);
-    let per_round = |xs: &[f64], digits| xs.iter().map(|x| round(*x, digits)).collect();
     let configs = beds
         .iter()
         .zip(&samples)
         .map(|(bed, sm)| ConfigThroughput {
-            id: bed.cfg,
-            label: bed.cfg.label().into(),
+            config: bed.cfg.into(),
             client_mss: sm.client_mss,
             iperf3_tcp_mss_default: sm.iperf_mss,
-            gbit_s_a_to_b: Summary::of(&sm.fwd).rounded(2),
-            gbit_s_b_to_a: Summary::of(&sm.rev).rounded(2),
-            connections_per_s: Summary::of(&sm.conn).rounded(0),
+            traffic: sm.traffic.summary(),
             connection_failures: sm.conn_failures,
-            ratio_a_to_b: ratio(&sm.fwd, &base.fwd),
-            ratio_b_to_a: ratio(&sm.rev, &base.rev),
-            ratio_connections: ratio(&sm.conn, &base.conn),
-            per_round: PerRound {
-                gbit_s_a_to_b: per_round(&sm.fwd, 2),
-                gbit_s_b_to_a: per_round(&sm.rev, 2),
-                connections_per_s: per_round(&sm.conn, 0),
-            },
+            vs_none: Ratios::between(&sm.traffic, base),
+            per_round: sm.traffic.rounded(),
             evidence: bed.installed.evidence(),
         })
         .collect();
     let against_nft = AGAINST_NFT
         .iter()
-        .map(|&(ours, theirs)| {
-            let (o, t) = (of(ours), of(theirs));
-            AgainstNft {
-                ours,
-                theirs,
-                ratio_a_to_b: ratio(&o.fwd, &t.fwd),
-                ratio_b_to_a: ratio(&o.rev, &t.rev),
-                ratio_connections: ratio(&o.conn, &t.conn),
-            }
+        .map(|&(ours, theirs)| AgainstNft {
+            ours,
+            theirs,
+            ratio: Ratios::between(of(ours), of(theirs)),
         })
         .collect();
     let first_contact = {
@@ -715,23 +695,22 @@ pub fn run(s: Settings) -> Result<Throughput> {
         FirstContactCost {
             first_contact: FIRST_CONTACT.0,
             measured: FIRST_CONTACT.1,
-            ratio_a_to_b: ratio(&fc.fwd, &measured.fwd),
-            ratio_b_to_a: ratio(&fc.rev, &measured.rev),
+            ratio_a_to_b: paired_ratio(&fc.gbit_s_a_to_b, &measured.gbit_s_a_to_b),
+            ratio_b_to_a: paired_ratio(&fc.gbit_s_b_to_a, &measured.gbit_s_b_to_a),
         }
     };
     drop(beds);
     Ok(Throughput {
-        method: "one veth pair between two namespaces per configuration, all set up once; per round iperf3 -t N -J a->b for every configuration, then with -R (b->a), then the connection rate (client threads in a, connect + SO_LINGER 0 reset, accept-and-drop server thread in b); order rotated per round; all traffic pinned to one CPU; ratios paired per round, median with a distribution-free 95% CI".into(),
-        rounds: s.rounds,
-        iperf_seconds: s.iperf_secs,
-        connection_seconds: s.conn_secs,
-        connection_threads: s.conn_threads,
+        run: SectionRun::since(
+            started,
+            "one veth pair between two namespaces per configuration, all set up once; per round iperf3 -t N -J a->b for every configuration, then with -R (b->a), then the connection rate (client threads in a, connect + SO_LINGER 0 reset, accept-and-drop server thread in b); order rotated per round; all traffic pinned to one CPU; ratios paired per round, median with a distribution-free 95% CI",
+        ),
+        settings: s,
         cpu,
         configs,
         against_nft: Some(against_nft),
         first_contact_cost: Some(first_contact),
         datapath_cost: Some(datapath_cost),
-        seconds: round(started.elapsed().as_secs_f64(), 1),
     })
 }
 
@@ -741,7 +720,7 @@ pub fn run(s: Settings) -> Result<Throughput> {
 fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Vec<DatapathCost>> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics (BPF_ENABLE_STATS, Linux >= 5.8)")?;
-    let cost = |before: (u64, u64), after: (u64, u64), seconds: f64| {
+    let cost = |before: (u64, u64), after: (u64, u64), seconds: f64, rate| {
         let (ns, runs) = (after.0 - before.0, after.1 - before.1);
         ProgramCost {
             program_runs: runs,
@@ -749,8 +728,7 @@ fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Vec<DatapathC
             ns_per_run: round(ns as f64 / runs.max(1) as f64, 1),
             runs_per_s: round(runs as f64 / seconds, 0),
             cpu_share: round(ns as f64 / (seconds * 1e9), 5),
-            gbit_s: None,
-            connections_per_s: None,
+            rate,
         }
     };
     let mut rows = Vec::new();
@@ -762,25 +740,30 @@ fn datapath_cost(beds: &[Bed], s: &Settings, cpu: usize) -> Result<Vec<DatapathC
         let stats = || prog_stats(&counters);
         let iperf_cost = |reverse| -> Result<ProgramCost> {
             let before = stats()?;
-            let run = iperf(&bed.pair, s.iperf_secs.max(2), reverse, cpu)?;
-            Ok(ProgramCost {
-                gbit_s: Some(round(run.gbit_s, 2)),
-                ..cost(before, stats()?, run.seconds)
-            })
+            let run = iperf(&bed.pair, s.iperf_seconds.max(2), reverse, cpu)?;
+            let gbit_s = round(run.gbit_s, 2);
+            Ok(cost(
+                before,
+                stats()?,
+                run.seconds,
+                RunRate::Iperf { gbit_s },
+            ))
         };
         let (a_to_b, b_to_a) = (iperf_cost(false)?, iperf_cost(true)?);
         let before = stats()?;
         let t = Instant::now();
-        let cr = bed.conn_rate(s, s.conn_secs, cpu)?;
+        let cr = bed.conn_rate(s, s.connection_seconds, cpu)?;
+        let connections_per_s = round(cr.per_sec, 0);
         rows.push(DatapathCost {
-            id: bed.cfg,
-            label: bed.cfg.label().into(),
+            config: bed.cfg.into(),
             a_to_b,
             b_to_a,
-            connections: ProgramCost {
-                connections_per_s: Some(round(cr.per_sec, 0)),
-                ..cost(before, stats()?, t.elapsed().as_secs_f64())
-            },
+            connections: cost(
+                before,
+                stats()?,
+                t.elapsed().as_secs_f64(),
+                RunRate::Connections { connections_per_s },
+            ),
         });
     }
     Ok(rows)

@@ -64,12 +64,23 @@ impl Init {
 
 /// What the guest reported.
 pub struct Boot {
+    /// The tests' results, in the order reported.
     pub results: Vec<Outcome>,
+    /// The exit status the guest reported (`None`: it reported none).
     pub exit: Option<i32>,
+    /// Why the guest's init could not start the tests, when it said so.
     pub init_failure: Option<String>,
-    pub timed_out: bool,
-    /// The guest showed no sign of life within the boot limit (and was killed).
-    pub stalled: bool,
+    /// Why qemu was killed (`None`: it ended by itself).
+    pub killed: Option<Killed>,
+}
+
+/// Why a boot's qemu was killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Killed {
+    /// The guest showed no sign of life within the boot limit.
+    Stalled,
+    /// The time limit was reached.
+    TimedOut,
 }
 
 impl Guest<'_> {
@@ -141,8 +152,7 @@ impl Guest<'_> {
             results: Vec::new(),
             exit: None,
             init_failure: None,
-            timed_out: false,
-            stalled: false,
+            killed: None,
         };
         let start = Instant::now();
         let mut booted = false;
@@ -158,19 +168,19 @@ impl Guest<'_> {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if !booted && stall.is_some_and(|s| start.elapsed() >= s) {
-                boot.stalled = true;
+                boot.killed = Some(Killed::Stalled);
                 let _ = child.kill();
                 break;
             }
             if Instant::now() >= deadline {
-                boot.timed_out = true;
+                boot.killed = Some(Killed::TimedOut);
                 println!("{}vm-test: time limit reached, killing qemu", self.tag);
                 let _ = child.kill();
                 break;
             }
         }
         let status = child.wait().context("waiting for qemu")?;
-        if !boot.timed_out && !boot.stalled && boot.exit.is_none() {
+        if boot.killed.is_none() && boot.exit.is_none() {
             println!(
                 "{}vm-test: qemu exited ({status}) without the guest's exit line",
                 self.tag

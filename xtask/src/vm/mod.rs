@@ -409,7 +409,7 @@ fn run_kernel(
                     label: label.clone(),
                     verdict: Verdict::Fail,
                     secs: None,
-                    note: if boot.timed_out {
+                    note: if boot.killed == Some(guest::Killed::TimedOut) {
                         format!("no result: the VM was killed after {} s", args.timeout)
                     } else {
                         "no result: the VM stopped before running it".into()
@@ -419,7 +419,7 @@ fn run_kernel(
         }
         let error = if let Some(why) = &boot.init_failure {
             Some(format!("the guest could not start the tests: {why}"))
-        } else if boot.timed_out {
+        } else if boot.killed == Some(guest::Killed::TimedOut) {
             Some(format!(
                 "the VM did not finish within {} s and was killed (raise --timeout)",
                 args.timeout
@@ -472,7 +472,7 @@ fn boot_guest(
         // in the kernel's decompressor instead: then fall back to software emulation.
         let stall = guest.kvm.then_some(KVM_BOOT_LIMIT);
         let boot = guest.boot(left, stall, console_log)?;
-        if !boot.stalled {
+        if boot.killed != Some(guest::Killed::Stalled) {
             return Ok(boot);
         }
         println!(
