@@ -186,6 +186,31 @@ pub fn with_attach_mode(mode: AttachMode, test: impl FnOnce(AttachMode)) {
     test(mode)
 }
 
+/// Two tests of one body, `fn(AttachMode)`: `$tcx` runs it attached with TCX (skipped on
+/// kernels without), `$clsact` with clsact ([`with_attach_mode`]).
+///
+/// ```ignore
+/// wslnet_tests::in_both_attach_modes! {
+///     detach_leaves_nothing_behind,
+///     tcx: detach_leaves_nothing_behind_tcx,
+///     clsact: detach_leaves_nothing_behind_clsact,
+/// }
+/// ```
+#[macro_export]
+macro_rules! in_both_attach_modes {
+    ($body:path, tcx: $tcx:ident, clsact: $clsact:ident $(,)?) => {
+        #[test]
+        fn $tcx() {
+            $crate::agent::with_attach_mode(::wslnet_agent::config::AttachMode::Tcx, $body);
+        }
+
+        #[test]
+        fn $clsact() {
+            $crate::agent::with_attach_mode(::wslnet_agent::config::AttachMode::Clsact, $body);
+        }
+    };
+}
+
 /// `wrapper... wslnet-agent run --pin-dir PIN_DIR ARGS` in `ns`, logging at `$WSLNET_TEST_LOG`
 /// (default `info`) without colours. `wrapper`: a program and its arguments run in front of the
 /// agent (setpriv, strace), or nothing.

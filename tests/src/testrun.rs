@@ -16,13 +16,14 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key},
+    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use wslnet_agent::maps::Maps;
+use ipnet::IpNet;
+use wslnet_agent::maps::{Maps, Origin};
 use wslnet_common::{
     COUNTER_ENTRIES, Counters, FAMILY_V4, FAMILY_V6, Globals, LearnCacheEntry, LearnedKey,
-    PEER_CACHE_SLOTS, PathMtu, ReflectEvent, counter_index, map_names, peer_bytes, program_names,
+    PEER_CACHE_SLOTS, ReflectEvent, counter_index, map_names, peer_bytes, program_names,
 };
 use wslnet_model::{Direction, Tables};
 
@@ -55,8 +56,8 @@ pub type LearnedMap = BTreeMap<(u32, [u8; 16]), (u64, u16)>;
 pub struct Harness {
     maps: Maps,
     ebpf: Ebpf,
-    clamps_v4: Vec<Key<[u8; 4]>>,
-    clamps_v6: Vec<Key<[u8; 16]>>,
+    /// The clamp prefixes [`Harness::set_tables`] wrote, removed by the next call.
+    clamps: Vec<IpNet>,
     ifaces: Vec<u32>,
     probes: Vec<(std::net::IpAddr, u16)>,
     /// The datapath's reflection ring (dropped oversize packets for the agent).
@@ -76,8 +77,7 @@ impl Harness {
         Ok(Self {
             maps,
             ebpf,
-            clamps_v4: Vec::new(),
-            clamps_v6: Vec::new(),
+            clamps: Vec::new(),
             ifaces: Vec::new(),
             probes: Vec::new(),
             reflect,
@@ -95,39 +95,17 @@ impl Harness {
     /// recomputed; the clamp generation is always bumped, as the agent does, so no cached lookup
     /// survives).
     pub fn set_tables(&mut self, tables: &Tables) -> Result<()> {
-        for k in self.clamps_v4.drain(..) {
-            let _ = self.maps.clamp_v4.remove(&k);
-        }
-        for k in self.clamps_v6.drain(..) {
-            let _ = self.maps.clamp_v6.remove(&k);
+        for net in self.clamps.drain(..) {
+            self.maps.delete_clamp(net)?;
         }
         for i in self.ifaces.drain(..) {
             let _ = self.maps.remove_iface(i);
         }
         for c in &tables.clamps {
-            let value = PathMtu {
-                mtu: c.mtu,
-                origin: wslnet_common::origin::STATIC,
-                reserved: 0,
-            };
-            match c.addr {
-                std::net::IpAddr::V4(a) => {
-                    let k = Key::new(c.prefix_len.min(32).into(), a.octets());
-                    self.maps
-                        .clamp_v4
-                        .insert(&k, &value, 0)
-                        .context("clamp v4")?;
-                    self.clamps_v4.push(k);
-                }
-                std::net::IpAddr::V6(a) => {
-                    let k = Key::new(c.prefix_len.min(128).into(), a.octets());
-                    self.maps
-                        .clamp_v6
-                        .insert(&k, &value, 0)
-                        .context("clamp v6")?;
-                    self.clamps_v6.push(k);
-                }
-            }
+            let max_len = if c.addr.is_ipv4() { 32 } else { 128 };
+            let net = IpNet::new(c.addr, c.prefix_len.min(max_len)).context("clamp prefix")?;
+            self.maps.insert_clamp(net, c.mtu, Origin::Static)?;
+            self.clamps.push(net);
         }
         for (peer, port) in self.probes.drain(..) {
             let _ = self.maps.remove_probe(peer, port);
@@ -157,15 +135,7 @@ impl Harness {
     pub fn all_counters(&self) -> Result<BTreeMap<u32, Counters>> {
         let mut out = BTreeMap::new();
         for index in 0..COUNTER_ENTRIES {
-            let v = self
-                .maps
-                .counters
-                .get(&index, 0)
-                .context("reading counters")?;
-            let mut sum = Counters::default();
-            for c in v.iter() {
-                sum += *c;
-            }
+            let sum = self.maps.counter_row(index)?;
             if sum != Counters::default() {
                 out.insert(index, sum);
             }

@@ -10,9 +10,7 @@ use std::{
 
 use wslnet_agent::config::AttachMode;
 use wslnet_tests::{
-    agent::{
-        Agent, AgentOptions, Pair, RunFlag, run_command, sample, status_counter, with_attach_mode,
-    },
+    agent::{Agent, AgentOptions, Pair, RunFlag, run_command, sample, status_counter},
     lab::VPN_MTU,
     netns::{Bpffs, Daemon, Netns, PATIENCE, Transport, agent_bin, require_root, veth, wait_until},
     prometheus,
@@ -48,6 +46,22 @@ fn mss_to_peer(pair: &Pair) -> u32 {
 /// [`PEER_CLAMP`].
 fn clamping_the_peer() -> AgentOptions {
     AgentOptions::clamping(Pair::b4(), PEER_CLAMP)
+}
+
+/// The agent [`clamping_the_peer`] with `flags` besides, started on a new [`Pair`] whose `b`
+/// holds a [`listener`], and checked to clamp (one SYN, at [`CLAMPED_MSS`]). Bind the four in
+/// this order, as in `let (pair, fs, _peer, agent) = ...`: they are dropped in reverse, the
+/// agent first.
+fn clamping_pair(flags: &[RunFlag]) -> (Pair, Bpffs, Daemon, Agent) {
+    let (pair, fs) = Pair::with_bpffs().unwrap();
+    let peer = listener(&pair.b, PEER_PORT);
+    let options = flags
+        .iter()
+        .cloned()
+        .fold(clamping_the_peer(), AgentOptions::with);
+    let agent = options.start(&pair.a, &fs).unwrap();
+    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    (pair, fs, peer, agent)
 }
 
 /// A TCP listener on `port` in `ns` that accepts and holds connections.
@@ -136,10 +150,7 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
 
 #[test]
 fn kill_9_keeps_clamping_and_restart_adopts_pins() {
-    let (pair, fs) = Pair::with_bpffs().unwrap();
-    let _l = listener(&pair.b, PEER_PORT);
-    let mut agent = clamping_the_peer().start(&pair.a, &fs).unwrap();
-    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    let (pair, fs, _peer, mut agent) = clamping_pair(&[]);
     let before = status_counter(
         &agent.status().unwrap(),
         "eth0",
@@ -219,13 +230,7 @@ fn removed_link_pins_detach_nothing_and_are_pinned_again() {
     if wslnet_tests::netns::skip_without_tcx() {
         return;
     }
-    let (pair, fs) = Pair::with_bpffs().unwrap();
-    let _l = listener(&pair.b, PEER_PORT);
-    let agent = clamping_the_peer()
-        .with(RunFlag::AttachMode(AttachMode::Tcx))
-        .start(&pair.a, &fs)
-        .unwrap();
-    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    let (pair, _fs, _peer, agent) = clamping_pair(&[RunFlag::AttachMode(AttachMode::Tcx)]);
     let links = std::path::Path::new(&agent.pin_dir).join("links");
     let pins: Vec<std::path::PathBuf> = std::fs::read_dir(&links)
         .unwrap()
@@ -263,14 +268,10 @@ fn tc_state(ns: &Netns) -> String {
         .unwrap()
 }
 
-#[test]
-fn detach_leaves_nothing_behind_tcx() {
-    with_attach_mode(AttachMode::Tcx, detach_leaves_nothing_behind);
-}
-
-#[test]
-fn detach_leaves_nothing_behind_clsact() {
-    with_attach_mode(AttachMode::Clsact, detach_leaves_nothing_behind);
+wslnet_tests::in_both_attach_modes! {
+    detach_leaves_nothing_behind,
+    tcx: detach_leaves_nothing_behind_tcx,
+    clsact: detach_leaves_nothing_behind_clsact,
 }
 
 fn detach_leaves_nothing_behind(mode: AttachMode) {
@@ -848,13 +849,7 @@ fn remove_and_wait_for_the_filter(pair: &Pair, agent: &Agent, what: &str, remova
 /// unnoticed. The agent sees it within seconds and attaches them again; `/healthz` stays ok.
 #[test]
 fn removed_clsact_filters_are_attached_again() {
-    let (pair, fs) = Pair::with_bpffs().unwrap();
-    let _peer = listener(&pair.b, PEER_PORT);
-    let agent = clamping_the_peer()
-        .with(RunFlag::AttachMode(AttachMode::Clsact))
-        .start(&pair.a, &fs)
-        .unwrap();
-    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    let (pair, _fs, _peer, agent) = clamping_pair(&[RunFlag::AttachMode(AttachMode::Clsact)]);
     for (what, removal) in [
         ("the egress filter", "tc filter del dev eth0 egress"),
         ("the clsact qdisc", "tc qdisc del dev eth0 clsact"),
@@ -905,13 +900,7 @@ fn the_running_agent_keeps_only_the_capabilities_it_uses() {
     const CAP_NET_RAW: u64 = 1 << 13;
     const CAP_BPF: u64 = 1 << 39;
     let kept = CAP_BPF | CAP_NET_ADMIN | CAP_NET_RAW;
-    let (pair, fs) = Pair::with_bpffs().unwrap();
-    let _peer = listener(&pair.b, PEER_PORT);
-    let mut agent = clamping_the_peer()
-        .with(RunFlag::AttachMode(AttachMode::Clsact))
-        .start(&pair.a, &fs)
-        .unwrap();
-    assert_eq!(mss_to_peer(&pair), CLAMPED_MSS);
+    let (pair, _fs, _peer, mut agent) = clamping_pair(&[RunFlag::AttachMode(AttachMode::Clsact)]);
     // A scrape renders on a thread started after the drop.
     assert!(agent.metrics().unwrap().contains("wslnet_build_info"));
     let threads = thread_capabilities(agent.daemon.pid());

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use wslnet_agent::config::AttachMode;
 use wslnet_tests::{
-    agent::{
-        AgentOptions, Pair, RunFlag, attach_mode_name, sample, status_counter, with_attach_mode,
-    },
+    agent::{AgentOptions, Pair, RunFlag, attach_mode_name, sample, status_counter},
     lab::VPN_MTU,
     netns::{Daemon, PATIENCE, Transport},
 };
@@ -183,14 +181,10 @@ fn clamp_in_both_directions(mode: AttachMode) {
     );
 }
 
-#[test]
-fn tcx_clamps_both_directions_ipv4_and_ipv6() {
-    with_attach_mode(AttachMode::Tcx, clamp_in_both_directions);
-}
-
-#[test]
-fn clsact_clamps_both_directions_ipv4_and_ipv6() {
-    with_attach_mode(AttachMode::Clsact, clamp_in_both_directions);
+wslnet_tests::in_both_attach_modes! {
+    clamp_in_both_directions,
+    tcx: tcx_clamps_both_directions_ipv4_and_ipv6,
+    clsact: clsact_clamps_both_directions_ipv4_and_ipv6,
 }
 
 /// Runs iperf3 from `a` to `b` for `secs` seconds; the data goes a -> b.

@@ -686,6 +686,51 @@ fn clamp_table_changes_apply_to_the_next_packet() {
     }
 }
 
+/// `Maps::delete_clamp` removes exactly the prefix it is given and says whether it was there;
+/// a missing prefix is no error (issue 21: the removal's errors used to be discarded).
+#[test]
+fn delete_clamp_says_whether_the_prefix_was_there() {
+    let mut h = harness();
+    let static_ = wslnet_agent::maps::Origin::Static;
+    for (present, inside, elsewhere) in [
+        ("10.9.0.0/16", "10.9.1.0/24", "10.10.0.0/16"),
+        ("fd00:9::/32", "fd00:9:1::/48", "fd00:10::/32"),
+    ] {
+        let [present, inside, elsewhere] =
+            [present, inside, elsewhere].map(|n| n.parse::<ipnet::IpNet>().unwrap());
+        let maps = h.maps();
+        assert!(
+            !maps.delete_clamp(inside).unwrap(),
+            "{inside}: only its /16 or /32 is there"
+        );
+        assert!(
+            !maps.delete_clamp(elsewhere).unwrap(),
+            "{elsewhere}: never written"
+        );
+        assert!(
+            maps.delete_clamp(present).unwrap(),
+            "{present}: written by set_tables"
+        );
+        assert!(
+            !maps.clamps().iter().any(|c| c.net == present),
+            "{present}: {:?}",
+            maps.clamps()
+        );
+        assert!(
+            !maps.delete_clamp(present).unwrap(),
+            "{present}: already deleted"
+        );
+        maps.insert_clamp(elsewhere, 1400, static_).unwrap();
+        assert!(
+            maps.delete_clamp(elsewhere).unwrap(),
+            "{elsewhere}: just inserted"
+        );
+    }
+    // The harness's next set_tables finds its prefixes gone and writes them again.
+    h.set_tables(&tables(14)).unwrap();
+    assert_eq!(h.maps().clamps().len(), 2, "{:?}", h.maps().clamps());
+}
+
 /// `tables(14)` with reflection on.
 fn reflecting_harness() -> Harness {
     require_root();

@@ -15,12 +15,26 @@ const OUTPUT: usize = 100_000;
 /// ssh's time limit, seconds: far more than the session needs when packets pass.
 const SSH_SECS: u32 = 8;
 
-/// What one `ssh -o IPQoS='af21 cs1' ... 'head -c 100000 /dev/zero'` did: whether it
-/// authenticated (from its `-v` log), and how many bytes of session output arrived.
+/// What one `ssh -o IPQoS='af21 cs1' ... 'head -c 100000 /dev/zero'` printed: the count of
+/// session output bytes that arrived (`wc -c`), then ssh's `-v` log.
 struct Session {
-    authenticated: bool,
-    bytes: usize,
     log: String,
+}
+
+impl Session {
+    /// Whether ssh authenticated (from its `-v` log).
+    fn authenticated(&self) -> bool {
+        self.log.contains("Authenticated to")
+    }
+
+    /// Bytes of session output that arrived.
+    fn bytes(&self) -> usize {
+        self.log
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 fn ssh_marked(lab: &Lab, sshd: &wslnet_tests::lab::SshServer) -> Session {
@@ -44,16 +58,8 @@ fn ssh_marked(lab: &Lab, sshd: &wslnet_tests::lab::SshServer) -> Session {
             quoted.join(" ")
         ))
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let bytes = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
     Session {
-        authenticated: text.contains("Authenticated to"),
-        bytes,
-        log: text,
+        log: String::from_utf8_lossy(&out.stdout).into_owned(),
     }
 }
 
@@ -77,18 +83,18 @@ fn ssh_through_a_nat_that_drops_marked_packets_passes_with_set_dscp_0() {
     lab.drop_marked(&["cs1"]).unwrap();
     let without = ssh_marked(&lab, &sshd);
     assert!(
-        without.authenticated && without.bytes == 0,
+        without.authenticated() && without.bytes() == 0,
         "without the rewrite, behind a NAT dropping cs1, SSH should log in and then move \
          nothing: {} bytes\n{}",
-        without.bytes,
+        without.bytes(),
         without.log
     );
     lab.drop_marked(&["cs1", "af21"]).unwrap();
     let without = ssh_marked(&lab, &sshd);
     assert!(
-        !without.authenticated && without.bytes == 0,
+        !without.authenticated() && without.bytes() == 0,
         "without the rewrite, behind a NAT dropping af21, SSH should not get in: {} bytes\n{}",
-        without.bytes,
+        without.bytes(),
         without.log
     );
 
@@ -103,7 +109,7 @@ fn ssh_through_a_nat_that_drops_marked_packets_passes_with_set_dscp_0() {
         .signal_and_wait(libc::SIGINT, Duration::from_secs(5))
         .unwrap();
     assert_eq!(
-        with.bytes,
+        with.bytes(),
         OUTPUT,
         "{}\nagent log:\n{}",
         with.log,

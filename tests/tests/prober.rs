@@ -8,7 +8,7 @@ use std::{net::IpAddr, process::Output};
 
 use serde_json::Value;
 use wslnet_tests::{
-    lab::{Lab, LabConfig, VPN_MTU, ZT_IFACE, ZT_MTU},
+    lab::{Lab, VPN_MTU, ZT_IFACE, ZT_MTU},
     netns::{agent_bin, require_root},
 };
 
@@ -284,12 +284,8 @@ fn zerotier_uplink_bounds_the_search_at_its_mtu() {
 #[test]
 fn icmp_errors_are_used_at_once_and_the_cached_pmtu_is_ignored() {
     require_root();
-    let lab = Lab::with(LabConfig {
-        bottleneck: VPN_MTU,
-        drop_icmp_errors: false,
-        ..LabConfig::default()
-    })
-    .unwrap();
+    let lab = Lab::new(VPN_MTU).unwrap();
+    lab.drop_icmp_errors(false).unwrap();
     for v in assert_found_both(&lab, VPN_MTU, "icmp-error", "ICMP errors allowed") {
         assert!(rounds(&v) <= 2, "{v}");
     }

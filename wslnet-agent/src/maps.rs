@@ -9,7 +9,8 @@ use std::{net::IpAddr, path::Path};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    sys::SyscallError,
 };
 use ipnet::IpNet;
 use wslnet_common::{
@@ -222,8 +223,25 @@ impl Maps {
         })
     }
 
-    /// Sets the path MTU for a prefix (the address bits beyond the prefix are ignored).
+    /// Sets the path MTU for a prefix (the address bits beyond the prefix are ignored):
+    /// [`Maps::insert_clamp`], then [`Maps::refresh_floor`].
     pub fn set_clamp(&mut self, net: IpNet, mtu: u16, origin: Origin) -> Result<()> {
+        self.insert_clamp(net, mtu, origin)?;
+        self.refresh_floor()
+    }
+
+    /// Removes the entry for exactly this prefix, if any: [`Maps::delete_clamp`], then
+    /// [`Maps::refresh_floor`].
+    pub fn remove_clamp(&mut self, net: IpNet) -> Result<()> {
+        self.delete_clamp(net)?;
+        self.refresh_floor()
+    }
+
+    /// Writes the path MTU for a prefix (the address bits beyond the prefix are ignored), the
+    /// write alone: the floors and the clamp generation in [`Globals`] are left as they are, so
+    /// the caller must [`Maps::refresh_floor`] after a batch of writes (or set [`Globals`]
+    /// itself, as the TestRun harness does).
+    pub fn insert_clamp(&mut self, net: IpNet, mtu: u16, origin: Origin) -> Result<()> {
         let value = PathMtu {
             mtu,
             origin: origin.into(),
@@ -241,13 +259,14 @@ impl Maps {
                 0,
             ),
         }
-        .with_context(|| format!("writing clamp {net} = {mtu}"))?;
-        self.refresh_floor()
+        .with_context(|| format!("writing clamp {net} = {mtu}"))
     }
 
-    /// Removes the entry for exactly this prefix, if any.
-    pub fn remove_clamp(&mut self, net: IpNet) -> Result<()> {
-        let _ = match net.trunc() {
+    /// Removes the entry for exactly this prefix (the address bits beyond the prefix are
+    /// ignored), the removal alone (the caller must [`Maps::refresh_floor`], as after
+    /// [`Maps::insert_clamp`]). `Ok(false)` when there was no such entry.
+    pub fn delete_clamp(&mut self, net: IpNet) -> Result<bool> {
+        let removed = match net.trunc() {
             IpNet::V4(n) => self
                 .clamp_v4
                 .remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
@@ -255,7 +274,11 @@ impl Maps {
                 .clamp_v6
                 .remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
         };
-        self.refresh_floor()
+        match removed {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("removing clamp {net}")),
+        }
     }
 
     /// Every clamp-table entry, IPv4 first.
@@ -312,7 +335,16 @@ impl Maps {
         if index >= COUNTER_ENTRIES {
             bail!("counter slot {slot} out of range");
         }
-        let per_cpu = self.counters.get(&index, 0).context("reading counters")?;
+        self.counter_row(index)
+    }
+
+    /// The counters of one row of the counter array (by [`counter_index`], below
+    /// [`COUNTER_ENTRIES`]), summed over CPUs.
+    pub fn counter_row(&self, index: u32) -> Result<Counters> {
+        let per_cpu = self
+            .counters
+            .get(&index, 0)
+            .with_context(|| format!("reading counter row {index}"))?;
         let mut sum = Counters::default();
         for c in per_cpu.iter() {
             sum += *c;
@@ -435,6 +467,18 @@ impl Maps {
             .set(0, &g, 0)
             .context("writing global settings")?;
         Ok(())
+    }
+}
+
+/// True when a map operation failed only because the key was not there (aya's
+/// [`MapError::KeyNotFound`], or the kernel's `ENOENT` from `bpf_map_delete_elem`).
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::ENOENT)
+        }
+        _ => false,
     }
 }
 

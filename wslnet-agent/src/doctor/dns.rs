@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    ANSWER_TIMEOUT, Budget, Check, Finding, Status,
+    ANSWER_TIMEOUT, Budget, Check, Finding, Status, by_count,
     environment::{Environment, NetworkingMode, RESOLV_CONF},
     join_addrs,
 };
@@ -87,15 +87,8 @@ pub(crate) async fn check(
         }
     }
     if servers.is_empty() {
-        return Finding::new(
-            Check::Dns,
-            Status::Skip,
-            format!(
-                "no route to the nameserver{} {}",
-                if configured.len() == 1 { "" } else { "s" },
-                join_addrs(&configured)
-            ),
-        );
+        let summary = format!("no route to the {}", nameservers(&configured));
+        return Finding::new(Check::Dns, Status::Skip, summary);
     }
     // (server, name, answer) for every pair.
     let mut answers = Vec::new();
@@ -139,10 +132,9 @@ pub(crate) async fn check(
     };
     if first.is_none() {
         let mut summary = format!(
-            "nameserver{} {} do{} not answer",
-            if dead.len() == 1 { "" } else { "s" },
-            join_addrs(&dead),
-            if dead.len() == 1 { "es" } else { "" }
+            "{} do{} not answer",
+            nameservers(&dead),
+            by_count(dead.len(), "es", "")
         );
         if let Some((s, resolved)) = &second_says {
             if resolved.is_empty() {
@@ -189,8 +181,8 @@ pub(crate) async fn check(
         summary.push_str(&format!(
             "; {} do{} not answer (every lookup waits for {} first)",
             join_addrs(&dead),
-            if dead.len() == 1 { "es" } else { "" },
-            if dead.len() == 1 { "it" } else { "them" }
+            by_count(dead.len(), "es", ""),
+            by_count(dead.len(), "it", "them")
         ));
         return Finding::new(Check::Dns, Status::Warn, summary)
             .fix(format!("remove {} from {RESOLV_CONF}", join_addrs(&dead)));
@@ -291,6 +283,16 @@ fn parse_response(r: &[u8], id: u16) -> Option<Answer> {
         0 | RCODE_NXDOMAIN => Answer::NoSuchName,
         code => Answer::Error(code),
     })
+}
+
+/// The nameservers `addrs` as a summary names them: "nameserver 10.0.0.1", "nameservers
+/// 10.0.0.1, 10.0.0.2".
+fn nameservers(addrs: &[IpAddr]) -> String {
+    format!(
+        "nameserver{} {}",
+        by_count(addrs.len(), "", "s"),
+        join_addrs(addrs)
+    )
 }
 
 #[cfg(test)]

@@ -213,6 +213,13 @@ pub async fn diagnose(
     }
 }
 
+/// `one` when a summary speaks of `n` == 1 things, else `many`: the endings of the words that
+/// agree with the count (`by_count(n, "", "s")` for "nameserver(s)", `by_count(n, "s", "")` for
+/// "accept(s)").
+pub(crate) fn by_count(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
 /// Addresses as a summary lists them: `a, b, c`.
 pub(crate) fn join_addrs(addrs: &[IpAddr]) -> String {
     addrs

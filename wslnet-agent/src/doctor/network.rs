@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
-use super::{ANSWER_TIMEOUT, Budget, Check, Finding, Status, join_addrs};
+use super::{ANSWER_TIMEOUT, Budget, Check, Finding, Status, by_count, join_addrs};
 use crate::prober;
 
 /// Extra echo requests after the first (against the loss of one).
@@ -130,26 +130,21 @@ fn default_of(routes: &[RouteMessage]) -> Option<DefaultRoute> {
     /// The kernel's main routing table (`RT_TABLE_MAIN`).
     const MAIN_TABLE: u32 = 254;
     routes.iter().find_map(|r| {
-        let table = r
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(t) => Some(*t),
-                _ => None,
-            })
-            .unwrap_or(r.header.table as u32);
-        if r.header.destination_prefix_length != 0 || table != MAIN_TABLE {
-            return None;
-        }
+        // The table attribute, when present, holds table ids beyond the header's 8 bits.
+        let mut table = u32::from(r.header.table);
         let mut gateway = None;
         let mut oif = None;
         for a in &r.attributes {
             match a {
+                RouteAttribute::Table(t) => table = *t,
                 RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
                 RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 _ => {}
             }
+        }
+        if r.header.destination_prefix_length != 0 || table != MAIN_TABLE {
+            return None;
         }
         let iface = crate::attach::interface_name(oif?)?;
         Some(DefaultRoute { gateway, iface })
@@ -226,7 +221,7 @@ impl Reach {
             format!(
                 "{} answer{}",
                 join_addrs(&answered),
-                plural_s(answered.len())
+                by_count(answered.len(), "s", "")
             )
         };
         if !self.silent.is_empty() {
@@ -244,10 +239,6 @@ impl Reach {
         }
         Finding::new(Check::Reach, Status::Ok, summary)
     }
-}
-
-fn plural_s(n: usize) -> &'static str {
-    if n == 1 { "s" } else { "" }
 }
 
 /// `reach`: each routed target answers echo.

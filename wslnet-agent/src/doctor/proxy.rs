@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    ANSWER_TIMEOUT, Budget, Check, Finding, Status,
+    ANSWER_TIMEOUT, Budget, Check, Finding, Status, by_count,
     environment::{Environment, NetworkingMode},
 };
 
@@ -60,7 +60,7 @@ pub(crate) async fn check(env: &Environment, budget: &mut Budget) -> Finding {
             format!(
                 "{} accept{} connections",
                 good.join(", "),
-                if good.len() == 1 { "s" } else { "" }
+                by_count(good.len(), "s", "")
             ),
         );
     }
