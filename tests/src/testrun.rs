@@ -85,8 +85,13 @@ impl Harness {
         })
     }
 
-    /// The typed maps (to read learned destinations, for example).
-    pub fn maps(&mut self) -> &mut Maps {
+    /// The typed maps, to read (learned destinations, clamp entries).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The typed maps, to write entries the way the agent does.
+    pub fn maps_mut(&mut self) -> &mut Maps {
         &mut self.maps
     }
 
@@ -284,6 +289,20 @@ impl Harness {
     /// Runs the program once: output frame and verdict, nothing else read.
     pub fn run_raw(&self, dir: Direction, frame: &[u8], gso_size: u32) -> Result<(Vec<u8>, i32)> {
         self.run_raw_marked(dir, frame, gso_size, 0)
+    }
+
+    /// The loaded object: programs and maps by name, for what the typed maps do not cover (the
+    /// bench's reset programs write the learn cache).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The program of `dir`'s hook, for runs issued elsewhere (the bench's own
+    /// `BPF_PROG_TEST_RUN` calls, its program arrays).
+    pub fn program_fd(&self, dir: Direction) -> Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        let (_, prog) = self.program(dir)?;
+        Ok(prog.fd()?.as_fd())
     }
 
     /// The program of a hook, with its name.

@@ -504,7 +504,7 @@ fn l3_device_without_link_header_is_clamped() {
 
 #[test]
 fn egress_pure_syns_are_learned_syn_acks_are_not() {
-    let mut h = harness();
+    let h = harness();
     run(&h, Direction::Egress, &syn4(opt::mss(1460)), FAMILY_V4);
     run(&h, Direction::Egress, &syn4(opt::mss(1200)), FAMILY_V4);
     let synack = packets::tcp4_frame(
@@ -547,7 +547,7 @@ fn pin_to_current_cpu() {
 
 /// The SYN count and last-seen time of an IPv4 destination in the learned map as the agent
 /// reads it (held-back SYNs not included).
-fn learned_v4(h: &mut Harness, a: std::net::Ipv4Addr) -> Option<(u64, u64)> {
+fn learned_v4(h: &Harness, a: std::net::Ipv4Addr) -> Option<(u64, u64)> {
     h.maps()
         .learned()
         .into_iter()
@@ -557,7 +557,7 @@ fn learned_v4(h: &mut Harness, a: std::net::Ipv4Addr) -> Option<(u64, u64)> {
 
 #[test]
 fn repeated_syns_are_held_back_per_cpu_and_written_within_the_refresh_period() {
-    let mut h = harness();
+    let h = harness();
     pin_to_current_cpu();
     let a = addr::REMOTE4;
     let syn_to = |d: std::net::Ipv4Addr| {
@@ -575,16 +575,16 @@ fn repeated_syns_are_held_back_per_cpu_and_written_within_the_refresh_period() {
 
     // A destination new to this CPU is written at once.
     run(&h, Direction::Egress, &syn_to(a), FAMILY_V4);
-    let (syns, written_at) = learned_v4(&mut h, a).expect("learned at the first SYN");
+    let (syns, written_at) = learned_v4(&h, a).expect("learned at the first SYN");
     assert_eq!(syns, 1);
     // Repeats within the period are held back (the agent still sees 1).
     run(&h, Direction::Egress, &syn_to(a), FAMILY_V4);
     run(&h, Direction::Egress, &syn_to(a), FAMILY_V4);
-    assert_eq!(learned_v4(&mut h, a).unwrap().0, 1);
+    assert_eq!(learned_v4(&h, a).unwrap().0, 1);
     // Another destination taking the slot writes what was held back first.
     run(&h, Direction::Egress, &syn_to(b), FAMILY_V4);
-    assert_eq!(learned_v4(&mut h, a).unwrap().0, 3);
-    assert_eq!(learned_v4(&mut h, b).unwrap().0, 1);
+    assert_eq!(learned_v4(&h, a).unwrap().0, 3);
+    assert_eq!(learned_v4(&h, b).unwrap().0, 1);
 
     // Steady SYNs to one destination: written again within LEARN_REFRESH_JIFFIES (1.02 s at
     // HZ=250, 2.56 s at HZ=100), with every SYN counted.
@@ -598,7 +598,7 @@ fn repeated_syns_are_held_back_per_cpu_and_written_within_the_refresh_period() {
         std::thread::sleep(std::time::Duration::from_millis(50));
         run(&h, Direction::Egress, &syn_to(b), FAMILY_V4);
         sent += 1;
-        let (syns, last_seen) = learned_v4(&mut h, b).unwrap();
+        let (syns, last_seen) = learned_v4(&h, b).unwrap();
         if syns > 1 {
             break (syns, last_seen);
         }
@@ -673,15 +673,15 @@ fn clamp_table_changes_apply_to_the_next_packet() {
                 VPN_MTU - overhead,
             );
         }
-        h.maps().set_clamp(prefix(peer), 1400, static_).unwrap();
+        h.maps_mut().set_clamp(prefix(peer), 1400, static_).unwrap();
         assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1400 - overhead);
-        h.maps()
+        h.maps_mut()
             .set_clamp(ipnet::IpNet::from(peer), 1300, static_)
             .unwrap();
         assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1300 - overhead);
-        h.maps().remove_clamp(ipnet::IpNet::from(peer)).unwrap();
+        h.maps_mut().remove_clamp(ipnet::IpNet::from(peer)).unwrap();
         assert_clamped(&h, Direction::Egress, &syn, family, 1460, 1400 - overhead);
-        h.maps().remove_clamp(prefix(peer)).unwrap();
+        h.maps_mut().remove_clamp(prefix(peer)).unwrap();
         assert_unchanged(&h, Direction::Egress, &syn, family, &["syn", "no_clamp"]);
     }
 }
@@ -698,7 +698,7 @@ fn delete_clamp_says_whether_the_prefix_was_there() {
     ] {
         let [present, inside, elsewhere] =
             [present, inside, elsewhere].map(|n| n.parse::<ipnet::IpNet>().unwrap());
-        let maps = h.maps();
+        let maps = h.maps_mut();
         assert!(
             !maps.delete_clamp(inside).unwrap(),
             "{inside}: only its /16 or /32 is there"

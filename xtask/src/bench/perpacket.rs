@@ -28,17 +28,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::programs::SchedClassifier;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use wslnet_common::{
     Counters, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, IfaceConfig, L3_OFFSET_ETHERNET,
-    LearnCacheEntry, Peer, map_names, peer_cache_slot, peer_words, program_names,
+    LearnCacheEntry, Peer, map_names, peer_cache_slot, peer_words,
 };
 use wslnet_tests::{
     lab::VPN_MTU,
-    netns::{Bpffs, pin_thread},
+    netns::pin_thread,
     packets as p,
+    testrun::{Harness, TEST_IFINDEX},
 };
 
 use super::{
@@ -50,8 +50,6 @@ use super::{
     stats::{Summary, round},
 };
 
-/// The ifindex `BPF_PROG_TEST_RUN` gives the skb: the caller's loopback.
-const TEST_IFINDEX: u32 = 1;
 /// Counter slot configured for it.
 const SLOT: u32 = 1;
 /// Path MTU of the clamped prefixes (10.9.0.0/16 and fd00:9::/32).
@@ -364,13 +362,8 @@ fn moved(c: &Counters) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The loaded datapath with its maps, in a private bpffs.
-struct Datapath {
-    maps: wslnet_agent::maps::Maps,
-    ebpf: aya::Ebpf,
-    // Unmounted after the programs and maps are closed.
-    _fs: Bpffs,
-}
+/// The loaded datapath (the tests' TestRun harness) with the bench's interface and clamps.
+struct Datapath(Harness);
 
 impl Datapath {
     fn load() -> Result<Self> {
@@ -379,10 +372,8 @@ impl Datapath {
 
     /// Loads with the interface's `IfaceConfig::dscp` set to `dscp`.
     fn load_with_dscp(dscp: u8) -> Result<Self> {
-        let fs = Bpffs::new().context("mounting a private bpffs")?;
-        let mut ebpf = wslnet_agent::maps::load(fs.path(), 0)?;
-        wslnet_agent::attach::load_programs(&mut ebpf)?;
-        let mut maps = wslnet_agent::maps::Maps::open(fs.path())?;
+        let mut h = Harness::new().context("loading the datapath")?;
+        let maps = h.maps_mut();
         maps.set_iface(
             TEST_IFINDEX,
             IfaceConfig {
@@ -399,25 +390,15 @@ impl Datapath {
             let net: IpNet = net.parse()?;
             maps.set_clamp(net, CLAMP_MTU, wslnet_agent::maps::Origin::Static)?;
         }
-        Ok(Self {
-            maps,
-            ebpf,
-            _fs: fs,
-        })
+        Ok(Self(h))
     }
 
     fn prog(&self, ingress: bool) -> Result<BorrowedFd<'_>> {
-        let name = if ingress {
-            program_names::INGRESS
+        self.0.program_fd(if ingress {
+            wslnet_model::Direction::Ingress
         } else {
-            program_names::EGRESS
-        };
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .with_context(|| format!("program {name} missing"))?
-            .try_into()?;
-        Ok(prog.fd()?.as_fd())
+            wslnet_model::Direction::Egress
+        })
     }
 
     fn counters(&self, case: &Case) -> Result<Counters> {
@@ -426,7 +407,7 @@ impl Datapath {
         } else {
             DIR_EGRESS
         };
-        self.maps.counters(SLOT, dir, case.family)
+        self.0.counters(SLOT, dir, case.family)
     }
 }
 
@@ -454,7 +435,7 @@ fn destination_peer(case: &Case) -> Peer {
 
 /// SYNs recorded in the learned map, all destinations (held-back ones not included).
 fn learned_syns(dp: &Datapath) -> u64 {
-    dp.maps.learned().iter().map(|l| l.syns).sum()
+    dp.0.maps().learned().iter().map(|l| l.syns).sum()
 }
 
 /// Builds and checks the reset programs of a rewrite case: a 1000-repeat run ahead of wslnet
@@ -479,10 +460,10 @@ fn resets(
     let learn = if case.ingress {
         None
     } else {
-        let map = dp
-            .ebpf
-            .map(map_names::LEARN_CACHE)
-            .context("the learn cache map")?;
+        let map =
+            dp.0.ebpf()
+                .map(map_names::LEARN_CACHE)
+                .context("the learn cache map")?;
         let aya::maps::Map::PerCpuArray(data) = map else {
             bail!("{} is not a per-CPU array", map_names::LEARN_CACHE);
         };
