@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
-use wslnet_agent::config::AttachMode;
+use wslnet_agent::{config::AttachMode, fault::Fault};
 
 use crate::{
     lab::Lab,
@@ -90,6 +90,8 @@ impl RunFlag {
 pub struct AgentOptions {
     /// The flags, in command-line order.
     flags: Vec<RunFlag>,
+    /// A fault to inject ([`wslnet_agent::fault`], debug builds), or none.
+    fault: Option<Fault>,
 }
 
 impl AgentOptions {
@@ -126,6 +128,12 @@ impl AgentOptions {
         self
     }
 
+    /// These options, with `fault` injected into the agent.
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+
     /// The flags as `run`'s command line (after `run`; without `--pin-dir`, which
     /// [`run_command`] adds).
     pub fn args(&self) -> Vec<String> {
@@ -148,7 +156,11 @@ impl AgentOptions {
     /// to hundreds of interfaces; an upper bound, not a timing claim).
     pub fn start_within(&self, ns: &Netns, fs: &Bpffs, timeout: Duration) -> Result<Agent> {
         let pin_dir = fs.pin_dir();
-        let mut daemon = Daemon::start(run_command(ns, &[], &pin_dir, self.args()))?;
+        let mut cmd = run_command(ns, &[], &pin_dir, self.args());
+        if let Some(fault) = self.fault {
+            cmd.env(wslnet_agent::fault::ENV, fault.name());
+        }
+        let mut daemon = Daemon::start(cmd)?;
         daemon.wait_for_log(timeout, |l| l.contains(RUNNING_LINE))?;
         Ok(Agent {
             daemon,

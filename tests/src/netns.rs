@@ -327,6 +327,22 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its exit status.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("already stopped")?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                bail!("still running after {timeout:?}; log:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) and waits up to `timeout` for the exit status.
     pub fn signal_and_wait(
         &mut self,
@@ -336,20 +352,8 @@ impl Daemon {
         let child = self.child.as_mut().context("already stopped")?;
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status);
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "still running {timeout:?} after signal {signal}; log:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for_exit(timeout)
+            .with_context(|| format!("after signal {signal}"))
     }
 }
 

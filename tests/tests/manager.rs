@@ -1,10 +1,14 @@
-//! The path-MTU manager inside `run`, in the black-hole lab: when it searches again. A network
-//! change that arrives while a destination is being measured is not lost, and a destination
-//! that never answers is searched ever less often instead of every interval forever.
+//! The path-MTU manager inside `run`, in the black-hole lab: when it searches again, and what
+//! happens when it fails. A network change that arrives while a destination is being measured
+//! is not lost, and a destination that never answers is searched ever less often instead of
+//! every interval forever. Faults injected into the debug build ([`wslnet_agent::fault`]): a
+//! panicking probe job is counted and its destination measured again; a panicking manager ends
+//! `run` with a failure (systemd restarts it); a hung manager makes `/healthz` unhealthy.
 
+use wslnet_agent::{fault::Fault, health::MANAGER_STALL};
 use wslnet_tests::{
     agent::{Agent, AgentOptions, RunFlag, sample},
-    lab::{Lab, SRV_V4},
+    lab::{Lab, SRV_V4, VPN_MTU},
     netns::{PATIENCE, require_root, wait_until},
 };
 
@@ -68,4 +72,56 @@ fn a_destination_that_never_answers_is_searched_ever_less_often() {
     lab.drop_icmp_echo(false).unwrap();
     agent.wait_for_path_mtu(SRV_V4, 1500, PATIENCE);
     assert_eq!(unreachable(), Some(0.0));
+}
+
+#[test]
+fn a_panicking_probe_job_is_counted_and_its_destination_measured_again() {
+    require_root();
+    let lab = Lab::new(VPN_MTU).unwrap();
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with(RunFlag::RecheckInterval(1))
+        .with_fault(Fault::JobPanic)
+        .start_in_lab(&lab)
+        .unwrap();
+    wait_for_log(&agent, "a path-MTU job failed");
+    agent.wait_for_path_mtu(SRV_V4, VPN_MTU, PATIENCE);
+    let panicked = sample(
+        &agent.metrics().unwrap(),
+        "wslnet_probe_searches_total",
+        &[("outcome", "panicked")],
+    );
+    assert_eq!(panicked, Some(1.0));
+}
+
+#[test]
+fn a_panicking_manager_ends_run_with_a_failure() {
+    require_root();
+    let lab = Lab::new(VPN_MTU).unwrap();
+    let mut agent = AgentOptions::measuring(SRV_V4)
+        .with_fault(Fault::ManagerPanic)
+        .start_in_lab(&lab)
+        .unwrap();
+    let status = agent.daemon.wait_for_exit(PATIENCE).unwrap();
+    let log = agent.daemon.log();
+    assert!(!status.success(), "{status}; log:\n{log}");
+    assert!(log.contains("the path-MTU manager ended"), "{log}");
+}
+
+#[test]
+fn a_hung_manager_makes_healthz_unhealthy() {
+    require_root();
+    let lab = Lab::new(VPN_MTU).unwrap();
+    let agent = AgentOptions::measuring(SRV_V4)
+        .with_fault(Fault::ManagerStall)
+        .start_in_lab(&lab)
+        .unwrap();
+    let body = wait_until(MANAGER_STALL + PATIENCE, "/healthz answering 503", || {
+        let (code, body) = agent.healthz().ok()?;
+        (code == 503).then_some(body)
+    })
+    .unwrap();
+    assert!(
+        body.contains("the path-MTU manager has not run for"),
+        "{body}"
+    );
 }

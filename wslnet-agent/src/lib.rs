@@ -23,6 +23,7 @@
 //! - [`metrics`]: Prometheus metrics and the HTTP endpoint;
 //! - [`privileges`]: the capabilities `run` keeps once the datapath is loaded;
 //! - [`health`]: what `/healthz` says (the manager turning, the datapath in place);
+//! - [`fault`]: faults a test injects into a debug build (a panicking job, a hung manager);
 //! - [`status`]: what `status` shows, read from the pins;
 //! - [`check`]: what `check` checks (kernel, permissions);
 //! - [`doctor`]: the WSL troubleshooting flow (route, DNS, proxy, path MTU, the agent).
@@ -47,6 +48,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod doctor;
+pub mod fault;
 pub mod health;
 pub mod ifaces;
 pub mod maps;

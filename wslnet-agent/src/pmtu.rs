@@ -37,6 +37,7 @@ use wslnet_common::{IfaceConfig, LearnedKey};
 
 use crate::{
     config::Config,
+    fault::Fault,
     maps::Origin,
     prober::{self, SearchOptions},
     shared::Shared,
@@ -461,6 +462,12 @@ impl Manager {
                     self.start_due_jobs();
                 }
                 _ = tick.tick() => {
+                    if Fault::ManagerPanic.strikes() {
+                        panic!("injected fault: {}", Fault::ManagerPanic.name());
+                    }
+                    if Fault::ManagerStall.strikes() {
+                        std::future::pending::<()>().await;
+                    }
                     self.shared.health.manager_beat();
                     self.start_due_jobs();
                 }
@@ -722,6 +729,9 @@ impl Manager {
                     )
                 }),
                 _ => self.jobs.spawn(async move {
+                    if Fault::JobPanic.strikes() {
+                        panic!("injected fault: {}", Fault::JobPanic.name());
+                    }
                     (addr, JobResult::Searched(prober::search(addr, &opts).await))
                 }),
             };
