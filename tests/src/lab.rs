@@ -68,6 +68,12 @@ pub const ZT_MTU: u16 = 2800;
 pub const VPN_MTU: u16 = 1372;
 /// Name of the bottleneck link's interface in both routers.
 pub const WAN_IFACE: &str = "wan0";
+/// Name of the wide second link between `wsl` and `vpn` ([`Lab::vpn_for_user_only`]).
+pub const WIDE_IFACE: &str = "wide0";
+/// `wsl`'s address on the wide second link.
+pub const WIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 5, 2);
+/// The routing table of the per-user VPN ([`Lab::vpn_for_user_only`]).
+pub const USER_VPN_TABLE: u32 = 100;
 /// Name of the return link's interface in both routers ([`Lab::set_return_path`]).
 pub const RETURN_IFACE: &str = "ret0";
 
@@ -283,6 +289,24 @@ impl Lab {
              ip route add default via {CONTAINER_GW}"
         ))?;
         Ok(ctr)
+    }
+
+    /// Makes the bottleneck a VPN for one user: only `uid`'s traffic from `wsl` goes through it
+    /// (policy routing, `ip rule add uidrange UID-UID lookup` [`USER_VPN_TABLE`]); everything
+    /// else, the agent's own probes included, reaches `srv`'s network over a second, wide link
+    /// ([`WIDE_IFACE`], `wsl` -- `vpn`, 1500 bytes, [`WIDE_V4`]). IPv4 only.
+    pub fn vpn_for_user_only(&self, uid: u32) -> Result<()> {
+        veth(&self.wsl, WIDE_IFACE, &self.vpn, WIDE_IFACE)?;
+        self.vpn
+            .sh(&format!("ip addr add 10.77.5.1/24 dev {WIDE_IFACE}"))?;
+        let w = &self.wsl_iface;
+        self.wsl.sh(&format!(
+            "ip addr add {WIDE_V4}/24 dev {WIDE_IFACE}
+             ip route add 10.77.3.0/24 via 10.77.5.1 dev {WIDE_IFACE} src {WIDE_V4}
+             ip route add default via 10.77.1.1 dev {w} table {USER_VPN_TABLE}
+             ip rule add uidrange {uid}-{uid} lookup {USER_VPN_TABLE}"
+        ))?;
+        Ok(())
     }
 
     /// `wsl`'s address of the given family.

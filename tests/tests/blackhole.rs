@@ -1,8 +1,9 @@
 //! End to end through the black-hole lab with real clients (curl, openssl s_client, ssh) and
 //! real servers (python http.server, openssl s_server, OpenSSH): they stall without wslnet and
 //! pass with it, over IPv4 and IPv6, behind eth0 and behind a ZeroTier-like `zt` interface, for
-//! 200 concurrent downloads, across a VPN connecting and disconnecting, and on first contact
-//! with new addresses (also from a container behind the VM's own NAT).
+//! 200 concurrent downloads, across a VPN connecting and disconnecting, on first contact with
+//! new addresses (also from a container behind the VM's own NAT), and behind a VPN that carries
+//! one user's traffic only.
 
 use std::{
     net::IpAddr,
@@ -250,6 +251,42 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
     assert!(sample(&m, "wslnet_probe_searches_total", &[("outcome", "found")]).unwrap() >= 1.0);
     assert!(sample(&m, "wslnet_probe_packets_total", &[]).unwrap() > 0.0);
     assert_eq!(sample(&m, "wslnet_learned_destinations", &[]), Some(1.0));
+}
+
+/// A VPN for one user only (policy routing by uid, as split-tunnel VPN clients set it up): that
+/// user's connections cross the 1372 black hole, everything else, the agent included, takes a
+/// wide second link. The datapath records who owns the socket of each SYN, the agent probes
+/// along that user's route and clamps 1372, and the user's download passes. (Before, the agent
+/// probed along its own route, found 1500, and the user's connections kept stalling.)
+#[test]
+fn a_vpn_for_one_user_is_measured_along_that_users_route() {
+    const USER: u32 = 1000;
+    let (lab, servers) = lab_with_servers(VPN_MTU);
+    lab.vpn_for_user_only(USER).unwrap();
+    let agent = AgentOptions::eth0().start_in_lab(&lab).unwrap();
+    let download = |timeout: Duration| {
+        let t = timeout.as_secs().max(1);
+        let out = lab
+            .wsl
+            .sh_output(&format!(
+                "setpriv --reuid {USER} --regid {USER} --clear-groups \
+                 curl -sS --max-time {t} -o /dev/null -w '%{{size_download}}' '{}'",
+                servers.http.url(SRV_V4.into())
+            ))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (text.trim() == servers.http.size.to_string(), text)
+    };
+    // The first attempt stalls (nothing is known yet), but its SYN teaches the agent.
+    let _first = download(Duration::from_secs(2));
+    let entry = wait_until(Duration::from_secs(30), "a probed clamp for srv", || {
+        host_clamp(&agent.status().ok()?, SRV_V4.into())
+    })
+    .unwrap();
+    assert_eq!(entry["mtu"], VPN_MTU, "{entry}");
+    let (ok, text) = download(PASS_TIMEOUT);
+    assert!(ok, "the user's download: {text}");
 }
 
 /// The first-contact clamp, set by flag, is what a destination never measured gets: with no

@@ -131,6 +131,8 @@ pub struct Learned {
     /// Destination port of its first SYN (a service it runs); `None` if the datapath could not
     /// read it.
     pub port: Option<u16>,
+    /// User owning the socket of its latest SYN; `None` without a local socket (forwarded).
+    pub uid: Option<u32>,
 }
 
 impl Learned {
@@ -143,6 +145,7 @@ impl Learned {
             syns: v.syns,
             ifindex: v.ifindex,
             port: Some(u16::from_be(v.port_be)).filter(|&p| p != 0),
+            uid: Some(v.uid).filter(|&u| u != wslnet_common::NO_SOCKET_UID),
         }
     }
 }

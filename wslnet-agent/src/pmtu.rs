@@ -171,6 +171,7 @@ impl Settings {
             o.min_mtu = Some(self.min_mtu_v4);
         }
         o.tcp_port = o.tcp_port.or(d.tcp_port);
+        o.uid = d.uid;
         // A full search always checks with TCP; a re-check only where echo is known to
         // mislead (TCP set the result) or a connection just stalled.
         o.tcp_check &= d.search || d.tcp_limited || d.symptom;
@@ -210,6 +211,9 @@ struct Dest {
     /// Searches in a row that got no answer at all (0 once one does): sets the wait before
     /// the next ([`unreachable_wait`]).
     unreachable_streak: u32,
+    /// The user whose connections it was learned from (the latest SYN's socket owner): its
+    /// probes follow that user's route. `None` for configured targets and forwarded traffic.
+    uid: Option<u32>,
 }
 
 impl Dest {
@@ -233,6 +237,15 @@ impl Dest {
             symptom: false,
             changed_during_job: false,
             unreachable_streak: 0,
+            uid: None,
+        }
+    }
+
+    /// A destination learned from `l`, its latest SYN, not measured yet, due now.
+    fn learned(l: &crate::maps::Learned) -> Self {
+        Self {
+            uid: l.uid,
+            ..Self::new(false, Some(l.ifindex), l.last_seen_jiffies, l.port)
         }
     }
 }
@@ -522,6 +535,9 @@ impl Manager {
             d.ifindex = Some(l.ifindex);
             d.last_syn_jiffies = l.last_seen_jiffies;
             d.tcp_port = d.tcp_port.or(l.port);
+            if !d.configured {
+                d.uid = l.uid;
+            }
             return;
         }
         if !probe_worthy(l.addr) {
@@ -558,15 +574,7 @@ impl Manager {
                 .expect("not empty");
             self.pending.remove(&newest.addr);
             self.evict_if_full();
-            self.dests.insert(
-                newest.addr,
-                Dest::new(
-                    false,
-                    Some(newest.ifindex),
-                    newest.last_seen_jiffies,
-                    newest.port,
-                ),
-            );
+            self.dests.insert(newest.addr, Dest::learned(&newest));
         }
         self.shared.metrics.pending.set(self.pending.len() as i64);
     }

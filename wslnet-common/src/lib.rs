@@ -14,7 +14,7 @@
 pub mod proto;
 
 /// Bumped whenever a map layout changes; the agent refuses to adopt pins of another version.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Map names as they appear in the eBPF object and as files under the pin directory.
 pub mod map_names {
@@ -504,7 +504,19 @@ pub struct LearnedDest {
     pub port_be: u16,
     /// Reserved, 0.
     pub reserved: u16,
+    /// User id owning the local socket of the latest SYN (`bpf_get_socket_uid`), up to
+    /// [`LEARN_REFRESH_JIFFIES`] late: policy routing by user (`ip rule ... uidrange`) may send
+    /// that user's traffic another way than the agent's, and the agent probes that way. The
+    /// kernel's overflow uid ([`NO_SOCKET_UID`]) when the SYN had no local socket (forwarded,
+    /// e.g. from a container).
+    pub uid: u32,
+    /// Reserved, 0.
+    pub reserved2: u32,
 }
+
+/// What `bpf_get_socket_uid` returns for a packet without a full local socket: the kernel's
+/// overflow uid (`kernel.overflowuid`, 65534 unless changed, the user `nobody`).
+pub const NO_SOCKET_UID: u32 = 65534;
 
 /// One slot of the datapath's per-CPU learn cache ([`map_names::LEARN_CACHE`]): what this CPU
 /// last wrote into the learned map for one destination, and the SYNs to it held back since.
@@ -649,7 +661,7 @@ plain_old_data! {
     IfaceConfig = 16,
     PathMtu = 4,
     LearnedKey = 20,
-    LearnedDest = 32,
+    LearnedDest = 40,
     Globals = 16,
     ReflectEvent = 16 + REFLECT_QUOTE,
     LearnCacheEntry = 32,

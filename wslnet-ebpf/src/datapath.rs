@@ -3,7 +3,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_jiffies64, bpf_skb_load_bytes},
+    helpers::{bpf_get_socket_uid, bpf_jiffies64, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
@@ -560,6 +560,9 @@ fn learn(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32) {
 #[inline(always)]
 fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32, now: u64) {
     let key = learned_key(ip.family, peer);
+    // SAFETY: the helper reads the socket of the program's own skb context, which is valid for
+    // the run; it returns the overflow uid when there is none.
+    let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr() as *mut _) };
     match WSLNET_LEARNED.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: a pointer from a successful lookup is valid for the program's run; racing
@@ -568,6 +571,7 @@ fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32,
                 (*entry).last_seen_jiffies = now;
                 (*entry).syns += syns as u64;
                 (*entry).ifindex = ifindex;
+                (*entry).uid = uid;
             }
         }
         None => {
@@ -578,6 +582,8 @@ fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32,
                 ifindex,
                 port_be: packet::read::<u16>(ctx, ip.l4 + TCP_DPORT_OFFSET).unwrap_or(0),
                 reserved: 0,
+                uid,
+                reserved2: 0,
             };
             if WSLNET_LEARNED.insert(&key, &entry, 0).is_ok() {
                 // A full ring only delays the agent until its next scan of the map.

@@ -15,6 +15,12 @@ pub struct ProbeArgs {
     /// Send probes out of this interface; the upper bound becomes its MTU.
     #[arg(long, value_name = "NAME")]
     pub iface: Option<String>,
+    /// Measure the path this user's traffic takes: where policy routing (`ip rule ... uidrange`)
+    /// sends it out of another interface than this command's own, probe out of that interface,
+    /// from its route's source address (what `run` does for a destination it learned from that
+    /// user's connections).
+    #[arg(long, value_name = "UID", conflicts_with = "iface")]
+    pub uid: Option<u32>,
     /// Lower bound in bytes (IPv4 default 552; IPv6 is always at least 1280).
     #[arg(long, value_name = "N")]
     pub min_mtu: Option<u16>,
@@ -73,6 +79,7 @@ async fn probe(args: ProbeArgs) -> Result<()> {
         // A running agent's clamp may cap the TCP fallback's sizes; `run` registers its own
         // probes, this command does not touch the agent's maps.
         tcp_hook: None,
+        uid: args.uid,
     };
     if let Some(mtu) = args.recheck {
         let r = recheck(target, mtu, &opts).await?;

@@ -63,9 +63,9 @@ pub(crate) struct IcmpProber {
 }
 
 impl IcmpProber {
-    /// Opens and configures the socket (connected to `target`, bound to `iface` if given).
-    /// Must be called inside a tokio runtime.
-    pub fn open(target: IpAddr, iface: Option<&str>) -> Result<Self> {
+    /// Opens and configures the socket (connected to `target`, bound to `iface` and sending
+    /// from `source` if given). Must be called inside a tokio runtime.
+    pub fn open(target: IpAddr, iface: Option<&str>, source: Option<IpAddr>) -> Result<Self> {
         let v6 = target.is_ipv6();
         let (domain, proto) = if v6 {
             (Domain::IPV6, Protocol::ICMPV6)
@@ -94,6 +94,10 @@ impl IcmpProber {
         if let Some(name) = iface {
             sock.bind_device(Some(name.as_bytes()))
                 .with_context(|| format!("binding the ICMP socket to interface {name:?}"))?;
+        }
+        if let Some(src) = source {
+            sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .with_context(|| format!("sending ICMP probes from {src}"))?;
         }
         // The same three options, by family: ignore the cached path MTU (DF set), queue ICMP
         // errors about our probes, tell the largest fragment of a reply.

@@ -146,6 +146,11 @@ pub struct SearchOptions {
     pub max_probes_per_sec: u32,
     /// Told of every TCP probe connection (`None`: nobody needs to know).
     pub tcp_hook: Option<ProbeHook>,
+    /// The user whose traffic to the target is measured (the owner of the connections' sockets,
+    /// as the datapath saw them): where policy routing (`ip rule ... uidrange`) sends that
+    /// user's traffic out of another interface than ours, the probes go that way, from that
+    /// route's source address. `None`: along this process's own route.
+    pub uid: Option<u32>,
 }
 
 impl Default for SearchOptions {
@@ -161,6 +166,7 @@ impl Default for SearchOptions {
             retries: 1,
             max_probes_per_sec: 200,
             tcp_hook: None,
+            uid: None,
         }
     }
 }
@@ -267,7 +273,7 @@ pub struct Echo {
 /// Whether `target` answers ICMP echo of `ping`'s size: `1 + retries` requests, one wait of
 /// `timeout` for the reply. Errors only on local problems (no ICMP socket allowed).
 pub async fn echo(target: IpAddr, retries: u32, timeout: Duration) -> Result<Echo> {
-    let mut p = icmp::IcmpProber::open(target, None)?;
+    let mut p = icmp::IcmpProber::open(target, None, None)?;
     let opts = SearchOptions {
         retries,
         round_timeout: timeout,
@@ -289,7 +295,8 @@ pub async fn echo(target: IpAddr, retries: u32, timeout: Duration) -> Result<Ech
 
 /// The egress interface (name, MTU in bytes) of the route to `target`, like `ip route get`.
 pub async fn egress(target: IpAddr) -> Result<(String, u32)> {
-    route::egress(target, None).await
+    let e = route::egress(target, None, None).await?;
+    Ok((e.iface, e.mtu))
 }
 
 /// One-shot search for the path MTU (bytes) to `target`; see the module docs for the method.
@@ -302,7 +309,7 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
     let mut st = Stats::default();
     let mut limiter = RateLimiter::new(opts.max_probes_per_sec);
     let mut return_fragments = None;
-    let mut found = match icmp::IcmpProber::open(target, opts.iface.as_deref()) {
+    let mut found = match icmp::IcmpProber::open(target, bounds.bind.as_deref(), bounds.source) {
         Ok(mut p) => {
             let mut found = run_search(&mut p, &bounds, opts, &mut limiter, &mut st).await?;
             if let (Some((mtu, _)), Some(f)) = (found, p.return_fragments())
@@ -337,7 +344,7 @@ pub async fn search(target: IpAddr, opts: &SearchOptions) -> Result<SearchReport
     };
     let mut tcp_checked = false;
     if let Some(port) = opts.tcp_port {
-        let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
+        let mut p = tcp::TcpProber::new(target, port, bounds.bind.clone(), bounds.source);
         match found {
             None => {
                 tracing::debug!(%target, port, "no ICMP echo answered; trying TCP");
@@ -456,7 +463,7 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
     let mut st = Stats::default();
     let mut out = None;
     let mut return_limit = u16::MAX;
-    match icmp::IcmpProber::open(target, opts.iface.as_deref()) {
+    match icmp::IcmpProber::open(target, bounds.bind.as_deref(), bounds.source) {
         Ok(mut p) => {
             out = answered_round(&mut p, &sizes, opts, &mut limiter, &mut st).await?;
             return_limit = p.return_mtu().unwrap_or(u16::MAX);
@@ -480,7 +487,7 @@ pub async fn recheck(target: IpAddr, mtu: u16, opts: &SearchOptions) -> Result<R
                 .filter(|&s| s <= mtu.saturating_add(1))
                 .collect()
         };
-        let mut p = tcp::TcpProber::new(target, port, opts.iface.clone());
+        let mut p = tcp::TcpProber::new(target, port, bounds.bind.clone(), bounds.source);
         tcp_round = answered_round(&mut p, &tcp_sizes, opts, &mut limiter, &mut st).await?;
     }
     let passes = |s: u16| {
@@ -519,12 +526,17 @@ async fn answered_round<P: Prober>(
     Ok(None)
 }
 
-/// Bounds of one search (bytes) and the egress interface.
+/// Bounds of one search (bytes), the egress interface, and where the probes leave from.
 #[derive(Debug, Clone)]
 pub(crate) struct Bounds {
     pub lower: u16,
     pub upper: u16,
     pub iface: String,
+    /// The interface probes are bound to (`SO_BINDTODEVICE`): [`SearchOptions::iface`], or the
+    /// interface of the route a [`SearchOptions::uid`] takes where it differs from ours.
+    pub bind: Option<String>,
+    /// The source address probes are sent from (the uid's route's), `None`: the kernel's choice.
+    pub source: Option<IpAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -972,6 +984,8 @@ mod tests {
             lower,
             upper,
             iface: "eth0".into(),
+            bind: None,
+            source: None,
         };
         let opts = SearchOptions {
             retries,
@@ -1117,6 +1131,8 @@ mod tests {
             lower,
             upper: 1500,
             iface: "eth0".into(),
+            bind: None,
+            source: None,
         };
         let opts = SearchOptions::default();
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -8,36 +8,58 @@ use rtnetlink::{
     RouteMessageBuilder,
     packet_route::{
         link::{LinkAttribute, LinkMessage},
-        route::{RouteAttribute, RouteType},
+        route::{RouteAddress, RouteAttribute, RouteType},
     },
 };
 
 use super::{Bounds, DEFAULT_MIN_MTU_V4, MIN_MTU_V4_ABSOLUTE, MIN_MTU_V6, SearchOptions, sys};
 
-/// Egress interface (name, MTU in bytes) for `target`, or of `iface` when given.
-pub(crate) async fn egress(target: IpAddr, iface: Option<&str>) -> Result<(String, u32)> {
-    match netlink_egress(target, iface).await {
+/// Where probes to a target leave: the egress interface of the route, its MTU and the
+/// source address the route picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Egress {
+    /// Interface name (`?` when only the route's MTU could be found).
+    pub iface: String,
+    /// Its MTU in bytes.
+    pub mtu: u32,
+    /// The route's preferred source address, if it names one.
+    pub source: Option<IpAddr>,
+}
+
+/// The egress of the route to `target` as user `uid` would get it (`ip route get TARGET uid
+/// UID`: policy rules with `uidrange` apply; `None`: as this process), or of `iface` when given.
+pub(crate) async fn egress(
+    target: IpAddr,
+    iface: Option<&str>,
+    uid: Option<u32>,
+) -> Result<Egress> {
+    match netlink_egress(target, iface, uid).await {
         Ok(v) => Ok(v),
-        Err(e) if iface.is_none() && !e.is::<super::LocalTarget>() => {
+        Err(e) if iface.is_none() && uid.is_none() && !e.is::<super::LocalTarget>() => {
             // No usable netlink (unusual): the route's MTU from a connected UDP socket.
             tracing::debug!(error = %format!("{e:#}"), "rtnetlink route lookup failed; using IP_MTU");
             let mtu = socket_route_mtu(target).with_context(|| {
                 format!("finding the egress interface for {target} (rtnetlink failed: {e:#})")
             })?;
-            Ok(("?".into(), mtu))
+            Ok(Egress {
+                iface: "?".into(),
+                mtu,
+                source: None,
+            })
         }
         Err(e) => Err(e),
     }
 }
 
-async fn netlink_egress(target: IpAddr, iface: Option<&str>) -> Result<(String, u32)> {
+async fn netlink_egress(target: IpAddr, iface: Option<&str>, uid: Option<u32>) -> Result<Egress> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     let task = tokio::spawn(conn);
     let result = async {
+        let mut source = None;
         let mut links = if let Some(name) = iface {
             handle.link().get().match_name(name.to_owned()).execute()
         } else {
-            let msg = match target {
+            let mut msg = match target {
                 IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
                     .destination_prefix(a, 32)
                     .build(),
@@ -45,6 +67,7 @@ async fn netlink_egress(target: IpAddr, iface: Option<&str>) -> Result<(String, 
                     .destination_prefix(a, 128)
                     .build(),
             };
+            msg.attributes.extend(uid.map(RouteAttribute::Uid));
             let route = handle
                 .route()
                 .get(msg)
@@ -58,14 +81,19 @@ async fn netlink_egress(target: IpAddr, iface: Option<&str>) -> Result<(String, 
             if route.header.kind == RouteType::Local {
                 return Err(super::LocalTarget(target).into());
             }
-            let oif = route
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                })
-                .with_context(|| format!("the route to {target} has no output interface"))?;
+            let mut oif = None;
+            for a in &route.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(a)) => source = Some((*a).into()),
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(a)) => {
+                        source = Some((*a).into())
+                    }
+                    _ => {}
+                }
+            }
+            let oif =
+                oif.with_context(|| format!("the route to {target} has no output interface"))?;
             handle.link().get().match_index(oif).execute()
         };
         let link: LinkMessage = links
@@ -86,7 +114,11 @@ async fn netlink_egress(target: IpAddr, iface: Option<&str>) -> Result<(String, 
             }
         }
         let mtu = mtu.with_context(|| format!("interface {name} reports no MTU"))?;
-        Ok::<_, anyhow::Error>((name, mtu))
+        Ok::<_, anyhow::Error>(Egress {
+            iface: name,
+            mtu,
+            source,
+        })
     }
     .await;
     task.abort();
@@ -110,8 +142,31 @@ fn socket_route_mtu(target: IpAddr) -> Result<u32> {
 }
 
 /// Lower and upper bound (bytes) of a search to `target` with `opts`.
+///
+/// With [`SearchOptions::uid`] and no interface given, the route is the one that user's traffic
+/// takes; where it leaves through another interface than this process's own would, the probes
+/// are sent out of that interface from its source address ([`Bounds::bind`], [`Bounds::source`]).
 pub(crate) async fn bounds(target: IpAddr, opts: &SearchOptions) -> Result<Bounds> {
-    let (iface, dev_mtu) = egress(target, opts.iface.as_deref()).await?;
+    let own = egress(target, opts.iface.as_deref(), None).await?;
+    let theirs = match opts.uid {
+        Some(uid) if opts.iface.is_none() => {
+            let theirs = egress(target, None, Some(uid)).await?;
+            (theirs.iface != own.iface).then(|| {
+                tracing::debug!(%target, uid, iface = %theirs.iface, "the user's traffic takes another route: probing along it");
+                theirs
+            })
+        }
+        _ => None,
+    };
+    let (bind, source) = match &theirs {
+        Some(t) => (Some(t.iface.clone()), t.source),
+        None => (opts.iface.clone(), None),
+    };
+    let Egress {
+        iface,
+        mtu: dev_mtu,
+        ..
+    } = theirs.unwrap_or(own);
     let dev_mtu = dev_mtu.min(u32::from(u16::MAX)) as u16;
     let mut upper = dev_mtu;
     if let Some(m) = opts.max_mtu {
@@ -142,5 +197,7 @@ pub(crate) async fn bounds(target: IpAddr, opts: &SearchOptions) -> Result<Bound
         lower,
         upper,
         iface,
+        bind,
+        source,
     })
 }

@@ -38,6 +38,8 @@ const JUDGE_MAX: Duration = Duration::from_secs(3);
 pub(crate) struct TcpProber {
     target: SocketAddr,
     iface: Option<String>,
+    /// Source address of the connections (`None`: the kernel's choice).
+    source: Option<IpAddr>,
     /// This round's probe connections, each ending with its size and outcome.
     inflight: FuturesUnordered<BoxFuture<'static, (u16, Outcome)>>,
     /// Sizes of this round with a connection the service took (it acknowledged the first
@@ -70,10 +72,11 @@ enum Outcome {
 }
 
 impl TcpProber {
-    pub fn new(target: IpAddr, port: u16, iface: Option<String>) -> Self {
+    pub fn new(target: IpAddr, port: u16, iface: Option<String>, source: Option<IpAddr>) -> Self {
         Self {
             target: SocketAddr::new(target, port),
             iface,
+            source,
             inflight: FuturesUnordered::new(),
             connected: Arc::default(),
         }
@@ -124,14 +127,15 @@ impl TcpProber {
         }
         sock.set_tcp_nodelay(true)?;
         sock.set_linger(Some(Duration::ZERO))?;
-        // The local port must be known before the SYN leaves: bind first (any address, a port
-        // of the kernel's choice), then announce, then connect.
-        let any: SocketAddr = if v6 {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        // The local port must be known before the SYN leaves: bind first (the source address
+        // or any, a port of the kernel's choice), then announce, then connect.
+        let unspecified: IpAddr = if v6 {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
         } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            std::net::Ipv4Addr::UNSPECIFIED.into()
         };
-        sock.bind(&SockAddr::from(any))?;
+        let local = SocketAddr::new(self.source.unwrap_or(unspecified), 0);
+        sock.bind(&SockAddr::from(local))?;
         let announced = match hook {
             Some(hook) => {
                 let local_port = sock.local_addr()?.as_socket().map_or(0, |a| a.port());

@@ -147,7 +147,8 @@ pub fn run(s: Settings) -> Result<Footprint> {
             syns: 1,
             ifindex,
             port_be: 443u16.to_be(),
-            reserved: 0,
+            uid: 0,
+            ..LearnedDest::default()
         };
         maps.learned
             .insert(&learned_key(addr.into()), &v, 0)
