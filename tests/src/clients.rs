@@ -60,9 +60,12 @@ print(\"done\", len(data.split(b\"\\r\\n\\r\\n\", 1)[1]))
     (done, start.elapsed())
 }
 
+/// Port of the HTTP server of [`Servers`].
+pub const HTTP_PORT: u16 = 8080;
+
 /// The servers of a lab started for the clients.
 pub struct Servers {
-    /// HTTP on port 8080 serving a 400 KB file.
+    /// HTTP on port [`HTTP_PORT`] serving a 400 KB file.
     pub http: HttpServer,
     /// TLS on port 8443 with a 4096-bit RSA certificate.
     pub tls: TlsServer,
@@ -74,7 +77,7 @@ impl Servers {
     /// Starts the three servers in the lab's `srv`.
     pub fn start(lab: &Lab) -> Result<Self> {
         Ok(Self {
-            http: lab.start_http(8080)?,
+            http: lab.start_http(HTTP_PORT)?,
             tls: lab.start_tls(8443)?,
             ssh: lab.start_sshd(2222)?,
         })

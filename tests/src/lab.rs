@@ -68,11 +68,34 @@ pub const ZT_MTU: u16 = 2800;
 pub const VPN_MTU: u16 = 1372;
 /// Name of the bottleneck link's interface in both routers.
 pub const WAN_IFACE: &str = "wan0";
-/// Name of the wide second link between `wsl` and `vpn` ([`Lab::vpn_for_user_only`]).
+/// Name of the wide second link between `wsl` and `vpn` ([`Lab::vpn_only_for`]).
 pub const WIDE_IFACE: &str = "wide0";
 /// `wsl`'s address on the wide second link.
 pub const WIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 5, 2);
-/// The routing table of the per-user VPN ([`Lab::vpn_for_user_only`]).
+/// What the split-tunnel VPN of [`Lab::vpn_only_for`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VpnSelector {
+    /// This user's traffic (`ip rule ... uidrange`).
+    User(u32),
+    /// Traffic with this firewall mark (`ip rule ... fwmark`), which `wsl`'s nftables sets on
+    /// the traffic of user `uid` (`meta skuid`).
+    MarkOfUser { mark: u32, uid: u32 },
+    /// TCP to this port (`ip rule ... ipproto tcp dport`).
+    TcpPort(u16),
+}
+
+impl VpnSelector {
+    /// The selector as `ip rule` takes it.
+    fn rule(self) -> String {
+        match self {
+            Self::User(uid) => format!("uidrange {uid}-{uid}"),
+            Self::MarkOfUser { mark, .. } => format!("fwmark {mark:#x}"),
+            Self::TcpPort(port) => format!("ipproto tcp dport {port}"),
+        }
+    }
+}
+
+/// The routing table of the split-tunnel VPN ([`Lab::vpn_only_for`]).
 pub const USER_VPN_TABLE: u32 = 100;
 /// Name of the return link's interface in both routers ([`Lab::set_return_path`]).
 pub const RETURN_IFACE: &str = "ret0";
@@ -291,11 +314,11 @@ impl Lab {
         Ok(ctr)
     }
 
-    /// Makes the bottleneck a VPN for one user: only `uid`'s traffic from `wsl` goes through it
-    /// (policy routing, `ip rule add uidrange UID-UID lookup` [`USER_VPN_TABLE`]); everything
-    /// else, the agent's own probes included, reaches `srv`'s network over a second, wide link
-    /// ([`WIDE_IFACE`], `wsl` -- `vpn`, 1500 bytes, [`WIDE_V4`]). IPv4 only.
-    pub fn vpn_for_user_only(&self, uid: u32) -> Result<()> {
+    /// Makes the bottleneck a VPN for some traffic only, chosen by policy routing as
+    /// split-tunnel VPN clients do it (`ip rule add SELECTOR lookup` [`USER_VPN_TABLE`]):
+    /// everything else from `wsl`, the agent's own probes included, reaches `srv`'s network over
+    /// a second, wide link ([`WIDE_IFACE`], `wsl` -- `vpn`, 1500 bytes, [`WIDE_V4`]). IPv4 only.
+    pub fn vpn_only_for(&self, selector: VpnSelector) -> Result<()> {
         veth(&self.wsl, WIDE_IFACE, &self.vpn, WIDE_IFACE)?;
         self.vpn
             .sh(&format!("ip addr add 10.77.5.1/24 dev {WIDE_IFACE}"))?;
@@ -304,8 +327,20 @@ impl Lab {
             "ip addr add {WIDE_V4}/24 dev {WIDE_IFACE}
              ip route add 10.77.3.0/24 via 10.77.5.1 dev {WIDE_IFACE} src {WIDE_V4}
              ip route add default via 10.77.1.1 dev {w} table {USER_VPN_TABLE}
-             ip rule add uidrange {uid}-{uid} lookup {USER_VPN_TABLE}"
+             ip rule add {} lookup {USER_VPN_TABLE}",
+            selector.rule()
         ))?;
+        if let VpnSelector::MarkOfUser { mark, uid } = selector {
+            nft_table(
+                &self.wsl,
+                "wslnet_lab_mark",
+                Some(&format!(
+                    "chain output {{ type route hook output priority mangle; policy accept;
+                       meta skuid {uid} meta mark set {mark:#x}
+                     }}"
+                )),
+            )?;
+        }
         Ok(())
     }
 

@@ -2,8 +2,8 @@
 //! real servers (python http.server, openssl s_server, OpenSSH): they stall without wslnet and
 //! pass with it, over IPv4 and IPv6, behind eth0 and behind a ZeroTier-like `zt` interface, for
 //! 200 concurrent downloads, across a VPN connecting and disconnecting, on first contact with
-//! new addresses (also from a container behind the VM's own NAT), and behind a VPN that carries
-//! one user's traffic only.
+//! new addresses (also from a container behind the VM's own NAT), and behind a split-tunnel VPN
+//! that carries one user's, one mark's or one port's traffic only.
 
 use std::{
     net::IpAddr,
@@ -14,7 +14,7 @@ use wslnet_agent::maps::Maps;
 use wslnet_tests::{
     agent::{Agent, AgentOptions, RunFlag, host_clamp, sample},
     clients::{self, Client, Servers},
-    lab::{Lab, LabConfig, SRV_V4, SRV_V6, VPN_MTU, WSL_V4, WSL_V6, ZT_IFACE},
+    lab::{Lab, LabConfig, SRV_V4, SRV_V6, VPN_MTU, VpnSelector, WSL_V4, WSL_V6, ZT_IFACE},
     netns::{require_root, wait_until},
 };
 
@@ -253,23 +253,43 @@ fn destinations_of_outgoing_connections_are_learned_probed_and_clamped() {
     assert_eq!(sample(&m, "wslnet_learned_destinations", &[]), Some(1.0));
 }
 
-/// A VPN for one user only (policy routing by uid, as split-tunnel VPN clients set it up): that
-/// user's connections cross the 1372 black hole, everything else, the agent included, takes a
-/// wide second link. The datapath records who owns the socket of each SYN, the agent probes
-/// along that user's route and clamps 1372, and the user's download passes. (Before, the agent
-/// probed along its own route, found 1500, and the user's connections kept stalling.)
+/// A split-tunnel VPN that carries some traffic only (policy routing, as VPN clients set it
+/// up): one user's traffic, traffic with a firewall mark (here set on that user's traffic), or
+/// TCP to one port. That traffic crosses the 1372 black hole; everything else, the agent
+/// included, takes a wide second link. The datapath records each SYN's socket owner, mark and
+/// port, the agent probes along that traffic's route and clamps 1372, and the user's download
+/// passes. (Before, the agent probed along its own route, found 1500, and the user's
+/// connections kept stalling.)
 #[test]
-fn a_vpn_for_one_user_is_measured_along_that_users_route() {
+fn a_split_tunnel_vpn_is_measured_along_the_route_of_the_traffic_it_carries() {
+    require_root();
     const USER: u32 = 1000;
+    std::thread::scope(|scope| {
+        for selector in [
+            VpnSelector::User(USER),
+            VpnSelector::MarkOfUser {
+                mark: 0x1,
+                uid: USER,
+            },
+            VpnSelector::TcpPort(clients::HTTP_PORT),
+        ] {
+            scope.spawn(move || split_tunnel_is_measured_along_its_route(selector, USER));
+        }
+    });
+}
+
+/// One case of [`a_split_tunnel_vpn_is_measured_along_the_route_of_the_traffic_it_carries`]:
+/// downloads as `user` through the VPN of `selector`.
+fn split_tunnel_is_measured_along_its_route(selector: VpnSelector, user: u32) {
     let (lab, servers) = lab_with_servers(VPN_MTU);
-    lab.vpn_for_user_only(USER).unwrap();
+    lab.vpn_only_for(selector).unwrap();
     let agent = AgentOptions::eth0().start_in_lab(&lab).unwrap();
     let download = |timeout: Duration| {
         let t = timeout.as_secs().max(1);
         let out = lab
             .wsl
             .sh_output(&format!(
-                "setpriv --reuid {USER} --regid {USER} --clear-groups \
+                "setpriv --reuid {user} --regid {user} --clear-groups \
                  curl -sS --max-time {t} -o /dev/null -w '%{{size_download}}' '{}'",
                 servers.http.url(SRV_V4.into())
             ))
@@ -284,9 +304,9 @@ fn a_vpn_for_one_user_is_measured_along_that_users_route() {
         host_clamp(&agent.status().ok()?, SRV_V4.into())
     })
     .unwrap();
-    assert_eq!(entry["mtu"], VPN_MTU, "{entry}");
+    assert_eq!(entry["mtu"], VPN_MTU, "{selector:?}: {entry}");
     let (ok, text) = download(PASS_TIMEOUT);
-    assert!(ok, "the user's download: {text}");
+    assert!(ok, "{selector:?}: the user's download: {text}");
 }
 
 /// The first-contact clamp, set by flag, is what a destination never measured gets: with no

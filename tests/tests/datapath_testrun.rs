@@ -536,6 +536,26 @@ fn egress_pure_syns_are_learned_syn_acks_are_not() {
     );
 }
 
+/// The agent's own TCP probes (`PROBE_MARK`) are not traffic: not learned, so that they never
+/// stand for a destination's route or keep it looking used. Any other SYN's mark is recorded
+/// (policy routing may select by it), with the owner of its socket (`BPF_PROG_TEST_RUN` gives
+/// the skb a socket of its own, owned by root).
+#[test]
+fn the_agents_own_probes_are_not_learned_and_other_marks_are_recorded() {
+    let h = harness();
+    let syn = syn4(opt::mss(1460));
+    let (_, verdict) = h
+        .run_raw_marked(Direction::Egress, &syn, 0, wslnet_common::PROBE_MARK)
+        .unwrap();
+    assert_eq!(verdict, -1);
+    assert_eq!(h.maps().learned(), [], "a probe's SYN was learned");
+    h.run_raw_marked(Direction::Egress, &syn, 0, 0x51).unwrap();
+    let learned = h.maps().learned();
+    assert_eq!(learned.len(), 1, "{learned:?}");
+    assert_eq!(learned[0].mark, 0x51);
+    assert_eq!(learned[0].uid, Some(0));
+}
+
 /// Pins the calling thread to the CPU it runs on, so that every test run below uses one CPU's
 /// slots of the per-CPU learn cache.
 fn pin_to_current_cpu() {

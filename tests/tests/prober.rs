@@ -8,7 +8,7 @@ use std::{net::IpAddr, process::Output};
 
 use serde_json::Value;
 use wslnet_tests::{
-    lab::{Lab, VPN_MTU, WIDE_IFACE, ZT_IFACE, ZT_MTU},
+    lab::{Lab, VPN_MTU, VpnSelector, WIDE_IFACE, ZT_IFACE, ZT_MTU},
     netns::{agent_bin, require_root},
 };
 
@@ -200,19 +200,32 @@ fn unreachable_target_is_reported_as_unreachable() {
     });
 }
 
-/// `probe --uid` measures the path a user's traffic takes where policy routing sends it
-/// another way than root's: through the per-user VPN (1372), where root's own route is wide.
+/// `probe --uid` and `--mark` measure the path that a user's or a mark's traffic takes where
+/// policy routing sends it another way than root's: through the split-tunnel VPN (1372), where
+/// root's own route is wide.
 #[test]
-fn probe_as_a_user_follows_that_users_policy_route() {
+fn probe_as_a_user_or_a_mark_follows_that_traffics_policy_route() {
     require_root();
-    let lab = Lab::new(VPN_MTU).unwrap();
-    lab.vpn_for_user_only(1000).unwrap();
-    let (v, ok) = probe(&lab, lab.srv_addr(false), &[]);
-    assert_found(&v, ok, 1500, "icmp", "root's own route");
-    assert_eq!(v["interface"], WIDE_IFACE, "{v}");
-    let (v, ok) = probe(&lab, lab.srv_addr(false), &["--uid", "1000"]);
-    assert_found(&v, ok, VPN_MTU, "icmp", "user 1000's route");
-    assert_eq!(v["interface"], "eth0", "{v}");
+    let cases = [
+        (VpnSelector::User(1000), ["--uid", "1000"]),
+        (
+            VpnSelector::MarkOfUser {
+                mark: 0x1,
+                uid: 1000,
+            },
+            ["--mark", "0x1"],
+        ),
+    ];
+    parallel(&cases, |(selector, flags)| {
+        let lab = Lab::new(VPN_MTU).unwrap();
+        lab.vpn_only_for(*selector).unwrap();
+        let (v, ok) = probe(&lab, lab.srv_addr(false), &[]);
+        assert_found(&v, ok, 1500, "icmp", "root's own route");
+        assert_eq!(v["interface"], WIDE_IFACE, "{v}");
+        let (v, ok) = probe(&lab, lab.srv_addr(false), flags);
+        assert_found(&v, ok, VPN_MTU, "icmp", &format!("{selector:?}"));
+        assert_eq!(v["interface"], "eth0", "{v}");
+    });
 }
 
 /// An address of the host itself has no path to measure: `probe` says so and sends nothing

@@ -133,6 +133,8 @@ pub struct Learned {
     pub port: Option<u16>,
     /// User owning the socket of its latest SYN; `None` without a local socket (forwarded).
     pub uid: Option<u32>,
+    /// Firewall mark of its latest SYN (0: none).
+    pub mark: u32,
 }
 
 impl Learned {
@@ -146,6 +148,7 @@ impl Learned {
             ifindex: v.ifindex,
             port: Some(u16::from_be(v.port_be)).filter(|&p| p != 0),
             uid: Some(v.uid).filter(|&u| u != wslnet_common::NO_SOCKET_UID),
+            mark: v.mark,
         }
     }
 }

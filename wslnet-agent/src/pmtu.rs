@@ -171,7 +171,11 @@ impl Settings {
             o.min_mtu = Some(self.min_mtu_v4);
         }
         o.tcp_port = o.tcp_port.or(d.tcp_port);
-        o.uid = d.uid;
+        o.traffic = prober::Traffic {
+            uid: d.uid,
+            mark: d.mark,
+            dport: o.tcp_port,
+        };
         // A full search always checks with TCP; a re-check only where echo is known to
         // mislead (TCP set the result) or a connection just stalled.
         o.tcp_check &= d.search || d.tcp_limited || d.symptom;
@@ -214,6 +218,9 @@ struct Dest {
     /// The user whose connections it was learned from (the latest SYN's socket owner): its
     /// probes follow that user's route. `None` for configured targets and forwarded traffic.
     uid: Option<u32>,
+    /// The firewall mark of its latest SYN (0: none, and for configured targets): its probes
+    /// follow the route of marked traffic.
+    mark: u32,
 }
 
 impl Dest {
@@ -238,6 +245,7 @@ impl Dest {
             changed_during_job: false,
             unreachable_streak: 0,
             uid: None,
+            mark: 0,
         }
     }
 
@@ -245,6 +253,7 @@ impl Dest {
     fn learned(l: &crate::maps::Learned) -> Self {
         Self {
             uid: l.uid,
+            mark: l.mark,
             ..Self::new(false, Some(l.ifindex), l.last_seen_jiffies, l.port)
         }
     }
@@ -537,6 +546,7 @@ impl Manager {
             d.tcp_port = d.tcp_port.or(l.port);
             if !d.configured {
                 d.uid = l.uid;
+                d.mark = l.mark;
             }
             return;
         }

@@ -510,8 +510,9 @@ pub struct LearnedDest {
     /// kernel's overflow uid ([`NO_SOCKET_UID`]) when the SYN had no local socket (forwarded,
     /// e.g. from a container).
     pub uid: u32,
-    /// Reserved, 0.
-    pub reserved2: u32,
+    /// Firewall mark (`skb->mark`) of the latest SYN, up to [`LEARN_REFRESH_JIFFIES`] late:
+    /// policy routing by mark (`ip rule ... fwmark`) may send marked traffic another way.
+    pub mark: u32,
 }
 
 /// What `bpf_get_socket_uid` returns for a packet without a full local socket: the kernel's

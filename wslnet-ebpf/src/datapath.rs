@@ -265,7 +265,13 @@ fn handle_ip<const F: u32>(
     bump(cfg.slot, dir, ip.family, |c| c.syn += 1);
     let peer = packet::peer(&ip);
     if egress && flags & tcp_flags::ACK == 0 {
-        learn(ctx, &ip, &peer, ifindex);
+        // SAFETY: `skb` is the program's own context, valid for the run.
+        let mark = unsafe { (*skb(ctx)).mark };
+        // The agent's own TCP probes are not traffic to learn from: they would stand for the
+        // agent's route and keep a destination looking used.
+        if mark != PROBE_MARK {
+            learn(ctx, &ip, &peer, ifindex, mark);
+        }
     } else if !egress {
         record_peer_isn(ctx, &ip, &peer);
     }
@@ -527,11 +533,11 @@ fn reflect(ctx: &TcContext, ip: &Ip, ifindex: u32, mtu: u16) {
 /// Records the destination of an egress SYN for the prober: in `WSLNET_LEARNED` at once when the
 /// destination is new to this CPU, else at most once per [`LEARN_REFRESH_JIFFIES`].
 #[inline(always)]
-fn learn(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32) {
+fn learn(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, mark: u32) {
     // SAFETY: bpf_jiffies64 has no preconditions.
     let now = unsafe { bpf_jiffies64() };
     let Some(slot) = WSLNET_LEARN_CACHE.get_ptr_mut(peer_cache_slot(peer)) else {
-        write_learned(ctx, ip, peer, ifindex, 1, now);
+        write_learned(ctx, ip, peer, ifindex, mark, 1, now);
         return;
     };
     // SAFETY: this CPU's slot, valid for the program's run; see `lpm_lookup`.
@@ -541,12 +547,12 @@ fn learn(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32) {
             slot.pending += 1;
             return;
         }
-        write_learned(ctx, ip, peer, ifindex, slot.pending + 1, now);
+        write_learned(ctx, ip, peer, ifindex, mark, slot.pending + 1, now);
     } else {
         if slot.written != 0 && slot.pending != 0 {
             flush_learned(slot);
         }
-        write_learned(ctx, ip, peer, ifindex, 1, now);
+        write_learned(ctx, ip, peer, ifindex, mark, 1, now);
         slot.peer = *peer;
         slot.family = ip.family;
     }
@@ -556,9 +562,18 @@ fn learn(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32) {
 
 /// Adds `syns` SYNs, the latest at `now` (jiffies), to a destination's entry in
 /// `WSLNET_LEARNED`, creating it (and announcing it to the agent) when it is new. A new entry
-/// keeps the SYN's destination port: the agent checks its measurement with TCP there.
+/// keeps the SYN's destination port: the agent checks its measurement with TCP there. Every
+/// write records the latest SYN's socket owner and `mark` (what policy routing selects by).
 #[inline(always)]
-fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32, now: u64) {
+fn write_learned(
+    ctx: &TcContext,
+    ip: &Ip,
+    peer: &Peer,
+    ifindex: u32,
+    mark: u32,
+    syns: u32,
+    now: u64,
+) {
     let key = learned_key(ip.family, peer);
     // SAFETY: the helper reads the socket of the program's own skb context, which is valid for
     // the run; it returns the overflow uid when there is none.
@@ -572,6 +587,7 @@ fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32,
                 (*entry).syns += syns as u64;
                 (*entry).ifindex = ifindex;
                 (*entry).uid = uid;
+                (*entry).mark = mark;
             }
         }
         None => {
@@ -583,7 +599,7 @@ fn write_learned(ctx: &TcContext, ip: &Ip, peer: &Peer, ifindex: u32, syns: u32,
                 port_be: packet::read::<u16>(ctx, ip.l4 + TCP_DPORT_OFFSET).unwrap_or(0),
                 reserved: 0,
                 uid,
-                reserved2: 0,
+                mark,
             };
             if WSLNET_LEARNED.insert(&key, &entry, 0).is_ok() {
                 // A full ring only delays the agent until its next scan of the map.

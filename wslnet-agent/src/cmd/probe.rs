@@ -5,7 +5,7 @@ use std::{net::IpAddr, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use crate::prober::{Method, SearchOptions, recheck, search};
+use crate::prober::{Method, SearchOptions, Traffic, recheck, search};
 
 /// Arguments of `wslnet-agent probe`.
 #[derive(Args, Debug, Clone)]
@@ -18,9 +18,13 @@ pub struct ProbeArgs {
     /// Measure the path this user's traffic takes: where policy routing (`ip rule ... uidrange`)
     /// sends it out of another interface than this command's own, probe out of that interface,
     /// from its route's source address (what `run` does for a destination it learned from that
-    /// user's connections).
+    /// user's connections). With --tcp-port, rules on `ipproto tcp dport` are followed too.
     #[arg(long, value_name = "UID", conflicts_with = "iface")]
     pub uid: Option<u32>,
+    /// Measure the path traffic with this firewall mark takes (`ip rule ... fwmark`), as --uid
+    /// does for a user.
+    #[arg(long, value_name = "MARK", value_parser = parse_mark, conflicts_with = "iface")]
+    pub mark: Option<u32>,
     /// Lower bound in bytes (IPv4 default 552; IPv6 is always at least 1280).
     #[arg(long, value_name = "N")]
     pub min_mtu: Option<u16>,
@@ -79,7 +83,11 @@ async fn probe(args: ProbeArgs) -> Result<()> {
         // A running agent's clamp may cap the TCP fallback's sizes; `run` registers its own
         // probes, this command does not touch the agent's maps.
         tcp_hook: None,
-        uid: args.uid,
+        traffic: Traffic {
+            uid: args.uid,
+            mark: args.mark.unwrap_or(0),
+            dport: args.tcp_port,
+        },
     };
     if let Some(mtu) = args.recheck {
         let r = recheck(target, mtu, &opts).await?;
@@ -164,4 +172,13 @@ async fn resolve(target: &str) -> Result<IpAddr> {
         .next()
         .map(|a| a.ip())
         .with_context(|| format!("{target:?} resolved to no address"))
+}
+
+/// A firewall mark as `ip rule` writes it: decimal or `0x` hexadecimal.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a mark (decimal or 0x hexadecimal): {e}"))
 }

@@ -146,11 +146,29 @@ pub struct SearchOptions {
     pub max_probes_per_sec: u32,
     /// Told of every TCP probe connection (`None`: nobody needs to know).
     pub tcp_hook: Option<ProbeHook>,
-    /// The user whose traffic to the target is measured (the owner of the connections' sockets,
-    /// as the datapath saw them): where policy routing (`ip rule ... uidrange`) sends that
-    /// user's traffic out of another interface than ours, the probes go that way, from that
-    /// route's source address. `None`: along this process's own route.
+    /// The traffic to the target that the measurement stands for: where policy routing sends
+    /// it out of another interface than this process's own route, the probes go that way, from
+    /// that route's source address. Empty (the default): along this process's own route.
+    pub traffic: Traffic,
+}
+
+/// Traffic as policy routing (`ip rule`) sees it: what can send it another way than the
+/// prober's own packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// The owner of its sockets (`uidrange`); `None`: any.
     pub uid: Option<u32>,
+    /// Its firewall mark (`fwmark`); 0: none.
+    pub mark: u32,
+    /// It is TCP to this port (`ipproto tcp dport`); `None`: not known.
+    pub dport: Option<u16>,
+}
+
+impl Traffic {
+    /// Nothing known that could route it differently.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for SearchOptions {
@@ -166,7 +184,7 @@ impl Default for SearchOptions {
             retries: 1,
             max_probes_per_sec: 200,
             tcp_hook: None,
-            uid: None,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -295,7 +313,7 @@ pub async fn echo(target: IpAddr, retries: u32, timeout: Duration) -> Result<Ech
 
 /// The egress interface (name, MTU in bytes) of the route to `target`, like `ip route get`.
 pub async fn egress(target: IpAddr) -> Result<(String, u32)> {
-    let e = route::egress(target, None, None).await?;
+    let e = route::egress(target, None, &Traffic::default()).await?;
     Ok((e.iface, e.mtu))
 }
 
@@ -533,9 +551,10 @@ pub(crate) struct Bounds {
     pub upper: u16,
     pub iface: String,
     /// The interface probes are bound to (`SO_BINDTODEVICE`): [`SearchOptions::iface`], or the
-    /// interface of the route a [`SearchOptions::uid`] takes where it differs from ours.
+    /// interface of the route [`SearchOptions::traffic`] takes where it differs from ours.
     pub bind: Option<String>,
-    /// The source address probes are sent from (the uid's route's), `None`: the kernel's choice.
+    /// The source address probes are sent from (the traffic's route's), `None`: the kernel's
+    /// choice.
     pub source: Option<IpAddr>,
 }
 

@@ -12,7 +12,12 @@ use rtnetlink::{
     },
 };
 
-use super::{Bounds, DEFAULT_MIN_MTU_V4, MIN_MTU_V4_ABSOLUTE, MIN_MTU_V6, SearchOptions, sys};
+use super::{
+    Bounds, DEFAULT_MIN_MTU_V4, MIN_MTU_V4_ABSOLUTE, MIN_MTU_V6, SearchOptions, Traffic, sys,
+};
+
+/// `IPPROTO_TCP`, as `RTA_IP_PROTO` carries it.
+const IPPROTO_TCP: u8 = 6;
 
 /// Where probes to a target leave: the egress interface of the route, its MTU and the
 /// source address the route picks.
@@ -26,16 +31,17 @@ pub(crate) struct Egress {
     pub source: Option<IpAddr>,
 }
 
-/// The egress of the route to `target` as user `uid` would get it (`ip route get TARGET uid
-/// UID`: policy rules with `uidrange` apply; `None`: as this process), or of `iface` when given.
+/// The egress of the route to `target` that `traffic` would take (`ip route get TARGET uid UID
+/// mark MARK ipproto tcp dport PORT`: policy rules on them apply; empty: as this process's own
+/// packets), or of `iface` when given.
 pub(crate) async fn egress(
     target: IpAddr,
     iface: Option<&str>,
-    uid: Option<u32>,
+    traffic: &Traffic,
 ) -> Result<Egress> {
-    match netlink_egress(target, iface, uid).await {
+    match netlink_egress(target, iface, traffic).await {
         Ok(v) => Ok(v),
-        Err(e) if iface.is_none() && uid.is_none() && !e.is::<super::LocalTarget>() => {
+        Err(e) if iface.is_none() && traffic.is_empty() && !e.is::<super::LocalTarget>() => {
             // No usable netlink (unusual): the route's MTU from a connected UDP socket.
             tracing::debug!(error = %format!("{e:#}"), "rtnetlink route lookup failed; using IP_MTU");
             let mtu = socket_route_mtu(target).with_context(|| {
@@ -51,7 +57,7 @@ pub(crate) async fn egress(
     }
 }
 
-async fn netlink_egress(target: IpAddr, iface: Option<&str>, uid: Option<u32>) -> Result<Egress> {
+async fn netlink_egress(target: IpAddr, iface: Option<&str>, traffic: &Traffic) -> Result<Egress> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     let task = tokio::spawn(conn);
     let result = async {
@@ -67,7 +73,14 @@ async fn netlink_egress(target: IpAddr, iface: Option<&str>, uid: Option<u32>) -
                     .destination_prefix(a, 128)
                     .build(),
             };
-            msg.attributes.extend(uid.map(RouteAttribute::Uid));
+            msg.attributes.extend(traffic.uid.map(RouteAttribute::Uid));
+            if traffic.mark != 0 {
+                msg.attributes.push(RouteAttribute::Mark(traffic.mark));
+            }
+            if let Some(port) = traffic.dport {
+                msg.attributes.push(RouteAttribute::IpProto(IPPROTO_TCP));
+                msg.attributes.push(RouteAttribute::Dport(port));
+            }
             let route = handle
                 .route()
                 .get(msg)
@@ -143,20 +156,19 @@ fn socket_route_mtu(target: IpAddr) -> Result<u32> {
 
 /// Lower and upper bound (bytes) of a search to `target` with `opts`.
 ///
-/// With [`SearchOptions::uid`] and no interface given, the route is the one that user's traffic
+/// With [`SearchOptions::traffic`] and no interface given, the route is the one that traffic
 /// takes; where it leaves through another interface than this process's own would, the probes
 /// are sent out of that interface from its source address ([`Bounds::bind`], [`Bounds::source`]).
 pub(crate) async fn bounds(target: IpAddr, opts: &SearchOptions) -> Result<Bounds> {
-    let own = egress(target, opts.iface.as_deref(), None).await?;
-    let theirs = match opts.uid {
-        Some(uid) if opts.iface.is_none() => {
-            let theirs = egress(target, None, Some(uid)).await?;
-            (theirs.iface != own.iface).then(|| {
-                tracing::debug!(%target, uid, iface = %theirs.iface, "the user's traffic takes another route: probing along it");
-                theirs
-            })
-        }
-        _ => None,
+    let own = egress(target, opts.iface.as_deref(), &Traffic::default()).await?;
+    let theirs = if opts.iface.is_none() && !opts.traffic.is_empty() {
+        let theirs = egress(target, None, &opts.traffic).await?;
+        (theirs.iface != own.iface).then(|| {
+            tracing::debug!(%target, traffic = ?opts.traffic, iface = %theirs.iface, "the traffic takes another route: probing along it");
+            theirs
+        })
+    } else {
+        None
     };
     let (bind, source) = match &theirs {
         Some(t) => (Some(t.iface.clone()), t.source),
