@@ -73,6 +73,20 @@ pub fn skip_without_tcx() -> bool {
     true
 }
 
+/// Set (to the kernel line, e.g. `5.10`) in the test VMs of `cargo xtask vm-test`.
+pub const VM_ENV: &str = "WSLNET_VM";
+
+/// Skips the calling test (it should return at once when this is true) in the test VMs,
+/// printing why: for tests of user-space behaviour that no kernel version changes (the host
+/// run covers them), and that cost a minute or more under software emulation.
+pub fn skip_in_vm(why: &str) -> bool {
+    let Ok(kernel) = std::env::var(VM_ENV) else {
+        return false;
+    };
+    println!("{SKIP_MARKER} {why}; the host run tests it (VM kernel {kernel})");
+    true
+}
+
 /// Runs a command, failing with its stderr when it exits non-zero.
 pub fn run<I, S>(program: &str, args: I) -> Result<Output>
 where

@@ -12,7 +12,10 @@ use wslnet_agent::config::AttachMode;
 use wslnet_tests::{
     agent::{Agent, AgentOptions, Pair, RunFlag, run_command, sample, status_counter},
     lab::VPN_MTU,
-    netns::{Bpffs, Daemon, Netns, PATIENCE, Transport, agent_bin, require_root, veth, wait_until},
+    netns::{
+        Bpffs, Daemon, Netns, PATIENCE, Transport, agent_bin, require_root, skip_in_vm, veth,
+        wait_until,
+    },
     prometheus,
 };
 
@@ -385,6 +388,9 @@ fn without_root_one_clear_line_and_exit_2() {
 
 #[test]
 fn prometheus_scrapes_the_agent() {
+    if skip_in_vm("Prometheus and the metrics endpoint are user space") {
+        return;
+    }
     let (pair, fs) = Pair::with_bpffs().unwrap();
     let _l = listener(&pair.b, PEER_PORT);
     let agent = clamping_the_peer().start(&pair.a, &fs).unwrap();
@@ -792,6 +798,9 @@ fn a_pin_directory_another_user_could_have_prepared_is_refused() {
 /// `/metrics` answer again.
 #[test]
 fn clients_that_never_finish_a_request_cost_a_bounded_number_of_descriptors() {
+    if skip_in_vm("the metrics endpoint's connection handling is user space") {
+        return;
+    }
     let (pair, fs) = Pair::with_bpffs().unwrap();
     let agent = AgentOptions::eth0()
         .with(RunFlag::NoLearn)

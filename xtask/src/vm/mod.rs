@@ -350,6 +350,7 @@ fn run_kernel(
             kernel.modules_dir().to_string_lossy().into_owned(),
         ),
         ("WSLNET_TEST_TIMEOUT", args.test_timeout.to_string()),
+        (wslnet_tests::netns::VM_ENV, release.label().to_string()),
         ("WSLNET_AGENT_BIN", agent.to_string_lossy().into_owned()),
         (
             "WSLNET_AUTO_ATTACH_MODE",
