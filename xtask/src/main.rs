@@ -114,6 +114,13 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
     }
     step("build the agent (the integration tests run the real binary)");
     cargo(&["build", "-p", "wslnet-agent"])?;
+    let vm_args = vm::VmTestArgs::defaults();
+    let vm = filter.is_none() && !no_vm;
+    // The VM step's downloads (kernels, busybox: network and disk) overlap the host tests.
+    let prefetch = vm.then(|| {
+        let args = vm_args.clone();
+        std::thread::spawn(move || vm::prefetch(&args))
+    });
     step("cargo test (unit, BPF_PROG_TEST_RUN, namespaces)");
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     if let Some(f) = filter.as_deref() {
@@ -131,9 +138,17 @@ fn test(no_lint: bool, no_vm: bool, filter: Option<String>) -> Result<()> {
         step("the Debian package: cargo-deb, lintian, contents, dpkg -i in a throwaway root");
         package::run()?;
     }
-    if filter.is_none() && !no_vm {
+    if let Some(prefetch) = prefetch {
+        match prefetch.join() {
+            Ok(Ok(())) => {}
+            // The VM step fetches again and says what fails.
+            Ok(Err(e)) => eprintln!("fetching for the VMs ahead of time failed: {e:#}"),
+            Err(_) => eprintln!("fetching for the VMs ahead of time panicked"),
+        }
+    }
+    if vm {
         step("the datapath and agent tests on Debian's Linux 5.10, 6.1 and 6.12, in VMs");
-        vm::run(vm::VmTestArgs::defaults())?;
+        vm::run(vm_args)?;
     }
     step("all tests passed");
     Ok(())

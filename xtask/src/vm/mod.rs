@@ -68,8 +68,40 @@ const KVM_BOOT_LIMIT: Duration = Duration::from_secs(10);
 /// Set once a KVM boot stalled: the boots after it go straight to software emulation.
 static KVM_STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Fetches into the cache (or finds there) what the boots of `args` need: the host tools,
+/// busybox and the kernels. [`run`] does it first; `cargo xtask test` calls it early, in a
+/// thread, so that the downloads (network and disk, little CPU) overlap the host tests, and
+/// [`run`] then finds everything in place.
+pub fn prefetch(args: &VmTestArgs) -> Result<()> {
+    let releases = &args.kernels;
+    let cache = support::target_dir().join("vm");
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    fetch_tools(&cache)?;
+    fetch_kernels(&cache, releases)?;
+    Ok(())
+}
+
+/// The host tools (installed if missing) and busybox (fetched into `cache` if missing).
+fn fetch_tools(cache: &Path) -> Result<PathBuf> {
+    step("vm-test: host tools (qemu-system-x86, kmod, xz-utils)");
+    ensure_host_tools()?;
+    kernel::fetch_busybox(cache)
+}
+
+/// Each kernel of `releases`, fetched and unpacked into `cache` if it is not there yet.
+fn fetch_kernels(cache: &Path, releases: &[Release]) -> Result<BTreeMap<Release, kernel::Kernel>> {
+    let mut fetched = BTreeMap::new();
+    for &release in releases {
+        step(&format!("vm-test: kernel {} (Debian)", release.label()));
+        let kernel = kernel::fetch(cache, release)?;
+        println!("kernel {} at {}", kernel.version, kernel.root.display());
+        fetched.insert(release, kernel);
+    }
+    Ok(fetched)
+}
+
 /// `cargo xtask vm-test` flags.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct VmTestArgs {
     /// Kernel line to boot; repeatable. Each gets its own run and report line.
     #[arg(long = "kernel", value_enum, value_name = "RELEASE", default_values_t = Release::ALL)]
@@ -172,9 +204,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let cache = support::target_dir().join("vm");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
 
-    step("vm-test: host tools (qemu-system-x86, kmod, xz-utils)");
-    ensure_host_tools()?;
-    let busybox = kernel::fetch_busybox(&cache)?;
+    let busybox = fetch_tools(&cache)?;
 
     step("vm-test: build the agent and the test executables");
     support::cargo(&["build", "-p", "wslnet-agent"])?;
@@ -188,13 +218,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
 
     // Kernels first, one after another (apt and depmod on one tree must not race); the boots
     // then find them unpacked.
-    let mut fetched = BTreeMap::new();
-    for &release in &kernels {
-        step(&format!("vm-test: kernel {} (Debian)", release.label()));
-        let kernel = kernel::fetch(&cache, release)?;
-        println!("kernel {} at {}", kernel.version, kernel.root.display());
-        fetched.insert(release, kernel);
-    }
+    let fetched = fetch_kernels(&cache, &kernels)?;
     // One job per boot: the test shards of each kernel, then the systemd boot, so that a worker
     // that finishes early takes the short systemd boot instead of idling while another runs.
     let mut boots: Vec<(Release, Part)> = kernels
