@@ -280,6 +280,23 @@ impl Agent {
         status_json(&self.ns, &self.pin_dir)
     }
 
+    /// The names of the interfaces `status` reports attached.
+    pub fn interface_names(&self) -> Result<Vec<String>> {
+        let st = self.status()?;
+        let ifaces = st["interfaces"]
+            .as_array()
+            .context("status has no interfaces")?;
+        ifaces
+            .iter()
+            .map(|i| {
+                i["name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .context("an interface without a name in status")
+            })
+            .collect()
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> Result<String> {
         metrics_in(&self.ns)

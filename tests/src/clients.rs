@@ -140,28 +140,44 @@ pub fn run_from(
     host: IpAddr,
     timeout: Duration,
 ) -> Outcome {
+    run_from_as(from, None, servers, client, host, timeout)
+}
+
+/// [`run_from`] as user `uid` (`setpriv`, no supplementary groups), or as root with `None`.
+pub fn run_from_as(
+    from: &Netns,
+    uid: Option<u32>,
+    servers: &Servers,
+    client: Client,
+    host: IpAddr,
+    timeout: Duration,
+) -> Outcome {
     let t = timeout.as_secs().max(1);
-    let script = match client {
-        Client::Http => format!(
-            "curl -sS --max-time {t} -o /dev/null -w '%{{size_download}}' '{}'",
-            servers.http.url(host)
-        ),
-        Client::Tls => format!(
-            "timeout {t} openssl s_client -connect {} -CAfile {} \
+    let user = uid.map_or(String::new(), |u| {
+        format!("setpriv --reuid {u} --regid {u} --clear-groups ")
+    });
+    let script = user
+        + &match client {
+            Client::Http => format!(
+                "curl -sS --max-time {t} -o /dev/null -w '%{{size_download}}' '{}'",
+                servers.http.url(host)
+            ),
+            Client::Tls => format!(
+                "timeout {t} openssl s_client -connect {} -CAfile {} \
              -verify_return_error -brief </dev/null 2>&1",
-            servers.tls.connect_arg(host),
-            servers.tls.cert.display()
-        ),
-        Client::Ssh => {
-            let args: Vec<String> = servers
-                .ssh
-                .ssh_args(host, t as u32, "echo kex-ok")
-                .into_iter()
-                .map(|a| format!("'{a}'"))
-                .collect();
-            format!("timeout {t} ssh {} 2>&1", args.join(" "))
-        }
-    };
+                servers.tls.connect_arg(host),
+                servers.tls.cert.display()
+            ),
+            Client::Ssh => {
+                let args: Vec<String> = servers
+                    .ssh
+                    .ssh_args(host, t as u32, "echo kex-ok")
+                    .into_iter()
+                    .map(|a| format!("'{a}'"))
+                    .collect();
+                format!("timeout {t} ssh {} 2>&1", args.join(" "))
+            }
+        };
     let start = Instant::now();
     let out = from.sh_output(&script);
     let elapsed = start.elapsed();

@@ -87,15 +87,6 @@ fn listener(ns: &Netns, port: u16) -> Daemon {
     d
 }
 
-fn iface_names(agent: &Agent) -> Vec<String> {
-    agent.status().unwrap()["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn zerotier_interface_appearing_later_is_attached_and_detached() {
     let (pair, fs) = Pair::with_bpffs().unwrap();
@@ -105,7 +96,7 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
         .with(RunFlag::Iface("zt*".into()))
         .start(&pair.a, &fs)
         .unwrap();
-    assert_eq!(iface_names(&agent), vec!["eth0"]);
+    assert_eq!(agent.interface_names().unwrap(), vec!["eth0"]);
     let mode = agent.status().unwrap()["interfaces"][0]["mode"]
         .as_str()
         .unwrap()
@@ -123,7 +114,9 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
             ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
         }
         wait_until(PATIENCE, "zt interface attached", || {
-            iface_names(&agent)
+            agent
+                .interface_names()
+                .unwrap()
                 .contains(&"zt3f8a9c2e1b".to_string())
                 .then_some(())
         })
@@ -139,7 +132,11 @@ fn zerotier_interface_appearing_later_is_attached_and_detached() {
 
         pair.a.ip(&["link", "del", "zt3f8a9c2e1b"]).unwrap();
         wait_until(PATIENCE, "zt interface detached", || {
-            (!iface_names(&agent).contains(&"zt3f8a9c2e1b".to_string())).then_some(())
+            (!agent
+                .interface_names()
+                .unwrap()
+                .contains(&"zt3f8a9c2e1b".to_string()))
+            .then_some(())
         })
         .unwrap();
         // TCX: its link pins are gone, eth0's remain (clsact filters went with the device).
@@ -660,7 +657,7 @@ fn refused_until_detached(pair: &Pair, fs: &Bpffs) {
         .with(RunFlag::NoLearn)
         .start(&pair.a, fs)
         .unwrap();
-    assert_eq!(iface_names(&agent), ["eth0"]);
+    assert_eq!(agent.interface_names().unwrap(), ["eth0"]);
 }
 
 /// `run --iface eth0 --no-learn` on `pin_dir` in `ns`, expected to refuse it and exit (killed

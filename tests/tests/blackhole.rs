@@ -285,18 +285,14 @@ fn split_tunnel_is_measured_along_its_route(selector: VpnSelector, user: u32) {
     lab.vpn_only_for(selector).unwrap();
     let agent = AgentOptions::eth0().start_in_lab(&lab).unwrap();
     let download = |timeout: Duration| {
-        let t = timeout.as_secs().max(1);
-        let out = lab
-            .wsl
-            .sh_output(&format!(
-                "setpriv --reuid {user} --regid {user} --clear-groups \
-                 curl -sS --max-time {t} -o /dev/null -w '%{{size_download}}' '{}'",
-                servers.http.url(SRV_V4.into())
-            ))
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (text.trim() == servers.http.size.to_string(), text)
+        clients::run_from_as(
+            &lab.wsl,
+            Some(user),
+            &servers,
+            Client::Http,
+            SRV_V4.into(),
+            timeout,
+        )
     };
     // The first attempt stalls (nothing is known yet), but its SYN teaches the agent.
     let _first = download(Duration::from_secs(2));
@@ -305,8 +301,8 @@ fn split_tunnel_is_measured_along_its_route(selector: VpnSelector, user: u32) {
     })
     .unwrap();
     assert_eq!(entry["mtu"], VPN_MTU, "{selector:?}: {entry}");
-    let (ok, text) = download(PASS_TIMEOUT);
-    assert!(ok, "{selector:?}: the user's download: {text}");
+    let ok = download(PASS_TIMEOUT);
+    assert!(ok.ok, "{selector:?}: the user's download: {ok:?}");
 }
 
 /// The first-contact clamp, set by flag, is what a destination never measured gets: with no

@@ -74,14 +74,8 @@ fn interfaces_whose_events_were_lost_are_found_by_listing_again() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     created.unwrap();
     let attached = || -> Option<usize> {
-        let st = agent.status().ok()?;
-        Some(
-            st["interfaces"]
-                .as_array()?
-                .iter()
-                .filter(|i| i["name"].as_str().is_some_and(|n| n.starts_with("zt")))
-                .count(),
-        )
+        let names = agent.interface_names().ok()?;
+        Some(names.iter().filter(|n| n.starts_with("zt")).count())
     };
     wait_until(
         PATIENCE * 2,
