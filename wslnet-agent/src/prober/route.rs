@@ -39,103 +39,143 @@ pub(crate) async fn egress(
     iface: Option<&str>,
     traffic: &Traffic,
 ) -> Result<Egress> {
-    match netlink_egress(target, iface, traffic).await {
-        Ok(v) => Ok(v),
-        Err(e) if iface.is_none() && traffic.is_empty() && !e.is::<super::LocalTarget>() => {
-            // No usable netlink (unusual): the route's MTU from a connected UDP socket.
-            tracing::debug!(error = %format!("{e:#}"), "rtnetlink route lookup failed; using IP_MTU");
-            let mtu = socket_route_mtu(target).with_context(|| {
-                format!("finding the egress interface for {target} (rtnetlink failed: {e:#})")
-            })?;
-            Ok(Egress {
-                iface: "?".into(),
-                mtu,
-                source: None,
-            })
+    Lookups::open().egress(target, iface, traffic).await
+}
+
+/// One rtnetlink connection for the route lookups of a search (`None` when none could be
+/// opened: the lookups then fall back to the route's MTU, see [`Lookups::egress`]).
+struct Lookups {
+    netlink: Option<(rtnetlink::Handle, tokio::task::JoinHandle<()>)>,
+    /// Why there is no connection.
+    error: String,
+}
+
+impl Lookups {
+    fn open() -> Self {
+        match rtnetlink::new_connection() {
+            Ok((conn, handle, _)) => Self {
+                netlink: Some((handle, tokio::spawn(conn))),
+                error: String::new(),
+            },
+            Err(e) => Self {
+                netlink: None,
+                error: format!("opening an rtnetlink socket: {e}"),
+            },
         }
-        Err(e) => Err(e),
+    }
+
+    /// [`egress`] on this connection.
+    async fn egress(
+        &self,
+        target: IpAddr,
+        iface: Option<&str>,
+        traffic: &Traffic,
+    ) -> Result<Egress> {
+        let result = match &self.netlink {
+            Some((handle, _)) => netlink_egress(handle, target, iface, traffic).await,
+            None => Err(anyhow::anyhow!("{}", self.error)),
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) if iface.is_none() && traffic.is_empty() && !e.is::<super::LocalTarget>() => {
+                // No usable netlink (unusual): the route's MTU from a connected UDP socket.
+                tracing::debug!(error = %format!("{e:#}"), "rtnetlink route lookup failed; using IP_MTU");
+                let mtu = socket_route_mtu(target).with_context(|| {
+                    format!("finding the egress interface for {target} (rtnetlink failed: {e:#})")
+                })?;
+                Ok(Egress {
+                    iface: "?".into(),
+                    mtu,
+                    source: None,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
-async fn netlink_egress(target: IpAddr, iface: Option<&str>, traffic: &Traffic) -> Result<Egress> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-    let task = tokio::spawn(conn);
-    let result = async {
-        let mut source = None;
-        let mut links = if let Some(name) = iface {
-            handle.link().get().match_name(name.to_owned()).execute()
-        } else {
-            let mut msg = match target {
-                IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                    .destination_prefix(a, 32)
-                    .build(),
-                IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                    .destination_prefix(a, 128)
-                    .build(),
-            };
-            msg.attributes.extend(traffic.uid.map(RouteAttribute::Uid));
-            if traffic.mark != 0 {
-                msg.attributes.push(RouteAttribute::Mark(traffic.mark));
-            }
-            if let Some(port) = traffic.dport {
-                msg.attributes.push(RouteAttribute::IpProto(IPPROTO_TCP));
-                msg.attributes.push(RouteAttribute::Dport(port));
-            }
-            let route = handle
-                .route()
-                .get(msg)
-                .execute()
-                .try_next()
-                .await
-                .with_context(|| {
-                    format!("no route to {target}: add one (`ip route`) or check the address")
-                })?
-                .with_context(|| format!("no route to {target}"))?;
-            if route.header.kind == RouteType::Local {
-                return Err(super::LocalTarget(target).into());
-            }
-            let mut oif = None;
-            for a in &route.attributes {
-                match a {
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::PrefSource(RouteAddress::Inet(a)) => source = Some((*a).into()),
-                    RouteAttribute::PrefSource(RouteAddress::Inet6(a)) => {
-                        source = Some((*a).into())
-                    }
-                    _ => {}
-                }
-            }
-            let oif =
-                oif.with_context(|| format!("the route to {target} has no output interface"))?;
-            handle.link().get().match_index(oif).execute()
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.netlink {
+            task.abort();
+        }
+    }
+}
+
+async fn netlink_egress(
+    handle: &rtnetlink::Handle,
+    target: IpAddr,
+    iface: Option<&str>,
+    traffic: &Traffic,
+) -> Result<Egress> {
+    let mut source = None;
+    let mut links = if let Some(name) = iface {
+        handle.link().get().match_name(name.to_owned()).execute()
+    } else {
+        let mut msg = match target {
+            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
         };
-        let link: LinkMessage = links
+        msg.attributes.extend(traffic.uid.map(RouteAttribute::Uid));
+        if traffic.mark != 0 {
+            msg.attributes.push(RouteAttribute::Mark(traffic.mark));
+        }
+        if let Some(port) = traffic.dport {
+            msg.attributes.push(RouteAttribute::IpProto(IPPROTO_TCP));
+            msg.attributes.push(RouteAttribute::Dport(port));
+        }
+        let route = handle
+            .route()
+            .get(msg)
+            .execute()
             .try_next()
             .await
-            .with_context(|| match iface {
-                Some(n) => format!("no interface named {n:?} (see `ip link`)"),
-                None => format!("looking up the egress interface for {target}"),
+            .with_context(|| {
+                format!("no route to {target}: add one (`ip route`) or check the address")
             })?
-            .context("empty link reply")?;
-        let mut name = String::new();
-        let mut mtu = None;
-        for a in &link.attributes {
+            .with_context(|| format!("no route to {target}"))?;
+        if route.header.kind == RouteType::Local {
+            return Err(super::LocalTarget(target).into());
+        }
+        let mut oif = None;
+        for a in &route.attributes {
             match a {
-                LinkAttribute::IfName(n) => name = n.clone(),
-                LinkAttribute::Mtu(m) => mtu = Some(*m),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::PrefSource(RouteAddress::Inet(a)) => source = Some((*a).into()),
+                RouteAttribute::PrefSource(RouteAddress::Inet6(a)) => source = Some((*a).into()),
                 _ => {}
             }
         }
-        let mtu = mtu.with_context(|| format!("interface {name} reports no MTU"))?;
-        Ok::<_, anyhow::Error>(Egress {
-            iface: name,
-            mtu,
-            source,
-        })
+        let oif = oif.with_context(|| format!("the route to {target} has no output interface"))?;
+        handle.link().get().match_index(oif).execute()
+    };
+    let link: LinkMessage = links
+        .try_next()
+        .await
+        .with_context(|| match iface {
+            Some(n) => format!("no interface named {n:?} (see `ip link`)"),
+            None => format!("looking up the egress interface for {target}"),
+        })?
+        .context("empty link reply")?;
+    let mut name = String::new();
+    let mut mtu = None;
+    for a in &link.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Mtu(m) => mtu = Some(*m),
+            _ => {}
+        }
     }
-    .await;
-    task.abort();
-    result
+    let mtu = mtu.with_context(|| format!("interface {name} reports no MTU"))?;
+    Ok(Egress {
+        iface: name,
+        mtu,
+        source,
+    })
 }
 
 /// MTU of the route to `target` as a connected UDP socket sees it (`IP_MTU` / `IPV6_MTU`).
@@ -160,9 +200,12 @@ fn socket_route_mtu(target: IpAddr) -> Result<u32> {
 /// takes; where it leaves through another interface than this process's own would, the probes
 /// are sent out of that interface from its source address ([`Bounds::bind`], [`Bounds::source`]).
 pub(crate) async fn bounds(target: IpAddr, opts: &SearchOptions) -> Result<Bounds> {
-    let own = egress(target, opts.iface.as_deref(), &Traffic::default()).await?;
+    let lookups = Lookups::open();
+    let own = lookups
+        .egress(target, opts.iface.as_deref(), &Traffic::default())
+        .await?;
     let theirs = if opts.iface.is_none() && !opts.traffic.is_empty() {
-        let theirs = egress(target, None, &opts.traffic).await?;
+        let theirs = lookups.egress(target, None, &opts.traffic).await?;
         (theirs.iface != own.iface).then(|| {
             tracing::debug!(%target, traffic = ?opts.traffic, iface = %theirs.iface, "the traffic takes another route: probing along it");
             theirs
